@@ -1,0 +1,32 @@
+# Two commands: `make demo` (set up, then `dvc repro` the embedded demo) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+# Stages run single-threaded BLAS per worker unless told otherwise; keep tokenizers quiet under fork.
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test bench clean-demo
+
+setup: $(VENV)/.installed
+
+# torch/torchvision are pinned here (not in pyproject): torch==2.14.1 + torchvision==0.29.1 are known to
+# load together (timm needs torchvision; a mismatched pair fails with 'torchvision::nms does not exist').
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	dvc repro
+
+test: setup
+	pytest -q
+
+bench: setup
+	python benchmarks/embed_batching.py
+	python benchmarks/embed_quantization.py
+
+clean-demo:
+	rm -rf data/demo data/prepared data/cache data/models data/metrics data/reports data/plots

@@ -1,0 +1,43 @@
+"""The ``cxrpipe`` console script: every DVC stage as a sub-command.
+
+Each stage's CLI lives in ``stages/<stage>.py`` (one Typer command, thin: parse, build config, call the
+library). This module only gathers them, so ``cxrpipe prepare ...`` and ``python stages/prepare.py ...``
+are the same command.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# (sub-command, module in stages/)
+STAGES = (
+    ("demo-data", "demo_data"),
+    ("prepare", "prepare"),
+    ("text-model", "text_model"),
+    ("embed", "embed"),
+    ("pretrain", "pretrain"),
+    ("finetune", "finetune"),
+    ("compare", "compare"),
+)
+
+app = typer.Typer(
+    name="cxrpipe",
+    help="Chest X-ray encoder aligned with a frozen LLM's reading of the report: the pipeline's stages.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+for _name, _module in STAGES:
+    try:
+        _mod = importlib.import_module(f"stages.{_module}")
+    except ModuleNotFoundError as e:  # a stage not written yet
+        if e.name != f"stages.{_module}":
+            raise
+        continue
+    app.command(name=_name, help=_mod.main.__doc__)(_mod.main)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""One thin Typer CLI per DVC stage; ``cxrpipe <stage>`` runs the same function."""
