@@ -1,0 +1,313 @@
+"""MIMIC-CXR-JPG / MIMIC-CXR (DICOM) reader: the tables, the reports and the image tree -> candidate rows.
+
+What it reads (names as PhysioNet ships them; each CSV gzipped or plain):
+  ``<tables>/mimic-cxr-2.0.0-metadata.csv(.gz)``  dicom_id, subject_id, study_id, ViewPosition, ...
+  ``<tables>/mimic-cxr-2.0.0-split.csv(.gz)``     dicom_id, study_id, subject_id, split
+  ``<tables>/mimic-cxr-2.0.0-chexpert.csv(.gz)``  or ``-negbio``: subject_id, study_id + the 14 labels
+  ``<root>/files/p10/p10000032/s50414267/<dicom_id>.jpg``  (``.dcm`` for the DICOM source; the other
+      extension is accepted when the expected file is absent: the demo keeps a few studies as DICOM)
+  reports: ``mimic-cxr-reports.zip`` (members ``files/p10/p10000032/s50414267.txt``) or its extracted folder.
+
+What it returns (:class:`MimicRead`): the image rows that passed the view filter and whose file exists,
+the studies with a non-empty cleaned report, and a :class:`Reject` for everything dropped on the way.
+Decoding the images is ``prepare``'s job; a study that loses all its images there is dropped there.
+
+Policies (each listed in ``rejects.csv``):
+  * metadata row without a split row, or whose image file is absent -> image dropped;
+  * report file missing, or empty once cleaned -> study dropped (pretraining needs the text);
+  * study without a label row -> kept, ``has_labels=False`` (it still serves pretraining);
+  * a label value outside {1, 0, -1, blank} -> the row is not trusted: kept with ``has_labels=False``.
+A blank ``ViewPosition`` is the view ``UNKNOWN``; ``views=()`` keeps every view.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import gzip
+import logging
+import math
+import re
+import zipfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from cxrpipe.data.manifest import SPLITS, StudyRecord
+from cxrpipe.data.reports import clean_report
+from cxrpipe.labels import CHEXPERT_LABELS, parse_raw_label
+
+log = logging.getLogger(__name__)
+
+TABLE_PREFIX = "mimic-cxr-2.0.0-"
+UNKNOWN_VIEW = "UNKNOWN"
+IMAGE_EXT = {"mimic-cxr-jpg": "jpg", "mimic-cxr": "dcm"}
+_REPORT_MEMBER = re.compile(r"(?:^|/)s(\d+)\.txt$")
+
+
+class MimicFormatError(RuntimeError):
+    """A MIMIC table or the reports source is absent or not shaped as MIMIC ships it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    """One dropped (or downgraded) file or study; a row of ``rejects.csv``."""
+
+    kind: str  # "image" | "study" | "labels"
+    id: str  # dicom_id for images, study_id otherwise
+    path: str  # the file concerned, relative to data.root (or the reports source)
+    reason: str  # stable code: missing_image, decode_failed, missing_report, no_label_row, ...
+    detail: str  # what exactly, for a human
+    action: str = "dropped"  # "dropped" | "unlabelled" (study kept with has_labels=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageCandidate:
+    """An image row before decoding (``ImageRecord`` without its row in images.h5)."""
+
+    dicom_id: str
+    study_id: int
+    subject_id: int
+    split: str
+    view: str
+    path: str  # relative to root
+
+
+@dataclasses.dataclass
+class MimicRead:
+    images: list[ImageCandidate]  # sorted by (subject, study, dicom_id)
+    studies: dict[int, StudyRecord]  # study_id -> study, for studies that still have candidate images
+    rejects: list[Reject]
+    counts: dict  # what was seen on the way (metadata rows, views, filtered, sections used...)
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def find_table(folder: str | Path, name: str) -> Path:
+    """``<folder>/mimic-cxr-2.0.0-<name>.csv.gz``, else the plain ``.csv``."""
+    folder = Path(folder)
+    for suffix in (".csv.gz", ".csv"):
+        p = folder / f"{TABLE_PREFIX}{name}{suffix}"
+        if p.is_file():
+            return p
+    raise MimicFormatError(f"{folder}: neither {TABLE_PREFIX}{name}.csv.gz nor {TABLE_PREFIX}{name}.csv found")
+
+
+def iter_csv(path: str | Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Rows of a gzipped or plain CSV as dicts; the header must hold ``required``."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise MimicFormatError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        yield from reader
+
+
+def read_labels(path: str | Path, wanted: set[int] | None = None) -> tuple[dict[int, tuple[float, ...]], dict[int, str]]:
+    """A chexpert/negbio table -> ({study_id: 14 raw labels}, {study_id: why its row is not trusted}).
+
+    Labels are read by column name, never by position. A value outside {1, 0, -1, blank} puts the study in
+    the second dict (with the column and value) instead of the first.
+    """
+    labels: dict[int, tuple[float, ...]] = {}
+    bad: dict[int, str] = {}
+    for r in iter_csv(path, ("study_id", *CHEXPERT_LABELS)):
+        study = int(r["study_id"])
+        if (wanted is not None and study not in wanted) or study in labels or study in bad:
+            continue  # only the first row of a study counts
+        values, problems = [], []
+        for name in CHEXPERT_LABELS:
+            try:
+                values.append(parse_raw_label(r[name]))
+            except ValueError:
+                problems.append(f"{name}={r[name]!r}")
+                values.append(math.nan)
+        if problems:
+            bad[study] = "label value(s) outside {1, 0, -1, blank}: " + ", ".join(problems)
+        else:
+            labels[study] = tuple(values)
+    return labels, bad
+
+
+# ---------------------------------------------------------------------------------------------- reports
+class ReportSource:
+    """MIMIC-CXR reports from ``mimic-cxr-reports.zip`` or its extracted folder (detected from the path)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._zip: zipfile.ZipFile | None = None
+        self._members: dict[int, str] = {}
+        if self.path.is_file():
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except zipfile.BadZipFile as e:
+                raise MimicFormatError(f"reports {self.path}: not a zip file ({e})") from None
+            for name in self._zip.namelist():  # index by study id: tolerant of a leading folder in members
+                m = _REPORT_MEMBER.search(name)
+                if m:
+                    self._members.setdefault(int(m.group(1)), name)
+            if not self._members:
+                raise MimicFormatError(f"reports {self.path}: the zip holds no s<study_id>.txt member")
+        elif not self.path.is_dir():
+            raise MimicFormatError(f"reports {self.path}: no such zip file or folder")
+
+    def locate(self, subject_id: int, study_id: int) -> str:
+        """Where the report of a study is (or would be), for messages."""
+        if self._zip is not None:
+            return f"{self.path}:{self._members.get(study_id, _report_relpath(subject_id, study_id))}"
+        for cand in self._folder_candidates(subject_id, study_id):
+            if cand.is_file():
+                return str(cand)
+        return str(self.path / _report_relpath(subject_id, study_id))
+
+    def _folder_candidates(self, subject_id: int, study_id: int) -> tuple[Path, Path]:
+        rel = _report_relpath(subject_id, study_id)
+        return self.path / rel, self.path / rel.removeprefix("files/")  # the folder itself may be files/
+
+    def get(self, subject_id: int, study_id: int) -> str | None:
+        """The raw report text, or None when the study has no report file."""
+        if self._zip is not None:
+            name = self._members.get(study_id)
+            return None if name is None else self._zip.read(name).decode("utf-8", errors="replace")
+        for cand in self._folder_candidates(subject_id, study_id):
+            if cand.is_file():
+                return cand.read_bytes().decode("utf-8", errors="replace")
+        return None
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self) -> "ReportSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _report_relpath(subject_id: int, study_id: int) -> str:
+    return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}.txt"
+
+
+def image_relpath(subject_id: int, study_id: int, dicom_id: str, ext: str) -> str:
+    """``files/p10/p10000032/s50414267/<dicom_id>.<ext>`` (MIMIC's folder scheme)."""
+    return f"files/p{str(subject_id)[:2]}/p{subject_id}/s{study_id}/{dicom_id}.{ext}"
+
+
+# ----------------------------------------------------------------------------------------------- reader
+def read_mimic(
+    root: str | Path,
+    reports: str | Path,
+    *,
+    source: str = "mimic-cxr-jpg",
+    tables: str | Path | None = None,
+    labeler: str = "chexpert",
+    views: Sequence[str] = ("AP", "PA"),
+    sections: Sequence[str] = ("findings", "impression"),
+) -> MimicRead:
+    """Read a MIMIC-CXR(-JPG) tree (see the module doc for what is read and what is dropped)."""
+    root = Path(root)
+    if source not in IMAGE_EXT:
+        raise MimicFormatError(f"read_mimic: source {source!r} is not one of {sorted(IMAGE_EXT)}")
+    if labeler not in ("chexpert", "negbio"):
+        raise MimicFormatError(f"read_mimic: labeler {labeler!r} is not chexpert or negbio")
+    tables = Path(tables) if tables is not None else root
+    ext = IMAGE_EXT[source]
+    other_ext = "dcm" if ext == "jpg" else "jpg"
+    wanted_views = {v.upper() for v in views}
+    rejects: list[Reject] = []
+    counts: dict = {"metadata_rows": 0, "duplicate_metadata_rows": 0}
+
+    split_of: dict[str, str] = {}
+    for r in iter_csv(find_table(tables, "split"), ("dicom_id", "split")):
+        split_of.setdefault(r["dicom_id"], r["split"].strip())
+
+    views_seen: collections.Counter = collections.Counter()
+    seen_ids: set[str] = set()
+    by_study: dict[int, list[ImageCandidate]] = collections.defaultdict(list)
+    studies_in_metadata: set[int] = set()
+    selected_study_paths: dict[int, str] = {}  # study -> its folder, for studies with >= 1 selected view
+    n_selected = 0
+    for r in iter_csv(find_table(tables, "metadata"), ("dicom_id", "subject_id", "study_id", "ViewPosition")):
+        counts["metadata_rows"] += 1
+        dicom_id = r["dicom_id"].strip()
+        if dicom_id in seen_ids:
+            counts["duplicate_metadata_rows"] += 1
+            continue
+        seen_ids.add(dicom_id)
+        view = (r["ViewPosition"] or "").strip().upper() or UNKNOWN_VIEW
+        views_seen[view] += 1
+        try:
+            subject_id, study_id = int(r["subject_id"]), int(r["study_id"])
+        except ValueError:
+            rejects.append(Reject("image", dicom_id, "", "bad_metadata", f"subject/study id not integers: {r['subject_id']!r}, {r['study_id']!r}"))
+            continue
+        studies_in_metadata.add(study_id)
+        if wanted_views and view not in wanted_views:
+            continue  # a selection, not a loss: counted in views_seen
+        n_selected += 1
+        rel = image_relpath(subject_id, study_id, dicom_id, ext)
+        selected_study_paths.setdefault(study_id, rel.rsplit("/", 1)[0])
+        split = split_of.get(dicom_id)
+        if split is None:
+            rejects.append(Reject("image", dicom_id, rel, "no_split", "no row in the split table"))
+            continue
+        if split not in SPLITS:
+            rejects.append(Reject("image", dicom_id, rel, "bad_split", f"split {split!r} is not one of {list(SPLITS)}"))
+            continue
+        if not (root / rel).is_file():
+            alt = image_relpath(subject_id, study_id, dicom_id, other_ext)
+            if not (root / alt).is_file():
+                rejects.append(Reject("image", dicom_id, rel, "missing_image", f"no {rel} (nor .{other_ext}) under {root}"))
+                continue
+            rel = alt
+        by_study[study_id].append(ImageCandidate(dicom_id, study_id, subject_id, split, view, rel))
+
+    for study_id in sorted(set(selected_study_paths) - set(by_study)):
+        rejects.append(Reject("study", str(study_id), selected_study_paths[study_id], "no_images", "every selected image of the study was dropped"))
+    counts["views_seen"] = dict(sorted(views_seen.items()))
+    counts["selected_images"] = n_selected
+    counts["studies_in_metadata"] = len(studies_in_metadata)
+    counts["studies_selected"] = len(selected_study_paths)  # with >= 1 image of a wanted view
+    label_path = find_table(tables, labeler)
+    labels, bad_labels = read_labels(label_path, wanted=set(by_study))
+    sections_used: collections.Counter = collections.Counter()
+    studies: dict[int, StudyRecord] = {}
+    images: list[ImageCandidate] = []
+    with ReportSource(reports) as src:
+        for study_id in sorted(by_study, key=lambda s: (by_study[s][0].subject_id, s)):
+            cands = sorted(by_study[study_id], key=lambda c: c.dicom_id)
+            subject_id = cands[0].subject_id
+            raw = src.get(subject_id, study_id)
+            if raw is None:
+                rejects.append(Reject("study", str(study_id), src.locate(subject_id, study_id), "missing_report", "no report file for this study"))
+                continue
+            cleaned = clean_report(raw, keep=tuple(sections), study=str(study_id))  # + MIT-LCP per-study fixes
+            if cleaned.empty:
+                rejects.append(Reject("study", str(study_id), src.locate(subject_id, study_id), "empty_report", f"no text left after cleaning (sections found: {sorted(cleaned.sections) or 'none'})"))
+                continue
+            sections_used["+".join(cleaned.used)] += 1
+            has_labels = study_id in labels
+            if not has_labels:
+                reason, detail = ("bad_label_value", bad_labels[study_id]) if study_id in bad_labels else ("no_label_row", f"no row in {label_path.name}")
+                rejects.append(Reject("labels", str(study_id), label_path.name, reason, detail, action="unlabelled"))
+            splits = {c.split for c in cands}
+            if len(splits) > 1:
+                log.warning("study %d has images in splits %s; using %s", study_id, sorted(splits), cands[0].split)
+            studies[study_id] = StudyRecord(
+                study_id=study_id,
+                subject_id=subject_id,
+                split=cands[0].split,
+                text=cleaned.text,
+                sections=dict(cleaned.sections),
+                labels=labels.get(study_id, tuple([math.nan] * len(CHEXPERT_LABELS))),
+                has_labels=has_labels,
+            )
+            images.extend(cands)
+    counts["sections_used"] = dict(sorted(sections_used.items()))
+    log.info(
+        "read %d metadata rows: %d images selected (views %s), %d candidates in %d studies, %d rejects",
+        counts["metadata_rows"], n_selected, sorted(wanted_views) or "all", len(images), len(studies), len(rejects),
+    )
+    return MimicRead(images=images, studies=studies, rejects=rejects, counts=counts)

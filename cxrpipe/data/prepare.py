@@ -1,0 +1,399 @@
+"""The ``prepare`` stage: a data source -> ``data/prepared/`` (manifest, image cache, report, rejects).
+
+Outputs in ``out_dir``:
+  ``images.csv``, ``studies.csv``  the manifest (:mod:`cxrpipe.data.manifest`); only rows that made it
+  ``images.h5``                    uint8 ``[N, S, S]`` letterboxed images, row i = images.csv row i
+  ``prepare_report.json``          counts per split, view and label value; rejects per reason; losses; timing;
+                                   ``source``, ``root`` and ``demo`` (true when root holds the demo's
+                                   ``generation.json``) so later stages can say whose numbers they are
+  ``rejects.csv``                  kind, id, path, reason, detail, action: every file or study dropped
+                                   (``action=dropped``) or kept without labels (``action=unlabelled``)
+  ``config.json``                  the resolved ``data`` and ``prepare`` sections
+
+Decoding runs in worker processes (``prepare.workers``; 0 = in this process) that only decode + resize and
+send arrays back; this process writes them to ``images.partial.h5`` and flushes every
+``prepare.flush_every`` rows. An interrupted run (crash, Ctrl-C) resumes from the rows marked done there
+(the partial cache is kept only while it was made from the same images, size, root and window). At the end
+the rows that decoded are compacted into ``images.h5`` (a rename when none failed), the manifest written
+with those rows only, and the partial cache removed.
+
+The run goes on past every bad file or study and fails (:class:`PrepareError`, after writing the report
+and the rejects list) only when the share of selected images or studies lost exceeds
+``prepare.max_reject_fraction``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import csv
+import dataclasses
+import functools
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Iterable, Literal
+
+import h5py
+import numpy as np
+
+from cxrpipe import __version__
+from cxrpipe.config import save_config
+from cxrpipe.data.image_cache import ImageCacheWriter
+from cxrpipe.data.images import decode_chunk, decode_task
+from cxrpipe.data.manifest import IMAGES_CSV, SPLITS, STUDIES_CSV, ImageRecord, StudyRecord, write_manifest
+from cxrpipe.data.mimic import ImageCandidate, Reject, read_mimic
+from cxrpipe.labels import CHEXPERT_LABELS
+
+log = logging.getLogger(__name__)
+
+IMAGES_H5 = "images.h5"
+PARTIAL_H5 = "images.partial.h5"
+REPORT_JSON = "prepare_report.json"
+REJECTS_CSV = "rejects.csv"
+CONFIG_JSON = "config.json"
+DEMO_MARKER = "generation.json"  # written by the demo generator at the root of its tree
+REJECT_FIELDS = [f.name for f in dataclasses.fields(Reject)]
+
+
+class PrepareError(RuntimeError):
+    """prepare cannot produce a usable prepared set (too much lost, unsupported source, nothing selected)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """params section ``data``: where the data is and what of it to use (read by prepare; sections by embed)."""
+
+    source: Literal["mimic-cxr-jpg", "mimic-cxr", "iu-xray"] = "mimic-cxr-jpg"  # reader; mimic-cxr = DICOM tree
+    root: Path = Path("data/demo")  # the image tree (files/p1X/...) and, unless `tables` is set, the CSVs
+    reports: Path = Path("data/demo/mimic-cxr-reports.zip")  # mimic-cxr-reports.zip or its extracted folder
+    tables: Path | None = None  # folder of the mimic-cxr-2.0.0-*.csv(.gz) tables; null = root (the DICOM
+    # release lacks them: point this at MIMIC-CXR-JPG's)
+    labeler: Literal["chexpert", "negbio"] = "chexpert"  # which label table: -chexpert or -negbio
+    views: tuple[str, ...] = ("AP", "PA")  # ViewPosition values kept (frontal); [] keeps all; blank = UNKNOWN
+    sections: tuple[str, ...] = ("findings", "impression")  # report sections kept in the cleaned text
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """params section ``prepare``: the image cache and the loss tolerance."""
+
+    image_size: int = 96  # S: images stored uint8 [S, S], longer side -> S, aspect kept, padded with 0
+    workers: int = 2  # decoding processes; 0 decodes in the main process
+    chunksize: int = 8  # images handed to a worker at a time (fewer messages; small keeps the bar smooth)
+    flush_every: int = 256  # rows written between flushes of images.partial.h5 (the resume granularity)
+    max_reject_fraction: float = 0.05  # fail when more than this share of selected images or studies is lost
+    dicom_percentile: float = 0.5  # window p..100-p percentiles for DICOMs that carry no window; 0 = min-max
+
+
+@dataclasses.dataclass
+class PrepareReport:
+    """What ``prepare_report.json`` holds (see the module doc)."""
+
+    source: str
+    root: str
+    reports: str
+    demo: bool
+    counts: dict
+    labels: dict  # label name -> {"1.0": n, "0.0": n, "-1.0": n, "blank": n} over kept labelled studies
+    rejects: dict  # {"total": n, "by_reason": {"<kind>/<reason>": n}}
+    lost: dict  # images/studies lost, their fractions, the limit
+    timing: dict
+    failed: str | None = None  # the error message when the run failed on max_reject_fraction
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Path) -> PrepareReport:
+    """Read ``data_cfg``'s source, decode its images into ``out_dir`` and write the prepared set."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check(prep_cfg)
+    if data_cfg.source == "iu-xray":
+        raise PrepareError("data.source 'iu-xray' is not supported by prepare yet; use mimic-cxr-jpg or mimic-cxr")
+    read = read_mimic(
+        data_cfg.root, data_cfg.reports, source=data_cfg.source, tables=data_cfg.tables,
+        labeler=data_cfg.labeler, views=data_cfg.views, sections=data_cfg.sections,
+    )
+    t_read = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rejects = list(read.rejects)
+    n_sel_images, n_sel_studies = read.counts["selected_images"], read.counts["studies_selected"]
+    if n_sel_images == 0:
+        raise PrepareError(f"no images selected from {data_cfg.root} (views {list(data_cfg.views)}; seen {read.counts['views_seen']})")
+
+    # fail before hours of decoding when the tables/reports already lose too much
+    early = _lost(n_sel_images, len(read.images), n_sel_studies, len(read.studies), prep_cfg.max_reject_fraction)
+    if early["fraction"] > prep_cfg.max_reject_fraction:
+        report = _report(data_cfg, read.counts, [], {}, rejects, early, {"read_s": round(t_read - t0, 3)})
+        _fail(out_dir, report, rejects, data_cfg, prep_cfg)
+
+    ok, failures, stats = _decode_all(read.images, data_cfg, prep_cfg, out_dir / PARTIAL_H5)
+    t_decode = time.perf_counter()
+    for i, why in sorted(failures.items()):
+        c = read.images[i]
+        rejects.append(Reject("image", c.dicom_id, c.path, "decode_failed", why))
+
+    kept_idx = [i for i in range(len(read.images)) if ok[i]]
+    kept_studies_ids = {read.images[i].study_id for i in kept_idx}
+    dropped = sorted(set(read.studies) - kept_studies_ids)
+    folder_of = {c.study_id: c.path.rsplit("/", 1)[0] for c in read.images}
+    for sid in dropped:
+        folder = folder_of[sid]
+        rejects.append(Reject("study", str(sid), folder, "no_images", "every selected image of the study failed to decode"))
+    dropped_set = set(dropped)
+    rejects = [r for r in rejects if not (r.kind == "labels" and int(r.id) in dropped_set)]
+    studies = [s for sid, s in read.studies.items() if sid in kept_studies_ids]
+    images = [ImageRecord(row=row, **dataclasses.asdict(read.images[i])) for row, i in enumerate(kept_idx)]
+
+    lost = _lost(n_sel_images, len(images), n_sel_studies, len(studies), prep_cfg.max_reject_fraction)
+    timing = {
+        "read_s": round(t_read - t0, 3),
+        "decode_s": round(t_decode - t_read, 3),
+        **stats,
+        "images_per_s": round(stats["decoded"] / max(t_decode - t_read, 1e-9), 2),
+        "workers": prep_cfg.workers,
+    }
+    report = _report(data_cfg, read.counts, images, {s.study_id: s for s in studies}, rejects, lost, timing)
+    if lost["fraction"] > prep_cfg.max_reject_fraction:
+        _fail(out_dir, report, rejects, data_cfg, prep_cfg)
+
+    _remove_previous(out_dir)  # a crash below must not leave a new images.h5 beside an old manifest
+    _write_image_cache(out_dir, kept_idx, [r.dicom_id for r in images], prep_cfg, data_cfg)
+    write_manifest(out_dir, images, studies)
+    report.timing["total_s"] = round(time.perf_counter() - t0, 3)
+    _write_outputs(out_dir, report, rejects, data_cfg, prep_cfg)
+    (out_dir / PARTIAL_H5).unlink(missing_ok=True)
+    _log_rejects(rejects, out_dir)
+    log.info(
+        "prepared %d images of %d studies (%s) into %s in %.1fs; lost %.2f%% of selected images",
+        len(images), len(studies), report.counts["by_split"], out_dir, report.timing["total_s"], 100 * lost["images_fraction"],
+    )
+    return report
+
+
+def _check(cfg: PrepareConfig) -> None:
+    if cfg.image_size < 8:
+        raise PrepareError(f"prepare.image_size {cfg.image_size} is too small (>= 8)")
+    if cfg.workers < 0 or cfg.chunksize < 1 or cfg.flush_every < 1:
+        raise PrepareError("prepare.workers must be >= 0, chunksize and flush_every >= 1")
+    if not 0.0 <= cfg.max_reject_fraction <= 1.0:
+        raise PrepareError(f"prepare.max_reject_fraction {cfg.max_reject_fraction} is not in [0, 1]")
+    if not 0.0 <= cfg.dicom_percentile < 50.0:
+        raise PrepareError(f"prepare.dicom_percentile {cfg.dicom_percentile} is not in [0, 50)")
+
+
+# --------------------------------------------------------------------------------------------- decoding
+def _decode_key(data_cfg: DataConfig, prep_cfg: PrepareConfig) -> str:
+    """What the decoded pixels depend on beyond the dicom_ids: a partial cache is resumed only if equal."""
+    return json.dumps(
+        {"root": str(Path(data_cfg.root).resolve()), "size": prep_cfg.image_size, "percentile": prep_cfg.dicom_percentile}
+    )
+
+
+# in-process decoding goes through this name (tests interrupt a run by replacing it); workers run
+# images.decode_chunk, which is the same work over a chunk
+_decode_task = decode_task
+# worker initializer: Ctrl-C is the main process's to handle (a partial, so workers need not import this module)
+_IGNORE_SIGINT = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
+
+
+def _decode_all(
+    cands: list[ImageCandidate], data_cfg: DataConfig, prep_cfg: PrepareConfig, partial: Path
+) -> tuple[np.ndarray, dict[int, str], dict]:
+    """Decode every candidate into ``partial`` (resuming). -> (ok [N] bool, {index: failure reason}, stats)."""
+    key = _decode_key(data_cfg, prep_cfg)
+    if partial.exists() and not _partial_matches(partial, key):
+        log.info("%s was made with other settings; starting over", partial)
+        partial.unlink()
+    ids = [c.dicom_id for c in cands]
+    attrs = {"decode_key": key, "source": data_cfg.source, "package_version": __version__}
+    failures: dict[int, str] = {}
+    with ImageCacheWriter(partial, ids, prep_cfg.image_size, attrs=attrs) as writer:
+        done = writer.done_rows()
+        todo = [(i, str(Path(data_cfg.root) / c.path), prep_cfg.image_size, prep_cfg.dicom_percentile) for i, c in enumerate(cands) if not done[i]]
+        if done.any():
+            log.info("resuming: %d of %d images already decoded in %s", int(done.sum()), len(cands), partial)
+        n_written = 0
+        for i, image, why in _iter_decoded(todo, prep_cfg):
+            if image is None:
+                failures[i] = why
+                continue
+            writer.write(i, image)
+            n_written += 1
+            if n_written % prep_cfg.flush_every == 0:
+                writer.flush()
+        ok = writer.done_rows()
+    stats = {"decoded": len(todo), "resumed": int(done.sum()), "failed": len(failures)}
+    return ok, failures, stats
+
+
+def _iter_decoded(todo: list[tuple], cfg: PrepareConfig) -> Iterable[tuple[int, np.ndarray | None, str | None]]:
+    """Decoded results in completion order; at most ``4 * workers`` chunks in flight (bounded memory)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="decode", unit="img", mininterval=2.0, disable=None)
+    try:
+        if cfg.workers == 0 or len(todo) <= 1:
+            for task in todo:
+                yield _decode_task(task)
+                bar.update()
+            return
+        chunks = iter([todo[i : i + cfg.chunksize] for i in range(0, len(todo), cfg.chunksize)])
+        # spawn: no h5py handle or other state crosses into the workers. A worker that dies (a decoder
+        # crash, the OOM killer) breaks the pool with an error instead of hanging the run.
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_IGNORE_SIGINT) as pool:
+            pending: dict[cf.Future, list[tuple]] = {}
+            for chunk in itertools.islice(chunks, 4 * cfg.workers):
+                pending[pool.submit(decode_chunk, chunk)] = chunk
+            while pending:
+                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    chunk = pending.pop(fut)
+                    try:
+                        results = fut.result()
+                    except cf.process.BrokenProcessPool:
+                        paths = ", ".join(t[1] for t in chunk)
+                        raise PrepareError(
+                            "a decoding worker died (out of memory, or a decoder crashed); images in flight "
+                            f"included: {paths}. Rows decoded so far are kept: run prepare again to resume."
+                        ) from None
+                    for res in results:
+                        yield res
+                    bar.update(len(results))
+                    nxt = next(chunks, None)
+                    if nxt is not None:
+                        pending[pool.submit(decode_chunk, nxt)] = nxt
+    finally:
+        bar.close()
+
+
+def _partial_matches(path: Path, key: str) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("decode_key") == key
+    except OSError:  # half-written by a killed run
+        return False
+
+
+def _write_image_cache(out_dir: Path, kept_idx: list[int], kept_ids: list[str], prep_cfg: PrepareConfig, data_cfg: DataConfig) -> None:
+    """``images.partial.h5`` -> ``images.h5`` holding only the rows that decoded, in manifest order."""
+    partial, final = out_dir / PARTIAL_H5, out_dir / IMAGES_H5
+    with h5py.File(partial, "r") as f:
+        n_partial = f["images"].shape[0]
+    if len(kept_idx) == n_partial:  # nothing failed: the partial cache is the final one
+        os.replace(partial, final)
+        return
+    tmp = out_dir / (IMAGES_H5 + ".tmp")
+    tmp.unlink(missing_ok=True)
+    attrs = {"decode_key": _decode_key(data_cfg, prep_cfg), "source": data_cfg.source, "package_version": __version__}
+    with h5py.File(partial, "r") as src, ImageCacheWriter(tmp, kept_ids, prep_cfg.image_size, attrs=attrs) as dst:
+        block = 1024
+        for start in range(0, len(kept_idx), block):
+            idx = kept_idx[start : start + block]  # increasing: h5py fancy indexing needs that
+            for j, image in enumerate(src["images"][idx]):
+                dst.write(start + j, image)
+    os.replace(tmp, final)
+
+
+# ------------------------------------------------------------------------------------------ report, io
+def _lost(sel_images: int, kept_images: int, sel_studies: int, kept_studies: int, limit: float) -> dict:
+    fi = 1.0 - kept_images / sel_images if sel_images else 0.0
+    fs = 1.0 - kept_studies / sel_studies if sel_studies else 0.0
+    return {
+        "selected_images": sel_images, "selected_studies": sel_studies,
+        "images": sel_images - kept_images, "images_fraction": round(fi, 6),
+        "studies": sel_studies - kept_studies, "studies_fraction": round(fs, 6),
+        "fraction": round(max(fi, fs), 6), "max_reject_fraction": limit,
+    }
+
+
+def _report(data_cfg, read_counts, images, studies: dict[int, StudyRecord], rejects, lost, timing) -> PrepareReport:
+    by_split = {s: {"images": 0, "studies": 0} for s in SPLITS}
+    for r in images:
+        by_split[r.split]["images"] += 1
+    for s in studies.values():
+        by_split[s.split]["studies"] += 1
+    labels = {name: {"1.0": 0, "0.0": 0, "-1.0": 0, "blank": 0} for name in CHEXPERT_LABELS}
+    for s in studies.values():
+        if s.has_labels:
+            for name, v in zip(CHEXPERT_LABELS, s.labels):
+                labels[name]["blank" if math.isnan(v) else f"{v:.1f}"] += 1
+    n_labelled = sum(s.has_labels for s in studies.values())
+    counts = {
+        **read_counts,
+        "images": len(images),
+        "studies": len(studies),
+        "studies_with_labels": n_labelled,
+        "studies_without_labels": len(studies) - n_labelled,
+        "by_split": by_split,
+        "by_view": dict(sorted(collections.Counter(r.view for r in images).items())),
+    }
+    by_reason = collections.Counter(f"{r.kind}/{r.reason}" for r in rejects)
+    return PrepareReport(
+        source=data_cfg.source, root=str(data_cfg.root), reports=str(data_cfg.reports),
+        demo=(Path(data_cfg.root) / DEMO_MARKER).is_file(), counts=counts, labels=labels,
+        rejects={"total": len(rejects), "by_reason": dict(sorted(by_reason.items()))}, lost=lost, timing=timing,
+    )
+
+
+def _write_outputs(out_dir: Path, report: PrepareReport, rejects: list[Reject], data_cfg, prep_cfg) -> None:
+    tmp = out_dir / (REJECTS_CSV + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=REJECT_FIELDS)
+        w.writeheader()
+        for r in rejects:
+            w.writerow(dataclasses.asdict(r))
+    os.replace(tmp, out_dir / REJECTS_CSV)
+    tmp = out_dir / (REPORT_JSON + ".tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    os.replace(tmp, out_dir / REPORT_JSON)
+    save_config({"data": data_cfg, "prepare": prep_cfg, "package_version": __version__}, out_dir / CONFIG_JSON)
+
+
+def _remove_previous(out_dir: Path) -> None:
+    for name in (IMAGES_CSV, STUDIES_CSV, IMAGES_H5, REPORT_JSON):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _fail(out_dir: Path, report: PrepareReport, rejects: list[Reject], data_cfg, prep_cfg) -> None:
+    """Write the report and the rejects (not the manifest), then raise with the biggest reasons named."""
+    lost = report.lost
+    top = ", ".join(f"{k}: {n}" for k, n in collections.Counter(report.rejects["by_reason"]).most_common(4))
+    msg = (
+        f"prepare lost {lost['images']} of {lost['selected_images']} selected images "
+        f"({100 * lost['images_fraction']:.1f}%) and {lost['studies']} of {lost['selected_studies']} studies "
+        f"({100 * lost['studies_fraction']:.1f}%), more than prepare.max_reject_fraction = {lost['max_reject_fraction']}; "
+        f"biggest reasons: {top or 'none'}. See {out_dir / REJECTS_CSV}; fix the data or raise the limit."
+    )
+    report.failed = msg
+    _remove_previous(out_dir)  # an earlier run's manifest must not pass for this run's
+    _write_outputs(out_dir, report, rejects, data_cfg, prep_cfg)
+    _log_rejects(rejects, out_dir)
+    raise PrepareError(msg)
+
+
+def _log_rejects(rejects: list[Reject], out_dir: Path) -> None:
+    """One line per reason: how many, and one example (what, which file)."""
+    first: dict[str, Reject] = {}
+    n = collections.Counter()
+    for r in rejects:
+        key = f"{r.kind}/{r.reason}"
+        n[key] += 1
+        first.setdefault(key, r)
+    for key, count in sorted(n.items()):
+        r = first[key]
+        what = "image" if r.kind == "image" else "study"
+        what = what if count == 1 else ("images" if what == "image" else "studies")
+        verb = "kept without labels" if r.action == "unlabelled" else "dropped"
+        log.warning("%d %s %s (%s), e.g. %s %s: %s", count, what, verb, r.reason, r.id, r.path, r.detail)
+    if rejects:
+        log.warning("all %d listed in %s", len(rejects), out_dir / REJECTS_CSV)
