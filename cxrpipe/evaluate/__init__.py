@@ -1,0 +1,12 @@
+"""Stage three: fine-tune on the 14 CheXpert labels, evaluate with intervals, compare multimodal vs mae.
+
+* :mod:`cxrpipe.evaluate.metrics`   per-run metrics (scikit-learn) at image and study level, with
+  bootstrap 95% intervals that resample test studies.
+* :mod:`cxrpipe.evaluate.bootstrap` the resampling machinery (vectorised numpy) and the paired bootstrap of
+  the delta mAUC between two models on the same test studies.
+* :mod:`cxrpipe.evaluate.data`      labelled frontal images per split, label-fraction sampling by study.
+* :mod:`cxrpipe.evaluate.finetune`  ``FinetuneConfig`` and ``run_finetune`` (protocols ``linear`` and
+  ``finetune``).
+* :mod:`cxrpipe.evaluate.compare`   ``CompareConfig`` and ``run_compare`` (comparison.json / .md, ROC PNGs).
+* :mod:`cxrpipe.evaluate.plots`     ROC curves per label and fine-tuning curves (matplotlib, Agg).
+"""

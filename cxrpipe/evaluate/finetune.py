@@ -1,0 +1,384 @@
+"""Stage three: an FC head on the 14 CheXpert labels over an exported encoder, two protocols.
+
+* ``linear``   the encoder is frozen (the report's baseline protocol): its pooled features are computed ONCE
+  for every image and the head is trained on them, so each epoch costs a few matrix products.
+* ``finetune`` every weight trains; timm's layer-wise lr decay (``layer_decay`` < 1; BEiT / MAE fine-tuning
+  recipe) scales the lr of block ``i`` of ``d`` (0-based) by ``layer_decay ** (d - 1 - i)`` and the patch
+  and position embeddings by ``layer_decay ** d``; the last block, the final norm and the head get the full lr.
+
+Both: masked BCE (the uncertain/blank policies decide targets and mask), AdamW, cosine schedule, the epoch
+with the best ``validate`` mAUC (at ``select_level``) is kept, numbers are computed once on ``test``.
+Outputs: the metrics JSON, the resolved config beside it (``<stem>.config.json``), the test predictions
+(``.npz``, for ``compare``) and a PNG of the training curves. Same seed and params -> same numbers on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm import tqdm
+
+from cxrpipe.config import save_config, to_dict
+from cxrpipe.evaluate.data import ImageRows, LabelledImages, labelled_splits
+from cxrpipe.evaluate.metrics import EvalLevel, Predictions, evaluate, jsonable, macro_auroc, save_predictions
+from cxrpipe.labels import N_LABELS, BlankPolicy, UncertainPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Protocol(str, enum.Enum):
+    LINEAR = "linear"  # frozen encoder, FC head on cached features
+    FINETUNE = "finetune"  # all weights
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    hidden: tuple[int, ...] = (256,)  # hidden FC widths; () = a single linear layer
+    dropout: float = 0.1  # before each FC layer after the first
+    input_norm: bool = True  # BatchNorm1d(affine=False) on the encoder features (MAE's linear-probe recipe):
+    # frozen features come at whatever scale pretraining left them
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearConfig:
+    epochs: int = 50  # epochs over the cached features (cheap)
+    batch_size: int = 256
+    lr: float = 1e-3  # AdamW peak lr, cosine to 0
+    weight_decay: float = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class FullFinetuneConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 3e-4  # AdamW peak lr of the head and the last block, cosine to 0
+    weight_decay: float = 0.05  # not on biases, norms, tokens, position embeddings
+    layer_decay: float = 0.75  # lr of block i (0-based) of d: lr * layer_decay**(d - 1 - i); 1.0 = off
+    warmup_epochs: float = 1.0  # linear warm-up before the cosine
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    seed: int = 0  # head init, batch order, dropout, label-fraction sample, bootstrap
+    label_fraction: float = 1.0  # fraction of training STUDIES used (0.01, 0.1, 1.0: label efficiency)
+    uncertain: UncertainPolicy = UncertainPolicy.IGNORE  # -1 labels: ignore (masked) | ones | zeros
+    blank: BlankPolicy = BlankPolicy.ZEROS  # blank labels: zeros | ignore
+    views: tuple[str, ...] = ("AP", "PA")  # views used; () = all (prepare already filters to frontal)
+    select_level: EvalLevel = EvalLevel.STUDY  # level of the validate mAUC that picks the epoch
+    n_bootstrap: int = 1000  # replicates (test studies resampled) for the 95% intervals
+    eval_batch_size: int = 256  # batch for feature extraction and prediction
+    num_workers: int = 0  # DataLoader workers reading images.h5
+    device: str = "auto"  # auto (cuda if present) | cpu | cuda[:i]
+    head: HeadConfig = HeadConfig()
+    linear: LinearConfig = LinearConfig()
+    finetune: FullFinetuneConfig = FullFinetuneConfig()
+
+
+class ClassifierHead(nn.Module):
+    """Fully connected layers: features ``[B, D]`` -> logits ``[B, 14]``."""
+
+    def __init__(self, in_dim: int, cfg: HeadConfig, n_out: int = N_LABELS):
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm1d(in_dim, affine=False, eps=1e-6)] if cfg.input_norm else []
+        dim = in_dim
+        for i, width in enumerate(cfg.hidden):
+            if i > 0 and cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            layers += [nn.Linear(dim, width), nn.GELU()]
+            dim = width
+        if cfg.hidden and cfg.dropout > 0:
+            layers.append(nn.Dropout(cfg.dropout))
+        layers.append(nn.Linear(dim, n_out))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Classifier(nn.Module):
+    """Encoder + head: images ``[B, 1, H, W]`` -> logits ``[B, 14]``."""
+
+    def __init__(self, encoder: nn.Module, head: ClassifierHead):
+        super().__init__()
+        self.encoder = encoder  # timm ViT with num_classes=0: returns pooled features [B, D]
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the valid entries only (masked labels contribute nothing)."""
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    mask = mask.to(loss.dtype)
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class _Inputs:
+    """uint8 images ``[B, S, S]`` -> normalised float ``[B, 1, H, W]`` at the encoder's input size."""
+
+    def __init__(self, enc_cfg: dict[str, Any], device: torch.device):
+        size = enc_cfg["kwargs"].get("img_size", None)
+        self.size = tuple(size) if isinstance(size, (list, tuple)) else (size, size) if size else None
+        self.mean, self.std = float(enc_cfg["pixel_mean"]), float(enc_cfg["pixel_std"])
+        self.device = device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from cxrpipe.encoder import normalize_uint8
+
+        x = normalize_uint8(images.to(self.device), self.mean, self.std)
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            # images.h5 made at another size than the encoder saw: resize rather than refuse
+            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        return x
+
+
+def _loader(ds: Dataset, batch_size: int, train: bool, seed: int, workers: int) -> DataLoader:
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train,
+        generator=gen,
+        num_workers=workers,
+        drop_last=train and len(ds) > batch_size,  # BatchNorm cannot train on a batch of one
+    )
+
+
+@torch.inference_mode()
+def _predict(model: nn.Module, loader: DataLoader, to_input: Callable) -> np.ndarray:
+    """Logits ``[N, out]`` in dataset order."""
+    model.eval()
+    out = [model(to_input(x)).float().cpu() for x, *_ in tqdm(loader, leave=False, disable=None)]
+    return torch.cat(out).numpy()
+
+
+def _cosine(total: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    return factor
+
+
+def _param_groups(model: Classifier, cfg: FullFinetuneConfig) -> list[dict]:
+    """timm's layer-decay groups for the encoder (lr scaled per block) + the head at full lr."""
+    from timm.optim import param_groups_layer_decay
+
+    no_wd = model.encoder.no_weight_decay() if hasattr(model.encoder, "no_weight_decay") else set()
+    groups = param_groups_layer_decay(
+        model.encoder, weight_decay=cfg.weight_decay, no_weight_decay_list=no_wd, layer_decay=cfg.layer_decay
+    )
+    decay = [p for p in model.head.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.head.parameters() if p.ndim <= 1]
+    groups += [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    return [g for g in groups if g["params"]]
+
+
+def _fit(
+    model: nn.Module,
+    train: DataLoader,
+    predict_validate: Callable[[], np.ndarray],
+    validate: LabelledImages,
+    to_input: Callable,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    warmup_epochs: float,
+    level: EvalLevel,
+) -> tuple[list[dict], int, dict[str, torch.Tensor], np.ndarray]:
+    """Train; keep the epoch with the best validate mAUC -> (history, best epoch, its state, its logits)."""
+    steps = epochs * len(train)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps, int(warmup_epochs * len(train))))
+    history: list[dict] = []
+    best: tuple[float, int, dict[str, torch.Tensor], np.ndarray] | None = None
+    val_t = torch.from_numpy(validate.targets)
+    val_m = torch.from_numpy(validate.mask)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, n = 0.0, 0
+        for x, y, m in tqdm(train, desc=f"epoch {epoch}", leave=False, disable=None):
+            logits = model(to_input(x))
+            loss = masked_bce(logits, y.to(logits.device), m.to(logits.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sched.step()
+            total += loss.item() * x.shape[0]
+            n += x.shape[0]
+        logits = predict_validate()  # [N_val, 14]
+        val_loss = float(masked_bce(torch.from_numpy(logits), val_t, val_m))
+        pred = Predictions(validate.image_ids, validate.study_ids, _sigmoid(logits), validate.targets, validate.mask)
+        lv = pred.at_level(level)
+        mauc, _ = macro_auroc(lv.targets, lv.probs, lv.mask)
+        history.append({"epoch": epoch, "train_loss": total / max(n, 1), "validate_loss": val_loss, "validate_mauc": mauc})
+        log.info("epoch %d/%d: train loss %.4f, validate loss %.4f, validate mAUC (%s) %.4f",
+                 epoch, epochs, total / max(n, 1), val_loss, level.value, mauc)
+        # rounded: equal AUCs summed in another order differ in the last bits; a tie keeps the earlier epoch
+        score = -math.inf if math.isnan(mauc) else round(mauc, 12)
+        if best is None or score > best[0]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = (score, epoch, state, logits)
+    assert best is not None, "epochs must be >= 1"
+    if best[0] == -math.inf:
+        log.warning("validate mAUC undefined (no label with both classes in validate): keeping epoch 1")
+    return history, best[1], best[2], best[3]
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return torch.sigmoid(torch.from_numpy(logits)).numpy()
+
+
+def run_finetune(
+    cfg: FinetuneConfig,
+    encoder_dir: str | Path,
+    protocol: Protocol | str,
+    prepared: str | Path,
+    out_json: str | Path,
+    predictions_out: str | Path | None = None,
+    plot_out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train the head (``linear``) or everything (``finetune``), evaluate on test, write the outputs.
+
+    Writes ``out_json`` (metrics), ``<out_json stem>.config.json`` (resolved config), ``predictions_out``
+    (test predictions .npz; default ``<out_json dir>/../predictions/<stem>.npz``) and ``plot_out`` (training
+    curves PNG; skipped when None). Returns the metrics dict.
+    """
+    from cxrpipe.data.image_cache import ImageCache
+    from cxrpipe.encoder import load_encoder
+    from cxrpipe.evaluate.plots import plot_history
+
+    t0 = time.time()
+    protocol = Protocol(protocol)
+    prepared, out_json = Path(prepared), Path(out_json)
+    if predictions_out is None:
+        predictions_out = out_json.parent.parent / "predictions" / f"{out_json.stem}.npz"
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    splits = labelled_splits(prepared, cfg.views, cfg.uncertain, cfg.blank, cfg.label_fraction, cfg.seed)
+    encoder, enc_cfg = load_encoder(encoder_dir)
+    variant = str(enc_cfg.get("variant") or Path(encoder_dir).name)
+    encoder.to(device)
+    to_images = _Inputs(enc_cfg, device)
+    cache = ImageCache(prepared / "images.h5")
+    ds = {k: ImageRows(cache, v) for k, v in splits.items()}
+
+    def eval_loader(split: str) -> DataLoader:
+        return _loader(ds[split], cfg.eval_batch_size, False, cfg.seed, cfg.num_workers)
+
+    in_dim = int(encoder.num_features)
+    if protocol is Protocol.LINEAR:
+        encoder.requires_grad_(False)
+        feats = {k: torch.from_numpy(_predict(encoder, eval_loader(k), to_images)) for k in ds}  # [N, D] each
+        log.info("frozen features: %s", {k: tuple(v.shape) for k, v in feats.items()})
+        model: nn.Module = ClassifierHead(in_dim, cfg.head).to(device)
+        to_input: Callable = lambda x: x.to(device)  # noqa: E731
+
+        def tensors(k: str) -> TensorDataset:
+            return TensorDataset(feats[k], torch.from_numpy(splits[k].targets), torch.from_numpy(splits[k].mask))
+
+        train = _loader(tensors("train"), cfg.linear.batch_size, True, cfg.seed, 0)
+        val_loader = _loader(tensors("validate"), cfg.eval_batch_size, False, cfg.seed, 0)
+        test_loader = _loader(tensors("test"), cfg.eval_batch_size, False, cfg.seed, 0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.linear.lr, weight_decay=cfg.linear.weight_decay)
+        epochs, warmup = cfg.linear.epochs, 0.0
+    else:
+        model = Classifier(encoder, ClassifierHead(in_dim, cfg.head)).to(device)
+        to_input = to_images
+        train = _loader(ds["train"], cfg.finetune.batch_size, True, cfg.seed, cfg.num_workers)
+        val_loader, test_loader = eval_loader("validate"), eval_loader("test")
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg.finetune), lr=cfg.finetune.lr)
+        epochs, warmup = cfg.finetune.epochs, cfg.finetune.warmup_epochs
+
+    history, best_epoch, state, val_logits = _fit(
+        model, train, lambda: _predict(model, val_loader, to_input), splits["validate"], to_input,
+        optimizer, epochs, warmup, cfg.select_level,
+    )
+    model.load_state_dict(state)
+    test_logits = _predict(model, test_loader, to_input)
+
+    def preds(split: str, logits: np.ndarray) -> Predictions:
+        d = splits[split]
+        return Predictions(d.image_ids, d.study_ids, _sigmoid(logits), d.targets, d.mask)
+
+    test_pred = preds("test", test_logits)
+    result: dict[str, Any] = {
+        "encoder": variant,
+        "protocol": protocol.value,
+        "select_level": cfg.select_level.value,
+        "best_epoch": best_epoch,
+        "validate_mauc": history[best_epoch - 1]["validate_mauc"],
+        "label_fraction": cfg.label_fraction,
+        "n_train_images": len(splits["train"]),
+        "n_train_studies": splits["train"].n_studies,
+        "n_validate_studies": splits["validate"].n_studies,
+        "n_test_images": len(splits["test"]),
+        "n_test_studies": splits["test"].n_studies,
+        **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed),
+        "dataset": _dataset_info(prepared),
+        "history": history,
+    }
+    result = jsonable(result)
+    _write_json(result, out_json)
+    save_config(
+        {
+            "finetune": to_dict(cfg),
+            "protocol": protocol.value,
+            "encoder_dir": str(encoder_dir),
+            "encoder": {k: enc_cfg.get(k) for k in ("arch", "kwargs", "pixel_mean", "pixel_std", "variant")},
+            "prepared": str(prepared),
+        },
+        out_json.with_name(f"{out_json.stem}.config.json"),
+    )
+    save_predictions(test_pred, predictions_out, encoder=variant, protocol=protocol.value)
+    if plot_out is not None:
+        plot_history(history, plot_out, best_epoch, title=f"{variant}-{protocol.value}")
+    s = result[cfg.select_level.value]
+    log.info(
+        "%s-%s: test mAUC (%s) %s %s, accuracy %s (all-negative %s); %.1f s",
+        variant, protocol.value, cfg.select_level.value, s["mauc"], s["mauc_ci95"], s["accuracy"],
+        s["all_negative_accuracy"], time.time() - t0,
+    )
+    return result
+
+
+def _dataset_info(prepared: Path) -> dict[str, Any]:
+    """Provenance from prepare's report: compare says "different dataset" beside the published numbers."""
+    path = prepared / "prepare_report.json"
+    if not path.exists():
+        return {"source": None, "demo": None, "root": None}
+    report = json.loads(path.read_text())
+    return {k: report.get(k) for k in ("source", "demo", "root")}
+
+
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,287 @@
+"""Per-run metrics on the 14 labels, image- and study-level, with bootstrap intervals over test studies.
+
+Definitions (all point estimates with scikit-learn; intervals with :mod:`cxrpipe.evaluate.bootstrap`):
+
+* AUROC / AUPRC per label over that label's valid entries (``mask``: uncertain labels are masked out under
+  the default policy). A label whose valid test entries hold one class only has no AUROC: it is left out
+  of mAUC and named in ``labels_excluded``.
+* mAUC: macro mean of AUROC over the labels with both classes in the test set (``labels_in_mauc``).
+* accuracy: at threshold 0.5 (positive when ``p >= 0.5``), micro over every valid (image or study, label)
+  entry of all 14 labels; ``all_negative_accuracy`` is the accuracy of predicting 0 everywhere on exactly
+  the same entries. With ~13% positives it is already ~0.87: accuracy means little without it.
+* F1: per label at the threshold that maximises F1 on ``validate`` (same level), macro over the mAUC labels.
+* level ``image``: one unit per image; ``study``: the mean of a study's image probabilities, one unit per
+  study. Both levels resample studies in the bootstrap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
+
+from cxrpipe.evaluate import bootstrap
+from cxrpipe.labels import CHEXPERT_LABELS
+
+
+class EvalLevel(str, enum.Enum):
+    """The unit a metric counts."""
+
+    IMAGE = "image"
+    STUDY = "study"  # mean probability over the study's (frontal) images
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """Per-image predictions of one split (one row per image)."""
+
+    image_ids: np.ndarray  # [N] str (dicom ids)
+    study_ids: np.ndarray  # [N] int64
+    probs: np.ndarray  # [N, 14] float32 sigmoid outputs, CHEXPERT_LABELS order
+    targets: np.ndarray  # [N, 14] float32 in {0, 1} (the study's labels under the run's policies)
+    mask: np.ndarray  # [N, 14] bool, False = left out of the metrics
+
+    def at_level(self, level: EvalLevel) -> "LevelData":
+        """The units to score at ``level``; study level averages each study's image probabilities."""
+        studies, first, groups = np.unique(self.study_ids, return_index=True, return_inverse=True)
+        groups = groups.reshape(-1)
+        if EvalLevel(level) is EvalLevel.IMAGE:
+            return LevelData(self.study_ids, groups, self.probs, self.targets, self.mask)
+        n = len(studies)
+        count = np.bincount(groups, minlength=n).astype(np.float64)  # images per study [M]
+        probs = np.zeros((n, self.probs.shape[1]))
+        np.add.at(probs, groups, self.probs)
+        # labels are per study, so the study's first image row holds them
+        return LevelData(studies, np.arange(n), probs / count[:, None], self.targets[first], self.mask[first])
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelData:
+    """Units (images or studies) to score."""
+
+    study_ids: np.ndarray  # [n] each unit's study id
+    groups: np.ndarray  # [n] each unit's study index (the bootstrap's resampled unit)
+    probs: np.ndarray  # [n, L]
+    targets: np.ndarray  # [n, L]
+    mask: np.ndarray  # [n, L] bool
+
+
+def save_predictions(pred: Predictions, path: str | Path, **meta: str) -> None:
+    """Write predictions (+ string metadata such as encoder/protocol) as ``.npz``, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        image_ids=np.asarray(pred.image_ids, dtype=str),
+        study_ids=np.asarray(pred.study_ids, dtype=np.int64),
+        probs=np.asarray(pred.probs, dtype=np.float32),
+        targets=np.asarray(pred.targets, dtype=np.float32),
+        mask=np.asarray(pred.mask, dtype=bool),
+        labels=np.asarray(CHEXPERT_LABELS, dtype=str),
+        **{k: np.asarray(v, dtype=str) for k, v in meta.items()},
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def load_predictions(path: str | Path) -> tuple[Predictions, dict[str, str]]:
+    """Read :func:`save_predictions` output -> (predictions, metadata strings)."""
+    with np.load(path, allow_pickle=False) as z:
+        labels = tuple(str(s) for s in z["labels"])
+        if labels != CHEXPERT_LABELS:
+            raise ValueError(f"{path}: labels {labels} are not the 14 CheXpert labels in order")
+        pred = Predictions(z["image_ids"], z["study_ids"], z["probs"], z["targets"], z["mask"].astype(bool))
+        meta = {k: str(z[k]) for k in z.files if k not in {"image_ids", "study_ids", "probs", "targets", "mask", "labels"}}
+    return pred, meta
+
+
+# ---------------------------------------------------------------- point metrics (scikit-learn)
+
+
+def both_classes(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``[L]`` bool: the label's valid entries hold at least one positive and one negative."""
+    pos = (targets > 0.5) & mask
+    neg = (targets <= 0.5) & mask
+    return pos.any(axis=0) & neg.any(axis=0)
+
+
+def auroc_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``[L]`` AUROC over each label's valid entries; nan for a label with one class."""
+    ok = both_classes(targets, mask)
+    out = np.full(targets.shape[1], np.nan)
+    for j in np.flatnonzero(ok):
+        m = mask[:, j]
+        out[j] = roc_auc_score(targets[m, j] > 0.5, probs[m, j])
+    return out
+
+
+def auprc_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``[L]`` average precision over each label's valid entries; nan for a label without positives."""
+    out = np.full(targets.shape[1], np.nan)
+    for j in range(targets.shape[1]):
+        m = mask[:, j]
+        y = targets[m, j] > 0.5
+        if y.any():
+            out[j] = average_precision_score(y, probs[m, j])
+    return out
+
+
+def macro_auroc(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mAUC over the labels with both classes, their indices ``[K]``); nan if no label qualifies."""
+    auc = auroc_per_label(targets, probs, mask)
+    idx = np.flatnonzero(~np.isnan(auc))
+    return (float(auc[idx].mean()) if idx.size else float("nan")), idx
+
+
+def accuracy_at(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
+    """Micro accuracy over all valid entries, positive when ``p >= threshold``."""
+    y = targets[mask] > 0.5
+    return float(accuracy_score(y, probs[mask] >= threshold)) if y.size else float("nan")
+
+
+def all_negative_accuracy(targets: np.ndarray, mask: np.ndarray) -> float:
+    """Accuracy of predicting 0 for every valid entry (the same entries :func:`accuracy_at` scores)."""
+    y = targets[mask] > 0.5
+    return float(accuracy_score(y, np.zeros_like(y))) if y.size else float("nan")
+
+
+def tune_thresholds(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``[L]`` threshold maximising F1 per label (on validate); 0.5 where a label has no positive there."""
+    out = np.full(targets.shape[1], 0.5)
+    for j in range(targets.shape[1]):
+        m = mask[:, j]
+        y = targets[m, j] > 0.5
+        if not y.any():
+            continue
+        precision, recall, thresholds = precision_recall_curve(y, probs[m, j])
+        p, r = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+        out[j] = float(thresholds[int(np.argmax(f1))])
+    return out
+
+
+def f1_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``[L]`` F1 at the given thresholds (``p >= t``) over each label's valid entries; nan where none."""
+    out = np.full(targets.shape[1], np.nan)
+    for j in range(targets.shape[1]):
+        m = mask[:, j]
+        if m.any():
+            out[j] = f1_score(targets[m, j] > 0.5, probs[m, j] >= thresholds[j], zero_division=0)
+    return out
+
+
+# ---------------------------------------------------------------- one level, with intervals
+
+
+def jsonable(x: Any) -> Any:
+    """Plain JSON data: numpy scalars -> Python, nan -> None (JSON has no NaN; DVC and others reject it)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return None if math.isnan(x) else float(x)
+    return x
+
+
+def evaluate_level(
+    test: LevelData, thresholds: np.ndarray, n_bootstrap: int, seed: int, level: EvalLevel
+) -> dict[str, Any]:
+    """All metrics of one level with bootstrap 95% intervals (``n_bootstrap`` replicates of test studies)."""
+    y, p, m = test.targets, test.probs, test.mask
+    auc = auroc_per_label(y, p, m)
+    auprc = auprc_per_label(y, p, m)
+    f1 = f1_per_label(y, p, m, thresholds)
+    mauc, idx = macro_auroc(y, p, m)
+    # bootstrap: [B, K] per-label replicates of the mAUC labels, [B] for the micro accuracies
+    correct = ((p >= 0.5) == (y > 0.5)) & m
+    negative = (y <= 0.5) & m
+    n_valid = m.sum(axis=1).astype(np.float64)
+    reps: dict[str, list[np.ndarray]] = {k: [] for k in ("auroc", "auprc", "f1", "acc", "neg")}
+    for w in bootstrap.resample_weights(test.groups, n_bootstrap, seed):
+        reps["auroc"].append(bootstrap.auroc_matrix(y, p, m, idx, w))
+        ap = np.empty((w.shape[0], idx.size))
+        f1r = np.empty((w.shape[0], idx.size))
+        for k, j in enumerate(idx):
+            mj = m[:, j]
+            yj = y[mj, j] > 0.5
+            ap[:, k] = bootstrap.weighted_average_precision(p[mj, j], yj, w[:, mj])
+            f1r[:, k] = bootstrap.weighted_f1(p[mj, j] >= thresholds[j], yj, w[:, mj])
+        reps["auprc"].append(ap)
+        reps["f1"].append(f1r)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps["acc"].append(w @ correct.sum(axis=1) / (w @ n_valid))
+            reps["neg"].append(w @ negative.sum(axis=1) / (w @ n_valid))
+    r = {k: np.concatenate(v) for k, v in reps.items()}
+    ci = bootstrap.percentile_ci
+    per_label = []
+    for j, name in enumerate(CHEXPERT_LABELS):
+        k = np.searchsorted(idx, j)
+        in_mauc = k < idx.size and idx[k] == j
+        per_label.append(
+            {
+                "label": name,
+                "n_pos": int(((y[:, j] > 0.5) & m[:, j]).sum()),
+                "n_neg": int(((y[:, j] <= 0.5) & m[:, j]).sum()),
+                "in_mauc": bool(in_mauc),
+                "auroc": jsonable(auc[j]),
+                "auroc_ci95": jsonable(ci(r["auroc"][:, k])) if in_mauc else None,
+                "auprc": jsonable(auprc[j]),
+                "auprc_ci95": jsonable(ci(r["auprc"][:, k])) if in_mauc else None,
+                "threshold": float(thresholds[j]),
+                "f1": jsonable(f1[j]),
+                "f1_ci95": jsonable(ci(r["f1"][:, k])) if in_mauc else None,
+            }
+        )
+    n_studies = int(np.unique(test.study_ids).size)
+    kept = set(idx.tolist())
+    excluded = [n for j, n in enumerate(CHEXPERT_LABELS) if j not in kept]
+    return {
+        "level": EvalLevel(level).value,
+        "n": int(y.shape[0]),  # units scored: images or studies
+        "n_studies": n_studies,
+        "mauc": jsonable(mauc),
+        "mauc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"]))),
+        "labels_in_mauc": [CHEXPERT_LABELS[j] for j in idx],
+        "labels_excluded": excluded,
+        "accuracy": jsonable(accuracy_at(y, p, m)),
+        "accuracy_ci95": jsonable(ci(r["acc"])),
+        "all_negative_accuracy": jsonable(all_negative_accuracy(y, m)),
+        "all_negative_accuracy_ci95": jsonable(ci(r["neg"])),
+        "macro_f1": jsonable(np.nanmean(f1[idx]) if idx.size else np.nan),
+        "macro_f1_ci95": jsonable(ci(bootstrap.nanmean_rows(r["f1"]))),
+        "mean_auprc": jsonable(np.nanmean(auprc[idx]) if idx.size else np.nan),
+        "mean_auprc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auprc"]))),
+        "n_bootstrap": int(n_bootstrap),
+        "per_label": per_label,
+    }
+
+
+def evaluate(test: Predictions, validate: Predictions, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """``{"image": block, "study": block}`` for the test predictions; F1 thresholds tuned on validate."""
+    out = {}
+    for level in EvalLevel:
+        val = validate.at_level(level)
+        thresholds = tune_thresholds(val.targets, val.probs, val.mask)
+        out[level.value] = evaluate_level(test.at_level(level), thresholds, n_bootstrap, seed, level)
+    return out

@@ -1,0 +1,108 @@
+"""PNG plots for DVC: ROC curves per label (compare) and training curves (finetune). matplotlib, Agg."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from cxrpipe.labels import CHEXPERT_LABELS
+
+# colour per encoder, line style per protocol: the pair to compare is the same style in two colours
+COLOURS = {"mae": "tab:blue", "multimodal": "tab:orange"}
+STYLES = {"linear": "-", "finetune": "--"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless, deterministic; never opens a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def slug(name: str) -> str:
+    """File-name-safe label name: ``"Enlarged Cardiomediastinum"`` -> ``"enlarged-cardiomediastinum"``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")  # matplotlib picks the format from the suffix
+    fig.savefig(tmp, dpi=100, metadata={"Software": None})  # no version stamp: same inputs, same bytes
+    os.replace(tmp, path)
+
+
+def plot_roc_per_label(
+    runs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    out_dir: str | Path,
+    title_suffix: str = "",
+    labels: Sequence[str] = CHEXPERT_LABELS,
+) -> list[Path]:
+    """One PNG per label with a ROC curve per run.
+
+    ``runs``: ``"<encoder>-<protocol>"`` -> (targets ``[n, L]``, probs ``[n, L]``, mask ``[n, L]``). A label
+    whose valid entries hold one class gets a PNG that says so (the set of files stays the same).
+    Returns the paths written (``<out_dir>/<slug>.png``).
+    """
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    paths = []
+    for j, name in enumerate(labels):
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
+        drawn = 0
+        for run, (targets, probs, mask) in runs.items():
+            m = mask[:, j]
+            y = targets[m, j] > 0.5
+            if y.all() or not y.any():
+                continue
+            fpr, tpr, _ = roc_curve(y, probs[m, j])
+            auc = roc_auc_score(y, probs[m, j])
+            encoder, _, protocol = run.partition("-")
+            ax.plot(fpr, tpr, color=COLOURS.get(encoder), ls=STYLES.get(protocol, "-"), lw=1.4,
+                    label=f"{run} (AUC {auc:.3f})")
+            drawn += 1
+        if drawn:
+            ax.legend(loc="lower right", fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "one class only in test:\nno ROC curve", ha="center", va="center")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate",
+               title=f"{name}{title_suffix}")
+        ax.set_aspect("equal")
+        fig.tight_layout()
+        path = out_dir / f"{slug(name)}.png"
+        _save(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_history(
+    history: Sequence[Mapping[str, float]], path: str | Path, best_epoch: int | None = None, title: str = ""
+) -> Path:
+    """Train/validate loss and validate mAUC per epoch (``finetune``'s ``history``), the kept epoch marked."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8, 3.2))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker=".", label="train")
+    ax_loss.plot(epochs, [h["validate_loss"] for h in history], marker=".", label="validate")
+    ax_loss.set(xlabel="epoch", ylabel="masked BCE", title="loss")
+    ax_loss.legend()
+    auc = [np.nan if h["validate_mauc"] is None else h["validate_mauc"] for h in history]
+    ax_auc.plot(epochs, auc, marker=".", color="tab:green")
+    if best_epoch is not None:
+        ax_auc.axvline(best_epoch, color="0.6", ls=":", label=f"kept: epoch {best_epoch}")
+        ax_auc.legend()
+    ax_auc.set(xlabel="epoch", ylabel="mAUC", title="validate mAUC")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    _save(fig, path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,49 @@
+"""DVC stage `finetune`: an FC head on the 14 CheXpert labels over one encoder, protocol linear or finetune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads the `finetune` section")] = Path("params.yaml"),
+    encoder: Annotated[Path, typer.Option(help="exported encoder folder (encoder.safetensors + config.json)")] = Path(
+        "data/models/mae"
+    ),
+    protocol: Annotated[str, typer.Option(help="linear (frozen encoder) | finetune (all weights)")] = "linear",
+    prepared: Annotated[Path, typer.Option(help="prepared folder (manifest + images.h5)")] = Path("data/prepared"),
+    out: Annotated[Path, typer.Option(help="metrics JSON; the resolved config goes beside it")] = Path(
+        "data/metrics/mae-linear.json"
+    ),
+    predictions: Annotated[Path, typer.Option(help="folder for the test predictions <out stem>.npz")] = Path(
+        "data/predictions"
+    ),
+    plots: Annotated[Path, typer.Option(help="folder for the training-curve PNG <out stem>.png")] = Path(
+        "data/plots/finetune"
+    ),
+) -> None:
+    """Train the head (linear: on frozen features computed once) or all weights (finetune), pick the epoch
+    by validate mAUC, and write test metrics with bootstrap intervals, predictions and training curves."""
+    from cxrpipe.config import ConfigError, section
+    from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol, run_finetune
+    from cxrpipe.log import setup_logging
+
+    setup_logging()
+    try:
+        cfg = section(params, "finetune", FinetuneConfig)
+        proto = Protocol(protocol)
+    except (ConfigError, ValueError) as e:
+        typer.echo(f"finetune failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    run_finetune(
+        cfg, encoder, proto, prepared, out,
+        predictions_out=predictions / f"{out.stem}.npz",
+        plot_out=plots / f"{out.stem}.png",
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)

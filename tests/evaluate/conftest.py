@@ -1,0 +1,104 @@
+"""Tiny synthetic inputs for stage three: a prepared set (manifest + images.h5) and two tiny encoders."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrpipe.data.image_cache import ImageCacheWriter
+from cxrpipe.data.manifest import ImageRecord, StudyRecord, write_manifest
+from cxrpipe.labels import CHEXPERT_LABELS
+
+SIZE = 32
+
+
+def make_prepared(out: Path, n_studies: int = 48, seed: int = 0) -> Path:
+    """``out`` with images.csv, studies.csv, images.h5 and prepare_report.json.
+
+    Studies 0..27 train, 28..37 validate, 38.. test; one or two frontal images each plus a lateral now and
+    then (left out by the views filter); study 5 has no label row. Labels: 1 / 0 / -1 / blank at random;
+    a positive label j brightens the j-th 8x8 tile (labels 0..13 over a 4x4 grid) so there is signal.
+    """
+    rng = np.random.default_rng(seed)
+    images, studies, pixels = [], [], []
+    for s in range(n_studies):
+        split = "train" if s < 28 else "validate" if s < 38 else "test"
+        raw = rng.choice([1.0, 0.0, 0.0, 0.0, -1.0, math.nan], size=len(CHEXPERT_LABELS))
+        study_id, subject_id = 50000000 + s, 10000000 + s // 2
+        studies.append(StudyRecord(study_id, subject_id, split, f"report {s}", {"findings": f"report {s}"},
+                                   tuple(float(v) for v in raw), has_labels=s != 5))
+        views = ["PA"] + (["AP"] if s % 3 == 0 else []) + (["LATERAL"] if s % 4 == 0 else [])
+        for k, view in enumerate(views):
+            img = rng.normal(60, 10, size=(SIZE, SIZE))
+            for j in np.flatnonzero(raw == 1.0):
+                r, c = divmod(int(j), 4)
+                img[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 120
+            pixels.append(np.clip(img, 0, 255).astype(np.uint8))
+            row = len(images)
+            images.append(ImageRecord(row, f"d{s:03d}-{k}", study_id, subject_id, split, view, f"files/{row}.jpg"))
+    write_manifest(out, images, studies)
+    with ImageCacheWriter(out / "images.h5", [r.dicom_id for r in images], SIZE) as w:
+        for row, px in enumerate(pixels):
+            w.write(row, px)
+    (out / "prepare_report.json").write_text('{"source": "mimic-cxr-jpg", "demo": true, "root": "synthetic"}\n')
+    return out
+
+
+def make_encoder(out: Path, variant: str, seed: int) -> Path:
+    """A tiny timm ViT (32 px, patch 8, dim 32, depth 2), exported as the pretrain stage does."""
+    import timm
+    import torch
+
+    from cxrpipe.encoder import save_encoder
+
+    kwargs = dict(img_size=SIZE, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs)
+    save_encoder(model, out, {"arch": "vit_tiny_patch16_224", "kwargs": kwargs, "pixel_mean": 0.3,
+                              "pixel_std": 0.2, "variant": variant})
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> dict[str, Path]:
+    """Prepared set + ``mae`` and ``multimodal`` encoders (read-only: tests write elsewhere)."""
+    root = tmp_path_factory.mktemp("evaluate-inputs")
+    return {
+        "prepared": make_prepared(root / "prepared"),
+        "mae": make_encoder(root / "models" / "mae", "mae", seed=1),
+        "multimodal": make_encoder(root / "models" / "multimodal", "multimodal", seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def params_file(tmp_path_factory) -> Path:
+    """A params.yaml with stage three's sections at test size."""
+    import yaml
+
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    path.write_text(yaml.safe_dump(TINY_PARAMS))
+    return path
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    """Stage three's params sections at test size (a fresh copy per test)."""
+    return copy.deepcopy(TINY_PARAMS)
+
+
+TINY_PARAMS = {
+    "finetune": {
+        "seed": 0,
+        "n_bootstrap": 50,
+        "eval_batch_size": 16,
+        "head": {"hidden": [16], "dropout": 0.1, "input_norm": True},
+        "linear": {"epochs": 3, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0001},
+        "finetune": {"epochs": 2, "batch_size": 8, "lr": 0.001, "weight_decay": 0.05, "layer_decay": 0.75,
+                     "warmup_epochs": 0.5},
+    },
+    "compare": {"n_bootstrap": 100, "seed": 0, "level": "study"},
+}

@@ -1,0 +1,126 @@
+"""Metric functions against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cxrpipe.evaluate import metrics
+from cxrpipe.evaluate.metrics import EvalLevel, Predictions
+from cxrpipe.labels import CHEXPERT_LABELS
+
+# One label, four items: pairs (pos, neg) ranked right = (0.35>0.1), (0.8>0.1), (0.8>0.4); wrong = (0.35<0.4)
+Y = np.array([0, 0, 1, 1], dtype=np.float32)
+P = np.array([0.1, 0.4, 0.35, 0.8])
+
+
+def col(*arrays):
+    return np.stack(arrays, axis=1)
+
+
+def test_auroc_auprc_hand_computed():
+    y, p, m = col(Y), col(P), np.ones((4, 1), bool)
+    assert metrics.auroc_per_label(y, p, m)[0] == pytest.approx(3 / 4)
+    # thresholds high -> low: 0.8 (P 1, R .5), 0.4 (P .5, R .5), 0.35 (P 2/3, R 1): AP = .5*1 + .5*2/3
+    assert metrics.auprc_per_label(y, p, m)[0] == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_label_with_one_class_is_left_out_of_mauc_and_named():
+    # label 0: the hand case; label 1: negatives only; label 2: perfect ranking
+    y = col(Y, np.zeros(4), Y)
+    p = col(P, P, P + 10 * Y)
+    m = np.ones_like(y, dtype=bool)
+    auc = metrics.auroc_per_label(y, p, m)
+    assert auc[0] == pytest.approx(0.75) and math.isnan(auc[1]) and auc[2] == 1.0
+    mauc, idx = metrics.macro_auroc(y, p, m)
+    assert mauc == pytest.approx((0.75 + 1.0) / 2)
+    assert idx.tolist() == [0, 2]
+
+
+def test_mask_leaves_uncertain_entries_out():
+    # the wrongly ranked positive (0.35) is masked: the label becomes perfectly ranked
+    y, p = col(Y), col(P)
+    m = np.array([[True], [True], [False], [True]])
+    assert metrics.auroc_per_label(y, p, m)[0] == 1.0
+    # a mask that leaves one class makes the label undefined
+    m_one = np.array([[True], [True], [False], [False]])
+    assert math.isnan(metrics.auroc_per_label(y, p, m_one)[0])
+
+
+def test_accuracy_and_all_negative_accuracy_on_the_same_entries():
+    y = col(Y, np.array([0, 0, 0, 1.0]))
+    p = col(P, np.array([0.6, 0.2, 0.1, 0.3]))
+    m = np.array([[1, 1], [1, 1], [1, 0], [1, 1]], dtype=bool)  # 7 valid entries
+    # at p >= 0.5: label 0 -> [0,0,0,1] vs [0,0,1,1]: 3 right; label 1 (valid rows 0,1,3) -> [1,0,0] vs [0,0,1]: 1
+    assert metrics.accuracy_at(y, p, m) == pytest.approx(4 / 7)
+    # all-negative: negatives among the 7 valid entries: label 0 two, label 1 two
+    assert metrics.all_negative_accuracy(y, m) == pytest.approx(4 / 7)
+    assert metrics.accuracy_at(y, p, m, threshold=0.05) == pytest.approx(3 / 7)
+
+
+def test_thresholds_tuned_on_validate_then_f1():
+    y, p, m = col(Y), col(P), np.ones((4, 1), bool)
+    # F1 per threshold: 0.8 -> 2/3, 0.4 -> 1/2, 0.35 -> 4/5, 0.1 -> 2/3
+    t = metrics.tune_thresholds(y, p, m)
+    assert t[0] == pytest.approx(0.35)
+    # on "test": predictions >= 0.35 -> [0, 1, 1, 1] vs [0, 0, 1, 1]: F1 = 2*2 / (2*2 + 1 + 0)
+    assert metrics.f1_per_label(y, p, m, t)[0] == pytest.approx(0.8)
+    # no positive on validate: the 0.5 fallback
+    assert metrics.tune_thresholds(col(np.zeros(4)), p, m)[0] == 0.5
+
+
+def _predictions(n_studies: int = 6) -> Predictions:
+    rng = np.random.default_rng(0)
+    study_ids = np.repeat(np.arange(100, 100 + n_studies), 2)  # two images per study
+    targets = np.repeat(rng.integers(0, 2, size=(n_studies, 14)).astype(np.float32), 2, axis=0)
+    probs = rng.random((2 * n_studies, 14))
+    return Predictions(study_ids.astype(str), study_ids, probs, targets, np.ones_like(targets, dtype=bool))
+
+
+def test_study_level_is_the_mean_over_a_study_images():
+    pred = _predictions()
+    study = pred.at_level(EvalLevel.STUDY)
+    assert study.probs.shape == (6, 14)
+    np.testing.assert_allclose(study.probs[0], (pred.probs[0] + pred.probs[1]) / 2)
+    np.testing.assert_array_equal(study.targets, pred.targets[::2])
+    np.testing.assert_array_equal(study.groups, np.arange(6))
+    image = pred.at_level(EvalLevel.IMAGE)
+    np.testing.assert_array_equal(image.groups, np.repeat(np.arange(6), 2))
+
+
+def test_evaluate_level_block_and_bootstrap_interval():
+    y = np.zeros((8, 14), dtype=np.float32)
+    y[::2, :] = 1.0
+    y[:, 3] = 0.0  # Edema: negatives only -> excluded, named
+    p = 0.2 + 0.6 * y  # a perfect ranker where both classes exist
+    lv = metrics.LevelData(np.arange(8), np.arange(8), p, y, np.ones_like(y, dtype=bool))
+    block = metrics.evaluate_level(lv, np.full(14, 0.5), n_bootstrap=200, seed=0, level=EvalLevel.STUDY)
+    assert block["mauc"] == 1.0
+    assert block["mauc_ci95"] == [1.0, 1.0]  # perfect in every replicate
+    assert block["labels_excluded"] == ["Edema"]
+    assert len(block["labels_in_mauc"]) == 13
+    edema = block["per_label"][CHEXPERT_LABELS.index("Edema")]
+    assert edema["auroc"] is None and edema["in_mauc"] is False and edema["n_pos"] == 0
+    assert block["accuracy"] == 1.0
+    # all-negative: 4 negatives in each of 13 labels + 8 in Edema, out of 8 * 14
+    assert block["all_negative_accuracy"] == pytest.approx((13 * 4 + 8) / (8 * 14))
+    lo, hi = block["all_negative_accuracy_ci95"]
+    assert lo < block["all_negative_accuracy"] < hi
+
+
+def test_predictions_round_trip(tmp_path):
+    pred = _predictions()
+    metrics.save_predictions(pred, tmp_path / "p.npz", encoder="mae", protocol="linear")
+    back, meta = metrics.load_predictions(tmp_path / "p.npz")
+    assert meta == {"encoder": "mae", "protocol": "linear"}
+    for f in ("image_ids", "study_ids", "targets", "mask"):
+        np.testing.assert_array_equal(getattr(back, f), getattr(pred, f))
+    np.testing.assert_allclose(back.probs, pred.probs, rtol=1e-6)
+
+
+def test_jsonable_turns_nan_into_null():
+    assert metrics.jsonable({"a": float("nan"), "b": [np.float32(0.5), np.int64(3)], "c": np.bool_(True)}) == {
+        "a": None, "b": [0.5, 3], "c": True
+    }
