@@ -8,6 +8,7 @@ are the same command.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import typer
 
@@ -36,7 +37,9 @@ for _name, _module in STAGES:
         if e.name != f"stages.{_module}":
             raise
         continue
-    app.command(name=_name, help=_mod.main.__doc__)(_mod.main)
+    # the list shows the docstring's first paragraph on one line; `<stage> --help` shows it all
+    _summary = " ".join(inspect.getdoc(_mod.main).split("\n\n")[0].split())
+    app.command(name=_name, short_help=_summary)(_mod.main)
 
 
 def main() -> None:

@@ -1,0 +1,27 @@
+from typer.testing import CliRunner
+
+from cxrpipe.cli import STAGES, app
+
+runner = CliRunner()
+
+
+def test_every_stage_is_a_subcommand():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    for name, _ in STAGES:
+        assert name in result.output
+
+
+def test_prepare_help_documents_its_options():
+    result = runner.invoke(app, ["prepare", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--params" in result.output and "--out" in result.output
+    assert "data/prepared" in result.output
+
+
+def test_unknown_params_key_is_a_clear_error(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("demo:\n  n_studys: 3\n")
+    result = runner.invoke(app, ["demo-data", "--params", str(bad), "--out", str(tmp_path / "demo")])
+    assert result.exit_code != 0
+    assert "n_studys" in str(result.exception) + result.output
