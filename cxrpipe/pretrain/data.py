@@ -1,0 +1,177 @@
+"""Image-report pairs for pretraining: the image cache (``images.h5``) joined to the text cache (``text.h5``).
+
+One item per image of the chosen split and views whose study has a report in the text cache. Both caches
+open their HDF5 files lazily in the process that reads, so DataLoader workers each get their own handle.
+
+Randomness is a pure function of ``(seed, epoch, index)``: :class:`EpochBatches` hands every sample its own
+augmentation seed and the epoch's order comes from ``(seed, epoch)``, so a run resumed at any step sees the
+very batches and augmentations an uninterrupted run sees, whatever the number of workers or processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from cxrpipe.data.image_cache import ImageCache
+from cxrpipe.data.manifest import read_images
+from cxrpipe.text.cache import TextCache
+
+log = logging.getLogger(__name__)
+
+IMAGES_H5 = "images.h5"
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Params ``pretrain.data.augment``: light, radiograph-safe augmentation (train split only)."""
+
+    rotate: float = 5.0  # max rotation, degrees
+    translate: float = 0.04  # max shift, fraction of the side
+    scale: tuple[float, float] = (0.95, 1.05)  # zoom range
+    brightness: float = 0.1  # max additive shift of [0, 1] intensities
+    contrast: float = 0.1  # max relative change of contrast around the image mean
+    hflip: bool = False  # off: laterality ("left effusion") is in the reports, a flip would contradict them
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainDataConfig:
+    """Params ``pretrain.data``."""
+
+    views: tuple[str, ...] = ("PA", "AP")  # images.csv `view` values used; frontal, as the fine-tuning
+    max_text_tokens: int = 256  # report tokens kept: the LAST ones (a causal LM's later tokens have read the
+    # whole report, and the impression and the prompt come last); bounds the pooling cost
+    pixel_mean: float = 0.5  # uint8 / 255 -> (x - mean) / std; written to config.json for fine-tuning
+    pixel_std: float = 0.25
+    num_workers: int = 0  # DataLoader workers (0 = in the main process: fastest for the 96 px demo)
+    augment: AugmentConfig = AugmentConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    row: int  # images.h5 row
+    study_id: int
+    text_row: int  # text.h5 text row (identical reports share one)
+
+
+def find_pairs(prepared: str | Path, text_cache: TextCache, split: str, views: Sequence[str]) -> list[Pair]:
+    """The images of ``split`` and ``views`` whose study has a report in the text cache (others counted)."""
+    images = [r for r in read_images(prepared) if r.split == split and r.view in set(views)]
+    pairs = [Pair(r.row, r.study_id, text_cache.row_of(r.study_id)) for r in images if r.study_id in text_cache]
+    if len(pairs) < len(images):
+        log.warning("%s: %d of %d images have no report in the text cache; left out", split, len(images) - len(pairs), len(images))
+    return pairs
+
+
+def sample_seed(*key: int) -> int:
+    """A 62-bit seed from non-negative ints. Streams used: (seed, 0, epoch) the epoch's order; (seed, 1, step)
+    the step's masks; (seed, 2, epoch, index) one sample's augmentation."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(2))
+
+
+class PairDataset(Dataset):
+    """``ds[(index, seed)]`` -> (image float ``[1, S, S]`` normalised, text float16 ``[L, hidden]``, index).
+
+    ``seed`` None = no augmentation (evaluation). ``img_size`` differing from the cache's size resizes.
+    """
+
+    def __init__(
+        self,
+        prepared: str | Path,
+        text_cache: TextCache,
+        pairs: Sequence[Pair],
+        cfg: PretrainDataConfig,
+        img_size: int,
+        augment: bool,
+    ):
+        self.images = ImageCache(Path(prepared) / IMAGES_H5)
+        self.text = text_cache
+        self.pairs = list(pairs)
+        self.cfg = cfg
+        self.img_size = img_size
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, seed = key
+        p = self.pairs[index]
+        img = torch.from_numpy(self.images[p.row]).float().div_(255.0)[None]  # [1, S, S] in [0, 1]
+        if img.shape[-1] != self.img_size:
+            img = F.interpolate(img[None], size=(self.img_size, self.img_size), mode="bilinear", antialias=True, align_corners=False)[0]
+        if self.augment and seed is not None:
+            img = augment(img, self.cfg.augment, torch.Generator().manual_seed(seed))
+        img = (img - self.cfg.pixel_mean) / self.cfg.pixel_std
+        text = torch.from_numpy(self.text.text_row(p.text_row)[-self.cfg.max_text_tokens :])  # [L, hidden]
+        return img, text, index
+
+
+def augment(img: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random small affine + brightness/contrast (+ flip if asked) of ``[1, S, S]`` in [0, 1]."""
+    import torchvision.transforms.v2.functional as TF
+
+    u = torch.rand(7, generator=gen).tolist()  # always 7 draws: the stream does not depend on the settings
+    side = img.shape[-1]
+    angle = (2 * u[0] - 1) * cfg.rotate
+    shift = [round((2 * u[1] - 1) * cfg.translate * side), round((2 * u[2] - 1) * cfg.translate * side)]
+    scale = cfg.scale[0] + u[3] * (cfg.scale[1] - cfg.scale[0])
+    img = TF.affine(img, angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0],
+                    interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+    mean = img.mean()
+    img = (img - mean) * (1 + (2 * u[4] - 1) * cfg.contrast) + mean + (2 * u[5] - 1) * cfg.brightness
+    if cfg.hflip and u[6] < 0.5:
+        img = img.flip(-1)
+    return img.clamp_(0.0, 1.0)
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    """Stack images; pad reports to the longest in the batch with a mask (True = real token)."""
+    imgs, texts, idx = zip(*batch)
+    length = max(t.shape[0] for t in texts)
+    hidden = texts[0].shape[1]
+    text = torch.zeros(len(texts), length, hidden, dtype=texts[0].dtype)
+    mask = torch.zeros(len(texts), length, dtype=torch.bool)
+    for i, t in enumerate(texts):
+        text[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    return {"images": torch.stack(imgs), "text": text, "text_mask": mask, "index": torch.tensor(idx)}
+
+
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """This process's share of each global batch of an epoch: lists of ``(index, augmentation seed)``.
+
+    The epoch's permutation comes from ``(seed, epoch)``; the last incomplete global batch is dropped (the
+    contrastive loss wants equal batches); process ``rank`` of ``world`` takes slice ``rank`` of every global
+    batch, so W processes together see exactly the batches one process sees. ``start`` skips the first
+    batches (resume inside an epoch).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0):
+        if batch_size % world:
+            raise ValueError(f"pretrain.batch_size {batch_size} is not divisible by {world} processes")
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.rank, self.world, self.start = rank, world, start
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.batch_size - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, 0, self.epoch))
+        perm = torch.randperm(self.n, generator=g).tolist()
+        local = self.batch_size // self.world
+        for b in range(self.start, self.n // self.batch_size):
+            glob = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(i, sample_seed(self.seed, 2, self.epoch, i)) for i in glob[self.rank * local : (self.rank + 1) * local]]
+
+
+def eval_batches(n: int, batch_size: int) -> list[list[tuple[int, None]]]:
+    """Every index once, in order, without augmentation."""
+    return [[(i, None) for i in range(a, min(a + batch_size, n))] for a in range(0, n, batch_size)]

@@ -1,0 +1,73 @@
+"""DVC stage `pretrain`: MAE pretraining of the image encoder, with (`multimodal`) or without (`mae`) the text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def main(
+    params: Annotated[
+        Path, typer.Option(help="params.yaml; reads `pretrain`, and `embed` + `data.sections` to check the text cache")
+    ] = Path("params.yaml"),
+    variant: Annotated[str, typer.Option(help="mae (pretrain.loss.weight_text forced to 0) or multimodal")] = "multimodal",
+    prepared: Annotated[Path, typer.Option(help="prepared folder: images.csv, studies.csv, images.h5")] = Path(
+        "data/prepared"
+    ),
+    text_cache: Annotated[Path, typer.Option(help="the text cache written by the embed stage")] = Path(
+        "data/cache/text.h5"
+    ),
+    out: Annotated[
+        Optional[Path], typer.Option(help="encoder folder (default: data/models/<variant>)")
+    ] = None,
+    metrics: Annotated[
+        Optional[Path], typer.Option(help="metrics JSON (default: data/metrics/pretrain-<variant>.json)")
+    ] = None,
+    plots: Annotated[
+        Optional[Path], typer.Option(help="loss curves folder (default: data/plots/pretrain-<variant>)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue exactly from <out>/checkpoint.pt if it was written with these settings")
+    ] = False,
+    max_steps: Annotated[
+        Optional[int], typer.Option(help="stop after this many steps, leaving a checkpoint (smoke runs)")
+    ] = None,
+) -> None:
+    """Train the ViT MAE (+ attention pooling and contrastive loss against the text cache) on the train split;
+    write encoder.safetensors + config.json (a plain timm ViT), loss curves, and the validate-split
+    image->report retrieval check. `accelerate launch -m cxrpipe pretrain ...` runs it data-parallel."""
+    from cxrpipe.config import load_params, section
+    from cxrpipe.data.manifest import read_studies
+    from cxrpipe.data.prepare import DataConfig
+    from cxrpipe.log import setup_logging
+    from cxrpipe.pretrain.train import VARIANTS, PretrainConfig, run_pretrain
+    from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
+
+    setup_logging()
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"--variant must be one of {VARIANTS}, got {variant!r}")
+    raw = load_params(params)
+    cfg = section(raw, "pretrain", PretrainConfig)
+    expect = expected_fingerprint(
+        section(raw, "embed", EmbedConfig),
+        [s.text for s in read_studies(prepared)],
+        section(raw, "data", DataConfig).sections,
+    )
+    run_pretrain(
+        cfg,
+        variant,
+        prepared,
+        text_cache,
+        out or Path("data/models") / variant,
+        resume=resume,
+        expect=expect,
+        metrics_path=metrics or Path("data/metrics") / f"pretrain-{variant}.json",
+        plots_dir=plots or Path("data/plots") / f"pretrain-{variant}",
+        max_steps=max_steps,
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,186 @@
+"""The pretraining loop end to end on synthetic pairs: outputs, export, exact resume, controlled variants."""
+
+import csv
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cxrpipe.config import build
+from cxrpipe.pretrain.data import AugmentConfig, EpochBatches, augment
+from cxrpipe.pretrain.retrieval import recall_at_k
+from cxrpipe.pretrain.train import CHECKPOINT, PretrainConfig, for_variant, lr_factor, run_pretrain
+
+from .synthetic import TINY, make_pairs
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def tiny_cfg(**over) -> PretrainConfig:
+    return build(PretrainConfig, {**TINY, "epochs": 2, "batch_size": 8, **over})
+
+
+def run(tmp, name, prepared, text, cfg, variant="multimodal", **kw):
+    out = tmp / name
+    m = run_pretrain(cfg, variant, prepared, text, out / "model", metrics_path=out / "metrics.json",
+                     plots_dir=out / "plots", **kw)
+    return out, m
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, data):
+    return run(tmp_path_factory.mktemp("full"), "a", *data, tiny_cfg())
+
+
+def test_epoch_batches_shard_and_skip():
+    one = list(EpochBatches(20, 8, seed=3, epoch=1))
+    assert len(one) == 2 and all(len(b) == 8 for b in one)  # last partial batch dropped
+    r0 = list(EpochBatches(20, 8, seed=3, epoch=1, rank=0, world=2))
+    r1 = list(EpochBatches(20, 8, seed=3, epoch=1, rank=1, world=2))
+    assert [a + b for a, b in zip(r0, r1)] == one  # two processes see the one-process global batches
+    assert list(EpochBatches(20, 8, seed=3, epoch=1, start=1)) == one[1:]
+    assert one != list(EpochBatches(20, 8, seed=3, epoch=2))
+    with pytest.raises(ValueError, match="divisible"):
+        EpochBatches(20, 8, seed=0, epoch=0, world=3)
+
+
+def test_augment_deterministic_and_no_flip_by_default():
+    img = torch.zeros(1, 16, 16)
+    img[:, :, :4] = 1.0  # bright left edge
+    a = augment(img, AugmentConfig(), torch.Generator().manual_seed(5))
+    assert torch.equal(a, augment(img, AugmentConfig(), torch.Generator().manual_seed(5)))
+    for s in range(20):  # never mirrored: the left stays brighter than the right
+        a = augment(img, AugmentConfig(), torch.Generator().manual_seed(s))
+        assert a[..., :8].mean() > a[..., 8:].mean()
+    off = AugmentConfig(rotate=0, translate=0, scale=(1.0, 1.0), brightness=0, contrast=0, hflip=True)
+    flipped = [torch.equal(augment(img, off, torch.Generator().manual_seed(s)), img.flip(-1)) for s in range(20)]
+    assert any(flipped) and not all(flipped)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = [lr_factor(s, total=10, warmup=2, min_ratio=0.1) for s in range(10)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0) and f[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[2:], f[3:])) and f[-1] > 0.1
+
+
+def test_recall_at_k_by_hand():
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
+    # image 0's match (col 0) ranks 1st, image 1's (col 1) 3rd, image 2's (col 2) 3rd
+    r = recall_at_k(scores, torch.tensor([0, 1, 2]), ks=(1, 2, 3))
+    assert r == {"recall@1": pytest.approx(1 / 3), "recall@2": pytest.approx(1 / 3), "recall@3": 1.0}
+
+
+def test_run_writes_a_timm_encoder_curves_and_metrics(full):
+    import timm
+
+    from cxrpipe.encoder import load_encoder
+
+    out, metrics = full
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    model = timm.create_model(cfg["arch"], pretrained=False, **cfg["kwargs"])
+    missing, unexpected = model.load_state_dict(load_file(str(out / "model" / "encoder.safetensors")), strict=False)
+    assert missing == [] and unexpected == []
+    enc, _ = load_encoder(out / "model")
+    assert enc(torch.zeros(2, 1, 32, 32)).shape == (2, 32)
+    assert cfg["kwargs"]["in_chans"] == 1 and cfg["variant"] == "multimodal" and cfg["pixel_std"] > 0
+    assert not (out / "model" / CHECKPOINT).exists()  # removed after a finished run (keep_checkpoint false)
+
+    steps = list(csv.DictReader((out / "plots" / "loss.csv").open()))
+    assert [int(r["step"]) for r in steps] == list(range(1, 7))  # 24 pairs / 8 = 3 steps x 2 epochs
+    assert {"loss", "mae_loss", "contrastive_loss", "lr", "grad_norm"} <= set(steps[0])
+    epochs = list(csv.DictReader((out / "plots" / "epochs.csv").open()))
+    assert [int(r["epoch"]) for r in epochs] == [1, 2]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == metrics and metrics["steps"] == 6 and metrics["train_pairs"] == 24
+    r = metrics["retrieval"]
+    # 8 validate images (the lateral one filtered), 7 distinct reports (two studies share one text)
+    assert r["n_images"] == 8 and r["n_reports"] == 7 and r["chance@1"] == pytest.approx(1 / 7)
+    assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] == 1.0
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, data, full):
+    ref_out, ref_metrics = full
+    cfg = tiny_cfg()
+    out, m = run(tmp_path, "b", *data, cfg, max_steps=4)  # "crash" mid-way through epoch 2
+    assert m is None and (out / "model" / CHECKPOINT).exists()
+    ckpt = torch.load(out / "model" / CHECKPOINT, weights_only=True)  # plain tensors and primitives
+    assert ckpt["step"] == 4 and ckpt["config"]["variant"] == "multimodal"
+    out, m = run(tmp_path, "b", *data, cfg, resume=True)
+    a = load_file(str(ref_out / "model" / "encoder.safetensors"))
+    b = load_file(str(out / "model" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "plots" / "loss.csv").read_text() == (ref_out / "plots" / "loss.csv").read_text()
+    assert (out / "plots" / "epochs.csv").read_text() == (ref_out / "plots" / "epochs.csv").read_text()
+    assert m["retrieval"] == ref_metrics["retrieval"] and m["final_epoch"] == ref_metrics["final_epoch"]
+
+
+def test_resume_ignores_a_checkpoint_of_other_settings(tmp_path, data, caplog):
+    cfg = tiny_cfg(epochs=1)
+    run(tmp_path, "c", *data, cfg, max_steps=1)
+    other = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, margin=2.0))
+    out, m = run(tmp_path, "c", *data, other, resume=True)
+    assert "loss.margin: checkpoint=1.0 now=2.0" in caplog.text and "starting from scratch" in caplog.text
+    ref, _ = run(tmp_path, "d", *data, other)  # the same as a fresh run of the new settings
+    a = load_file(str(out / "model" / "encoder.safetensors"))
+    b = load_file(str(ref / "model" / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "plots" / "loss.csv").read_text() == (ref / "plots" / "loss.csv").read_text()
+
+
+def test_mae_variant_is_blind_to_the_text(tmp_path, data):
+    """The mae variant (weight_text forced to 0) trains the very same encoder whatever the reports say; the
+    multimodal variant with the same seed does not."""
+    cfg = tiny_cfg(epochs=1)
+    assert for_variant(cfg, "mae").loss.weight_text == 0.0 and for_variant(cfg, "multimodal") == cfg
+    other_text = make_pairs(tmp_path / "other", seed=1)[1]  # same images, other report embeddings
+    enc = {}
+    for name, text, variant in [("m1", data[1], "mae"), ("m2", other_text, "mae"), ("mm", data[1], "multimodal")]:
+        out, _ = run(tmp_path, name, data[0], text, cfg, variant=variant)
+        enc[name] = load_file(str(out / "model" / "encoder.safetensors"))
+    assert all(torch.equal(enc["m1"][k], enc["m2"][k]) for k in enc["m1"])
+    assert not all(torch.equal(enc["m1"][k], enc["mm"][k]) for k in enc["m1"])
+
+
+def test_cross_attention_pool_with_infonce_runs(tmp_path, data):
+    cfg = tiny_cfg(epochs=1, pool={**TINY["pool"], "kind": "cross"}, loss={"kind": "infonce"})
+    _, m = run(tmp_path, "x", *data, cfg)
+    assert m["steps"] == 3 and "temperature" in m["final_epoch"]
+    assert m["retrieval"]["n_reports"] == 7
+
+
+def test_stage_cli_in_process(tmp_path):
+    """`cxrpipe pretrain` with a params file: the text cache is checked against the embed params."""
+    embed = pytest.importorskip("cxrpipe.text.embed")
+    pytest.importorskip("cxrpipe.data.prepare")
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from stages.pretrain import main
+
+    params = {
+        "data": {"sections": ["findings", "impression"]},
+        "embed": {"model": "tiny-llm", "quantization": "fp32"},
+        "pretrain": {**TINY, "epochs": 1, "batch_size": 8},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    ecfg = embed.EmbedConfig(model="tiny-llm", quantization="fp32")
+    prepared, text = make_pairs(
+        tmp_path, fingerprint=lambda texts: embed.expected_fingerprint(ecfg, texts, ("findings", "impression"))
+    )
+    app = typer.Typer()
+    app.command()(main)
+    args = ["--params", str(tmp_path / "params.yaml"), "--prepared", str(prepared), "--text-cache", str(text),
+            "--out", str(tmp_path / "models" / "mae"), "--metrics", str(tmp_path / "m.json"),
+            "--plots", str(tmp_path / "plots"), "--variant", "mae"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models" / "mae" / "encoder.safetensors").exists()
+    assert json.loads((tmp_path / "m.json").read_text())["weight_text"] == 0.0
+    # other embed params than the cache was made with: refused, naming the field
+    params["embed"]["prompt"] = "Findings:"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "prompt" in str(result.exception)
