@@ -42,8 +42,10 @@ def evaluate_retrieval(
     batch_size: int = 64,
     ks: Sequence[int] = KS,
     autocast=None,
+    split: str = "validate",
 ) -> dict[str, float]:
-    """Image -> report recall@k on ``dataset`` (its pairs, read without augmentation) with chance levels."""
+    """Image -> report recall@k on ``dataset`` (its pairs, read without augmentation) with chance levels;
+    ``split`` only names the pairs in the log."""
     import contextlib
 
     autocast = autocast or contextlib.nullcontext
@@ -92,7 +94,8 @@ def evaluate_retrieval(
     rank = (scores.float().cpu() > scores.float().cpu().gather(1, targets[:, None])).sum(1)
     out["median_rank"] = float(np.median(rank.numpy()) + 1)
     log.info(
-        "retrieval on %d images x %d reports: %s",
+        "retrieval (%s) on %d images x %d reports: %s",
+        split,
         n_img,
         n_txt,
         ", ".join(f"R@{k} {out[f'recall@{k}']:.3f} (chance {out[f'chance@{k}']:.3f})" for k in ks),

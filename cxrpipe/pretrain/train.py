@@ -380,7 +380,9 @@ def run_pretrain(
         # the same check on as many train pairs (evenly spaced, unaugmented): fit vs generalisation
         probe = train_pairs[:: max(1, len(train_pairs) // max(1, len(val_pairs)))][: max(1, len(val_pairs))]
         probe_ds = PairDataset(prepared, text, probe, cfg.data, cfg.model.img_size, augment=False)
-        retrieval_train = evaluate_retrieval(unwrapped, probe_ds, device, cfg.eval_batch_size, autocast=accelerator.autocast)
+        retrieval_train = evaluate_retrieval(
+            unwrapped, probe_ds, device, cfg.eval_batch_size, autocast=accelerator.autocast, split="train probe"
+        )
         final = {k: float(v) for k, v in means.items()}
         metrics = {
             "variant": variant,
