@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import types
 import typing
 from pathlib import Path
@@ -163,8 +162,6 @@ def to_dict(cfg: Any) -> Any:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    from cxrpipe.io import write_json_atomic
+
+    write_json_atomic(path, to_dict(cfg), sort_keys=True)

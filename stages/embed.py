@@ -21,24 +21,20 @@ def main(
     """Embed every study's cleaned, prompted report with the model of `embed.model` and write the ragged
     float16 cache. Resumable (rerun after a crash continues); `accelerate launch -m cxrpipe embed` shards it."""
     import dataclasses
-    import json
 
-    from cxrpipe.config import ConfigError, load_params, section
+    from cxrpipe.config import load_params, section
+    from cxrpipe.data.prepare import DataConfig
+    from cxrpipe.io import write_json_atomic
     from cxrpipe.log import setup_logging
     from cxrpipe.text.embed import EmbedConfig, process_state, run_embed
 
     setup_logging()
     raw = load_params(params)
     cfg = section(raw, "embed", EmbedConfig)
-    sections = (raw.get("data") or {}).get("sections")
-    if not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
-        raise ConfigError(f"params 'data.sections' must be a list of section names, got {sections!r}")
-    summary = run_embed(cfg, manifest, out, sections)
+    sections = section(raw, "data", DataConfig).sections  # the cache's fingerprint records them
+    summary = run_embed(cfg, manifest, out, list(sections))
     if process_state().is_main_process:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        tmp = report.with_name(report.name + ".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
-        tmp.replace(report)
+        write_json_atomic(report, dataclasses.asdict(summary))
 
 
 if __name__ == "__main__":

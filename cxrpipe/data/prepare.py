@@ -43,6 +43,7 @@ from typing import Iterable, Literal
 import h5py
 import numpy as np
 
+from cxrpipe.io import write_json_atomic
 from cxrpipe import __version__
 from cxrpipe.config import save_config
 from cxrpipe.data.image_cache import ImageCacheWriter
@@ -353,9 +354,7 @@ def _write_outputs(out_dir: Path, report: PrepareReport, rejects: list[Reject], 
         for r in rejects:
             w.writerow(dataclasses.asdict(r))
     os.replace(tmp, out_dir / REJECTS_CSV)
-    tmp = out_dir / (REPORT_JSON + ".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    os.replace(tmp, out_dir / REPORT_JSON)
+    write_json_atomic(out_dir / REPORT_JSON, report.to_dict())
     save_config({"data": data_cfg, "prepare": prep_cfg, "package_version": __version__}, out_dir / CONFIG_JSON)
 
 

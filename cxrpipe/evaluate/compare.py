@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
 from cxrpipe.evaluate.metrics import EvalLevel, Predictions, jsonable, load_predictions
+from cxrpipe.io import write_json_atomic, write_text_atomic
 from cxrpipe.labels import CHEXPERT_LABELS
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def run_compare(
             f"no protocol has both mae and multimodal runs in {metrics_dir} (+ predictions in {predictions_dir})"
         )
     result = jsonable(result)
-    _write_text(out_json, json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out_json, result)
     if plots_dir is not None:
         roc_runs = {}
         for name, (_, pred) in runs.items():
@@ -146,7 +146,7 @@ def run_compare(
             roc_runs[name] = (lv.targets, lv.probs, lv.mask)
         plot_roc_per_label(roc_runs, plots_dir, title_suffix=f" ({level.value} level, test)")
     if report_md is not None:
-        _write_text(Path(report_md), comparison_markdown(result, {n: m for n, (m, _) in runs.items()}, cfg,
+        write_text_atomic(Path(report_md), comparison_markdown(result, {n: m for n, (m, _) in runs.items()}, cfg,
                                                          plots_dir))
     return result
 
@@ -294,8 +294,3 @@ def comparison_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

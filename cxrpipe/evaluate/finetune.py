@@ -19,7 +19,6 @@ import enum
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +33,7 @@ from tqdm import tqdm
 from cxrpipe.config import save_config, to_dict
 from cxrpipe.evaluate.data import ImageRows, LabelledImages, labelled_splits
 from cxrpipe.evaluate.metrics import EvalLevel, Predictions, evaluate, jsonable, macro_auroc, save_predictions
+from cxrpipe.io import write_json_atomic
 from cxrpipe.labels import N_LABELS, BlankPolicy, UncertainPolicy
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ def run_finetune(
         "history": history,
     }
     result = jsonable(result)
-    _write_json(result, out_json)
+    write_json_atomic(out_json, result)
     save_config(
         {
             "finetune": to_dict(cfg),
@@ -377,8 +377,3 @@ def _dataset_info(prepared: Path) -> dict[str, Any]:
     return {k: report.get(k) for k in ("source", "demo", "root")}
 
 
-def _write_json(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

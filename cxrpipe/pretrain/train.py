@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxrpipe.config import to_dict
+from cxrpipe.io import write_json_atomic
 from cxrpipe.pretrain.data import EpochBatches, PairDataset, PretrainDataConfig, collate, find_pairs, sample_seed
 from cxrpipe.pretrain.losses import LossConfig
 from cxrpipe.pretrain.mae import MAEConfig
@@ -174,11 +174,6 @@ class CsvLog:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -398,7 +393,7 @@ def run_pretrain(
             "processes": world,
             "device": str(device),
         }
-        _write_json(metrics_path, metrics)
+        write_json_atomic(metrics_path, metrics, sort_keys=True)
         if not cfg.keep_checkpoint:
             ckpt_path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
