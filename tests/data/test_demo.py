@@ -128,6 +128,28 @@ def test_same_seed_same_bytes_and_arrays(tree, tmp_path):
     assert (tree / tables[2]).read_bytes() != (other / tables[2]).read_bytes()
 
 
+
+def test_same_seed_same_bytes_across_processes(tmp_path):
+    """Another process (another PYTHONHASHSEED, as each `dvc repro` is) writes the very same tree: no
+    iteration over a set or dict of strings may steer a random draw."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cxrpipe.data.demo import DemoConfig, write_demo_tree; "
+        "write_demo_tree(DemoConfig(seed=3, n_studies=40, image_size=32, n_dicom=0), sys.argv[1])"
+    )
+    outs = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"tree{hash_seed}"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env)
+        outs.append(out)
+    for name in ("mimic-cxr-reports.zip", "mimic-cxr-2.0.0-chexpert.csv.gz", "generation.json"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
 # ---------------------------------------------------------------- DICOM and corruptions
 
 

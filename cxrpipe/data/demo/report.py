@@ -238,8 +238,9 @@ def _negations(study: StudyFindings, rng: np.random.Generator) -> dict[str, str]
         out["Pleural Effusion"] = _pick(rng, ("No pleural effusion or pneumothorax.",
                                               "There is no pleural effusion or pneumothorax."))
         neg -= {"Pleural Effusion", "Pneumothorax"}
-    for label in neg:
-        out[label] = _pick(rng, NEGATION[label])
+    for label in study.negated:  # the study's fixed order: iterating the set would follow PYTHONHASHSEED
+        if label in neg:
+            out[label] = _pick(rng, NEGATION[label])
     return out
 
 
