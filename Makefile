@@ -27,7 +27,9 @@ demo: setup
 test: setup
 	pytest -q
 
+# the stage-one benchmarks read the demo's texts and model: build those stages first (no-op when done)
 bench: setup
+	dvc repro prepare text_model
 	python benchmarks/embed_batching.py
 	python benchmarks/embed_quantization.py
 
