@@ -59,8 +59,27 @@ def load_encoder(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, config
 
 
-def normalize_uint8(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 ``[N, H, W]`` or ``[N, 1, H, W]`` -> float ``[N, 1, H, W]`` normalised as the encoder expects."""
+def to_unit_float(images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 ``[N, H, W]`` or ``[N, 1, H, W]`` -> float ``[N, 1, h, w]`` in [0, 1]; resized (bilinear,
+    antialiased) to ``size`` when the image cache was made at another size than the encoder's input.
+    Pretraining and fine-tuning both go through here, so they see identically prepared pixels."""
+    import torch.nn.functional as F
+
     if images.ndim == 3:
         images = images.unsqueeze(1)
-    return (images.float() / 255.0 - mean) / std
+    x = images.float() / 255.0
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """[0, 1] pixels -> the encoder's input scale (``config.json``'s ``pixel_mean`` / ``pixel_std``)."""
+    return (x - mean) / std
+
+
+def normalize_uint8(
+    images: torch.Tensor, mean: float, std: float, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """uint8 ``[N, H, W]`` or ``[N, 1, H, W]`` -> float ``[N, 1, h, w]`` normalised as the encoder expects."""
+    return normalize(to_unit_float(images, size), mean, std)

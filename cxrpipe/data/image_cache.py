@@ -26,6 +26,10 @@ class ImageCacheError(RuntimeError):
     pass
 
 
+def _read_ids(f: h5py.File) -> list[str]:
+    return list(f["dicom_id"].asstr()[:])
+
+
 class ImageCacheWriter:
     """Create or reopen (resume) an image cache. Rows can be written in any order, in batches."""
 
@@ -66,8 +70,7 @@ class ImageCacheWriter:
                     int(f.attrs.get("schema_version", -1)) == SCHEMA_VERSION
                     and int(f.attrs["size"]) == self.size
                     and f["dicom_id"].shape[0] == len(dicom_ids)
-                    and [s.decode() if isinstance(s, bytes) else s for s in f["dicom_id"][:]]
-                    == list(dicom_ids)
+                    and _read_ids(f) == list(dicom_ids)
                 )
         except (OSError, KeyError):  # unreadable / half-created file: start over
             return False
@@ -122,7 +125,7 @@ class ImageCache:
         return self.file["images"][row]
 
     def dicom_ids(self) -> list[str]:
-        return [s.decode() if isinstance(s, bytes) else s for s in self.file["dicom_id"][:]]
+        return _read_ids(self.file)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

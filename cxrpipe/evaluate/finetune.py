@@ -145,11 +145,8 @@ class _Inputs:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from cxrpipe.encoder import normalize_uint8
 
-        x = normalize_uint8(images.to(self.device), self.mean, self.std)
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            # images.h5 made at another size than the encoder saw: resize rather than refuse
-            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
-        return x
+        # images.h5 made at another size than the encoder saw: resized rather than refused
+        return normalize_uint8(images.to(self.device), self.mean, self.std, self.size)
 
 
 def _loader(ds: Dataset, batch_size: int, train: bool, seed: int, workers: int) -> DataLoader:

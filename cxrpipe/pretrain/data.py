@@ -17,11 +17,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from cxrpipe.data.image_cache import ImageCache
 from cxrpipe.data.manifest import read_images
+from cxrpipe.encoder import normalize, to_unit_float
 from cxrpipe.text.cache import TextCache
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,11 @@ class PairDataset(Dataset):
     def __getitem__(self, key: tuple[int, int | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
         index, seed = key
         p = self.pairs[index]
-        img = torch.from_numpy(self.images[p.row]).float().div_(255.0)[None]  # [1, S, S] in [0, 1]
-        if img.shape[-1] != self.img_size:
-            img = F.interpolate(img[None], size=(self.img_size, self.img_size), mode="bilinear", antialias=True, align_corners=False)[0]
+        size = (self.img_size, self.img_size)
+        img = to_unit_float(torch.from_numpy(self.images[p.row])[None], size)[0]  # [1, S, S] in [0, 1]
         if self.augment and seed is not None:
             img = augment(img, self.cfg.augment, torch.Generator().manual_seed(seed))
-        img = (img - self.cfg.pixel_mean) / self.cfg.pixel_std
+        img = normalize(img, self.cfg.pixel_mean, self.cfg.pixel_std)
         text = torch.from_numpy(self.text.text_row(p.text_row)[-self.cfg.max_text_tokens :])  # [L, hidden]
         return img, text, index
 
