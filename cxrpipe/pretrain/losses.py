@@ -121,13 +121,14 @@ def positive_mask(ids: torch.Tensor | None, n: int, device: torch.device) -> tor
     return eye | (ids[:, None, :] == ids[None, :, :]).any(-1)
 
 
-def duplicate_counts(ids: torch.Tensor | None, n: int) -> dict[str, torch.Tensor]:
+def duplicate_counts(ids: torch.Tensor | None, n: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Off-diagonal positive pairs of a batch (unordered, i < j), split into ``pairs_same_study`` (two images
     of one study) and ``pairs_same_text`` (identical report text, different studies). ids ``[N, 2]``."""
     if ids is None:
-        zero = torch.zeros(())
+        zero = torch.zeros((), device=device)
         return {"pairs_same_study": zero, "pairs_same_text": zero}
-    upper = torch.ones(n, n, dtype=torch.bool, device=ids.device).triu(1)
+    ids = ids.to(device)
+    upper = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
     text = (ids[:, None, 0] == ids[None, :, 0]) & upper
     study = (ids[:, None, 1] == ids[None, :, 1]) & upper
     return {"pairs_same_study": study.sum().float(), "pairs_same_text": (text & ~study).sum().float()}
@@ -197,12 +198,12 @@ class MarginContrastiveLoss(nn.Module):
             hinge = F.relu(self.margin - sq.clamp_min(1e-12).sqrt()).pow(2)
         positive = torch.where(pos, sq, 0.0).sum() / pos.sum()
         negative = torch.where(neg, hinge, 0.0).sum() / neg.sum().clamp_min(1)
-        dist_ = sq.detach().sqrt()
+        d = sq.detach().sqrt()  # [N, N] D, for the logs
         return {
             "contrastive_loss": positive + negative,
-            "positive_distance": torch.where(pos, dist_, 0.0).sum() / pos.sum(),  # mean D over P
-            "negative_distance": torch.where(neg, dist_, 0.0).sum() / neg.sum().clamp_min(1),  # mean D over Q
-            **duplicate_counts(ids, n),
+            "positive_distance": torch.where(pos, d, 0.0).sum() / pos.sum(),  # mean D over P
+            "negative_distance": torch.where(neg, d, 0.0).sum() / neg.sum().clamp_min(1),  # mean D over Q
+            **duplicate_counts(ids, n, sq.device),
         }
 
 
@@ -237,7 +238,8 @@ class InfoNCELoss(nn.Module):
         logits = logits.masked_fill(duplicate, float("-inf"))
         labels = torch.arange(n, device=logits.device)
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        return {"contrastive_loss": loss, "temperature": (1.0 / self.scale()).detach(), **duplicate_counts(ids, n)}
+        temperature = (1.0 / self.scale()).detach()
+        return {"contrastive_loss": loss, "temperature": temperature, **duplicate_counts(ids, n, sim.device)}
 
 
 def build_contrastive_loss(cfg: LossConfig) -> nn.Module:
