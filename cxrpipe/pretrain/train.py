@@ -34,15 +34,8 @@ from torch.utils.data import DataLoader
 
 from cxrpipe.config import to_dict
 from cxrpipe.io import write_json_atomic
-from cxrpipe.pretrain.data import (
-    EpochBatches,
-    PairDataset,
-    PretrainDataConfig,
-    batch_duplicate_pairs,
-    collate,
-    find_pairs,
-    sample_seed,
-)
+from cxrpipe.pretrain.data import EpochBatches, PairDataset, PretrainDataConfig, collate, find_pairs, sample_seed
+from cxrpipe.pretrain.data import batch_duplicate_pairs
 from cxrpipe.pretrain.losses import LossConfig
 from cxrpipe.pretrain.mae import MAEConfig
 from cxrpipe.pretrain.model import PretrainModel
