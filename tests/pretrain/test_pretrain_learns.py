@@ -28,11 +28,12 @@ CLUSTERED = {**TINY, "model": {**TINY["model"], "mask_ratio": 0.25}, "epochs": 1
 def test_retrieval_learns_clustered_pairs_and_not_shuffled_ones(tmp_path, shuffle):
     """47 distinct validate reports (chance R@10 = 10/47 = 0.21, median rank ~24). A model that learned the
     cluster ranks its report among the ~12 of its cluster (measured: R@10 0.81, median rank 7); trained on
-    shuffled pairs (validate still truly paired) it stays at chance (measured: R@10 0.23, median rank 23)."""
+    shuffled pairs (validate still truly paired) it stays at chance (measured: R@10 0.19, median rank 22)."""
     prepared, text = make_pairs(tmp_path, n_train=96, n_val=48, shuffle_train_text=shuffle)
     m = run_pretrain(build(PretrainConfig, CLUSTERED), "multimodal", prepared, text, tmp_path / "model",
                      metrics_path=tmp_path / "m.json", plots_dir=tmp_path / "plots")
     r = m["retrieval"]
+    print(f"retrieval after {'shuffled' if shuffle else 'paired'} training: {r}")
     assert r["n_reports"] == 47 and r["chance@10"] == pytest.approx(10 / 47)
     if shuffle:
         assert r["recall@10"] < 0.4 and r["median_rank"] > 15
