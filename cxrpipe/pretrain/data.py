@@ -10,10 +10,11 @@ very batches and augmentations an uninterrupted run sees, whatever the number of
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -97,6 +98,12 @@ class PairDataset(Dataset):
         self.cfg = cfg
         self.img_size = img_size
         self.augment = augment
+        # [n, 2] int64 (text row, study id) of every pair: what the contrastive loss compares for duplicates
+        self.ids = torch.tensor([[p.text_row, p.study_id] for p in self.pairs], dtype=torch.int64).reshape(-1, 2)
+
+    def pair_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """Dataset indices ``[n]`` -> ``[n, 2]`` int64 (text row, study id): pairs sharing either are positives."""
+        return self.ids[index]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -144,6 +151,12 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]) -> dict[str, to
     return {"images": torch.stack(imgs), "text": text, "text_mask": mask, "index": torch.tensor(idx)}
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's permutation of ``n`` items ``[n]``, from ``(seed, epoch)``."""
+    g = torch.Generator().manual_seed(sample_seed(seed, 0, epoch))
+    return torch.randperm(n, generator=g).numpy()
+
+
 class EpochBatches(Sampler[list[tuple[int, int]]]):
     """This process's share of each global batch of an epoch: lists of ``(index, augmentation seed)``.
 
@@ -163,12 +176,68 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         return max(0, self.n // self.batch_size - self.start)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        g = torch.Generator().manual_seed(sample_seed(self.seed, 0, self.epoch))
-        perm = torch.randperm(self.n, generator=g).tolist()
+        perm = epoch_order(self.n, self.seed, self.epoch).tolist()
         local = self.batch_size // self.world
         for b in range(self.start, self.n // self.batch_size):
             glob = perm[b * self.batch_size : (b + 1) * self.batch_size]
             yield [(i, sample_seed(self.seed, 2, self.epoch, i)) for i in glob[self.rank * local : (self.rank + 1) * local]]
+
+
+# ------------------------------------------------------------------------------- duplicate pairs per batch
+
+
+def group_sizes(pairs: Sequence[Pair]) -> dict[str, list[int]]:
+    """Sizes of the groups of items that are positives of each other: ``same_text`` (one text row; includes
+    the images of one study, whose report is one row) and ``same_study``."""
+    text = collections.Counter(p.text_row for p in pairs)
+    study = collections.Counter(p.study_id for p in pairs)
+    return {"same_text": sorted(text.values(), reverse=True), "same_study": sorted(study.values(), reverse=True)}
+
+
+def expected_pairs(sizes: Iterable[int], n: int, batch_size: int) -> float:
+    """Expected unordered pairs of one group inside a uniformly drawn batch of ``batch_size`` out of ``n``
+    items, summed over groups of ``sizes``: sum_g C(k_g, 2) x B (B - 1) / (N (N - 1))."""
+    if n < 2:
+        return 0.0
+    return sum(k * (k - 1) / 2 for k in sizes) * batch_size * (batch_size - 1) / (n * (n - 1))
+
+
+def expected_duplicate_pairs(pairs: Sequence[Pair], batch_size: int) -> dict[str, float]:
+    """Closed-form off-diagonal positive pairs per batch: ``same_study`` and ``same_text`` (other studies)."""
+    g, n = group_sizes(pairs), len(pairs)
+    study = expected_pairs(g["same_study"], n, batch_size)
+    return {"same_study": study, "same_text": expected_pairs(g["same_text"], n, batch_size) - study}
+
+
+def _pairs_per_batch(batches: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """batches ``[nb, B]`` item indices, ids ``[n]`` -> ``[nb]`` unordered pairs sharing an id in each batch."""
+    dense = np.unique(ids, return_inverse=True)[1].reshape(-1)  # ids -> 0..G-1
+    nb, width = batches.shape
+    key = np.repeat(np.arange(nb), width) * (dense.max() + 1) + dense[batches.reshape(-1)]
+    keys, counts = np.unique(key, return_counts=True)
+    return np.bincount(keys // (dense.max() + 1), weights=counts * (counts - 1) / 2, minlength=nb)
+
+
+def batch_duplicate_pairs(pairs: Sequence[Pair], batch_size: int, seed: int, epochs: int) -> dict[str, Any]:
+    """The off-diagonal positive pairs the training batches really hold (what the loss logs as
+    ``pairs_same_*``), from the epochs' orders alone (a pure function of the seed: exact under resume):
+    per-epoch means per batch and the mean over the run, split into ``same_study`` and ``same_text``
+    (identical text, other studies), beside the closed-form expectation."""
+    text = np.array([p.text_row for p in pairs], dtype=np.int64)
+    study = np.array([p.study_id for p in pairs], dtype=np.int64)
+    per_epoch: dict[str, list[float]] = {"same_study": [], "same_text": []}
+    nb = len(pairs) // batch_size
+    for epoch in range(epochs if nb else 0):
+        batches = epoch_order(len(pairs), seed, epoch)[: nb * batch_size].reshape(nb, batch_size)
+        s, t = _pairs_per_batch(batches, study), _pairs_per_batch(batches, text)
+        per_epoch["same_study"].append(float(s.mean()))
+        per_epoch["same_text"].append(float((t - s).mean()))
+    return {
+        "mean_per_batch": {k: sum(v) / max(1, len(v)) for k, v in per_epoch.items()},
+        "per_epoch": per_epoch,
+        "expected_per_batch": expected_duplicate_pairs(pairs, batch_size),
+        "batch_size": batch_size,
+    }
 
 
 def eval_batches(n: int, batch_size: int) -> list[list[tuple[int, None]]]:

@@ -1,18 +1,42 @@
 """Contrastive losses between image and report embeddings, with negatives over the global batch.
 
-Each loss is a module whose ``forward(image, text)`` returns a named dict (``{"contrastive_loss": ...}`` plus
-diagnostics). ``image`` is ``[N, D]`` (one embedding per image) or ``[N, M, D]`` (one per image-report pair,
-the cross-attention pool); ``text`` is ``[M, D]``; pair ``(i, i)`` is the match. Under data parallelism the
-features are gathered from every process WITH their gradients (a differentiable all-gather), so
-negatives span the global batch and every process computes the same global loss; DDP's gradient averaging
-then gives exactly the gradient of that loss (the gather's backward sums the W identical copies).
+Each loss is a module whose ``forward(image, text, ids)`` returns a named dict (``{"contrastive_loss": ...}``
+plus diagnostics). ``image`` is ``[N, D]`` (one embedding per image) or ``[N, M, D]`` (one per image-report
+pair, the cross-attention pool); ``text`` is ``[M, D]`` (M = N); pair ``(i, i)`` is the match. Under data
+parallelism the features are gathered from every process WITH their gradients (a differentiable
+all-gather), so negatives span the global batch and every process computes the same global loss; DDP's
+gradient averaging then gives exactly the gradient of that loss (the gather's backward sums the W copies).
 
-Margin loss, the report's Eq. 1, with ``d_ij = ||u_i - v_j||^2`` (``u``, ``v`` L2-normalised first when
-``normalize``; then ``d_ij = 2 - 2 cos(u_i, v_j)`` lies in [0, 4])::
+Which pairs are positive. ``ids`` ``[N, 2]`` int64 holds each item's (text.h5 text row, study id): pair
+``(i, j)`` is positive iff ``i == j``, or the two reports are the same text row (identical cleaned texts share
+one row of the cache), or the two images come from the same study. On MIMIC-CXR short normal reports repeat
+thousands of times, and a study often has two frontal images: those pairs say the same thing, so pushing them
+apart would teach the encoder to separate images whose reports are identical. ``ids`` are gathered across
+processes with the features (a plain, gradient-free all_gather), so the mask of the global batch is the one a
+single process would build. ``ids=None`` = only the diagonal is positive (the plain CLIP/Eq. 1 batch).
 
-    L = (1 / N) sum_i d_ii  +  (1 / (N (N - 1))) sum_{i != j} max(0, eps - d_ij)^2
+Margin loss, the report's Eq. 1 (``kind: margin``, the default). With ``u``, ``v`` L2-normalised first when
+``normalize`` (then ``D`` lies in [0, 2], ``D^2 = 2 - 2 cos``)::
 
-i.e. the mean over matched pairs plus the mean over all N (N - 1) mismatched pairs of the batch.
+    D_ij = ||u_i - v_j||_2
+    L = (1 / |P|) sum_{(i,j) in P} D_ij^2  +  (1 / |Q|) sum_{(i,j) in Q} max(0, eps - D_ij)^2
+
+over the N x N pairs of the (global) batch, P = the positive pairs (the diagonal and every duplicate pair), Q =
+the rest (the negatives): the mean over positive pairs plus the mean over negative pairs, so the two terms keep
+equal weight whatever the batch size and however many duplicates it holds (an empty Q adds 0).
+``kind: margin_sqdist`` is this project's earlier form, kept as a named option for comparison only: the hinge
+is on the SQUARED distance, ``max(0, eps - D^2)^2``. It has the same zero set as Eq. 1 when ``eps`` is
+squared, but its gradient vanishes as a negative collapses onto its anchor (d/dD of ``(eps - D^2)^2`` is
+``-4 D (eps - D^2)``, 0 at D = 0), exactly where Eq. 1 pushes hardest (``-2 (eps - D)``).
+
+InfoNCE (``kind: infonce``, CLIP's symmetric cross-entropy over ``scale x cos``). Duplicate pairs are MASKED:
+their off-diagonal logits are set to -inf in both directions, so a duplicate is neither a negative nor an
+extra target. Why masking and not multi-positive soft targets: with masking every row stays a one-target
+cross-entropy that equals CLIP exactly when the batch has no duplicates, its minimum stays 0, and a row's loss
+does not depend on how many copies of its report the batch happens to hold. Soft targets (1/k on each of k
+copies) add a floor of log k to the loss and a pull whose weight shrinks with the group size, so the
+commonest normal report (the largest group) would get the weakest target and the logged loss would move with
+the batch's composition. Pulling duplicates together is the margin loss's job (its D^2 term on P).
 """
 
 from __future__ import annotations
@@ -32,9 +56,10 @@ class LossConfig:
     """Params ``pretrain.loss``: total = MAE loss + weight_text x contrastive loss."""
 
     weight_text: float = 1.0  # the `mae` variant forces 0 (same modules and compute, no text gradient)
-    kind: Literal["margin", "infonce"] = "margin"  # the report's Eq. 1 | CLIP's symmetric InfoNCE
-    normalize: bool = True  # L2-normalise both embeddings before comparing them
-    margin: float = 1.0  # eps of Eq. 1, on squared distance (normalised: 1.0 pushes negatives to cos <= 0.5)
+    # margin: the report's Eq. 1 | margin_sqdist: the earlier hinge on D^2 (comparison only) | infonce: CLIP's
+    kind: Literal["margin", "margin_sqdist", "infonce"] = "margin"
+    normalize: bool = True  # L2-normalise both embeddings before comparing them (then D in [0, 2])
+    margin: float = 1.0  # eps of Eq. 1 on the distance D (margin_sqdist: on D^2); 1.0 = cos <= 0.5 for both
     temperature: float = 0.07  # InfoNCE initial temperature (CLIP's)
     learn_temperature: bool = True  # InfoNCE: learn log(1/T), clamped to T >= 0.01
     visible_tokens: bool = True  # FLIP: contrast the masked image's visible tokens (no second encoder pass)
@@ -72,7 +97,43 @@ def gather_padded(x: torch.Tensor, dim: int = 1, value: float = 0) -> torch.Tens
     return gather_with_grad(x)
 
 
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Concatenate integer ids ``[n, ...]`` of every process along dim 0 -> ``[W n, ...]`` (no gradient; every
+    process holds the same local batch size)."""
+    if world_size() == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(world_size())]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
 # ------------------------------------------------------------------------------------------- pairwise
+
+
+def positive_mask(ids: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """``[N, N]`` bool: the diagonal, plus pairs that share any id column (ids ``[N, K]``: text row, study)."""
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    if ids is None:
+        return eye
+    if ids.ndim != 2 or ids.shape[0] != n:
+        raise ValueError(f"ids must be [N={n}, K] (one row per item of the global batch), got {tuple(ids.shape)}")
+    ids = ids.to(device)
+    return eye | (ids[:, None, :] == ids[None, :, :]).any(-1)
+
+
+def duplicate_counts(ids: torch.Tensor | None, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Off-diagonal positive pairs of a batch (unordered, i < j), split into ``pairs_same_study`` (two images
+    of one study) and ``pairs_same_text`` (identical report text, different studies). ids ``[N, 2]``."""
+    if ids is None:
+        zero = torch.zeros((), device=device)
+        return {"pairs_same_study": zero, "pairs_same_text": zero}
+    ids = ids.to(device)
+    upper = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+    text = (ids[:, None, 0] == ids[None, :, 0]) & upper
+    study = (ids[:, None, 1] == ids[None, :, 1]) & upper
+    return {"pairs_same_study": study.sum().float(), "pairs_same_text": (text & ~study).sum().float()}
+
+
 
 
 def pairwise(image: torch.Tensor, text: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,44 +152,65 @@ def pairwise(image: torch.Tensor, text: torch.Tensor, normalize: bool) -> tuple[
     return sim, sq.clamp_min(0.0)
 
 
-def _gather_pair(image: torch.Tensor, text: torch.Tensor, gather: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_pair(
+    image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor | None, gather: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gather per-image features ``[n, D]`` and their ids across processes. Pairwise features ``[N, M, D]``
+    are made from already gathered tokens (see the cross pool): they and their ids arrive global."""
     if gather and image.ndim == 2:
-        return gather_with_grad(image), gather_with_grad(text)
-    return image, text  # pairwise features are made from already gathered tokens (see the cross pool)
+        return gather_with_grad(image), gather_with_grad(text), None if ids is None else gather_ids(ids)
+    return image, text, ids
+
+
+def _square(d: torch.Tensor) -> int:
+    n = d.shape[0]
+    if n < 2 or d.shape[1] != n:
+        raise ValueError(f"contrastive loss needs a square batch of at least 2 pairs, got {tuple(d.shape)}")
+    return n
 
 
 class MarginContrastiveLoss(nn.Module):
-    """The report's Eq. 1 (see the module docstring for the exact normalisation)."""
+    """The report's Eq. 1 (``squared_hinge=False``, the default) or the earlier hinge on D^2 (``True``); see
+    the module docstring for the exact normalisation and the positive pairs."""
 
-    def __init__(self, margin: float = 1.0, normalize: bool = True):
+    def __init__(self, margin: float = 1.0, normalize: bool = True, squared_hinge: bool = False):
         super().__init__()
         self.margin = margin
         self.normalize = normalize
+        self.squared_hinge = squared_hinge
 
     def scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Retrieval scores ``[N, M]``, higher = closer: minus the squared distance the loss uses."""
-        return -pairwise(image, text, self.normalize)[1]
+        """Retrieval scores ``[N, M]``, higher = closer: minus the distance D (the same ranking as -D^2)."""
+        return -pairwise(image, text, self.normalize)[1].sqrt()
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, gather: bool = True) -> dict[str, torch.Tensor]:
-        image, text = _gather_pair(image, text, gather)
-        _, d = pairwise(image, text, self.normalize)  # [N, N]
-        n = d.shape[0]
-        if n < 2 or d.shape[1] != n:
-            raise ValueError(f"margin loss needs a square batch of at least 2 pairs, got {tuple(d.shape)}")
-        eye = torch.eye(n, dtype=torch.bool, device=d.device)
-        positive = d.diagonal().mean()
-        hinge = F.relu(self.margin - d).pow(2)
-        negative = hinge.masked_fill(eye, 0.0).sum() / (n * (n - 1))
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor | None = None, gather: bool = True
+    ) -> dict[str, torch.Tensor]:
+        image, text, ids = _gather_pair(image, text, ids, gather)
+        _, sq = pairwise(image, text, self.normalize)  # [N, N] D^2
+        n = _square(sq)
+        pos = positive_mask(ids, n, sq.device)  # [N, N]
+        neg = ~pos
+        if self.squared_hinge:
+            hinge = F.relu(self.margin - sq).pow(2)
+        else:
+            # D = sqrt(D^2); clamped so that the (masked) gradient of a collapsed pair stays finite
+            hinge = F.relu(self.margin - sq.clamp_min(1e-12).sqrt()).pow(2)
+        positive = torch.where(pos, sq, 0.0).sum() / pos.sum()
+        negative = torch.where(neg, hinge, 0.0).sum() / neg.sum().clamp_min(1)
+        d = sq.detach().sqrt()  # [N, N] D, for the logs
         return {
             "contrastive_loss": positive + negative,
-            "positive_distance": positive.detach(),
-            "negative_distance": d.masked_fill(eye, 0.0).sum().detach() / (n * (n - 1)),
+            "positive_distance": torch.where(pos, d, 0.0).sum() / pos.sum(),  # mean D over P
+            "negative_distance": torch.where(neg, d, 0.0).sum() / neg.sum().clamp_min(1),  # mean D over Q
+            **duplicate_counts(ids, n, sq.device),
         }
 
 
 class InfoNCELoss(nn.Module):
     """CLIP's symmetric InfoNCE: mean of image->text and text->image cross-entropy over ``scale x sim``,
-    with ``scale = exp(logit_scale)`` learnable (clamped to at most 100, i.e. temperature >= 0.01)."""
+    with ``scale = exp(logit_scale)`` learnable (clamped to at most 100, i.e. temperature >= 0.01).
+    Duplicate pairs (see ``ids``) are masked out of both directions' softmax (module docstring: why)."""
 
     def __init__(self, temperature: float = 0.07, learn_temperature: bool = True, normalize: bool = True):
         super().__init__()
@@ -144,16 +226,23 @@ class InfoNCELoss(nn.Module):
         """Retrieval scores ``[N, M]``: the (scaled) similarities the loss uses."""
         return self.scale().detach() * pairwise(image, text, self.normalize)[0]
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor, gather: bool = True) -> dict[str, torch.Tensor]:
-        image, text = _gather_pair(image, text, gather)
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor | None = None, gather: bool = True
+    ) -> dict[str, torch.Tensor]:
+        image, text, ids = _gather_pair(image, text, ids, gather)
         sim, _ = pairwise(image, text, self.normalize)
+        n = _square(sim)
         logits = self.scale() * sim  # [N, N]
-        labels = torch.arange(logits.shape[0], device=logits.device)
+        eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+        duplicate = positive_mask(ids, n, sim.device) & ~eye  # symmetric: one mask serves both directions
+        logits = logits.masked_fill(duplicate, float("-inf"))
+        labels = torch.arange(n, device=logits.device)
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        return {"contrastive_loss": loss, "temperature": (1.0 / self.scale()).detach()}
+        temperature = (1.0 / self.scale()).detach()
+        return {"contrastive_loss": loss, "temperature": temperature, **duplicate_counts(ids, n, sim.device)}
 
 
 def build_contrastive_loss(cfg: LossConfig) -> nn.Module:
-    if cfg.kind == "margin":
-        return MarginContrastiveLoss(margin=cfg.margin, normalize=cfg.normalize)
+    if cfg.kind in ("margin", "margin_sqdist"):
+        return MarginContrastiveLoss(cfg.margin, cfg.normalize, squared_hinge=cfg.kind == "margin_sqdist")
     return InfoNCELoss(cfg.temperature, cfg.learn_temperature, cfg.normalize)

@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cxrpipe.pretrain.losses import LossConfig, build_contrastive_loss, gather_padded, gather_with_grad, world_size
+from cxrpipe.pretrain.losses import (
+    LossConfig,
+    build_contrastive_loss,
+    gather_ids,
+    gather_padded,
+    gather_with_grad,
+    world_size,
+)
 from cxrpipe.pretrain.mae import MAEConfig, MaskedAutoencoder
 from cxrpipe.pretrain.pooling import AttentionPool, CrossAttentionPool, PoolConfig, TextProjection
 
@@ -71,15 +78,20 @@ class PretrainModel(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor,
         noise: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """images ``[B, 1, H, W]``, text ``[B, L, hidden]``, mask ``[B, L]`` bool, noise ``[B, num_patches]``."""
+        """images ``[B, 1, H, W]``, text ``[B, L, hidden]``, mask ``[B, L]`` bool, noise ``[B, num_patches]``,
+        ids ``[B, 2]`` int64 (text row, study id: pairs sharing either are positives; None = diagonal only)."""
         out = self.mae(images, noise=noise)
         if self.visible_tokens:
             patches = out.latent[:, 1:, :]  # [B, K, D], FLIP: the visible tokens of the masked image
         else:
             patches = self.patch_tokens(images)  # [B, L, D], a second, unmasked pass
         image_emb, text_emb = self.embed_pairs(patches, text, text_mask, gather=True)
-        con = self.contrastive(image_emb, text_emb, gather=self.pool_kind == "latent")
+        latent = self.pool_kind == "latent"
+        if ids is not None and not latent and world_size() > 1:
+            ids = gather_ids(ids)  # the cross pool's pair features are already global (embed_pairs)
+        con = self.contrastive(image_emb, text_emb, ids=ids, gather=latent)
         losses = {"loss": out.loss + self.weight_text * con["contrastive_loss"], "mae_loss": out.loss}
         losses.update(con)
         return losses

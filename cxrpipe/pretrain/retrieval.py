@@ -1,7 +1,7 @@
 """Alignment check after pretraining: image -> report retrieval on the validate split.
 
 Each validate image (unmasked, no augmentation) is scored against every distinct validate report with the
-very pooling and score the contrastive loss trained (minus squared distance for the margin loss, scaled
+very pooling and score the contrastive loss trained (minus the distance D for the margin loss, scaled
 cosine for InfoNCE). Recall@k = fraction of images whose own report is among the k best; identical report
 texts are one candidate (the text cache stores them once), so the chance level is ``k / n_reports``. A
 multimodal encoder whose text signal got through scores well above chance; the ``mae`` variant's untrained

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from cxrpipe.config import to_dict
 from cxrpipe.io import write_json_atomic
 from cxrpipe.pretrain.data import EpochBatches, PairDataset, PretrainDataConfig, collate, find_pairs, sample_seed
+from cxrpipe.pretrain.data import batch_duplicate_pairs
 from cxrpipe.pretrain.losses import LossConfig
 from cxrpipe.pretrain.mae import MAEConfig
 from cxrpipe.pretrain.model import PretrainModel
@@ -318,6 +319,7 @@ def run_pretrain(
                 batch["text"].to(device),
                 batch["text_mask"].to(device),
                 noise=noise.to(device),
+                ids=train_ds.pair_ids(batch["index"]).to(device),  # [local, 2]: duplicates are positives
             )
             accelerator.backward(losses["loss"])
             grad_norm = torch.tensor(0.0)
@@ -388,6 +390,8 @@ def run_pretrain(
             "final_epoch": final,
             "retrieval": retrieval,
             "retrieval_train": retrieval_train,
+            # off-diagonal positive pairs per global batch (same study / identical text of other studies)
+            "duplicate_pairs": batch_duplicate_pairs(train_pairs, cfg.batch_size, cfg.seed, cfg.epochs),
             "train_seconds": round(seconds, 1),
             "images_per_second": round((step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
             "processes": world,

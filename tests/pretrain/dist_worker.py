@@ -1,7 +1,8 @@
 """Run by test_losses.py: 2 gloo processes vs 1 process on the same global batch; writes a JSON result.
 
-For each check, every rank holds half of a global batch of leaf features, computes the loss with the
-features gathered across ranks, and backpropagates. The loss must equal the 1-process loss on the whole
+For each check, every rank holds half of a global batch of leaf features and their ids (text row, study:
+duplicates within and across the ranks), computes the loss with the features and ids gathered across ranks,
+and backpropagates. The loss must equal the 1-process loss on the whole
 batch, and each rank's gradient divided by the world size (DDP averages gradients) must equal the matching
 slice of the 1-process gradient.
 """
@@ -20,6 +21,11 @@ WORLD = 2
 N, D = 8, 16
 
 
+# (text row, study) of the 8 items: 1 and 6 share a text (rank 0 / rank 1), 2 and 3 are one study (rank 0),
+# 4 and 7 share a text (rank 1 / rank 1)
+IDS = torch.tensor([[0, 0], [1, 1], [2, 2], [2, 2], [4, 4], [5, 5], [1, 6], [4, 7]])
+
+
 def _inputs():
     g = torch.Generator().manual_seed(0)
     u, v = torch.randn(N, D, generator=g), torch.randn(N, D, generator=g)
@@ -35,12 +41,19 @@ def _inputs():
 def _losses():
     from cxrpipe.pretrain.losses import InfoNCELoss, MarginContrastiveLoss
 
-    return {"margin": MarginContrastiveLoss(margin=1.5), "infonce": InfoNCELoss(temperature=0.2)}
+    return {
+        "margin": MarginContrastiveLoss(margin=1.5),
+        "margin_sqdist": MarginContrastiveLoss(margin=1.5, squared_hinge=True),
+        "infonce": InfoNCELoss(temperature=0.2),
+    }
 
 
-def _cross_loss(text, mask, patches, gather):
+CROSS = {"cross": "margin", "cross_infonce": "infonce"}
+
+
+def _cross_loss(text, mask, patches, ids, gather, kind="margin"):
     """The cross-attention path of PretrainModel: tokens gathered, pairs built, loss on global features."""
-    from cxrpipe.pretrain.losses import MarginContrastiveLoss, gather_padded, gather_with_grad
+    from cxrpipe.pretrain.losses import gather_ids, gather_padded, gather_with_grad
     from cxrpipe.pretrain.pooling import AttentionPool, CrossAttentionPool
 
     torch.manual_seed(1)
@@ -49,7 +62,9 @@ def _cross_loss(text, mask, patches, gather):
         patches = gather_with_grad(patches)
         text = gather_padded(text, dim=1)
         mask = gather_padded(mask.to(torch.uint8), dim=1).bool()
-    return MarginContrastiveLoss()(cross(text, mask, patches), tpool(text, mask), gather=False)["contrastive_loss"]
+        ids = gather_ids(ids)
+    loss = _losses()[kind]
+    return loss(cross(text, mask, patches), tpool(text, mask), ids=ids, gather=False)["contrastive_loss"]
 
 
 def single() -> dict:
@@ -57,13 +72,14 @@ def single() -> dict:
     out = {}
     for name, loss in _losses().items():
         uu, vv = u.clone().requires_grad_(), v.clone().requires_grad_()
-        value = loss(uu, vv)["contrastive_loss"]
+        value = loss(uu, vv, ids=IDS)["contrastive_loss"]
         value.backward()
-        out[name] = (value.item(), torch.cat([uu.grad, vv.grad], 1))
-    pp = patches.clone().requires_grad_()
-    value = _cross_loss(text, mask, pp, gather=False)
-    value.backward()
-    out["cross"] = (value.item(), pp.grad)
+        out[name] = (value.item(), torch.cat([uu.grad, vv.grad], 1), loss(u, v)["contrastive_loss"].item())
+    for name, kind in CROSS.items():
+        pp = patches.clone().requires_grad_()
+        value = _cross_loss(text, mask, pp, IDS, gather=False, kind=kind)
+        value.backward()
+        out[name] = (value.item(), pp.grad, _cross_loss(text, mask, patches, None, False, kind).item())
     return out
 
 
@@ -76,15 +92,16 @@ def worker(rank: int, port: str, queue) -> None:
     out = {}
     for name, loss in _losses().items():
         uu, vv = u[sl].clone().requires_grad_(), v[sl].clone().requires_grad_()
-        value = loss(uu, vv)["contrastive_loss"]
+        value = loss(uu, vv, ids=IDS[sl])["contrastive_loss"]
         value.backward()
         out[name] = (value.item(), torch.cat([uu.grad, vv.grad], 1) / WORLD)
     # each rank trims its text to its own longest report: gather_padded must re-pad
     length = int(mask[sl].sum(1).max())
-    pp = patches[sl].clone().requires_grad_()
-    value = _cross_loss(text[sl, :length], mask[sl, :length], pp, gather=True)
-    value.backward()
-    out["cross"] = (value.item(), pp.grad / WORLD)
+    for name, kind in CROSS.items():
+        pp = patches[sl].clone().requires_grad_()
+        value = _cross_loss(text[sl, :length], mask[sl, :length], pp, IDS[sl], gather=True, kind=kind)
+        value.backward()
+        out[name] = (value.item(), pp.grad / WORLD)
     queue.put((rank, {k: (l, g.tolist()) for k, (l, g) in out.items()}))  # plain data: no shared memory
     dist.barrier()
     dist.destroy_process_group()
@@ -108,7 +125,7 @@ def main(path: str) -> None:
             raise SystemExit(f"worker exited with {p.exitcode}")
     ref = single()
     report = {}
-    for name, (loss, grad) in ref.items():
+    for name, (loss, grad, loss_no_ids) in ref.items():
         errs = []
         for r in range(WORLD):
             sl = slice(r * N // WORLD, (r + 1) * N // WORLD)
@@ -116,6 +133,7 @@ def main(path: str) -> None:
         report[name] = {
             "world": WORLD,
             "loss_single": loss,
+            "loss_no_ids": loss_no_ids,
             "loss_ranks": [results[r][name][0] for r in range(WORLD)],
             "max_grad_error": max(errs),
         }

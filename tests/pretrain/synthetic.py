@@ -19,13 +19,17 @@ TINY = {  # a ViT small enough for CPU tests: img 32, patch 8 (16 patches), dim 
 
 
 def make_pairs(root: Path, n_train: int = 24, n_val: int = 8, size: int = 32, hidden: int = 24,
-               n_clusters: int = 4, seed: int = 0, fingerprint=None) -> tuple[Path, Path]:
+               n_clusters: int = 4, seed: int = 0, fingerprint=None,
+               shuffle_train_text: bool = False, duplicate_train_texts: int = 0) -> tuple[Path, Path]:
     """A prepared folder (images.csv, studies.csv, images.h5) and text.h5 whose images and reports share a
     hidden cluster: a bright blob at a cluster-specific place, report tokens near a cluster direction.
 
     The last validate study's report is the previous one's text row (identical texts are stored once), and
     one more image is a lateral view (filtered out). ``fingerprint(texts) -> Fingerprint`` overrides the
-    cache's fingerprint.
+    cache's fingerprint. ``shuffle_train_text``: the train studies get each other's reports (a random
+    permutation), so the training pairs carry no image-text signal; validate keeps its true pairs.
+    ``duplicate_train_texts``: train studies ``n_clusters .. n_clusters + k - 1`` reuse the report text row of
+    the first study of their cluster (``i % n_clusters``): identical reports of different studies.
     """
     rng = np.random.default_rng(seed)
     prepared = root / "prepared"
@@ -55,6 +59,10 @@ def make_pairs(root: Path, n_train: int = 24, n_val: int = 8, size: int = 32, hi
             w.write(i, img)
     write_manifest(prepared, images, studies)
     study_rows = list(range(n))
+    if shuffle_train_text:
+        study_rows[:n_train] = rng.permutation(n_train).tolist()
+    for i in range(n_clusters, n_clusters + duplicate_train_texts):
+        study_rows[i] = i % n_clusters
     study_rows[-1] = n - 2  # the last validate study shares the previous one's report text
     fp = fingerprint([s.text for s in studies]) if fingerprint else Fingerprint(model="synthetic", revision="", quantization="fp32", layer=-1, prompt="", sections=("findings",),
                      max_tokens=64, texts_hash=hash_texts(s.text for s in studies))
