@@ -288,3 +288,22 @@ def test_attention_maps_rows_sum_to_one_and_pngs_written(aligned, tmp_path):
     maps, kept = sentence_attention(att, sent, mask)
     assert kept.tolist() == [0, 1] and torch.allclose(maps.sum(-1), torch.ones(2))
     assert torch.allclose(maps[1], att.mean(0)[5:7].mean(0))
+
+
+def test_repository_params_build_every_evaluation_section():
+    from pathlib import Path
+
+    from cxrpipe.config import load_params, section
+    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig
+    from cxrpipe.evaluate.finetune import FinetuneConfig
+    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig
+    from cxrpipe.evaluate.retrieval import RetrievalConfig
+    from cxrpipe.evaluate.zeroshot import DEFAULT_PROMPTS, ZeroShotConfig, prompt_texts
+
+    raw = load_params(Path(__file__).parents[2] / "params.yaml")
+    zs = section(raw, "zeroshot", ZeroShotConfig)
+    assert zs.prompts == DEFAULT_PROMPTS and len(set(prompt_texts(zs))) == 28  # documented defaults
+    assert section(raw, "finetune", FinetuneConfig).label_fractions
+    for name, cls in (("label_efficiency", LabelEfficiencyConfig), ("retrieval", RetrievalConfig),
+                      ("attention", AttentionMapsConfig)):
+        section(raw, name, cls)
