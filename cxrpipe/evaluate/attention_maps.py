@@ -8,8 +8,8 @@ For a fixed, seeded set of test studies (one frontal image each):
   its tokens is averaged (and over heads): one map per sentence (the first ``max_sentences``).
 
 Each map is a softmax over the ``P`` real patches; it is shown as ``P x attention`` (1 = uniform), the patch
-grid upsampled (bilinear) to the image, with ONE colour scale across all panels of a run (0 to the largest
-value of any map), so panels can be compared. Written as ``<out_dir>/<study_id>.png`` plus an index JSON.
+grid upsampled (bilinear) to the image, with ONE colour scale across all panels of a run (the smallest to
+the largest value of any map), so panels can be compared. Written as ``<out_dir>/<study_id>.png`` plus an index JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class AttentionMapsConfig:
 
     encoder: str = "multimodal"  # data/models/<name> whose pooling is drawn (dvc.yaml passes it as --encoder)
     n_studies: int = 6  # test studies drawn (seeded), one panel each
+    with_findings: bool = True  # draw among studies with a positive label other than No Finding
     seed: int = 0  # which studies
     views: tuple[str, ...] = ("AP", "PA")  # frontal images only
     max_sentences: int = 4  # cross pool: sentences drawn per report (its first ones)
@@ -95,11 +96,14 @@ def _panels(cfg: AttentionMapsConfig, model_dir: Path, prepared: Path, text_cach
     model = load_aligned(model_dir, device)
     text = TextCache(text_cache)
     views = {v.upper() for v in cfg.views}
+    studies = {s.study_id: s for s in read_studies(prepared)}
+    finding = {sid for sid, s in studies.items()
+               if any(v == 1.0 and n != "No Finding" for n, v in zip(CHEXPERT_LABELS, s.labels))}
     first_image: dict[int, Any] = {}
     for r in read_images(prepared):
-        if r.split == "test" and (not views or r.view.upper() in views) and r.study_id in text:
+        if r.split == "test" and (not views or r.view.upper() in views) and r.study_id in text and (
+                not cfg.with_findings or r.study_id in finding):
             first_image.setdefault(r.study_id, r)
-    studies = {s.study_id: s for s in read_studies(prepared)}
     cache = ImageCache(prepared / "images.h5")
     gh, gw = model.grid
     panels = []
@@ -138,23 +142,24 @@ def upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def draw_panel(panel: Panel, path: Path, vmax: float, alpha: float) -> None:
+def draw_panel(panel: Panel, path: Path, vmin: float, vmax: float, alpha: float) -> None:
     """Image(s) with the upsampled map(s) overlaid, the report text beside, one shared colour scale."""
     from cxrpipe.evaluate.plots import _pyplot, _save
 
     plt = _pyplot()
     n = len(panel.maps)
-    fig = plt.figure(figsize=(3.2 * n + 4.2, 3.9))
-    grid = fig.add_gridspec(1, n + 1, width_ratios=[1] * n + [1.35])
-    im = None
+    fig = plt.figure(figsize=(3.0 * n + 4.0, 3.6))
+    grid = fig.add_gridspec(1, n + 1, width_ratios=[1] * n + [1.3], left=0.02, right=0.99, wspace=0.25)
+    im, image_axes = None, []
     for i, (m, cap) in enumerate(zip(panel.maps, panel.captions)):
         ax = fig.add_subplot(grid[0, i])
+        image_axes.append(ax)
         ax.imshow(panel.image, cmap="gray", vmin=0, vmax=255)
-        im = ax.imshow(upsample(m, panel.image.shape), cmap="jet", alpha=alpha, vmin=0.0, vmax=vmax)
+        im = ax.imshow(upsample(m, panel.image.shape), cmap="jet", alpha=alpha, vmin=vmin, vmax=vmax)
         ax.set_title(textwrap.fill(cap, 34), fontsize=7)
         ax.axis("off")
     if im is not None:
-        fig.colorbar(im, ax=fig.axes, fraction=0.03, pad=0.01, label="P x attention (1 = uniform)")
+        fig.colorbar(im, ax=image_axes, fraction=0.046, pad=0.02, label="P x attention (1 = uniform)")
     ax = fig.add_subplot(grid[0, n])
     ax.axis("off")
     labels = ", ".join(panel.positives) or "none (No Finding row empty)"
@@ -172,16 +177,17 @@ def run_attention_maps(cfg: AttentionMapsConfig, model_dir: str | Path, prepared
 
     out_dir = Path(out_dir)
     panels = _panels(cfg, Path(model_dir), Path(prepared), Path(text_cache), tokenizer)
+    vmin = float(min(p.maps.min() for p in panels)) if panels else 0.0
     vmax = float(max(p.maps.max() for p in panels)) if panels else 1.0
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):
         old.unlink()
     index = []
     for p in panels:
-        draw_panel(p, out_dir / f"{p.study_id}.png", vmax, cfg.alpha)
+        draw_panel(p, out_dir / f"{p.study_id}.png", vmin, vmax, cfg.alpha)
         index.append({"study_id": p.study_id, "png": f"{p.study_id}.png", "positives": p.positives,
                       "captions": p.captions, "max": float(p.maps.max()), "min": float(p.maps.min())})
-    result = {"encoder": Path(model_dir).name, "vmax": vmax, "panels": index}
+    result = {"encoder": Path(model_dir).name, "vmin": vmin, "vmax": vmax, "panels": index}
     write_json_atomic(Path(index_json) if index_json else out_dir.parent / f"{out_dir.name}.json", result)
-    log.info("attention maps: %d panels in %s (colour scale 0 .. %.2f x uniform)", len(panels), out_dir, vmax)
+    log.info("attention maps: %d panels in %s (colour scale %.2f .. %.2f x uniform)", len(panels), out_dir, vmin, vmax)
     return result
