@@ -307,3 +307,24 @@ def test_repository_params_build_every_evaluation_section():
     for name, cls in (("label_efficiency", LabelEfficiencyConfig), ("retrieval", RetrievalConfig),
                       ("attention", AttentionMapsConfig)):
         section(raw, name, cls)
+
+
+def test_attention_maps_cross_pool_one_map_per_sentence(aligned, tmp_path):
+    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig, run_attention_maps
+    from cxrpipe.pretrain.train import PretrainConfig, run_pretrain
+    from tests.pretrain.synthetic import TINY
+
+    cfg = build(PretrainConfig, {**TINY, "pool": {**TINY["pool"], "kind": "cross"}, "epochs": 1, "batch_size": 8})
+    model = tmp_path / "cross"
+    run_pretrain(cfg, "multimodal", aligned["prepared"], aligned["text"], model, metrics_path=tmp_path / "m.json",
+                 plots_dir=tmp_path / "p")
+
+    class Pieces:  # a stand-in tokenizer: every third token ends a sentence
+        def decode(self, ids):
+            return " w." if int(ids[0]) % 3 == 2 else " w"
+
+    res = run_attention_maps(AttentionMapsConfig(n_studies=2, max_sentences=3), model, aligned["prepared"],
+                             aligned["text"], tmp_path / "att", tmp_path / "att.json", tokenizer=Pieces())
+    assert len(list((tmp_path / "att").glob("*.png"))) == 2
+    for p in res["panels"]:
+        assert 2 <= len(p["captions"]) <= 3 and p["captions"][0] == "w w w."  # tokens 0, 1, 2 form sentence 0
