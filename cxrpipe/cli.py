@@ -21,6 +21,12 @@ STAGES = (
     ("pretrain", "pretrain"),
     ("finetune", "finetune"),
     ("compare", "compare"),
+    ("label-efficiency", "label_efficiency"),
+    ("label-efficiency-summary", "label_efficiency_summary"),
+    ("zeroshot-prompts", "zeroshot_prompts"),
+    ("zeroshot", "zeroshot"),
+    ("retrieval", "retrieval"),
+    ("attention-maps", "attention_maps"),
 )
 
 app = typer.Typer(

@@ -9,4 +9,9 @@
   ``finetune``).
 * :mod:`cxrpipe.evaluate.compare`   ``CompareConfig`` and ``run_compare`` (comparison.json / .md, ROC PNGs).
 * :mod:`cxrpipe.evaluate.plots`     ROC curves per label and fine-tuning curves (matplotlib, Agg).
+* :mod:`cxrpipe.evaluate.label_efficiency`  stage three at several label fractions; plot + paired deltas.
+* :mod:`cxrpipe.evaluate.alignment` an exported encoder + its text side, scoring images against texts.
+* :mod:`cxrpipe.evaluate.zeroshot`  zero-shot classification through the frozen LLM (CheXzero's protocol).
+* :mod:`cxrpipe.evaluate.retrieval` image -> report and report -> image recall@k on test.
+* :mod:`cxrpipe.evaluate.attention_maps` the pooling's attention over patches, drawn on test images.
 """

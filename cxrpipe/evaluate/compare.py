@@ -113,6 +113,8 @@ def run_compare(
                 "all_negative_accuracy": blk["all_negative_accuracy"],
                 "macro_f1": blk["macro_f1"],
                 "mean_auprc": blk["mean_auprc"],
+                "mauc5": blk.get("mauc5"),  # the 5 CheXpert competition labels (unpaired interval)
+                "mauc5_ci95": blk.get("mauc5_ci95"),
             }
 
         result[protocol] = {
@@ -127,6 +129,7 @@ def run_compare(
             "n_test_images": int(len(pa.image_ids)),
             "n_test_studies": int(np.unique(pa.study_ids).size),
             "labels_in_mauc": [CHEXPERT_LABELS[j] for j in paired.label_idx],
+            **_paired_mauc5(a, b, cfg),
         }
         log.info(
             "%s: mae %.4f, multimodal %.4f, delta %+.4f [%+.4f, %+.4f], p = %.4f (%s level, %d resamples)",
@@ -149,6 +152,19 @@ def run_compare(
         write_text_atomic(Path(report_md), comparison_markdown(result, {n: m for n, (m, _) in runs.items()}, cfg,
                                                          plots_dir))
     return result
+
+
+def _paired_mauc5(a: Any, b: Any, cfg: CompareConfig) -> dict[str, Any]:
+    """The paired delta on the 5 CheXpert competition labels (same replicates as the 14-label delta)."""
+    from cxrpipe.evaluate.metrics import COMPETITION_LABELS
+
+    cols = [CHEXPERT_LABELS.index(n) for n in COMPETITION_LABELS]
+    try:
+        p5 = paired_bootstrap_mauc(a.targets[:, cols], a.mask[:, cols], a.probs[:, cols], b.probs[:, cols],
+                                   a.groups, cfg.n_bootstrap, cfg.seed)
+    except ValueError:  # none of the 5 has both classes in test
+        return {"delta_mauc5": None, "delta5_ci95": [None, None], "p_value5": None}
+    return {"delta_mauc5": p5.delta, "delta5_ci95": list(p5.ci95), "p_value5": p5.p_value}
 
 
 # ---------------------------------------------------------------- markdown
@@ -218,6 +234,20 @@ def comparison_markdown(
             f"| {protocol} | {_ci(r['mae']['mauc'], r['mae']['mauc_ci95'])} | "
             f"{_ci(r['multimodal']['mauc'], r['multimodal']['mauc_ci95'])} | "
             f"{_ci(r['delta_mauc'], r['delta_ci95'], 4)} | {_f(r['p_value'], 4)} | {_verdict(lo, hi)} |"
+        )
+    lines += [
+        "",
+        "5-label CheXpert competition mAUC (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion; "
+        "what CheXpert, GLoRIA and MGCA report), paired the same way:",
+        "",
+        "| protocol | mae mAUC-5 [95% CI] | multimodal mAUC-5 [95% CI] | delta mAUC-5 [95% CI] | p |",
+        "|---|---|---|---|---|",
+    ]
+    for protocol, r in result.items():
+        lines.append(
+            f"| {protocol} | {_ci(r['mae'].get('mauc5'), r['mae'].get('mauc5_ci95'))} | "
+            f"{_ci(r['multimodal'].get('mauc5'), r['multimodal'].get('mauc5_ci95'))} | "
+            f"{_ci(r.get('delta_mauc5'), r.get('delta5_ci95'), 4)} | {_f(r.get('p_value5'), 4)} |"
         )
     kept = first["labels_in_mauc"]
     left = [n for n in CHEXPERT_LABELS if n not in kept]

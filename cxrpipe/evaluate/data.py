@@ -50,7 +50,9 @@ def sample_studies(study_ids: np.ndarray, fraction: float, seed: int) -> np.ndar
     """A ``fraction`` of the distinct studies (at least one), drawn without replacement with ``seed``.
 
     Sampling is by study, never by image: a study's images stay together, as in the label-efficiency
-    protocols (1%, 10%, 100% of the training studies). The result depends only on the set of ids and the seed.
+    protocols (1%, 10%, 100% of the training studies). The result depends only on the set of ids and the seed
+    (so every encoder gets the same studies), and the samples are NESTED: one seeded permutation of the
+    studies, of which each fraction takes a prefix (the 0.1 sample contains the 0.01 sample).
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
@@ -58,8 +60,8 @@ def sample_studies(study_ids: np.ndarray, fraction: float, seed: int) -> np.ndar
     if fraction == 1.0:
         return studies
     k = max(1, int(round(fraction * studies.size)))
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(studies, size=k, replace=False))
+    order = np.random.default_rng(seed).permutation(studies.size)
+    return np.sort(studies[order[:k]])
 
 
 def labelled_splits(

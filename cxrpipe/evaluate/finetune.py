@@ -74,6 +74,7 @@ class FullFinetuneConfig:
 class FinetuneConfig:
     seed: int = 0  # head init, batch order, dropout, label-fraction sample, bootstrap
     label_fraction: float = 1.0  # fraction of training STUDIES used (0.01, 0.1, 1.0: label efficiency)
+    label_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)  # the label_efficiency stage's fractions (nested samples)
     uncertain: UncertainPolicy = UncertainPolicy.IGNORE  # -1 labels: ignore (masked) | ones | zeros
     blank: BlankPolicy = BlankPolicy.ZEROS  # blank labels: zeros | ignore
     views: tuple[str, ...] = ("AP", "PA")  # views used; () = all (prepare already filters to frontal)

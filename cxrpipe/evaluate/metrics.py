@@ -37,6 +37,16 @@ from cxrpipe.evaluate import bootstrap
 from cxrpipe.labels import CHEXPERT_LABELS
 
 
+# The CheXpert competition's 5 labels (Irvin et al. 2019): the mAUC that CheXpert, GLoRIA, MGCA and most
+# peers report. ``mauc5`` is their macro mean over those of them with both classes in the test set.
+COMPETITION_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+
+
+def competition_columns(label_idx: np.ndarray) -> np.ndarray:
+    """Positions within ``label_idx`` (indices into CHEXPERT_LABELS) of the 5 competition labels -> ``[<=5]``."""
+    return np.array([k for k, j in enumerate(label_idx) if CHEXPERT_LABELS[j] in COMPETITION_LABELS], dtype=np.int64)
+
+
 class EvalLevel(str, enum.Enum):
     """The unit a metric counts."""
 
@@ -263,6 +273,10 @@ def evaluate_level(
         "mauc": jsonable(mauc),
         "mauc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"]))),
         "labels_in_mauc": [CHEXPERT_LABELS[j] for j in idx],
+        # the 5-label CheXpert competition mAUC (the literature's number), same replicates
+        "mauc5": jsonable(auc[idx][c5].mean() if (c5 := competition_columns(idx)).size else np.nan),
+        "mauc5_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"][:, c5]))),
+        "labels_in_mauc5": [CHEXPERT_LABELS[j] for j in idx[c5]],
         "labels_excluded": excluded,
         "accuracy": jsonable(accuracy_at(y, p, m)),
         "accuracy_ci95": jsonable(ci(r["acc"])),

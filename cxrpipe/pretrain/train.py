@@ -207,6 +207,7 @@ def run_pretrain(
     from tqdm.auto import tqdm
 
     from cxrpipe.encoder import save_encoder
+    from cxrpipe.pretrain.heads import save_heads
     from cxrpipe.pretrain.retrieval import evaluate_retrieval
     from cxrpipe.text.cache import TextCache
 
@@ -369,6 +370,11 @@ def run_pretrain(
                 "params": to_dict(cfg),
             },
         )
+        # the text side and the image pool beside the encoder, for zero-shot, retrieval and attention maps
+        save_heads(unwrapped, out_dir, {
+            "pool": cfg.pool, "loss": cfg.loss, "text_hidden": text.hidden_size, "embed_dim": cfg.model.embed_dim,
+            "max_text_tokens": cfg.data.max_text_tokens, "variant": variant,
+        })
         retrieval = {}
         if len(val_ds):
             retrieval = evaluate_retrieval(unwrapped, val_ds, device, cfg.eval_batch_size, autocast=accelerator.autocast)

@@ -1,0 +1,134 @@
+"""Retrieval on the test split, both directions, with bootstrap intervals and chance levels.
+
+* image -> report: each test image queries the distinct test report texts; a hit at k when its own text is
+  among the k best. Identical report texts are ONE candidate (the text cache stores them once).
+* report -> image: each distinct test report text queries the test images; a hit at k when ANY image whose
+  study has that text (a study's several images, or the images of studies with the identical text) is
+  among the k best.
+
+Scores are the training loss's (:func:`cxrpipe.evaluate.alignment.score_matrix`); rank = number of
+candidates scoring strictly higher than the best positive (ties count in the query's favour). Chance level
+of a query with ``m`` positives among ``C`` candidates: ``1 - C(C - m, k) / C(C, k)``, averaged over queries.
+Intervals: 95% percentile bootstrap over test studies (image -> report) or distinct texts (report -> image).
+The ``mae`` variant's heads were never trained, so its recall is the measured chance reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cxrpipe.evaluate import bootstrap
+from cxrpipe.evaluate.metrics import jsonable
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """Params section ``retrieval``."""
+
+    encoders: tuple[str, ...] = ("mae", "multimodal")  # data/models/<name> (dvc.yaml's foreach reads this list)
+    ks: tuple[int, ...] = (1, 5, 10)  # recall@k
+    views: tuple[str, ...] = ("AP", "PA")  # test images used
+    n_bootstrap: int = 1000  # replicates
+    seed: int = 0  # the resampling stream
+    batch_size: int = 128  # images (and texts) per forward
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def hits_at_k(scores: np.ndarray, positive: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """scores ``[Q, C]`` (higher = better), positive ``[Q, C]`` bool (at least one per row) -> hits ``[Q, K]``."""
+    if not positive.any(axis=1).all():
+        raise ValueError("every query needs at least one positive candidate")
+    best = np.where(positive, scores, -np.inf).max(axis=1)  # [Q] the best-scoring positive
+    rank = (scores > best[:, None]).sum(axis=1)  # [Q], 0 = first
+    return rank[:, None] < np.asarray(ks)[None, :]
+
+
+def chance_at_k(n_positive: np.ndarray, n_candidates: int, ks: Sequence[int]) -> np.ndarray:
+    """Expected recall@k of a random ranking: mean over queries of ``1 - C(C - m, k) / C(C, k)`` -> ``[K]``."""
+    out = []
+    for k in ks:
+        k = min(k, n_candidates)
+        p = [1.0 - math.comb(n_candidates - int(m), k) / math.comb(n_candidates, k) for m in n_positive]
+        out.append(float(np.mean(p)))
+    return np.array(out)
+
+
+def recall_summary(hits: np.ndarray, groups: np.ndarray, chance: np.ndarray, ks: Sequence[int],
+                   n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """recall@k with bootstrap intervals (``groups [Q]``: each query's resampled unit) beside chance."""
+    h = hits.astype(np.float64)
+    reps = []
+    for w in bootstrap.resample_weights(groups, n_bootstrap, seed):
+        reps.append((w @ h) / w.sum(axis=1, keepdims=True))  # [b, K]
+    r = np.concatenate(reps)
+    out: dict[str, Any] = {"n_queries": int(h.shape[0])}
+    for i, k in enumerate(ks):
+        out[f"recall@{k}"] = float(h[:, i].mean())
+        out[f"recall@{k}_ci95"] = list(bootstrap.percentile_ci(r[:, i]))
+        out[f"chance@{k}"] = float(chance[i])
+    return out
+
+
+def retrieval_both_ways(scores: np.ndarray, image_text: np.ndarray, image_study: np.ndarray,
+                        ks: Sequence[int], n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """scores ``[N images, M texts]``; ``image_text [N]`` each image's text column (duplicates share one);
+    ``image_study [N]`` each image's study -> ``{"image_to_report": ..., "report_to_image": ...}``."""
+    n, m = scores.shape
+    positive = np.zeros((n, m), dtype=bool)
+    positive[np.arange(n), image_text] = True  # [N, M]
+    _, study_groups = bootstrap.group_index(image_study)
+    i2r = recall_summary(hits_at_k(scores, positive, ks), study_groups, chance_at_k(np.ones(n), m, ks),
+                         ks, n_bootstrap, seed)
+    if not positive.any(axis=0).all():
+        raise ValueError("a text column has no image")
+    r2i = recall_summary(hits_at_k(scores.T, positive.T, ks), np.arange(m), chance_at_k(positive.sum(0), n, ks),
+                         ks, n_bootstrap, seed)
+    return {"image_to_report": {**i2r, "n_candidates": m}, "report_to_image": {**r2i, "n_candidates": n}}
+
+
+def run_retrieval(cfg: RetrievalConfig, model_dir: str | Path, prepared: str | Path, text_cache: str | Path,
+                  expect: Any, out_json: str | Path) -> dict[str, Any]:
+    """Both directions on the test split's frontal images whose study has a report in the text cache."""
+    import torch
+
+    from cxrpipe.data.image_cache import ImageCache
+    from cxrpipe.data.manifest import read_images
+    from cxrpipe.evaluate.alignment import load_aligned, score_matrix
+    from cxrpipe.io import write_json_atomic
+    from cxrpipe.text.cache import TextCache
+
+    t0 = time.time()
+    prepared = Path(prepared)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    text = TextCache(text_cache, expect=expect)
+    views = {v.upper() for v in cfg.views}
+    images = [r for r in read_images(prepared) if r.split == "test" and (not views or r.view.upper() in views)
+              and r.study_id in text]
+    if not images:
+        raise ValueError(f"{prepared}: no test images with a report in {text_cache}")
+    text_rows = sorted({text.row_of(r.study_id) for r in images})
+    column = {t: j for j, t in enumerate(text_rows)}
+    model = load_aligned(model_dir, device)
+    scores = score_matrix(model, ImageCache(prepared / "images.h5"), [r.row for r in images], text, text_rows,
+                          cfg.batch_size)
+    result = retrieval_both_ways(scores, np.array([column[text.row_of(r.study_id)] for r in images]),
+                                 np.array([r.study_id for r in images]), cfg.ks, cfg.n_bootstrap, cfg.seed)
+    variant = str(model.encoder_config.get("variant") or Path(model_dir).name)
+    result = jsonable({"encoder": variant, "split": "test", "n_images": len(images), "n_texts": len(text_rows),
+                       "n_studies": len({r.study_id for r in images}), "pool_kind": model.heads.pool_kind,
+                       **result, "seconds": round(time.time() - t0, 1)})
+    write_json_atomic(out_json, result)
+    for way in ("image_to_report", "report_to_image"):
+        r = result[way]
+        log.info("%s %s: %s", variant, way, ", ".join(
+            f"R@{k} {r[f'recall@{k}']:.3f} (chance {r[f'chance@{k}']:.3f})" for k in cfg.ks))
+    return result

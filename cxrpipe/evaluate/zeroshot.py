@@ -1,0 +1,160 @@
+"""Zero-shot classification through the frozen LLM (CheXzero's protocol), no labels used to fit anything.
+
+For each of the 14 labels a positive and a negative prompt sentence (params ``zeroshot.prompts``) are
+embedded once by stage one's code path (:mod:`cxrpipe.text.prompts`: same LLM, quantization, layer and
+``embed.prompt`` suffix as the reports), pooled and projected by the exported text side, and compared with
+each test image by the training loss's score (:mod:`cxrpipe.evaluate.alignment`). The label's probability
+is the softmax over the (positive, negative) pair of scores, ``p = exp(s+) / (exp(s+) + exp(s-))``; a
+study's probability is the mean over its images. Labels are read only to score: per-label AUROC, mAUC over
+the labels with both classes, the 5-label competition mAUC, all with study-level bootstrap intervals.
+
+The ``mae`` variant's heads were never trained: its numbers are the chance reference (~0.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cxrpipe.evaluate import bootstrap
+from cxrpipe.evaluate.metrics import EvalLevel, LevelData, Predictions, competition_columns, jsonable
+from cxrpipe.labels import CHEXPERT_LABELS, BlankPolicy, UncertainPolicy
+
+log = logging.getLogger(__name__)
+
+# In the style of the cleaned reports ("Findings: ..."); one (positive, negative) pair per label.
+DEFAULT_PROMPTS: dict[str, tuple[str, str]] = {
+    "Atelectasis": ("Findings: There is atelectasis.", "Findings: There is no atelectasis."),
+    "Cardiomegaly": ("Findings: The heart is enlarged.", "Findings: Heart size is normal."),
+    "Consolidation": ("Findings: There is a focal consolidation.", "Findings: No focal consolidation."),
+    "Edema": ("Findings: There is pulmonary edema.", "Findings: No pulmonary edema."),
+    "Enlarged Cardiomediastinum": ("Findings: The mediastinum is widened.", "Findings: Mediastinal contours are normal."),
+    "Fracture": ("Findings: There is a rib fracture.", "Findings: No acute fracture."),
+    "Lung Lesion": ("Findings: There is a pulmonary nodule.", "Findings: No pulmonary nodule or mass."),
+    "Lung Opacity": ("Findings: There is an airspace opacity.", "Findings: There is no focal airspace opacity."),
+    "No Finding": ("Findings: The lungs are clear. No acute cardiopulmonary process.",
+                   "Findings: There is an acute cardiopulmonary abnormality."),
+    "Pleural Effusion": ("Findings: There is a pleural effusion.", "Findings: No pleural effusion."),
+    "Pleural Other": ("Findings: There is pleural thickening.", "Findings: No pleural thickening."),
+    "Pneumonia": ("Findings: There is pneumonia.", "Findings: No signs of pneumonia."),
+    "Pneumothorax": ("Findings: There is a pneumothorax.", "Findings: No pneumothorax."),
+    "Support Devices": ("Findings: Support devices are in place.", "Findings: No tubes or lines."),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroShotConfig:
+    """Params section ``zeroshot``."""
+
+    encoders: tuple[str, ...] = ("mae", "multimodal")  # data/models/<name> (dvc.yaml's foreach reads this list)
+    prompts: dict[str, tuple[str, str]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PROMPTS))
+    level: EvalLevel = EvalLevel.STUDY  # unit scored: study (mean over its images) | image
+    views: tuple[str, ...] = ("AP", "PA")  # test images used
+    uncertain: UncertainPolicy = UncertainPolicy.IGNORE  # for SCORING only (as stage three scores)
+    blank: BlankPolicy = BlankPolicy.ZEROS
+    n_bootstrap: int = 1000  # replicates (test studies resampled)
+    seed: int = 0  # the resampling stream
+    batch_size: int = 128  # images (and texts) per forward
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def prompt_texts(cfg: ZeroShotConfig) -> list[str]:
+    """``[pos_0, neg_0, pos_1, neg_1, ...]`` in CHEXPERT_LABELS order: text ``2j`` / ``2j + 1`` of label ``j``."""
+    missing = [n for n in CHEXPERT_LABELS if n not in cfg.prompts]
+    unknown = [n for n in cfg.prompts if n not in CHEXPERT_LABELS]
+    if missing or unknown:
+        raise ValueError(f"zeroshot.prompts: missing labels {missing}, unknown labels {unknown}")
+    return [t for n in CHEXPERT_LABELS for t in cfg.prompts[n]]
+
+
+def pair_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Scores ``[N, 2 L]`` (columns pos_0, neg_0, pos_1, ...) -> softmax of each (pos, neg) pair ``[N, L]``."""
+    s = scores.reshape(scores.shape[0], -1, 2)
+    return 1.0 / (1.0 + np.exp(s[:, :, 1] - s[:, :, 0]))
+
+
+def auroc_summary(data: LevelData, n_bootstrap: int, seed: int, labels: Sequence[str] = CHEXPERT_LABELS) -> dict[str, Any]:
+    """Per-label AUROC, mAUC and 5-label mAUC with bootstrap 95% intervals over ``data.groups`` (studies)."""
+    from cxrpipe.evaluate.metrics import macro_auroc
+
+    y, p, m = data.targets, data.probs, data.mask
+    mauc, idx = macro_auroc(y, p, m)
+    ones = np.ones((1, y.shape[0]))
+    auc = bootstrap.auroc_matrix(y, p, m, idx, ones)[0]  # [K]
+    reps = np.concatenate([bootstrap.auroc_matrix(y, p, m, idx, w) for w in bootstrap.resample_weights(data.groups, n_bootstrap, seed)])
+    c5 = competition_columns(idx)
+    ci = bootstrap.percentile_ci
+    per_label = {}
+    for j, name in enumerate(labels):
+        k = int(np.searchsorted(idx, j))
+        in_mauc = k < idx.size and idx[k] == j
+        per_label[name] = {
+            "auroc": float(auc[k]) if in_mauc else None,
+            "auroc_ci95": list(ci(reps[:, k])) if in_mauc else None,
+            "n_pos": int(((y[:, j] > 0.5) & m[:, j]).sum()),
+            "n_neg": int(((y[:, j] <= 0.5) & m[:, j]).sum()),
+        }
+    return jsonable({
+        "mauc": mauc,
+        "mauc_ci95": list(ci(bootstrap.nanmean_rows(reps))),
+        "mauc5": float(auc[c5].mean()) if c5.size else None,
+        "mauc5_ci95": list(ci(bootstrap.nanmean_rows(reps[:, c5]))) if c5.size else None,
+        "labels_in_mauc": [labels[j] for j in idx],
+        "n": int(y.shape[0]),
+        "n_studies": int(np.unique(data.study_ids).size),
+        "n_bootstrap": int(n_bootstrap),
+        "per_label": per_label,
+    })
+
+
+def run_zeroshot(
+    cfg: ZeroShotConfig,
+    model_dir: str | Path,
+    prepared: str | Path,
+    prompt_cache: str | Path,
+    expect: Any,
+    out_json: str | Path,
+) -> dict[str, Any]:
+    """Score every test image of ``prepared`` against the prompts with the model in ``model_dir``.
+
+    ``expect``: the prompt cache's :class:`~cxrpipe.text.cache.Fingerprint` the params imply (None = unchecked).
+    """
+    import torch
+
+    from cxrpipe.data.image_cache import ImageCache
+    from cxrpipe.evaluate.alignment import load_aligned, score_matrix
+    from cxrpipe.evaluate.data import labelled_splits
+    from cxrpipe.io import write_json_atomic
+    from cxrpipe.text.cache import TextCache
+
+    t0 = time.time()
+    prepared = Path(prepared)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    texts = TextCache(prompt_cache, expect=expect)
+    n_prompts = len(prompt_texts(cfg))
+    test = labelled_splits(prepared, cfg.views, cfg.uncertain, cfg.blank)["test"]
+    model = load_aligned(model_dir, device)
+    scores = score_matrix(model, ImageCache(prepared / "images.h5"), test.rows, texts,
+                          [texts.row_of(i) for i in range(n_prompts)], cfg.batch_size)  # [N, 28]
+    probs = pair_probabilities(scores)  # [N, 14]
+    pred = Predictions(test.image_ids, test.study_ids, probs, test.targets, test.mask)
+    summary = auroc_summary(pred.at_level(cfg.level), cfg.n_bootstrap, cfg.seed)
+    variant = str(model.encoder_config.get("variant") or Path(model_dir).name)
+    result = {
+        "encoder": variant,
+        "protocol": "zeroshot",
+        "level": EvalLevel(cfg.level).value,
+        "pool_kind": model.heads.pool_kind,
+        **summary,
+        "prompts": {n: list(cfg.prompts[n]) for n in CHEXPERT_LABELS},
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json_atomic(out_json, result)
+    log.info("zero-shot %s: mAUC %s %s, mAUC-5 %s %s (%s level, %d studies)", variant, summary["mauc"],
+             summary["mauc_ci95"], summary["mauc5"], summary["mauc5_ci95"], result["level"], summary["n_studies"])
+    return result

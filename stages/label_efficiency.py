@@ -1,0 +1,35 @@
+"""DVC stage `label_efficiency`: one encoder, stage three at every fraction of `finetune.label_fractions`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `finetune` and `label_efficiency`")] = Path("params.yaml"),
+    encoder: Annotated[Path, typer.Option(help="exported encoder folder")] = Path("data/models/mae"),
+    prepared: Annotated[Path, typer.Option(help="prepared folder (manifest + images.h5)")] = Path("data/prepared"),
+    runs: Annotated[Path, typer.Option(help="folder of the per-fraction metrics, configs and predictions")] = Path(
+        "data/label-efficiency/mae"
+    ),
+    out: Annotated[Path, typer.Option(help="summary metrics JSON")] = Path("data/metrics/label-efficiency-mae.json"),
+) -> None:
+    """Nested, seeded samples of the labelled training studies (the same for every encoder); validate and
+    test whole; protocol `label_efficiency.protocol` (linear, or finetune behind the switch)."""
+    from cxrpipe.config import load_params, section
+    from cxrpipe.evaluate.finetune import FinetuneConfig
+    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig, run_label_efficiency
+    from cxrpipe.log import setup_logging
+
+    setup_logging()
+    raw = load_params(params)
+    ft = section(raw, "finetune", FinetuneConfig)
+    run_label_efficiency(ft, section(raw, "label_efficiency", LabelEfficiencyConfig), ft.label_fractions,
+                         encoder, prepared, runs, out)
+
+
+if __name__ == "__main__":
+    typer.run(main)

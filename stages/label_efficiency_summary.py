@@ -1,0 +1,38 @@
+"""DVC stage `label_efficiency_summary`: mAUC vs label fraction per encoder, paired delta per fraction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `label_efficiency`, `finetune.label_fractions`")] = Path(
+        "params.yaml"
+    ),
+    runs: Annotated[Path, typer.Option(help="folder of <encoder>/summary.json + <fraction>.npz predictions")] = Path(
+        "data/label-efficiency"
+    ),
+    out: Annotated[Path, typer.Option(help="summary JSON")] = Path("data/metrics/label_efficiency.json"),
+    report: Annotated[Path, typer.Option(help="markdown table")] = Path("data/reports/label_efficiency.md"),
+    plot: Annotated[Path, typer.Option(help="PNG: mAUC with interval vs fraction")] = Path(
+        "data/plots/label_efficiency.png"
+    ),
+) -> None:
+    """One plot (mAUC + 95% CI against the fraction, a line per encoder) and one table (paired delta
+    candidate - reference per fraction)."""
+    from cxrpipe.config import load_params, section
+    from cxrpipe.evaluate.finetune import FinetuneConfig
+    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig, summarize_label_efficiency
+    from cxrpipe.log import setup_logging
+
+    setup_logging()
+    raw = load_params(params)
+    summarize_label_efficiency(section(raw, "label_efficiency", LabelEfficiencyConfig),
+                               section(raw, "finetune", FinetuneConfig).label_fractions, runs, out, report, plot)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,38 @@
+"""DVC stage `zeroshot`: zero-shot classification of the test images with one encoder's exported text side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `zeroshot` and `embed` (prompt cache check)")] = Path(
+        "params.yaml"
+    ),
+    encoder: Annotated[Path, typer.Option(help="model folder: encoder + text_head")] = Path("data/models/multimodal"),
+    prepared: Annotated[Path, typer.Option(help="prepared folder (manifest + images.h5)")] = Path("data/prepared"),
+    prompts: Annotated[Path, typer.Option(help="prompt cache of the zeroshot_prompts stage")] = Path(
+        "data/cache/prompts.h5"
+    ),
+    out: Annotated[Path, typer.Option(help="metrics JSON")] = Path("data/metrics/zeroshot-multimodal.json"),
+) -> None:
+    """Softmax over each label's (positive, negative) prompt scores (CheXzero's protocol); per-label AUROC,
+    mAUC and 5-label mAUC on test with study-level bootstrap intervals. No label is used to fit anything."""
+    from cxrpipe.config import load_params, section
+    from cxrpipe.evaluate.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
+    from cxrpipe.log import setup_logging
+    from cxrpipe.text.embed import EmbedConfig
+    from cxrpipe.text.prompts import prompt_fingerprint
+
+    setup_logging()
+    raw = load_params(params)
+    cfg = section(raw, "zeroshot", ZeroShotConfig)
+    expect = prompt_fingerprint(section(raw, "embed", EmbedConfig), prompt_texts(cfg))
+    run_zeroshot(cfg, encoder, prepared, prompts, expect, out)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,330 @@
+"""The evaluations of issue 10: label efficiency, zero-shot, retrieval, attention maps, 5-label mAUC."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from cxrpipe.config import build
+from cxrpipe.evaluate.data import labelled_splits, sample_studies
+from cxrpipe.evaluate.metrics import COMPETITION_LABELS, EvalLevel, LevelData
+from cxrpipe.evaluate.retrieval import chance_at_k, hits_at_k, retrieval_both_ways
+from cxrpipe.evaluate.zeroshot import auroc_summary, pair_probabilities
+from cxrpipe.labels import CHEXPERT_LABELS, BlankPolicy, UncertainPolicy
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+# ------------------------------------------------------------------------------------------- label efficiency
+
+
+def test_label_fraction_samples_are_nested_and_seeded():
+    ids = np.arange(5000, 5400)
+    small, mid, full = (sample_studies(ids, f, seed=3) for f in (0.01, 0.1, 1.0))
+    assert small.size == 4 and mid.size == 40 and full.size == 400
+    assert set(small) <= set(mid) <= set(full)  # the 0.1 sample contains the 0.01 sample
+    np.testing.assert_array_equal(mid, sample_studies(ids[::-1], 0.1, seed=3))  # row order irrelevant
+    assert not set(sample_studies(ids, 0.1, seed=4)) == set(mid)
+
+
+def test_label_efficiency_same_studies_for_every_encoder(synthetic, tmp_path, tiny_params):
+    from cxrpipe.evaluate.finetune import FinetuneConfig
+    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig, run_label_efficiency, summarize_label_efficiency
+
+    ft = build(FinetuneConfig, tiny_params["finetune"])
+    cfg = LabelEfficiencyConfig(n_bootstrap=50)
+    fractions = (0.5, 1.0, 0.25)
+    out = {}
+    for enc in ("mae", "multimodal"):
+        out[enc] = run_label_efficiency(ft, cfg, fractions, synthetic[enc], synthetic["prepared"],
+                                        tmp_path / "runs" / enc, tmp_path / f"le-{enc}.json")["runs"]
+    assert list(out["mae"]) == ["f0.25", "f0.5", "f1"]
+    for tag in out["mae"]:
+        assert out["mae"][tag]["train_studies_hash"] == out["multimodal"][tag]["train_studies_hash"]
+    n = [out["mae"][t]["n_train_studies"] for t in ("f0.25", "f0.5", "f1")]
+    assert n[0] < n[1] < n[2]
+    train = {f: set(labelled_splits(synthetic["prepared"], ("AP", "PA"), UncertainPolicy.IGNORE, BlankPolicy.ZEROS,
+                                    f, ft.seed)["train"].study_ids) for f in (0.25, 0.5)}
+    assert train[0.25] <= train[0.5]
+    res = summarize_label_efficiency(cfg, fractions, tmp_path / "runs", tmp_path / "le.json", tmp_path / "le.md",
+                                     tmp_path / "le.png")
+    assert set(res["delta"]) == {"f0.25", "f0.5", "f1"}
+    d = res["delta"]["f1"]
+    assert d["delta_mauc"] == pytest.approx(out["multimodal"]["f1"]["mauc"] - out["mae"]["f1"]["mauc"])
+    assert (tmp_path / "le.png").stat().st_size > 0 and "| 0.25 |" in (tmp_path / "le.md").read_text()
+    # a run of the same encoder on other studies is refused
+    summary = tmp_path / "runs" / "multimodal" / "summary.json"
+    s = json.loads(summary.read_text())
+    s["runs"]["f0.5"]["train_studies_hash"] = "other"
+    summary.write_text(json.dumps(s))
+    with pytest.raises(ValueError, match="different studies"):
+        summarize_label_efficiency(cfg, fractions, tmp_path / "runs", tmp_path / "x.json", tmp_path / "x.md",
+                                   tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------------------------- 5-label mAUC
+
+
+def test_metrics_report_the_five_label_competition_mauc(synthetic, tmp_path, tiny_params):
+    from cxrpipe.evaluate.finetune import FinetuneConfig, run_finetune
+
+    m = run_finetune(build(FinetuneConfig, tiny_params["finetune"]), synthetic["mae"], "linear",
+                     synthetic["prepared"], tmp_path / "m.json")
+    blk = m["study"]
+    per = {p["label"]: p for p in blk["per_label"]}
+    five = [n for n in COMPETITION_LABELS if per[n]["in_mauc"]]
+    assert blk["labels_in_mauc5"] == five and five
+    assert blk["mauc5"] == pytest.approx(np.mean([per[n]["auroc"] for n in five]))
+    assert blk["mauc5_ci95"][0] <= blk["mauc5"] <= blk["mauc5_ci95"][1]
+
+
+# ------------------------------------------------------------------------------------------- retrieval
+
+
+def test_retrieval_with_duplicate_texts_by_hand():
+    # images 0 and 1 are one study's two images (text 0); image 2 -> text 1; image 3 -> text 2
+    scores = np.array([[0.1, 0.9, 0.5], [0.8, 0.2, 0.1], [0.3, 0.4, 0.6], [0.7, 0.0, 0.2]])
+    image_text = np.array([0, 0, 1, 2])
+    r = retrieval_both_ways(scores, image_text, np.array([7, 7, 8, 9]), ks=(1, 2, 3), n_bootstrap=20, seed=0)
+    i2r, r2i = r["image_to_report"], r["report_to_image"]
+    # image -> report: ranks of the own text 2, 0, 1, 1
+    assert [i2r[f"recall@{k}"] for k in (1, 2, 3)] == pytest.approx([1 / 4, 3 / 4, 1.0])
+    assert [i2r[f"chance@{k}"] for k in (1, 2, 3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # report -> image: text 0 hits with image 1 (either image of the duplicate counts) at rank 0;
+    # text 1's image ranks 1 (behind image 0); text 2's image ranks 2
+    assert [r2i[f"recall@{k}"] for k in (1, 2, 3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # chance: 1 - C(4 - m, k) / C(4, k), m = 2, 1, 1
+    assert r2i["chance@1"] == pytest.approx((1 / 2 + 1 / 4 + 1 / 4) / 3)
+    assert r2i["chance@2"] == pytest.approx((5 / 6 + 1 / 2 + 1 / 2) / 3)
+    assert i2r["n_candidates"] == 3 and r2i["n_candidates"] == 4 and r2i["n_queries"] == 3
+    lo, hi = i2r["recall@2_ci95"]
+    assert 0 <= lo <= 0.75 <= hi <= 1
+
+
+def test_random_scores_sit_at_chance():
+    rng = np.random.default_rng(0)
+    n_text = 50
+    image_text = np.repeat(np.arange(n_text), 3)  # each text has 3 images
+    scores = rng.normal(size=(image_text.size, n_text))
+    r = retrieval_both_ways(scores, image_text, image_text, ks=(5,), n_bootstrap=100, seed=0)
+    for way in ("image_to_report", "report_to_image"):
+        lo, hi = r[way]["recall@5_ci95"]
+        assert lo <= r[way]["chance@5"] <= hi
+    assert r["report_to_image"]["chance@5"] == pytest.approx(1 - math.comb(147, 5) / math.comb(150, 5))
+    with pytest.raises(ValueError, match="positive"):
+        hits_at_k(scores, np.zeros_like(scores, dtype=bool), (1,))
+    assert chance_at_k(np.array([1]), 10, (20,))[0] == 1.0  # k beyond the candidates
+
+
+# ------------------------------------------------------------------------------------------- zero-shot
+
+
+def _planted_heads(tmp_path, dim: int = 16):
+    """A PretrainModel whose pools average their tokens (query weights 0 -> uniform attention) and whose maps
+    are identities, exported and reloaded: image embedding = mean patch token, text embedding = mean
+    normalised token. The planted agreement is then exact, so the test checks the zero-shot arithmetic."""
+    from cxrpipe.pretrain.heads import load_heads, save_heads
+    from cxrpipe.pretrain.losses import LossConfig
+    from cxrpipe.pretrain.mae import MAEConfig
+    from cxrpipe.pretrain.model import PretrainModel
+    from cxrpipe.pretrain.pooling import PoolConfig
+
+    mae = MAEConfig(img_size=32, patch_size=8, embed_dim=dim, depth=1, num_heads=2, decoder_embed_dim=16,
+                    decoder_depth=1, decoder_num_heads=2)
+    pool, loss = PoolConfig(dim=dim, num_heads=2), LossConfig()
+    model = PretrainModel(mae, pool, loss, text_hidden=dim)
+    eye = torch.eye(dim)
+    with torch.no_grad():
+        model.text_proj.proj.weight.copy_(eye)
+        model.text_proj.proj.bias.zero_()
+        for p in (model.image_pool.pool, model.text_pool.pool):
+            p.q.weight.zero_()
+            p.q.bias.zero_()
+            p.kv.weight.copy_(torch.cat([eye, eye]))
+            p.kv.bias.zero_()
+            p.proj.weight.copy_(eye)
+            p.proj.bias.zero_()
+            p.mlp.fc2.weight.zero_()
+            p.mlp.fc2.bias.zero_()
+    save_heads(model, tmp_path, {"pool": pool, "loss": loss, "text_hidden": dim, "embed_dim": dim})
+    return load_heads(tmp_path)[0]
+
+
+def test_zeroshot_planted_signal_above_chance_and_swapped_prompts_not(tmp_path):
+    rng = np.random.default_rng(0)
+    dim, n, n_labels = 16, 120, 3
+    heads = _planted_heads(tmp_path, dim)
+    directions = torch.from_numpy(rng.normal(size=(n_labels, dim))).float()
+    directions -= directions.mean(1, keepdim=True)  # the text side's per-token norm removes the mean
+    y = rng.random((n, n_labels)) < 0.4  # [N, 3] planted findings
+    patches = torch.from_numpy(rng.normal(scale=1.5, size=(n, 16, dim))).float()
+    patches += (torch.from_numpy(y.astype(np.float32)) @ directions)[:, None, :]  # every patch carries the signs
+    # prompts: positive = the finding's direction, negative = its opposite (token noise added)
+    texts = []
+    for j in range(n_labels):
+        texts += [directions[j] + 0.3 * torch.randn(5, dim), -directions[j] + 0.3 * torch.randn(5, dim)]
+    text = torch.stack(texts)  # [2 L, 5, dim]
+    mask = torch.ones(text.shape[:2], dtype=torch.bool)
+    with torch.no_grad():
+        scores = heads.scores(patches, text, mask).numpy()  # [N, 2 L]
+    probs = pair_probabilities(scores)
+    assert np.all((probs > 0) & (probs < 1))
+
+    def mauc(p: np.ndarray, targets: np.ndarray) -> float:
+        data = LevelData(np.arange(n), np.arange(n), p, targets.astype(np.float32), np.ones_like(targets, bool))
+        return auroc_summary(data, 100, 0, labels=CHEXPERT_LABELS[:n_labels])["mauc"]
+
+    good = mauc(probs, y)
+    assert good > 0.8
+    # prompts given to the wrong labels at random (a derangement): the signal no longer agrees
+    wrong = mauc(pair_probabilities(scores.reshape(n, n_labels, 2)[:, [1, 2, 0]].reshape(n, -1)), y)
+    assert abs(wrong - 0.5) < 0.1
+    # positive and negative swapped: the ranking flips
+    flipped = mauc(pair_probabilities(scores.reshape(n, n_labels, 2)[:, :, ::-1].reshape(n, -1)), y)
+    assert flipped == pytest.approx(1 - good)
+
+
+def test_auroc_summary_intervals_and_five_labels():
+    rng = np.random.default_rng(1)
+    n = 200
+    y = (rng.random((n, 14)) < 0.3).astype(np.float32)
+    p = y * 0.5 + rng.random((n, 14))
+    groups = np.repeat(np.arange(n // 2), 2)
+    s = auroc_summary(LevelData(groups, groups, p, y, np.ones((n, 14), bool)), 100, 0)
+    assert s["n_studies"] == n // 2 and len(s["labels_in_mauc"]) == 14
+    assert s["mauc_ci95"][0] < s["mauc"] < s["mauc_ci95"][1]
+    five = [s["per_label"][k]["auroc"] for k in COMPETITION_LABELS]
+    assert s["mauc5"] == pytest.approx(np.mean(five))
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    """Synthetic pairs with a test split and cluster labels, and both variants pretrained briefly."""
+    from cxrpipe.data.manifest import read_images, read_studies, write_manifest
+    from cxrpipe.pretrain.train import PretrainConfig, run_pretrain
+    from tests.pretrain.synthetic import TINY, make_pairs
+
+    root = tmp_path_factory.mktemp("aligned")
+    prepared, text = make_pairs(root, n_train=24, n_val=16)
+    test_ids = {s.study_id for s in read_studies(prepared) if s.split == "validate"}
+    test_ids = set(sorted(test_ids)[8:])  # the last 8 validate studies (one duplicated text) become test
+
+    def split(x):
+        return dataclasses.replace(x, split="test") if x.study_id in test_ids and x.split == "validate" else x
+
+    def labelled(s):
+        c = int(re.search(r"cluster (\d)", s.text).group(1))
+        return dataclasses.replace(s, labels=tuple(float(j == c) for j in range(14)))
+
+    write_manifest(prepared, [split(r) for r in read_images(prepared)], [labelled(split(s)) for s in read_studies(prepared)])
+    cfg = build(PretrainConfig, {**TINY, "epochs": 2, "batch_size": 8})
+    models = {}
+    for v in ("mae", "multimodal"):
+        models[v] = root / "models" / v
+        run_pretrain(cfg, v, prepared, text, models[v], metrics_path=root / f"{v}.json", plots_dir=root / v)
+    return {"prepared": prepared, "text": text, "models": models, "root": root}
+
+
+def test_zeroshot_and_retrieval_stages_run_on_exported_models(aligned, tmp_path):
+    from cxrpipe.evaluate.retrieval import RetrievalConfig, run_retrieval
+    from cxrpipe.evaluate.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
+    from cxrpipe.text.cache import TextCache, write_text_cache
+
+    # a prompt cache stand-in: label j's positive = a report of cluster j, negative = one of another cluster
+    text = TextCache(aligned["text"])
+    studies = {}
+    from cxrpipe.data.manifest import read_studies
+
+    for s in read_studies(aligned["prepared"]):
+        studies.setdefault(int(re.search(r"cluster (\d)", s.text).group(1)), text.row_of(s.study_id))
+    cfg = ZeroShotConfig(n_bootstrap=50, batch_size=4)
+    rows = [studies[(j % 4) if k == 0 else (j + 1) % 4] for j in range(14) for k in range(2)]
+    emb = [text.text_row(r) for r in rows]
+    write_text_cache(tmp_path / "prompts.h5", emb, [text.token_ids(r) for r in rows], list(range(28)),
+                     list(range(28)), text.fingerprint)
+    assert len(prompt_texts(cfg)) == 28
+    z = run_zeroshot(cfg, aligned["models"]["multimodal"], aligned["prepared"], tmp_path / "prompts.h5", None,
+                     tmp_path / "z.json")
+    assert z["n_studies"] == 8 and z["labels_in_mauc"] == list(CHEXPERT_LABELS[:4])
+    assert json.loads((tmp_path / "z.json").read_text())["mauc"] == z["mauc"]
+    r = run_retrieval(RetrievalConfig(n_bootstrap=50, batch_size=4), aligned["models"]["mae"], aligned["prepared"],
+                      aligned["text"], None, tmp_path / "r.json")
+    assert r["n_images"] == 8 and r["n_texts"] == 7  # one duplicated report text: 7 targets
+    assert r["image_to_report"]["chance@1"] == pytest.approx(1 / 7)
+    assert r["report_to_image"]["n_queries"] == 7
+
+
+def test_attention_maps_rows_sum_to_one_and_pngs_written(aligned, tmp_path):
+    from cxrpipe.evaluate.alignment import load_aligned
+    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig, run_attention_maps, sentence_attention, sentence_index
+    from cxrpipe.pretrain.heads import latent_attention
+
+    model = load_aligned(aligned["models"]["multimodal"])
+    with torch.no_grad():
+        a = latent_attention(model.heads.image_pool, model.patch_tokens(torch.zeros(2, 32, 32, dtype=torch.uint8)))
+    assert a.shape == (2, 2, 16) and torch.allclose(a.sum(-1), torch.ones(2, 2), atol=1e-5)
+    res = run_attention_maps(AttentionMapsConfig(n_studies=3), aligned["models"]["multimodal"], aligned["prepared"],
+                             aligned["text"], tmp_path / "att", tmp_path / "att.json")
+    pngs = sorted((tmp_path / "att").glob("*.png"))
+    assert len(pngs) == 3 and all(p.stat().st_size > 1000 for p in pngs)
+    assert res["vmax"] >= max(p["max"] for p in res["panels"]) and (tmp_path / "att.json").exists()
+    again = run_attention_maps(AttentionMapsConfig(n_studies=3), aligned["models"]["multimodal"], aligned["prepared"],
+                               aligned["text"], tmp_path / "att2")
+    assert [p["study_id"] for p in again["panels"]] == [p["study_id"] for p in res["panels"]]  # seeded set
+    # cross pool: per-sentence maps average the tokens of each sentence, padding left out
+    sent = sentence_index(["Findings:", " A", " 1.7", " cm", " nodule.", " No", " effusion.", " x"])
+    assert sent.tolist() == [0, 0, 0, 0, 0, 1, 1, 2]
+    att = torch.rand(2, 8, 5).softmax(-1)  # [H, L, P]
+    mask = torch.tensor([True] * 7 + [False])
+    maps, kept = sentence_attention(att, sent, mask)
+    assert kept.tolist() == [0, 1] and torch.allclose(maps.sum(-1), torch.ones(2))
+    assert torch.allclose(maps[1], att.mean(0)[5:7].mean(0))
+
+
+def test_repository_params_build_every_evaluation_section():
+    from pathlib import Path
+
+    from cxrpipe.config import load_params, section
+    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig
+    from cxrpipe.evaluate.finetune import FinetuneConfig
+    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig
+    from cxrpipe.evaluate.retrieval import RetrievalConfig
+    from cxrpipe.evaluate.zeroshot import DEFAULT_PROMPTS, ZeroShotConfig, prompt_texts
+
+    raw = load_params(Path(__file__).parents[2] / "params.yaml")
+    zs = section(raw, "zeroshot", ZeroShotConfig)
+    assert zs.prompts == DEFAULT_PROMPTS and len(set(prompt_texts(zs))) == 28  # documented defaults
+    assert section(raw, "finetune", FinetuneConfig).label_fractions
+    for name, cls in (("label_efficiency", LabelEfficiencyConfig), ("retrieval", RetrievalConfig),
+                      ("attention", AttentionMapsConfig)):
+        section(raw, name, cls)
+
+
+def test_attention_maps_cross_pool_one_map_per_sentence(aligned, tmp_path):
+    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig, run_attention_maps
+    from cxrpipe.pretrain.train import PretrainConfig, run_pretrain
+    from tests.pretrain.synthetic import TINY
+
+    cfg = build(PretrainConfig, {**TINY, "pool": {**TINY["pool"], "kind": "cross"}, "epochs": 1, "batch_size": 8})
+    model = tmp_path / "cross"
+    run_pretrain(cfg, "multimodal", aligned["prepared"], aligned["text"], model, metrics_path=tmp_path / "m.json",
+                 plots_dir=tmp_path / "p")
+
+    class Pieces:  # a stand-in tokenizer: every third token ends a sentence
+        def decode(self, ids):
+            return " w." if int(ids[0]) % 3 == 2 else " w"
+
+    res = run_attention_maps(AttentionMapsConfig(n_studies=2, max_sentences=3), model, aligned["prepared"],
+                             aligned["text"], tmp_path / "att", tmp_path / "att.json", tokenizer=Pieces())
+    assert len(list((tmp_path / "att").glob("*.png"))) == 2
+    for p in res["panels"]:
+        assert 2 <= len(p["captions"]) <= 3 and p["captions"][0] == "w w w."  # tokens 0, 1, 2 form sentence 0
