@@ -118,7 +118,7 @@ def main(path: str) -> None:
     procs = [ctx.Process(target=worker, args=(r, port, queue)) for r in range(WORLD)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=90) for _ in range(WORLD))
+    results = dict(queue.get(timeout=240) for _ in range(WORLD))
     for p in procs:
         p.join(timeout=30)
         if p.exitcode != 0:
