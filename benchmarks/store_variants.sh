@@ -2,19 +2,23 @@
 # The demo's retrieval (pretrain multimodal) and linear probe (finetune linear) for each embed.store_dtype,
 # against float16. Needs `dvc repro embed` (the float16 cache) first; the other forms are re-encoded from it
 # (benchmarks/cache_size.py --recode; no LM run). Everything goes to data/tmp/. ~5-10 min per form on 2 cores.
-#   bash benchmarks/store_variants.sh [float16,bfloat16,int8]
+#   bash benchmarks/store_variants.sh [float16,bfloat16,int8] [epochs]   # epochs: override pretrain.epochs
 set -euo pipefail
 stores=${1:-float16,bfloat16,int8}
+epochs=${2:-}
 out=data/tmp
 mkdir -p "$out"
-python benchmarks/cache_size.py --skip-clip --recode "${stores//float16,/}" --out "$out" | grep "^# wrote" || true
+[ -f "$out/text-int8/text.h5" ] || python benchmarks/cache_size.py --skip-clip --recode "${stores//float16,/}" --out "$out" | grep "^# wrote" || true
 for s in ${stores//,/ }; do
   d=$out/store-$s
   mkdir -p "$d"
-  python - "$s" "$d/params.yaml" <<'PY'
+  python - "$s" "$d/params.yaml" "$epochs" <<'PY'
 import sys, yaml
 p = yaml.safe_load(open("params.yaml"))
 p["embed"]["store_dtype"] = sys.argv[1]
+if sys.argv[3]:  # a shorter schedule (the shared machine): same for every form
+    p["pretrain"]["epochs"] = int(sys.argv[3])
+    p["pretrain"]["optim"]["warmup_epochs"] = min(p["pretrain"]["optim"]["warmup_epochs"], int(sys.argv[3]) / 4)
 yaml.safe_dump(p, open(sys.argv[2], "w"), sort_keys=False)
 PY
   cache=data/cache/text.h5
