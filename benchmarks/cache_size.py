@@ -5,7 +5,7 @@
 
 1. The demo LM (params embed.model / embed.quantization) over --n-texts demo reports, every hidden_states
    layer: values beyond float16's range (+-65504) that a float16 cache would clip, the largest |value|, and
-   the same at the BOS position (dropped from the cache: LLaMA parks massive activations there).
+   the same at position 0 (BOS for LLaMA-2, dropped from the cache; SmolLM2 adds no BOS: its first token).
 2. Bytes per token of each option at the demo's width and at LLaMA-2-7b's (4096), and the MIMIC-CXR cache
    size for 27-46 M tokens; and what keeping only the last pretrain.data.max_text_tokens tokens saves on
    MIMIC-like report lengths (lognormal, median 110 LLaMA tokens, sigma 0.6: synthetic, not MIMIC's own).
@@ -42,8 +42,9 @@ def clip_table(n_texts: int) -> None:
     clipped, top, bos_top, n_values = np.zeros(n_layers, int), np.zeros(n_layers), np.zeros(n_layers), 0
     for s in studies:
         ids = tok(apply_prompt(s.text, cfg.prompt), add_special_tokens=False)["input_ids"][: cfg.max_tokens]
-        start = int(bos_added(tok))
-        x = torch.tensor([[tok.bos_token_id] * start + ids])
+        bos = bos_added(tok)  # SmolLM2 adds none; LLaMA-2 does (its state is not cached, but shown)
+        start = int(bos is not None)
+        x = torch.tensor([[bos] * start + ids])
         with torch.inference_mode():
             hs = model.base_model(input_ids=x, output_hidden_states=True).hidden_states
         for k, h in enumerate(hs):
@@ -51,15 +52,14 @@ def clip_table(n_texts: int) -> None:
             kept = h[start:].abs()
             clipped[k] += int((kept > 65504).sum())
             top[k] = max(top[k], float(kept.max()))
-            if start:
-                bos_top[k] = max(bos_top[k], float(h[0].abs().max()))
+            bos_top[k] = max(bos_top[k], float(h[0].abs().max()))  # BOS, or the first token without one
         n_values += len(ids) * model.config.hidden_size
     print(f"## 1. float16 clipping per hidden_states layer: {cfg.model} ({cfg.quantization}), {len(studies)} demo "
           f"reports, {n_values // model.config.hidden_size} tokens (BOS excluded, as cached)")
-    print(f"{'layer':>6}{'clipped':>9}{'max |x|':>10}{'max |x| at BOS':>16}")
+    print(f"{'layer':>6}{'clipped':>9}{'max |x|':>10}{'max |x| at position 0':>23}")
     for k in range(n_layers):
         name = f"{k}" + (" (-1)" if k == n_layers - 1 else "")
-        print(f"{name:>6}{clipped[k]:>9}{top[k]:>10.1f}{bos_top[k]:>16.1f}")
+        print(f"{name:>6}{clipped[k]:>9}{top[k]:>10.1f}{bos_top[k]:>23.1f}")
     print(f"# clipped in all layers: {clipped.sum()} of {n_values * n_layers} values; "
           f"the last layer (-1, after the final norm) is what embed.layer = -1 caches")
 

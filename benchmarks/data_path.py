@@ -255,7 +255,7 @@ def lm_table(n_steps: int) -> None:
     model = PretrainModel(cfg.model, cfg.pool, cfg.loss, text.hidden_size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     lm, tok = load_text_model(ecfg.model, ecfg.quantization, device="cpu")
-    bos = tok.bos_token_id if bos_added(tok) else None
+    bos = bos_added(tok)
     batches = list(EpochBatches(len(ds), cfg.batch_size, cfg.seed, 0))
     per_epoch = len(batches)
 
