@@ -44,7 +44,7 @@ from cxrpipe.config import to_dict
 from cxrpipe.data.manifest import read_studies
 from cxrpipe.data.reports import apply_prompt
 from cxrpipe.text.batching import Batch, balanced_split, group_into_parts, length_grouped_batches, padding_fraction
-from cxrpipe.text.cache import Fingerprint, PartLayout, hash_texts, write_linked_text_cache
+from cxrpipe.text.cache import MAX_LINKED_PARTS, Fingerprint, PartLayout, hash_texts, write_linked_text_cache
 from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, encode
 
 log = logging.getLogger(__name__)
@@ -386,6 +386,9 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
     bos = bos_added(tokenizer)
     ids, n_truncated = tokenize(tokenizer, table.texts, cfg.max_tokens, cfg.prompt)
     plan = make_plan(cfg, fingerprint, ids, bos)
+    if len(plan.parts) > MAX_LINKED_PARTS:  # before hours of forward passes, not after
+        raise ValueError(f"embed: {len(plan.parts)} parts; the linked cache holds at most {MAX_LINKED_PARTS}: "
+                         f"raise embed.part_tokens (now {cfg.part_tokens})")
     lengths = [len(x) + (bos is not None) for x in ids]
     folder = parts_dir(out_path)
     folder.mkdir(parents=True, exist_ok=True)

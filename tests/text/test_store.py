@@ -85,3 +85,13 @@ def test_linked_cache_reads_from_any_directory_and_refuses_a_missing_part(tiny_m
     part.unlink()
     with pytest.raises(TextCacheError, match="missing or changed"):
         TextCache(out)
+
+
+def test_too_many_parts_for_a_linked_cache_fail_before_any_forward_pass(tiny_model_dir, manifest_dir, tmp_path,
+                                                                        monkeypatch):
+    from cxrpipe.text import embed as embed_mod
+
+    monkeypatch.setattr(embed_mod, "MAX_LINKED_PARTS", 2)
+    monkeypatch.setattr(embed_mod, "_run_parts", lambda *a, **k: pytest.fail("forward passes started"))
+    with pytest.raises(ValueError, match="raise embed.part_tokens"):
+        run_embed(cfg_for(tiny_model_dir), manifest_dir, tmp_path / "text.h5", SECTIONS, progress=False)
