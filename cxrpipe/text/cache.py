@@ -8,6 +8,14 @@ Layout (schema 1), ragged, no padding stored:
   ``study_rows``  int64   ``[n_studies]``             (identical texts are embedded once)
   attrs: the :class:`Fingerprint` fields, ``complete`` (True only for a finished cache), ``hidden_size``.
 
+A *linked* cache (what the embed stage writes, :func:`write_linked_text_cache`) holds the same datasets, but
+``embeddings`` and ``token_ids`` (and the ``embed.store_dtype`` extras, see :mod:`cxrpipe.text.store`) are
+HDF5 external-storage datasets over the embed stage's part files in ``text.h5.parts/``: nothing is copied, the
+parts ARE the data, and text.h5 is a few MB of index. Rows are in the parts' order. ``linked_parts`` (attr)
+lists each part's name and size; a reader refuses the cache when one is missing or has another size.
+External file names are relative to text.h5's folder: open its datasets with :func:`dataset` (plain
+``h5py.File(path)["embeddings"]`` resolves them against the working directory instead).
+
 Readers open the file lazily in the process that reads, read-only (h5py handles must not cross fork).
 """
 
@@ -16,13 +24,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import h5py
 import numpy as np
 
+from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, decode
+
 SCHEMA_VERSION = 1
+# HDF5 keeps a dataset's external file list in one object-header message (64 KiB): 2729 files measured
+MAX_LINKED_PARTS = 2700
 
 
 class TextCacheError(RuntimeError):
@@ -44,6 +57,7 @@ class Fingerprint:
     texts_hash: str
     package_version: str = ""
     schema_version: int = SCHEMA_VERSION
+    store_dtype: str = StoreDtype.float16.value  # embed.store_dtype (a cache without the attr is float16)
 
     def to_attrs(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -54,6 +68,8 @@ class Fingerprint:
     def from_attrs(cls, attrs: Any) -> "Fingerprint":
         kw = {}
         for f in dataclasses.fields(cls):
+            if f.name not in attrs and f.name == "store_dtype":
+                continue
             if f.name not in attrs:
                 raise TextCacheError(f"text cache has no '{f.name}' attribute (not a cxrpipe text cache?)")
             v = attrs[f.name]
@@ -130,6 +146,75 @@ def write_text_cache(
     tmp.replace(path)
 
 
+@dataclasses.dataclass(frozen=True)
+class PartLayout:
+    """Where one part file holds its arrays: ``arrays[name] = (dtype, shape, byte offset, byte count)``,
+    each array C-contiguous little-endian with a leading token axis."""
+
+    file: Path
+    arrays: dict[str, tuple[str, tuple[int, ...], int, int]]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.arrays["token_ids"][1][0])
+
+
+def write_linked_text_cache(
+    path: str | Path,
+    parts: Sequence[PartLayout],
+    offsets: np.ndarray,
+    study_ids: Sequence[int],
+    study_rows: Sequence[int],
+    fingerprint: Fingerprint,
+    hidden: int,
+) -> None:
+    """Write text.h5 as an index over ``parts`` (see the module doc), atomically: temp file + ``os.replace``,
+    ``complete`` set last. Row ``i`` is tokens ``offsets[i]:offsets[i+1]`` of the parts laid end to end."""
+    path = Path(path)
+    if len(parts) > MAX_LINKED_PARTS:
+        raise ValueError(f"{len(parts)} part files; a linked cache holds at most {MAX_LINKED_PARTS}: "
+                         "raise embed.part_tokens")
+    total = sum(p.n_tokens for p in parts)
+    if int(offsets[-1]) != total:
+        raise ValueError(f"offsets end at {int(offsets[-1])}, the parts hold {total} tokens")
+    names = ["embeddings", "token_ids", *EXTRA_ARRAYS[StoreDtype(fingerprint.store_dtype)]]
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        for name in names:
+            dtype, shape = parts[0].arrays[name][0], parts[0].arrays[name][1]
+            external = [(os.path.relpath(p.file, path.parent), p.arrays[name][2], p.arrays[name][3])
+                        for p in parts if p.n_tokens]
+            f.create_dataset(name, shape=(total, *shape[1:]), dtype=dtype, external=external or None)
+        f.create_dataset("offsets", data=np.asarray(offsets, dtype=np.int64))
+        f.create_dataset("study_ids", data=np.asarray(study_ids, dtype=np.int64))
+        f.create_dataset("study_rows", data=np.asarray(study_rows, dtype=np.int64))
+        for k, v in fingerprint.to_attrs().items():
+            f.attrs[k] = v
+        f.attrs["hidden_size"] = hidden
+        f.attrs["linked_parts"] = json.dumps([[p.file.name, p.file.stat().st_size] for p in parts])
+        f.attrs["complete"] = True
+    tmp.replace(path)
+
+
+def dataset(f: h5py.File, name: str) -> h5py.Dataset:
+    """Dataset ``name`` of an open text cache, external part files resolved relative to the cache's folder
+    (HDF5's ``${ORIGIN}`` prefix), so a linked cache reads the same from any working directory."""
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    dapl.set_efile_prefix(b"${ORIGIN}")
+    return h5py.Dataset(h5py.h5d.open(f.id, name.encode(), dapl))
+
+
+def _check_linked_parts(path: Path, attrs: Any) -> None:
+    """A linked cache's part files are all there with their recorded sizes (else TextCacheError)."""
+    if "linked_parts" not in attrs:
+        return
+    folder = path.with_name(path.name + ".parts")
+    for name, size in json.loads(attrs["linked_parts"]):
+        f = folder / name
+        if not f.exists() or f.stat().st_size != size:
+            raise TextCacheError(f"{path}: its part file {f} is missing or changed; run the embed stage again")
+
+
 class TextCache:
     """Read-only, lazily opened reader of ``text.h5``.
 
@@ -146,6 +231,8 @@ class TextCache:
             if not bool(f.attrs.get("complete", False)):
                 raise TextCacheError(f"{self.path} is not a finished cache (embed was interrupted); run embed again")
             self.fingerprint = Fingerprint.from_attrs(f.attrs)
+            _check_linked_parts(self.path, f.attrs)
+            self.store = StoreDtype(self.fingerprint.store_dtype)
             self.hidden_size = int(f.attrs["hidden_size"])
             self.offsets = f["offsets"][:]
             sids = f["study_ids"][:]
@@ -164,7 +251,15 @@ class TextCache:
     def file(self) -> h5py.File:
         if self._f is None:
             self._f = h5py.File(self.path, "r")
+            self._datasets: dict[str, h5py.Dataset] = {}
         return self._f
+
+    def _data(self, name: str) -> h5py.Dataset:
+        """A data set of the cache (linked or not), opened once per process."""
+        f = self.file
+        if name not in self._datasets:
+            self._datasets[name] = dataset(f, name)
+        return self._datasets[name]
 
     @property
     def n_texts(self) -> int:
@@ -184,24 +279,29 @@ class TextCache:
             raise KeyError(f"study {study_id} is not in text cache {self.path}") from None
 
     def text_row(self, row: int) -> np.ndarray:
-        """float16 ``[L, hidden]`` of text row ``row``."""
+        """``[L, hidden]`` of text row ``row``: float16 (``store_dtype`` float16), float32 (the others)."""
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
-        return self.file["embeddings"][a:b]
+        if self.store is StoreDtype.float16:
+            return self._data("embeddings")[a:b]
+        names = ("embeddings", *EXTRA_ARRAYS[self.store])
+        return decode({k: self._data(k)[a:b] for k in names}, self.store)
 
     def token_ids(self, row: int) -> np.ndarray:
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
-        return self.file["token_ids"][a:b]
+        return self._data("token_ids")[a:b]
 
     def for_study(self, study_id: int) -> np.ndarray:
-        """float16 ``[L, hidden]`` of a study's report."""
+        """``[L, hidden]`` of a study's report (dtype as :meth:`text_row`)."""
         return self.text_row(self.row_of(study_id))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_f"] = None
+        state.pop("_datasets", None)
         return state
 
     def close(self) -> None:
         if self._f is not None:
+            self._datasets.clear()
             self._f.close()
             self._f = None

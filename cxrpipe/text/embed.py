@@ -14,8 +14,10 @@ talking):
 4. Each process takes a token-balanced share of the parts; a finished part is written atomically (temp +
    ``os.replace``) into ``<out>.parts/`` as safetensors. Parts already there (same plan hash) are skipped:
    this is what makes a run killed at any moment (SIGKILL too) resumable.
-5. After a barrier, rank 0 streams the parts into the final HDF5 with ``write_text_cache`` (itself atomic)
-   and removes the parts. HDF5 is never written incrementally: a crash mid-write could corrupt it.
+5. After a barrier, rank 0 writes the final ``text.h5`` with ``write_linked_text_cache`` (atomic): an index
+   whose ``embeddings`` / ``token_ids`` datasets are HDF5 external storage over the part files, which stay
+   in ``<out>.parts/`` as the cache's data. Nothing is copied (the demo's cache used to exist twice on disk
+   while it was assembled); rows are numbered in the parts' order. HDF5 is never written incrementally.
 
 The layer: ``embed.layer = -1`` is the last hidden state, after the model's final RMSNorm (well scaled);
 any other index ``k`` is ``hidden_states[k]`` (0 = token embeddings), the raw residual stream, whose scale
@@ -29,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -43,7 +44,8 @@ from cxrpipe.config import to_dict
 from cxrpipe.data.manifest import read_studies
 from cxrpipe.data.reports import apply_prompt
 from cxrpipe.text.batching import Batch, balanced_split, group_into_parts, length_grouped_batches, padding_fraction
-from cxrpipe.text.cache import Fingerprint, hash_texts, write_text_cache
+from cxrpipe.text.cache import MAX_LINKED_PARTS, Fingerprint, PartLayout, hash_texts, write_linked_text_cache
+from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, encode
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class EmbedConfig:
     batch_tokens: int = 4096
     # real tokens per part file: the unit of resume and of work across processes
     part_tokens: int = 32768
+    # how each token's hidden state is stored: float16 | bfloat16 | int8 (see cxrpipe.text.store)
+    store_dtype: StoreDtype = StoreDtype.float16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +111,7 @@ def expected_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Seque
         max_tokens=cfg.max_tokens,
         texts_hash=hash_texts(texts),
         package_version=__version__,
+        store_dtype=StoreDtype(cfg.store_dtype).value,
     )
 
 
@@ -254,16 +259,19 @@ def part_path(folder: Path, k: int, plan_hash: str) -> Path:
 
 
 def write_part(path: Path, rows: Sequence[int], embeddings: Sequence[np.ndarray], ids: Sequence[Sequence[int]],
-               n_clipped: int) -> None:
-    """One part, atomically: ``rows [n]``, ``offsets [n+1]``, ``token_ids [T]``, ``embeddings [T, hidden]`` f16."""
+               n_clipped: int, extra: dict[str, Sequence[np.ndarray]] | None = None) -> None:
+    """One part, atomically: ``rows [n]``, ``offsets [n+1]``, ``token_ids [T]``, ``embeddings [T, hidden]``
+    (float16, or the ``embed.store_dtype`` form with its ``extra`` arrays, each ``[T, ...]`` per text)."""
     from safetensors.numpy import save_file
 
     lengths = [len(x) for x in ids]
+    emb = np.concatenate(embeddings)
     tensors = {
         "rows": np.asarray(rows, dtype=np.int64),
         "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         "token_ids": np.concatenate([np.asarray(x, dtype=np.int32) for x in ids]),
-        "embeddings": np.concatenate(embeddings).astype(np.float16),
+        "embeddings": emb if emb.dtype != np.float32 else emb.astype(np.float16),
+        **{k: np.concatenate(v) for k, v in (extra or {}).items()},
     }
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"n_clipped": str(n_clipped)})
@@ -309,6 +317,45 @@ class _PartRows(Sequence):
         return self._handles[k].get_slice("embeddings")[a:b]
 
 
+_SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4", "U16": "<u2", "I8": "|i1", "I16": "<i2", "I32": "<i4",
+                       "I64": "<i8"}
+
+
+def part_layout(path: Path) -> tuple[PartLayout, dict[str, str]]:
+    """Where a part file (safetensors: u64 header size, JSON header, then the raw arrays) holds each array,
+    and its metadata. Read from the header alone (a few hundred bytes)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    meta = header.pop("__metadata__", {})
+    arrays = {k: (_SAFETENSORS_DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + v["data_offsets"][0],
+                  v["data_offsets"][1] - v["data_offsets"][0]) for k, v in header.items()}
+    return PartLayout(path, arrays), meta
+
+
+def link_parts(out_path: Path, files: Sequence[Path], table: "TextTable", fingerprint: Fingerprint) -> tuple[int, int]:
+    """Write ``out_path`` as a linked cache over the part files (rows renumbered in the parts' order, which
+    the plan fixes: 1 and N processes give the same file). Returns (values clipped, hidden size)."""
+    from safetensors import safe_open
+
+    layouts, new_row, offsets, n_clipped, hidden = [], {}, [0], 0, 0
+    for f in files:
+        layout, meta = part_layout(f)
+        with safe_open(str(f), framework="numpy") as h:
+            rows, part_offsets = h.get_tensor("rows"), h.get_tensor("offsets")
+        for r, n in zip(rows, np.diff(part_offsets)):
+            new_row[int(r)] = len(new_row)
+            offsets.append(offsets[-1] + int(n))
+        n_clipped += int(meta.get("n_clipped", 0))
+        hidden = int(layout.arrays["embeddings"][1][1]) if layout.n_tokens else hidden
+        layouts.append(layout)
+    if sorted(new_row) != list(range(len(table.texts))):
+        raise RuntimeError(f"embed: parts hold {len(new_row)} texts, expected {len(table.texts)}")
+    study_rows = [new_row[r] for r in table.study_rows]
+    write_linked_text_cache(out_path, layouts, np.asarray(offsets), table.study_ids, study_rows, fingerprint, hidden)
+    return n_clipped, hidden
+
+
 # ---------------------------------------------------------------------------------------------------- run
 
 
@@ -339,10 +386,14 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
     bos = bos_added(tokenizer)
     ids, n_truncated = tokenize(tokenizer, table.texts, cfg.max_tokens, cfg.prompt)
     plan = make_plan(cfg, fingerprint, ids, bos)
+    if len(plan.parts) > MAX_LINKED_PARTS:  # before hours of forward passes, not after
+        raise ValueError(f"embed: {len(plan.parts)} parts; the linked cache holds at most {MAX_LINKED_PARTS}: "
+                         f"raise embed.part_tokens (now {cfg.part_tokens})")
     lengths = [len(x) + (bos is not None) for x in ids]
     folder = parts_dir(out_path)
     folder.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
+        out_path.unlink(missing_ok=True)  # an index over parts about to change; rewritten at the end
         for stale in folder.glob("part-*.safetensors"):  # other ranks only ever write this plan's parts
             if not stale.name.endswith(f"-{plan.hash}.safetensors"):
                 stale.unlink()
@@ -366,7 +417,7 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
         if not -n_states <= cfg.layer < n_states:
             raise ValueError(f"embed.layer {cfg.layer} is out of range for {n_states} hidden states")
         seconds, n_done_tokens = _run_parts(model, tokenizer.pad_token_id, bos, cfg.layer, ids, plan, todo, folder,
-                                            progress and state.is_main_process)
+                                            progress and state.is_main_process, StoreDtype(cfg.store_dtype))
     state.wait_for_everyone()
 
     n_clipped, hidden = 0, 0
@@ -375,15 +426,10 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise RuntimeError(f"embed: parts missing after every process finished: {missing[:5]}")
-        rows = _PartRows(files)
-        if len(rows) != len(table.texts):
-            raise RuntimeError(f"embed: parts hold {len(rows)} texts, expected {len(table.texts)}")
-        write_text_cache(out_path, rows, ids, table.study_ids, table.study_rows, fingerprint)
-        n_clipped, hidden = rows.n_clipped, int(rows[0].shape[1])
-        del rows
-        shutil.rmtree(folder)
-        log.info("wrote %s: %d texts, %d tokens x %d (float16), %d values clipped", out_path, len(table.texts),
-                 sum(len(x) for x in ids), hidden, n_clipped)
+        n_clipped, hidden = link_parts(out_path, files, table, fingerprint)
+        log.info("wrote %s over %d parts in %s: %d texts, %d tokens x %d (%s), %d values clipped", out_path,
+                 len(files), folder, len(table.texts), sum(len(x) for x in ids), hidden,
+                 StoreDtype(cfg.store_dtype).value, n_clipped)
         if n_clipped:
             log.warning("%d hidden-state values exceeded float16's range and were clipped (embed.layer=%d)",
                         n_clipped, cfg.layer)
@@ -407,7 +453,8 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
 
 
 def _run_parts(model: Any, pad: int, bos: int | None, layer: int, ids: Sequence[Sequence[int]], plan: Plan,
-               todo: Sequence[int], folder: Path, progress: bool) -> tuple[float, int]:
+               todo: Sequence[int], folder: Path, progress: bool,
+               store: StoreDtype = StoreDtype.float16) -> tuple[float, int]:
     """Compute and write this process's remaining parts; returns (seconds, real tokens done)."""
     from tqdm.auto import tqdm
 
@@ -417,15 +464,18 @@ def _run_parts(model: Any, pad: int, bos: int | None, layer: int, ids: Sequence[
     t0 = time.perf_counter()
     for k in todo:
         rows, embs, n_clipped = [], [], 0
+        extra: dict[str, list[np.ndarray]] = {name: [] for name in EXTRA_ARRAYS[store]}
         for j in plan.parts[k]:
             batch = plan.batches[j]
             for r, h in zip(batch.rows, embed_batch(model, [ids[r] for r in batch.rows], layer, bos, pad)):
-                e, c = to_float16(h.numpy())
+                enc, c = encode(h.numpy(), store)
                 rows.append(r)
-                embs.append(e)
+                embs.append(enc["embeddings"])
+                for name in extra:
+                    extra[name].append(enc[name])
                 n_clipped += c
             bar.update(sum(len(ids[r]) for r in batch.rows))
-        write_part(part_path(folder, k, plan.hash), rows, embs, [ids[r] for r in rows], n_clipped)
+        write_part(part_path(folder, k, plan.hash), rows, embs, [ids[r] for r in rows], n_clipped, extra)
         if delay:
             time.sleep(delay)
     bar.close()

@@ -13,7 +13,7 @@ import yaml
 from cxrpipe.data.manifest import read_studies
 from cxrpipe.data.reports import apply_prompt
 from cxrpipe.text import embed as embed_mod
-from cxrpipe.text.cache import SCHEMA_VERSION, TextCache, TextCacheError
+from cxrpipe.text.cache import SCHEMA_VERSION, TextCache, TextCacheError, dataset
 from cxrpipe.text.embed import (
     EmbedConfig,
     distinct_texts,
@@ -84,13 +84,15 @@ def test_run_embed_writes_the_ragged_float16_cache(tiny_model_dir, manifest_dir,
     cfg = cfg_for(tiny_model_dir)
     out = tmp_path / "cache" / "text.h5"
     summary = run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
-    assert not parts_dir(out).exists()
+    # linked: the parts are the data (nothing copied), text.h5 an index of a few KB over them
+    parts = sorted(parts_dir(out).glob("part-*.safetensors"))
+    assert len(parts) == summary.n_parts and out.stat().st_size < sum(p.stat().st_size for p in parts) / 4
     assert summary.n_texts == 7 and summary.n_empty == 1 and summary.n_parts > 2
     studies = read_studies(manifest_dir)
     fp = expected_fingerprint(cfg, [s.text for s in studies], SECTIONS)
     cache = TextCache(out, expect=fp)
     with h5py.File(out, "r") as f:
-        assert f["embeddings"].dtype == np.float16
+        assert f["embeddings"].dtype == np.float16 and len(f["embeddings"].external) == summary.n_parts
         assert f["offsets"][-1] == f["embeddings"].shape[0] == f["token_ids"].shape[0] == summary.n_tokens
         for key in ("schema_version", "model", "revision", "quantization", "layer", "prompt", "sections",
                     "max_tokens", "texts_hash", "package_version"):
@@ -152,10 +154,13 @@ def test_a_crashed_run_resumes_from_its_parts(tiny_model_dir, manifest_dir, tmp_
 def assert_same_cache(a, b, atol: float = 0.0) -> None:
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         for key in ("offsets", "token_ids", "study_ids", "study_rows"):
-            np.testing.assert_array_equal(fa[key][:], fb[key][:], err_msg=key)
-        np.testing.assert_allclose(fa["embeddings"][:].astype(np.float32), fb["embeddings"][:].astype(np.float32),
-                                   atol=atol)
-        assert dict(fa.attrs) == dict(fb.attrs)
+            np.testing.assert_array_equal(dataset(fa, key)[:], dataset(fb, key)[:], err_msg=key)
+        np.testing.assert_allclose(dataset(fa, "embeddings")[:].astype(np.float32),
+                                   dataset(fb, "embeddings")[:].astype(np.float32), atol=atol)
+        fa_parts, fb_parts = json.loads(fa.attrs.get("linked_parts", "[]")), json.loads(fb.attrs.get("linked_parts", "[]"))
+        assert [n for n, _ in fa_parts] == [n for n, _ in fb_parts]
+        skip = {"linked_parts"}  # part sizes differ with the safetensors metadata (n_clipped per part)
+        assert {k: v for k, v in fa.attrs.items() if k not in skip} == {k: v for k, v in fb.attrs.items() if k not in skip}
 
 
 def test_embed_stage_cli(tiny_model_dir, manifest_dir, tmp_path):
@@ -182,12 +187,12 @@ def test_embed_stage_cli(tiny_model_dir, manifest_dir, tmp_path):
     prompt_ids = tok(" Findings:", add_special_tokens=False)["input_ids"]
     cache = TextCache(out)
     first = tok(apply_prompt(read_studies(manifest_dir)[0].text, "Findings:"), add_special_tokens=False)["input_ids"]
-    got = cache.token_ids(0).tolist()  # the report is cut, the prompt kept
+    got = cache.token_ids(cache.row_of(read_studies(manifest_dir)[0].study_id)).tolist()  # report cut, prompt kept
     assert got == first[: 8 - len(prompt_ids)] + prompt_ids
     assert summary["config"]["quantization"] == "nf4"
     with h5py.File(out, "r") as f:
         assert f.attrs["quantization"] == "nf4" and f.attrs["layer"] == 1
-        assert np.isfinite(f["embeddings"][:]).all() and f["embeddings"].shape == (56, 64)
+        assert np.isfinite(dataset(f, "embeddings")[:]).all() and f["embeddings"].shape == (56, 64)
 
 
 def test_part_files_round_trip_with_few_open_handles(tmp_path):

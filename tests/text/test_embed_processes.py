@@ -57,7 +57,7 @@ def test_sigkill_part_way_then_rerun_equals_uninterrupted(setup, tmp_path):
                            text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert '"n_parts_reused": %d' % len(done) in out.with_suffix(".json").read_text()
-    assert not parts_dir(out).exists()
+    assert len(list(parts_dir(out).glob("part-*.safetensors"))) == n_parts  # the linked cache's data
     assert_same_cache(out, ref, atol=1e-3)
 
 
@@ -72,4 +72,60 @@ def test_two_processes_give_the_same_cache_as_one(setup, tmp_path):
     res = subprocess.run(embed_cmd(params, manifest, out, launcher), cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"n_processes": 2' in out.with_suffix(".json").read_text()
+    assert_same_cache(out, ref, atol=1e-3)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (Linux /proc), depth first."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = open(f"/proc/{pid}/task/{task}/children").read().split()
+        except OSError:
+            continue
+        for c in map(int, children):
+            out += [c, *_descendants(c)]
+    return out
+
+
+def _embed_ranks(launcher_pid: int) -> list[int]:
+    """The launched `cxrpipe embed` worker processes (not torchrun's agent)."""
+    ranks = []
+    for p in _descendants(launcher_pid):
+        try:
+            cmd = open(f"/proc/{p}/cmdline").read().split("\0")
+        except OSError:
+            continue
+        if "cxrpipe" in cmd and "embed" in cmd and "accelerate.commands.launch" not in cmd:
+            ranks.append(p)
+    return ranks
+
+
+def test_one_of_two_processes_sigkilled_then_relaunched_equals_one_process(setup, tmp_path):
+    """A node dying mid-run: torchrun stops the other rank, the parts already written stay; the same launch
+    again finishes the remaining parts only, and the cache equals a 1-process run."""
+    params, manifest, ref, n_parts = setup
+    out = tmp_path / "text2.h5"
+    port = 29500 + (os.getpid() + 7) % 1000
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(port)]
+    env = dict(os.environ, **{DELAY_ENV: "0.5"})
+    proc = subprocess.Popen(embed_cmd(params, manifest, out, launcher), env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(parts_dir(out).glob("part-*.safetensors")):
+        assert proc.poll() is None, "embed ended before writing a part"
+        assert time.monotonic() < deadline, "no part written in 240 s"
+        time.sleep(0.05)
+    ranks = _embed_ranks(proc.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[-1], signal.SIGKILL)  # one "node" dies
+    assert proc.wait(timeout=120) != 0  # the launcher notices and stops the survivor
+    done = list(parts_dir(out).glob("part-*.safetensors"))
+    assert not out.exists() and 1 <= len(done) < n_parts
+
+    res = subprocess.run(embed_cmd(params, manifest, out, launcher), cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"n_parts_reused": %d' % len(done) in out.with_suffix(".json").read_text()
     assert_same_cache(out, ref, atol=1e-3)
