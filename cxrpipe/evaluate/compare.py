@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
+from cxrpipe.evaluate.caveats import caveat_section
 from cxrpipe.evaluate.metrics import EvalLevel, Predictions, jsonable, load_predictions
 from cxrpipe.io import write_json_atomic, write_text_atomic
 from cxrpipe.labels import CHEXPERT_LABELS
@@ -102,7 +103,9 @@ def run_compare(
         (ma, pa), (mb, pb) = runs[names[0]], runs[names[1]]
         _check_same_test_set(pa, pb, protocol)
         a, b = pa.at_level(level), pb.at_level(level)
-        paired = paired_bootstrap_mauc(a.targets, a.mask, a.probs, b.probs, a.groups, cfg.n_bootstrap, cfg.seed)
+        min_pos = int(ma[level.value].get("min_test_positives") or 0)  # finetune.min_test_positives
+        paired = paired_bootstrap_mauc(a.targets, a.mask, a.probs, b.probs, a.groups, cfg.n_bootstrap, cfg.seed,
+                                       min_positives=min_pos)
 
         def side(m: dict, mauc: float, ci: tuple[float, float]) -> dict[str, Any]:
             blk = m[level.value]
@@ -144,7 +147,8 @@ def run_compare(
         for name, (_, pred) in runs.items():
             lv = pred.at_level(level)
             roc_runs[name] = (lv.targets, lv.probs, lv.mask)
-        plot_roc_per_label(roc_runs, plots_dir, title_suffix=f" ({level.value} level, test)")
+        min_pos = max(int(m[level.value].get("min_test_positives") or 0) for m, _ in runs.values())
+        plot_roc_per_label(roc_runs, plots_dir, title_suffix=f" ({level.value} level, test)", min_positives=min_pos)
     if report_md is not None:
         write_text_atomic(Path(report_md), comparison_markdown(result, {n: m for n, (m, _) in runs.items()}, cfg,
                                                          plots_dir))
@@ -207,6 +211,7 @@ def comparison_markdown(
         "p = (1 + #{|d_b - d| >= |d|}) / (B + 1). The intervals cover test-set sampling only, not the spread "
         "between training seeds (rerun with another `pretrain.seed` / `finetune.seed` to see that).",
         "",
+        *caveat_section(result, metrics, level),
         "## mAUC",
         "",
         "| protocol | mae mAUC [95% CI] | multimodal mAUC [95% CI] | delta mAUC [95% CI] | p | reading |",
@@ -224,7 +229,8 @@ def comparison_markdown(
     lines += [
         "",
         f"mAUC is the macro mean over the {len(kept)} labels with both classes among the valid test entries"
-        + (f"; left out (one class only): {', '.join(left)}." if left else "."),
+        " and enough test positives"
+        + (f"; left out (one class only, or too few positives: see Caveats): {', '.join(left)}." if left else "."),
         "",
         "## Accuracy beside the all-negative classifier",
         "",
@@ -253,7 +259,9 @@ def comparison_markdown(
         cells = []
         for name in names:
             pl = per_label[name][label]
-            cells.append(_ci(pl["auroc"], pl["auroc_ci95"]) if pl["in_mauc"] else "n/a (one class)")
+            cells.append(_ci(pl["auroc"], pl["auroc_ci95"]) + (" (too few positives: not in mAUC)"
+                         if pl.get("low_positive") else "") if pl["in_mauc"] or pl.get("low_positive")
+                         else "n/a (one class)")
         pl0 = per_label[names[0]][label]
         lines.append(f"| {label} | {pl0['n_pos']} / {pl0['n_pos'] + pl0['n_neg']} | " + " | ".join(cells) + " |")
     lines += [

@@ -79,6 +79,7 @@ class FinetuneConfig:
     views: tuple[str, ...] = ("AP", "PA")  # views used; () = all (prepare already filters to frontal)
     select_level: EvalLevel = EvalLevel.STUDY  # level of the validate mAUC that picks the epoch
     n_bootstrap: int = 1000  # replicates (test studies resampled) for the 95% intervals
+    min_test_positives: int = 10  # labels with fewer test positives: reported apart, left out of mAUC (0 = off)
     eval_batch_size: int = 256  # batch for feature extraction and prediction
     num_workers: int = 0  # DataLoader workers reading images.h5
     device: str = "auto"  # auto (cuda if present) | cpu | cuda[:i]
@@ -337,7 +338,7 @@ def run_finetune(
         "n_validate_studies": splits["validate"].n_studies,
         "n_test_images": len(splits["test"]),
         "n_test_studies": splits["test"].n_studies,
-        **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed),
+        **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed, cfg.min_test_positives),
         "dataset": _dataset_info(prepared),
         "history": history,
     }
