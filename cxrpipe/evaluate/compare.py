@@ -70,7 +70,11 @@ def _load_runs(metrics_dir: Path, predictions_dir: Path) -> dict[str, tuple[dict
             name = f"{encoder}-{protocol}"
             mpath, ppath = metrics_dir / f"{name}.json", predictions_dir / f"{name}.npz"
             if mpath.exists() and ppath.exists():
-                runs[name] = (json.loads(mpath.read_text()), load_predictions(ppath)[0])
+                m = json.loads(mpath.read_text())
+                cpath = metrics_dir / f"{name}.config.json"  # provenance lives beside the numbers
+                if "dataset" not in m and cpath.exists():
+                    m["dataset"] = json.loads(cpath.read_text()).get("dataset", {})
+                runs[name] = (m, load_predictions(ppath)[0])
             else:
                 log.warning("%s: no %s", name, mpath if not mpath.exists() else ppath)
     return runs
@@ -126,7 +130,6 @@ def run_compare(
             "p_value": paired.p_value,
             "n_bootstrap": paired.n_bootstrap,
             "n_bootstrap_valid": paired.n_valid,
-            "level": level.value,
             "n_test_images": int(len(pa.image_ids)),
             "n_test_studies": int(np.unique(pa.study_ids).size),
             "labels_in_mauc": [CHEXPERT_LABELS[j] for j in paired.label_idx],

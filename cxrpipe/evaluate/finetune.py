@@ -326,10 +326,8 @@ def run_finetune(
         return Predictions(d.image_ids, d.study_ids, _sigmoid(logits), d.targets, d.mask)
 
     test_pred = preds("test", test_logits)
+    # numbers only: strings (names, paths, provenance) go to <stem>.config.json, so `dvc metrics show` fits a screen
     result: dict[str, Any] = {
-        "encoder": variant,
-        "protocol": protocol.value,
-        "select_level": cfg.select_level.value,
         "best_epoch": best_epoch,
         "validate_mauc": history[best_epoch - 1]["validate_mauc"],
         "label_fraction": cfg.label_fraction,
@@ -339,14 +337,17 @@ def run_finetune(
         "n_test_images": len(splits["test"]),
         "n_test_studies": splits["test"].n_studies,
         **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed, cfg.min_test_positives),
-        "dataset": _dataset_info(prepared),
         "history": history,
     }
+    for block in (result["image"], result["study"]):
+        block.pop("level", None)  # the key says it
     result = jsonable(result)
     write_json_atomic(out_json, result)
     save_config(
         {
             "finetune": to_dict(cfg),
+            "encoder_variant": variant,
+            "dataset": _dataset_info(prepared),
             "protocol": protocol.value,
             "encoder_dir": str(encoder_dir),
             "encoder": {k: enc_cfg.get(k) for k in ("arch", "kwargs", "pixel_mean", "pixel_std", "variant")},
