@@ -262,11 +262,12 @@ def comparison_markdown(
         cells = []
         for name in names:
             pl = per_label[name][label]
-            cells.append(_ci(pl["auroc"], pl["auroc_ci95"]) + (" (too few positives: not in mAUC)"
-                         if pl.get("low_positive") else "") if pl["in_mauc"] or pl.get("low_positive")
-                         else "n/a (one class)")
+            cells.append(_ci(pl["auroc"], pl["auroc_ci95"]) + (" †" if pl.get("low_positive") else "")
+                         if pl["in_mauc"] or pl.get("low_positive") else "n/a (one class)")
         pl0 = per_label[names[0]][label]
         lines.append(f"| {label} | {pl0['n_pos']} / {pl0['n_pos'] + pl0['n_neg']} | " + " | ".join(cells) + " |")
+    if any(pl.get("low_positive") for pl in per_label[names[0]].values()):
+        lines += ["", "† too few test positives (`finetune.min_test_positives`): reported apart, not in mAUC."]
     lines += [
         "",
         "## The report's published numbers, for reference only",
