@@ -34,7 +34,10 @@ def main(
     sections = section(raw, "data", DataConfig).sections  # the cache's fingerprint records them
     summary = run_embed(cfg, manifest, out, list(sections))
     if process_state().is_main_process:
-        write_json_atomic(report, dataclasses.asdict(summary))
+        numbers = dataclasses.asdict(summary)
+        config = numbers.pop("config")  # strings (model, prompt) beside the metrics, not in them
+        write_json_atomic(report, numbers)
+        write_json_atomic(report.with_name(f"{report.stem}.config.json"), config)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ def main(
     encoder: Annotated[Path, typer.Option(help="exported encoder folder (encoder.safetensors + config.json)")] = Path(
         "data/models/mae"
     ),
-    protocol: Annotated[str, typer.Option(help="linear (frozen encoder) | finetune (all weights)")] = "linear",
+    protocol: Annotated[
+        str, typer.Option(help="linear (frozen encoder) | finetune (all weights); the choices of `Protocol`")
+    ] = "linear",
     prepared: Annotated[Path, typer.Option(help="prepared folder (manifest + images.h5)")] = Path("data/prepared"),
     out: Annotated[Path, typer.Option(help="metrics JSON; the resolved config goes beside it")] = Path(
         "data/metrics/mae-linear.json"
@@ -32,6 +34,9 @@ def main(
     from cxrpipe.log import setup_logging
 
     setup_logging()
+    choices = [p.value for p in Protocol]
+    if protocol not in choices:  # before anything is loaded; the list follows the enum
+        raise typer.BadParameter(f"{protocol!r} is not one of {', '.join(choices)}", param_hint="'--protocol'")
     try:
         cfg = section(params, "finetune", FinetuneConfig)
         proto = Protocol(protocol)

@@ -47,7 +47,7 @@ def main(
 
     setup_logging()
     if variant not in VARIANTS:
-        raise typer.BadParameter(f"--variant must be one of {VARIANTS}, got {variant!r}")
+        raise typer.BadParameter(f"{variant!r} is not one of {', '.join(VARIANTS)}", param_hint="'--variant'")
     raw = load_params(params)
     cfg = section(raw, "pretrain", PretrainConfig)
     expect = expected_fingerprint(

@@ -25,3 +25,17 @@ def test_unknown_params_key_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["demo-data", "--params", str(bad), "--out", str(tmp_path / "demo")])
     assert result.exit_code != 0
     assert "n_studys" in str(result.exception) + result.output
+
+
+def test_a_misspelt_protocol_lists_the_choices(tmp_path):
+    result = runner.invoke(app, ["finetune", "--protocol", "lineer", "--params", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "'lineer' is not one of linear, finetune" in out and "--protocol" in out
+
+
+def test_a_misspelt_variant_lists_the_choices(tmp_path):
+    result = runner.invoke(app, ["pretrain", "--variant", "multimodel", "--params", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "'multimodel' is not one of mae, multimodal" in out and "--variant" in out

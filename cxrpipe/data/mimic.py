@@ -92,6 +92,52 @@ def find_table(folder: str | Path, name: str) -> Path:
     raise MimicFormatError(f"{folder}: neither {TABLE_PREFIX}{name}.csv.gz nor {TABLE_PREFIX}{name}.csv found")
 
 
+EXPECTED_LAYOUT = (
+    "expected layout (MIMIC-CXR-JPG as PhysioNet ships it): <data.root>/mimic-cxr-2.0.0-metadata.csv.gz, "
+    "-split.csv.gz, -chexpert.csv.gz (or -negbio) and <data.root>/files/p10/p10000032/s50414267/<dicom_id>.jpg; "
+    "data.tables names another folder for the tables (the DICOM release has none)"
+)
+
+
+def _tables_nearby(folder: Path) -> list[Path]:
+    """Folders one or two levels below, or up to three above, ``folder`` that hold MIMIC's split table."""
+    def has(d: Path) -> bool:
+        return any((d / f"{TABLE_PREFIX}split{sfx}").is_file() for sfx in (".csv.gz", ".csv"))
+
+    found = [d for d in list(folder.parents)[:3] if has(d)]  # one level too low (e.g. <root>/files)
+    if found or not folder.is_dir() or folder.name == "files":
+        return found
+    for pattern in ("*", "*/*"):  # too high (e.g. the folder above 2.1.0/)
+        found += sorted(d for d in folder.glob(pattern) if d.is_dir() and d.name != "files" and has(d))
+        if found:
+            break
+    return found
+
+
+def check_layout(root: Path, tables: Path, tables_param: str) -> None:
+    """Fail up front, naming the param to fix, when the tables or the ``files/`` tree are not where MIMIC
+    keeps them (a folder one level too high or too low is detected and the right one suggested)."""
+    for folder, param in ((root, "data.root"), (tables, tables_param)):
+        if not folder.is_dir():
+            raise MimicFormatError(f"{param} = {folder}: no such folder; {EXPECTED_LAYOUT}")
+    missing = [n for n in ("metadata", "split") if not any(
+        (tables / f"{TABLE_PREFIX}{n}{sfx}").is_file() for sfx in (".csv.gz", ".csv"))]
+    if missing:
+        near = _tables_nearby(tables)
+        hint = f" They are in {near[0]}: set {tables_param}: {near[0]}." if near else ""
+        raise MimicFormatError(
+            f"{tables_param} = {tables}: no {', '.join(f'{TABLE_PREFIX}{n}.csv(.gz)' for n in missing)} there."
+            f"{hint} {EXPECTED_LAYOUT}"
+        )
+    if not (root / "files").is_dir():
+        if root.name == "files" or root.name.startswith("p1"):
+            hint = f" {root} looks like the image tree itself: set data.root to the folder that holds files/."
+        else:
+            near = sorted(d for d in root.glob("*/files") if d.is_dir())[:1]
+            hint = f" Found {near[0]}: set data.root: {near[0].parent}." if near else ""
+        raise MimicFormatError(f"data.root = {root}: no files/ folder (the images).{hint} {EXPECTED_LAYOUT}")
+
+
 def iter_csv(path: str | Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
     """Rows of a gzipped or plain CSV as dicts; the header must hold ``required``."""
     path = Path(path)
@@ -131,6 +177,12 @@ def read_labels(path: str | Path, wanted: set[int] | None = None) -> tuple[dict[
 
 
 # ---------------------------------------------------------------------------------------------- reports
+REPORTS_LAYOUT = (
+    "expected mimic-cxr-reports.zip (members files/p10/p10000032/s50414267.txt) or the folder it extracts to "
+    "(<folder>/files/p10/p10000032/s50414267.txt)"
+)
+
+
 class ReportSource:
     """MIMIC-CXR reports from ``mimic-cxr-reports.zip`` or its extracted folder (detected from the path)."""
 
@@ -142,15 +194,24 @@ class ReportSource:
             try:
                 self._zip = zipfile.ZipFile(self.path)
             except zipfile.BadZipFile as e:
-                raise MimicFormatError(f"reports {self.path}: not a zip file ({e})") from None
+                raise MimicFormatError(f"data.reports = {self.path}: not a zip file ({e}); {REPORTS_LAYOUT}") from None
             for name in self._zip.namelist():  # index by study id: tolerant of a leading folder in members
                 m = _REPORT_MEMBER.search(name)
                 if m:
                     self._members.setdefault(int(m.group(1)), name)
             if not self._members:
-                raise MimicFormatError(f"reports {self.path}: the zip holds no s<study_id>.txt member")
+                raise MimicFormatError(
+                    f"data.reports = {self.path}: the zip holds no s<study_id>.txt member; {REPORTS_LAYOUT}"
+                )
         elif not self.path.is_dir():
-            raise MimicFormatError(f"reports {self.path}: no such zip file or folder")
+            raise MimicFormatError(f"data.reports = {self.path}: no such zip file or folder; {REPORTS_LAYOUT}")
+        elif next(self._folder_reports(), None) is None:  # checked now, not after every study is dropped
+            raise MimicFormatError(f"data.reports = {self.path}: the folder holds no report; {REPORTS_LAYOUT}")
+
+    def _folder_reports(self) -> Iterator[Path]:
+        """Report files of an extracted folder, at MIMIC's depth (the folder itself may be files/)."""
+        for pattern in ("files/p1*/p*/s*.txt", "p1*/p*/s*.txt"):
+            yield from self.path.glob(pattern)
 
     def locate(self, subject_id: int, study_id: int) -> str:
         """Where the report of a study is (or would be), for messages."""
@@ -212,7 +273,9 @@ def read_mimic(
         raise MimicFormatError(f"read_mimic: source {source!r} is not one of {sorted(IMAGE_EXT)}")
     if labeler not in ("chexpert", "negbio"):
         raise MimicFormatError(f"read_mimic: labeler {labeler!r} is not chexpert or negbio")
+    tables_param = "data.tables" if tables is not None else "data.root"
     tables = Path(tables) if tables is not None else root
+    check_layout(root, tables, tables_param)
     ext = IMAGE_EXT[source]
     other_ext = "dcm" if ext == "jpg" else "jpg"
     wanted_views = {v.upper() for v in views}
@@ -305,6 +368,12 @@ def read_mimic(
                 has_labels=has_labels,
             )
             images.extend(cands)
+    n_missing = sum(r.reason == "missing_report" for r in rejects)
+    if by_study and n_missing == len(by_study):  # not a data loss: the wrong reports source
+        raise MimicFormatError(
+            f"data.reports = {reports}: none of the {len(by_study)} selected studies has a report there "
+            f"(e.g. {rejects[-1].path}); is it the reports of this release? {REPORTS_LAYOUT}"
+        )
     counts["sections_used"] = dict(sorted(sections_used.items()))
     log.info(
         "read %d metadata rows: %d images selected (views %s), %d candidates in %d studies, %d rejects",

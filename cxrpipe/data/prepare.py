@@ -172,7 +172,7 @@ def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Pa
     report.timing["total_s"] = round(time.perf_counter() - t0, 3)
     _write_outputs(out_dir, report, rejects, data_cfg, prep_cfg)
     (out_dir / PARTIAL_H5).unlink(missing_ok=True)
-    _log_rejects(rejects, out_dir)
+    _log_rejects(rejects, out_dir, Path(data_cfg.root))
     log.info(
         "prepared %d images of %d studies (%s) into %s in %.1fs; lost %.2f%% of selected images",
         len(images), len(studies), report.counts["by_split"], out_dir, report.timing["total_s"], 100 * lost["images_fraction"],
@@ -376,23 +376,25 @@ def _fail(out_dir: Path, report: PrepareReport, rejects: list[Reject], data_cfg,
     report.failed = msg
     _remove_previous(out_dir)  # an earlier run's manifest must not pass for this run's
     _write_outputs(out_dir, report, rejects, data_cfg, prep_cfg)
-    _log_rejects(rejects, out_dir)
+    _log_rejects(rejects, out_dir, Path(data_cfg.root))
     raise PrepareError(msg)
 
 
-def _log_rejects(rejects: list[Reject], out_dir: Path) -> None:
-    """One line per reason: how many, and one example (what, which file)."""
-    first: dict[str, Reject] = {}
-    n = collections.Counter()
+def _log_rejects(rejects: list[Reject], out_dir: Path, root: Path | None = None) -> None:
+    """One line per reason: how many, and one example (what, which file); on the demo tree, the lines
+    that are its planted faults say so (:mod:`cxrpipe.data.demo_faults`)."""
+    from cxrpipe.data.demo_faults import PlantedFaults
+
+    planted = PlantedFaults(root) if root is not None else None
+    groups: dict[str, list[Reject]] = collections.defaultdict(list)
     for r in rejects:
-        key = f"{r.kind}/{r.reason}"
-        n[key] += 1
-        first.setdefault(key, r)
-    for key, count in sorted(n.items()):
-        r = first[key]
+        groups[f"{r.kind}/{r.reason}"].append(r)
+    for key, group in sorted(groups.items()):
+        r, count = group[0], len(group)
         what = "image" if r.kind == "image" else "study"
         what = what if count == 1 else ("images" if what == "image" else "studies")
         verb = "kept without labels" if r.action == "unlabelled" else "dropped"
-        log.warning("%d %s %s (%s), e.g. %s %s: %s", count, what, verb, r.reason, r.id, r.path, r.detail)
+        note = planted.note(group) if planted is not None else ""
+        log.warning("%d %s %s (%s), e.g. %s %s: %s%s", count, what, verb, r.reason, r.id, r.path, r.detail, note)
     if rejects:
         log.warning("all %d listed in %s", len(rejects), out_dir / REJECTS_CSV)

@@ -174,12 +174,13 @@ def paired_bootstrap_mauc(
     groups: np.ndarray,
     n_bootstrap: int,
     seed: int,
+    min_positives: int = 0,
 ) -> PairedDelta:
     """Delta mAUC (b - a) with its paired bootstrap 95% interval and p-value.
 
     targets/mask/probs ``[n, L]`` for the same ``n`` items in the same order (images or studies);
     ``groups [n]`` each item's study index (the resampled unit). mAUC is the macro mean over the labels with
-    both classes among the valid entries of the full set.
+    both classes among the valid entries of the full set (and at least ``min_positives`` positives).
     """
     targets = np.asarray(targets)
     mask = np.asarray(mask, dtype=bool)
@@ -191,7 +192,8 @@ def paired_bootstrap_mauc(
         )
     pos = (targets > 0.5) & mask
     neg = (targets <= 0.5) & mask
-    label_idx = np.flatnonzero(pos.any(axis=0) & neg.any(axis=0))
+    # labels with fewer than min_positives positives are reported apart, not in the mean (see metrics.py)
+    label_idx = np.flatnonzero(pos.any(axis=0) & neg.any(axis=0) & (pos.sum(axis=0) >= min_positives))
     if label_idx.size == 0:
         raise ValueError("no label has both classes in the test set: mAUC is undefined")
     ones = np.ones((1, targets.shape[0]))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
+from cxrpipe.evaluate.caveats import caveat_section
 from cxrpipe.evaluate.metrics import EvalLevel, Predictions, jsonable, load_predictions
 from cxrpipe.io import write_json_atomic, write_text_atomic
 from cxrpipe.labels import CHEXPERT_LABELS
@@ -69,7 +70,11 @@ def _load_runs(metrics_dir: Path, predictions_dir: Path) -> dict[str, tuple[dict
             name = f"{encoder}-{protocol}"
             mpath, ppath = metrics_dir / f"{name}.json", predictions_dir / f"{name}.npz"
             if mpath.exists() and ppath.exists():
-                runs[name] = (json.loads(mpath.read_text()), load_predictions(ppath)[0])
+                m = json.loads(mpath.read_text())
+                cpath = metrics_dir / f"{name}.config.json"  # provenance lives beside the numbers
+                if "dataset" not in m and cpath.exists():
+                    m["dataset"] = json.loads(cpath.read_text()).get("dataset", {})
+                runs[name] = (m, load_predictions(ppath)[0])
             else:
                 log.warning("%s: no %s", name, mpath if not mpath.exists() else ppath)
     return runs
@@ -102,7 +107,9 @@ def run_compare(
         (ma, pa), (mb, pb) = runs[names[0]], runs[names[1]]
         _check_same_test_set(pa, pb, protocol)
         a, b = pa.at_level(level), pb.at_level(level)
-        paired = paired_bootstrap_mauc(a.targets, a.mask, a.probs, b.probs, a.groups, cfg.n_bootstrap, cfg.seed)
+        min_pos = int(ma[level.value].get("min_test_positives") or 0)  # finetune.min_test_positives
+        paired = paired_bootstrap_mauc(a.targets, a.mask, a.probs, b.probs, a.groups, cfg.n_bootstrap, cfg.seed,
+                                       min_positives=min_pos)
 
         def side(m: dict, mauc: float, ci: tuple[float, float]) -> dict[str, Any]:
             blk = m[level.value]
@@ -125,7 +132,6 @@ def run_compare(
             "p_value": paired.p_value,
             "n_bootstrap": paired.n_bootstrap,
             "n_bootstrap_valid": paired.n_valid,
-            "level": level.value,
             "n_test_images": int(len(pa.image_ids)),
             "n_test_studies": int(np.unique(pa.study_ids).size),
             "labels_in_mauc": [CHEXPERT_LABELS[j] for j in paired.label_idx],
@@ -147,7 +153,8 @@ def run_compare(
         for name, (_, pred) in runs.items():
             lv = pred.at_level(level)
             roc_runs[name] = (lv.targets, lv.probs, lv.mask)
-        plot_roc_per_label(roc_runs, plots_dir, title_suffix=f" ({level.value} level, test)")
+        min_pos = max(int(m[level.value].get("min_test_positives") or 0) for m, _ in runs.values())
+        plot_roc_per_label(roc_runs, plots_dir, title_suffix=f" ({level.value} level, test)", min_positives=min_pos)
     if report_md is not None:
         write_text_atomic(Path(report_md), comparison_markdown(result, {n: m for n, (m, _) in runs.items()}, cfg,
                                                          plots_dir))
@@ -223,6 +230,7 @@ def comparison_markdown(
         "p = (1 + #{|d_b - d| >= |d|}) / (B + 1). The intervals cover test-set sampling only, not the spread "
         "between training seeds (rerun with another `pretrain.seed` / `finetune.seed` to see that).",
         "",
+        *caveat_section(result, metrics, level),
         "## mAUC",
         "",
         "| protocol | mae mAUC [95% CI] | multimodal mAUC [95% CI] | delta mAUC [95% CI] | p | reading |",
@@ -254,7 +262,8 @@ def comparison_markdown(
     lines += [
         "",
         f"mAUC is the macro mean over the {len(kept)} labels with both classes among the valid test entries"
-        + (f"; left out (one class only): {', '.join(left)}." if left else "."),
+        " and enough test positives"
+        + (f"; left out (one class only, or too few positives: see Caveats): {', '.join(left)}." if left else "."),
         "",
         "## Accuracy beside the all-negative classifier",
         "",
@@ -283,9 +292,12 @@ def comparison_markdown(
         cells = []
         for name in names:
             pl = per_label[name][label]
-            cells.append(_ci(pl["auroc"], pl["auroc_ci95"]) if pl["in_mauc"] else "n/a (one class)")
+            cells.append(_ci(pl["auroc"], pl["auroc_ci95"]) + (" †" if pl.get("low_positive") else "")
+                         if pl["in_mauc"] or pl.get("low_positive") else "n/a (one class)")
         pl0 = per_label[names[0]][label]
         lines.append(f"| {label} | {pl0['n_pos']} / {pl0['n_pos'] + pl0['n_neg']} | " + " | ".join(cells) + " |")
+    if any(pl.get("low_positive") for pl in per_label[names[0]].values()):
+        lines += ["", "† too few test positives (`finetune.min_test_positives`): reported apart, not in mAUC."]
     lines += [
         "",
         "## The report's published numbers, for reference only",

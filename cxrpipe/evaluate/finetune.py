@@ -80,6 +80,7 @@ class FinetuneConfig:
     views: tuple[str, ...] = ("AP", "PA")  # views used; () = all (prepare already filters to frontal)
     select_level: EvalLevel = EvalLevel.STUDY  # level of the validate mAUC that picks the epoch
     n_bootstrap: int = 1000  # replicates (test studies resampled) for the 95% intervals
+    min_test_positives: int = 10  # labels with fewer test positives: reported apart, left out of mAUC (0 = off)
     eval_batch_size: int = 256  # batch for feature extraction and prediction
     num_workers: int = 0  # DataLoader workers reading images.h5
     device: str = "auto"  # auto (cuda if present) | cpu | cuda[:i]
@@ -326,10 +327,8 @@ def run_finetune(
         return Predictions(d.image_ids, d.study_ids, _sigmoid(logits), d.targets, d.mask)
 
     test_pred = preds("test", test_logits)
+    # numbers only: strings (names, paths, provenance) go to <stem>.config.json, so `dvc metrics show` fits a screen
     result: dict[str, Any] = {
-        "encoder": variant,
-        "protocol": protocol.value,
-        "select_level": cfg.select_level.value,
         "best_epoch": best_epoch,
         "validate_mauc": history[best_epoch - 1]["validate_mauc"],
         "label_fraction": cfg.label_fraction,
@@ -338,15 +337,18 @@ def run_finetune(
         "n_validate_studies": splits["validate"].n_studies,
         "n_test_images": len(splits["test"]),
         "n_test_studies": splits["test"].n_studies,
-        **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed),
-        "dataset": _dataset_info(prepared),
+        **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed, cfg.min_test_positives),
         "history": history,
     }
+    for block in (result["image"], result["study"]):
+        block.pop("level", None)  # the key says it
     result = jsonable(result)
     write_json_atomic(out_json, result)
     save_config(
         {
             "finetune": to_dict(cfg),
+            "encoder_variant": variant,
+            "dataset": _dataset_info(prepared),
             "protocol": protocol.value,
             "encoder_dir": str(encoder_dir),
             "encoder": {k: enc_cfg.get(k) for k in ("arch", "kwargs", "pixel_mean", "pixel_std", "variant")},

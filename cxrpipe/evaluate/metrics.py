@@ -5,7 +5,12 @@ Definitions (all point estimates with scikit-learn; intervals with :mod:`cxrpipe
 * AUROC / AUPRC per label over that label's valid entries (``mask``: uncertain labels are masked out under
   the default policy). A label whose valid test entries hold one class only has no AUROC: it is left out
   of mAUC and named in ``labels_excluded``.
-* mAUC: macro mean of AUROC over the labels with both classes in the test set (``labels_in_mauc``).
+* mAUC: macro mean of AUROC over the labels with both classes in the test set AND at least
+  ``min_positives`` positive test entries (``finetune.min_test_positives``, default 10; ``labels_in_mauc``).
+  A label with fewer positives is **reported apart**: its AUROC and interval are still computed and listed
+  (``labels_low_positive``, ``per_label[...]["low_positive"]``), but it is left out of mAUC, macro F1 and mean
+  AUPRC, because an AUROC on 4 positives swings by +-0.2 from one patient (MIMIC-CXR's test split has such
+  labels; the CheXpert/CheXzero literature likewise reports them apart or drops them).
 * accuracy: at threshold 0.5 (positive when ``p >= 0.5``), micro over every valid (image or study, label)
   entry of all 14 labels; ``all_negative_accuracy`` is the accuracy of predicting 0 everywhere on exactly
   the same entries. With ~13% positives it is already ~0.87: accuracy means little without it.
@@ -151,10 +156,18 @@ def auprc_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) ->
     return out
 
 
-def macro_auroc(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) -> tuple[float, np.ndarray]:
-    """(mAUC over the labels with both classes, their indices ``[K]``); nan if no label qualifies."""
+def n_positives(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``[L]`` int: valid positive entries per label."""
+    return ((targets > 0.5) & mask).sum(axis=0)
+
+
+def macro_auroc(
+    targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, min_positives: int = 0
+) -> tuple[float, np.ndarray]:
+    """(mAUC over the labels with both classes and >= ``min_positives`` positives, their indices ``[K]``);
+    nan if no label qualifies."""
     auc = auroc_per_label(targets, probs, mask)
-    idx = np.flatnonzero(~np.isnan(auc))
+    idx = np.flatnonzero(~np.isnan(auc) & (n_positives(targets, mask) >= min_positives))
     return (float(auc[idx].mean()) if idx.size else float("nan")), idx
 
 
@@ -215,15 +228,18 @@ def jsonable(x: Any) -> Any:
 
 
 def evaluate_level(
-    test: LevelData, thresholds: np.ndarray, n_bootstrap: int, seed: int, level: EvalLevel
+    test: LevelData, thresholds: np.ndarray, n_bootstrap: int, seed: int, level: EvalLevel, min_positives: int = 0
 ) -> dict[str, Any]:
-    """All metrics of one level with bootstrap 95% intervals (``n_bootstrap`` replicates of test studies)."""
+    """All metrics of one level with bootstrap 95% intervals (``n_bootstrap`` replicates of test studies);
+    labels with fewer than ``min_positives`` test positives are reported apart (not in the means)."""
     y, p, m = test.targets, test.probs, test.mask
     auc = auroc_per_label(y, p, m)
     auprc = auprc_per_label(y, p, m)
     f1 = f1_per_label(y, p, m, thresholds)
-    mauc, idx = macro_auroc(y, p, m)
-    # bootstrap: [B, K] per-label replicates of the mAUC labels, [B] for the micro accuracies
+    mauc, kept_idx = macro_auroc(y, p, m, min_positives)
+    idx = np.flatnonzero(~np.isnan(auc))  # every label with an AUROC gets an interval, kept or reported apart
+    kept_cols = np.searchsorted(idx, kept_idx)  # columns of the replicates that enter the means
+    # bootstrap: [B, K] per-label replicates of the labels with an AUROC, [B] for the micro accuracies
     correct = ((p >= 0.5) == (y > 0.5)) & m
     negative = (y <= 0.5) & m
     n_valid = m.sum(axis=1).astype(np.float64)
@@ -247,55 +263,63 @@ def evaluate_level(
     per_label = []
     for j, name in enumerate(CHEXPERT_LABELS):
         k = np.searchsorted(idx, j)
-        in_mauc = k < idx.size and idx[k] == j
+        has_auc = k < idx.size and idx[k] == j
+        in_mauc = bool(has_auc and j in kept_idx)
         per_label.append(
             {
                 "label": name,
                 "n_pos": int(((y[:, j] > 0.5) & m[:, j]).sum()),
                 "n_neg": int(((y[:, j] <= 0.5) & m[:, j]).sum()),
-                "in_mauc": bool(in_mauc),
+                "in_mauc": in_mauc,
+                "low_positive": bool(has_auc and not in_mauc),  # fewer than min_positives: reported apart
                 "auroc": jsonable(auc[j]),
-                "auroc_ci95": jsonable(ci(r["auroc"][:, k])) if in_mauc else None,
+                "auroc_ci95": jsonable(ci(r["auroc"][:, k])) if has_auc else None,
                 "auprc": jsonable(auprc[j]),
-                "auprc_ci95": jsonable(ci(r["auprc"][:, k])) if in_mauc else None,
+                "auprc_ci95": jsonable(ci(r["auprc"][:, k])) if has_auc else None,
                 "threshold": float(thresholds[j]),
                 "f1": jsonable(f1[j]),
-                "f1_ci95": jsonable(ci(r["f1"][:, k])) if in_mauc else None,
+                "f1_ci95": jsonable(ci(r["f1"][:, k])) if has_auc else None,
             }
         )
     n_studies = int(np.unique(test.study_ids).size)
-    kept = set(idx.tolist())
-    excluded = [n for j, n in enumerate(CHEXPERT_LABELS) if j not in kept]
+    excluded = [n for j, n in enumerate(CHEXPERT_LABELS) if j not in set(idx.tolist())]  # one class only
+    low = [n for j, n in enumerate(CHEXPERT_LABELS) if j in set(idx.tolist()) - set(kept_idx.tolist())]
+    idx = kept_idx
     return {
         "level": EvalLevel(level).value,
         "n": int(y.shape[0]),  # units scored: images or studies
         "n_studies": n_studies,
         "mauc": jsonable(mauc),
-        "mauc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"]))),
+        "mauc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"][:, kept_cols]))),
         "labels_in_mauc": [CHEXPERT_LABELS[j] for j in idx],
         # the 5-label CheXpert competition mAUC (the literature's number), same replicates
         "mauc5": jsonable(auc[idx][c5].mean() if (c5 := competition_columns(idx)).size else np.nan),
         "mauc5_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"][:, c5]))),
         "labels_in_mauc5": [CHEXPERT_LABELS[j] for j in idx[c5]],
         "labels_excluded": excluded,
+        "min_test_positives": int(min_positives),
+        "labels_low_positive": low,
         "accuracy": jsonable(accuracy_at(y, p, m)),
         "accuracy_ci95": jsonable(ci(r["acc"])),
         "all_negative_accuracy": jsonable(all_negative_accuracy(y, m)),
         "all_negative_accuracy_ci95": jsonable(ci(r["neg"])),
         "macro_f1": jsonable(np.nanmean(f1[idx]) if idx.size else np.nan),
-        "macro_f1_ci95": jsonable(ci(bootstrap.nanmean_rows(r["f1"]))),
+        "macro_f1_ci95": jsonable(ci(bootstrap.nanmean_rows(r["f1"][:, kept_cols]))),
         "mean_auprc": jsonable(np.nanmean(auprc[idx]) if idx.size else np.nan),
-        "mean_auprc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auprc"]))),
+        "mean_auprc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auprc"][:, kept_cols]))),
         "n_bootstrap": int(n_bootstrap),
         "per_label": per_label,
     }
 
 
-def evaluate(test: Predictions, validate: Predictions, n_bootstrap: int, seed: int) -> dict[str, Any]:
-    """``{"image": block, "study": block}`` for the test predictions; F1 thresholds tuned on validate."""
+def evaluate(
+    test: Predictions, validate: Predictions, n_bootstrap: int, seed: int, min_positives: int = 0
+) -> dict[str, Any]:
+    """``{"image": block, "study": block}`` for the test predictions; F1 thresholds tuned on validate;
+    labels with fewer than ``min_positives`` test positives (at that level) reported apart."""
     out = {}
     for level in EvalLevel:
         val = validate.at_level(level)
         thresholds = tune_thresholds(val.targets, val.probs, val.mask)
-        out[level.value] = evaluate_level(test.at_level(level), thresholds, n_bootstrap, seed, level)
+        out[level.value] = evaluate_level(test.at_level(level), thresholds, n_bootstrap, seed, level, min_positives)
     return out

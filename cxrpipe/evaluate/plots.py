@@ -38,13 +38,28 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def roc_title(name: str, suffix: str, runs: Mapping[str, tuple], j: int, min_positives: int = 0) -> str:
+    """``"Pleural Other (study level, test)\n4 positives / 190: fewer than 10, not in mAUC"``; the runs share
+    their test entries, so the first run's are counted."""
+    title = f"{name}{suffix}"
+    if runs:
+        targets, _, mask = next(iter(runs.values()))
+        n_pos, n_valid = int(((targets[:, j] > 0.5) & mask[:, j]).sum()), int(mask[:, j].sum())
+        title += f"\n{n_pos} positives / {n_valid}"
+        if n_pos < min_positives:
+            title += f": fewer than {min_positives}, not in mAUC"
+    return title
+
+
 def plot_roc_per_label(
     runs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     out_dir: str | Path,
     title_suffix: str = "",
     labels: Sequence[str] = CHEXPERT_LABELS,
+    min_positives: int = 0,
 ) -> list[Path]:
-    """One PNG per label with a ROC curve per run.
+    """One PNG per label with a ROC curve per run; the title gives the label's test positives / valid entries
+    and, below ``min_positives`` positives, says the label is left out of mAUC (``finetune.min_test_positives``).
 
     ``runs``: ``"<encoder>-<protocol>"`` -> (targets ``[n, L]``, probs ``[n, L]``, mask ``[n, L]``). A label
     whose valid entries hold one class gets a PNG that says so (the set of files stays the same).
@@ -72,8 +87,8 @@ def plot_roc_per_label(
             ax.legend(loc="lower right", fontsize=7)
         else:
             ax.text(0.5, 0.5, "one class only in test:\nno ROC curve", ha="center", va="center")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate",
-               title=f"{name}{title_suffix}")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="false positive rate", ylabel="true positive rate")
+        ax.set_title(roc_title(name, title_suffix, runs, j, min_positives), fontsize=9)
         ax.set_aspect("equal")
         fig.tight_layout()
         path = out_dir / f"{slug(name)}.png"

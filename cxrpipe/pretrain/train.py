@@ -387,8 +387,8 @@ def run_pretrain(
             unwrapped, probe_ds, device, cfg.eval_batch_size, autocast=accelerator.autocast, split="train probe"
         )
         final = {k: float(v) for k, v in means.items()}
+        # numbers only (`dvc metrics show`): the variant and config are in <out>/config.json
         metrics = {
-            "variant": variant,
             "weight_text": cfg.loss.weight_text,
             "steps": step,
             "epochs": cfg.epochs,
@@ -401,8 +401,8 @@ def run_pretrain(
             "train_seconds": round(seconds, 1),
             "images_per_second": round((step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
             "processes": world,
-            "device": str(device),
         }
+        log.info("%s: %d steps on %s x %d in %.0f s", variant, step, device, world, seconds)
         write_json_atomic(metrics_path, metrics, sort_keys=True)
         if not cfg.keep_checkpoint:
             ckpt_path.unlink(missing_ok=True)

@@ -188,3 +188,46 @@ def test_the_real_mimic_example_report_through_the_reader(tmp_path, shared_data)
     assert s.text.startswith("Findings: Cardiac size cannot be evaluated.")
     assert s.text.endswith("Impression: Large left pleural effusion")
     assert s.sections["comparison"] == "___"
+
+
+# ------------------------------------------------------------ errors that say which param to set and how
+
+
+def test_root_without_tables_names_the_param_and_finds_them_one_level_down(tmp_path):
+    t = write_tree(tmp_path / "mimic" / "2.1.0", 2)
+    with pytest.raises(MimicFormatError) as e:  # data.root one folder too high
+        read_mimic(tmp_path / "mimic", t.reports)
+    msg = str(e.value)
+    assert "data.root" in msg and "mimic-cxr-2.0.0-metadata.csv" in msg and "expected layout" in msg
+    assert f"set data.root: {t.root}" in msg
+
+
+def test_root_one_level_too_low_is_detected(tmp_path):
+    t = write_tree(tmp_path / "jpg", 2)
+    with pytest.raises(MimicFormatError, match=rf"data.root = {t.root / 'files'}.*set data.root: {t.root}"):
+        read_mimic(t.root / "files", t.reports)
+
+
+def test_tables_param_is_named_when_set_and_root_without_files(tmp_path):
+    t = write_tree(tmp_path / "tree", 2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MimicFormatError, match=r"data.tables = .*empty: no mimic-cxr-2.0.0-metadata"):
+        read_mimic(t.root, t.reports, tables=empty)
+    with pytest.raises(MimicFormatError, match=r"data.root = .*empty: no files/ folder"):
+        read_mimic(empty, t.reports, tables=t.root)
+    with pytest.raises(MimicFormatError, match=r"data.root = .*nowhere: no such folder"):
+        read_mimic(tmp_path / "nowhere", t.reports)
+
+
+def test_empty_or_wrong_reports_are_found_up_front_naming_data_reports(tmp_path):
+    t = write_tree(tmp_path / "tree", 3)
+    empty = tmp_path / "reports"
+    empty.mkdir()
+    with pytest.raises(MimicFormatError, match=r"data.reports = .*reports: the folder holds no report; expected"):
+        read_mimic(t.root, empty)
+    other = tmp_path / "other" / "files" / "p19" / "p19000000"
+    other.mkdir(parents=True)
+    (other / "s59999999.txt").write_text("FINDINGS: clear.\n")  # reports, but of other studies
+    with pytest.raises(MimicFormatError, match=r"data.reports = .*other: none of the 3 selected studies has a report"):
+        read_mimic(t.root, tmp_path / "other")

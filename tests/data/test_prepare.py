@@ -205,3 +205,25 @@ def test_repo_params_build_both_configs():
     params = Path(__file__).resolve().parents[2] / "params.yaml"
     data, prep = section(params, "data", DataConfig), section(params, "prepare", PrepareConfig)
     assert data.views == ("AP", "PA") and data.sections == ("findings", "impression") and prep.image_size >= 32
+
+
+def test_planted_demo_faults_say_so_where_they_are_logged(tmp_path, caplog):
+    """On the demo tree the WARNING lines of DEMO_CORRUPTIONS.json's faults end "expected: planted demo
+    fault"; a fault not listed there, and every line on real data, stays unmarked."""
+    t = write_tree(tmp_path / "tree", 5, ("zero_byte", "missing_report"))
+    with caplog.at_level("WARNING", logger="cxrpipe.data.prepare"):
+        run_prepare(*_cfgs(t), tmp_path / "out1")
+    assert caplog.records and not any("planted demo fault" in r.getMessage() for r in caplog.records)  # not the demo
+    zero = next(r for r in _rejects(tmp_path / "out1") if r["reason"] == "decode_failed")
+    study = int(zero["path"].split("/")[3][1:])  # files/p10/p1000003x/s<study>/<dicom>.jpg
+    planted = [{"kind": "zero_byte_image", "dicom_id": zero["id"], "study_id": study, "path": zero["path"]}]
+    (t.root / "DEMO_CORRUPTIONS.json").write_text(json.dumps(planted))
+    (t.root / "generation.json").write_text("{}")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cxrpipe.data.prepare"):
+        run_prepare(*_cfgs(t), tmp_path / "out2")
+    lines = {r.getMessage().split(" (", 1)[1].split(")", 1)[0]: r.getMessage() for r in caplog.records
+             if " (" in r.getMessage()}
+    assert lines["decode_failed"].endswith("(expected: planted demo fault)")
+    assert lines["no_images"].endswith("(expected: planted demo fault)")  # the study the fault emptied
+    assert "planted demo fault" not in lines["missing_report"]

@@ -94,6 +94,7 @@ TINY_PARAMS = {
     "finetune": {
         "seed": 0,
         "n_bootstrap": 50,
+        "min_test_positives": 2,  # 10 test studies: labels with one positive are reported apart
         "eval_batch_size": 16,
         "head": {"hidden": [16], "dropout": 0.1, "input_norm": True},
         "linear": {"epochs": 3, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0001},

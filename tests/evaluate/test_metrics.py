@@ -124,3 +124,31 @@ def test_jsonable_turns_nan_into_null():
     assert metrics.jsonable({"a": float("nan"), "b": [np.float32(0.5), np.int64(3)], "c": np.bool_(True)}) == {
         "a": None, "b": [0.5, 3], "c": True
     }
+
+
+def test_labels_with_few_positives_are_reported_apart_not_averaged():
+    """min_positives=3: a label with 2 test positives keeps its AUROC and interval but leaves the means."""
+    rng = np.random.default_rng(0)
+    n = 40
+    y = (rng.random((n, 14)) < 0.4).astype(np.float32)
+    y[:, 0] = 0.0
+    y[:2, 0] = 1.0  # Atelectasis: 2 positives
+    p = np.clip(0.5 * y + 0.5 * rng.random((n, 14)), 0, 1)
+    p[:2, 0] = 0.0  # ranked worst: AUROC 0 for the rare label
+    m = np.ones_like(y, dtype=bool)
+    lv = metrics.LevelData(np.arange(n), np.arange(n), p, y, m)
+    apart = metrics.evaluate_level(lv, np.full(14, 0.5), n_bootstrap=100, seed=0, level=EvalLevel.STUDY,
+                                   min_positives=3)
+    every = metrics.evaluate_level(lv, np.full(14, 0.5), n_bootstrap=100, seed=0, level=EvalLevel.STUDY)
+    auc = metrics.auroc_per_label(y, p, m)
+    assert apart["labels_low_positive"] == ["Atelectasis"] and "Atelectasis" not in apart["labels_in_mauc"]
+    assert apart["mauc"] == pytest.approx(auc[1:].mean()) and every["mauc"] == pytest.approx(auc.mean())
+    assert apart["mauc"] > every["mauc"]  # the rare label's AUROC 0 no longer drags the mean
+    assert apart["min_test_positives"] == 3 and every["labels_low_positive"] == []
+    rare = apart["per_label"][0]
+    assert rare["low_positive"] and not rare["in_mauc"] and rare["n_pos"] == 2
+    assert rare["auroc"] == 0.0 and rare["auroc_ci95"] is not None
+    lo, hi = apart["mauc_ci95"]
+    assert lo <= apart["mauc"] <= hi
+    mauc, idx = metrics.macro_auroc(y, p, m, min_positives=3)
+    assert mauc == pytest.approx(apart["mauc"]) and 0 not in idx.tolist()

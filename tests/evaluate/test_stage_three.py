@@ -52,19 +52,35 @@ def pipeline(synthetic, params_file, tmp_path_factory) -> Path:
 def test_matrix_writes_metrics_config_predictions_and_curves(pipeline):
     for run in ("mae-linear", "mae-finetune", "multimodal-linear", "multimodal-finetune"):
         m = json.loads((pipeline / "metrics" / f"{run}.json").read_text())
-        assert (m["encoder"], m["protocol"]) == tuple(run.split("-"))
+        leaves = []  # `dvc metrics show` prints every string leaf: the metrics file holds numbers only
+
+        def walk(x):
+            if isinstance(x, dict):
+                [walk(v) for v in x.values()]
+            elif not isinstance(x, list):
+                leaves.append(x)
+
+        walk(m)
+        assert not [x for x in leaves if isinstance(x, str)]
         for level in ("image", "study"):
             b = m[level]
             assert 0.0 <= b["mauc"] <= 1.0 and b["mauc_ci95"][0] <= b["mauc_ci95"][1]
             assert b["all_negative_accuracy"] is not None and b["accuracy"] is not None
             assert [p["label"] for p in b["per_label"]] == list(CHEXPERT_LABELS)
-            assert sorted(b["labels_in_mauc"] + b["labels_excluded"]) == sorted(CHEXPERT_LABELS)
+            assert sorted(b["labels_in_mauc"] + b["labels_excluded"] + b["labels_low_positive"]) == sorted(
+                CHEXPERT_LABELS
+            )
+            assert b["min_test_positives"] == 2
+            for pl in b["per_label"]:  # reported apart: an AUROC with its interval, not in the mean
+                assert pl["low_positive"] == (pl["label"] in b["labels_low_positive"])
+                assert not pl["low_positive"] or (pl["n_pos"] < 2 and pl["auroc_ci95"] is not None)
         # frontal images of labelled studies only: 10 test studies, laterals left out
         assert m["n_test_studies"] == 10 and m["study"]["n"] == 10 and m["image"]["n"] == m["n_test_images"]
         assert m["n_train_studies"] == 27  # study 5 has no label row
         assert 1 <= m["best_epoch"] <= len(m["history"])
         cfg = json.loads((pipeline / "metrics" / f"{run}.config.json").read_text())
         assert cfg["protocol"] == run.split("-")[1] and cfg["finetune"]["seed"] == 0
+        assert cfg["encoder_variant"] == run.split("-")[0] and cfg["dataset"]["demo"] is True
         assert (pipeline / "predictions" / f"{run}.npz").stat().st_size > 0
         assert (pipeline / "plots" / "finetune" / f"{run}.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -81,6 +97,9 @@ def test_compare_schema_report_and_roc_pngs(pipeline):
         m = json.loads((pipeline / "metrics" / f"mae-{protocol}.json").read_text())
         assert r["mae"]["mauc"] == pytest.approx(m["study"]["mauc"], abs=1e-12)
     md = (pipeline / "reports" / "comparison.md").read_text()
+    assert "## Caveats (read before quoting these numbers)" in md
+    low = json.loads((pipeline / "metrics" / "mae-linear.json").read_text())["study"]["labels_low_positive"]
+    assert low and all(f"{n} (" in md for n in low) and "† too few test positives" in md
     assert "0.6801" in md and "0.7235" in md and "**Different dataset**" in md  # the demo marker is set
     assert "all-negative" in md and "| linear |" in md and "| finetune |" in md
     pngs = sorted((pipeline / "plots" / "roc").glob("*.png"))
@@ -132,7 +151,7 @@ def test_bad_protocol_is_a_clear_error(params_file):
     from stages.finetune import main as finetune_main
 
     res = CliRunner().invoke(_cli(finetune_main), ["--params", str(params_file), "--protocol", "probe"])
-    assert res.exit_code == 1 and "probe" in res.output
+    assert res.exit_code == 2 and "'probe' is not one of linear, finetune" in " ".join(res.output.split())
 
 
 def test_predictions_are_probabilities(pipeline):

@@ -189,7 +189,8 @@ def test_embed_stage_cli(tiny_model_dir, manifest_dir, tmp_path):
     first = tok(apply_prompt(read_studies(manifest_dir)[0].text, "Findings:"), add_special_tokens=False)["input_ids"]
     got = cache.token_ids(cache.row_of(read_studies(manifest_dir)[0].study_id)).tolist()  # report cut, prompt kept
     assert got == first[: 8 - len(prompt_ids)] + prompt_ids
-    assert summary["config"]["quantization"] == "nf4"
+    assert "config" not in summary  # strings stay out of the DVC metrics file
+    assert json.loads((tmp_path / "text-report.config.json").read_text())["quantization"] == "nf4"
     with h5py.File(out, "r") as f:
         assert f.attrs["quantization"] == "nf4" and f.attrs["layer"] == 1
         assert np.isfinite(dataset(f, "embeddings")[:]).all() and f["embeddings"].shape == (56, 64)

@@ -1,0 +1,57 @@
+"""dvc.yaml lists the params each pretrain variant reads: `mae` never reruns for pretrain.loss.weight_text."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from cxrpipe.pretrain.losses import LossConfig
+from cxrpipe.pretrain.train import PretrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pretrain_params() -> dict[str, set[str]]:
+    """variant -> the params keys its stage lists (the foreach expanded as DVC does)."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["pretrain"]
+    out = {}
+    for variant, item in stage["foreach"].items():
+        keys = set()
+        for p in stage["do"]["params"]:
+            assert isinstance(p, str)
+            for k, v in item.items():
+                p = p.replace("${item.%s}" % k, v)
+            keys.add(p)
+        out[variant] = keys
+    return out
+
+
+def expected_keys() -> set[str]:
+    """Every pretrain key, sub-sections whole, except pretrain.loss, listed key by key."""
+    keys = {f"pretrain.{f.name}" for f in dataclasses.fields(PretrainConfig) if f.name != "loss"}
+    return keys | {f"pretrain.loss.{f.name}" for f in dataclasses.fields(LossConfig)}
+
+
+def test_mae_lists_every_pretrain_key_but_weight_text():
+    listed = pretrain_params()
+    want = expected_keys()
+    pre = {k for k in listed["mae"] if k.startswith("pretrain")}
+    assert pre == want - {"pretrain.loss.weight_text"}, "a new pretrain key must be listed in dvc.yaml"
+    assert {k for k in listed["multimodal"] if k.startswith("pretrain")} == want
+    # both still read the text cache's fingerprint keys
+    assert {"embed.model", "embed.prompt", "data.sections"} <= listed["mae"] & listed["multimodal"]
+
+
+def test_dvc_resolves_the_per_variant_params():
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        stages = {s.addressing: s for s in repo.index.stages}
+        params = {}
+        for variant in ("mae", "multimodal"):
+            stage = stages[f"pretrain@{variant}"]
+            params[variant] = {k for dep in stage.deps if hasattr(dep, "params") for k in (dep.params or [])}
+    assert "pretrain.loss.weight_text" in params["multimodal"]
+    assert "pretrain.loss.weight_text" not in params["mae"] and "pretrain.loss.kind" in params["mae"]

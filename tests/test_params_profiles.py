@@ -1,0 +1,44 @@
+"""params-mimic.yaml, the ready profile for a real MIMIC-CXR run: same keys as params.yaml, valid, ViT-B/16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from cxrpipe.config import section
+from cxrpipe.data.demo.tree import DemoConfig
+from cxrpipe.data.prepare import DataConfig, PrepareConfig
+from cxrpipe.evaluate.compare import CompareConfig
+from cxrpipe.evaluate.finetune import FinetuneConfig
+from cxrpipe.pretrain.train import PretrainConfig
+from cxrpipe.text.embed import EmbedConfig
+from cxrpipe.text.model import TextModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {"demo": DemoConfig, "data": DataConfig, "prepare": PrepareConfig, "text_model": TextModelConfig,
+            "embed": EmbedConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig, "compare": CompareConfig}
+
+
+def leaf_keys(node, prefix=""):
+    if isinstance(node, dict):
+        return {k for key, v in node.items() for k in leaf_keys(v, f"{prefix}{key}.")}
+    return {prefix.rstrip(".")}
+
+
+def test_mimic_profile_has_exactly_the_keys_of_params_yaml():
+    """DVC needs every key a stage lists: `cp params-mimic.yaml params.yaml` must leave none out."""
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mimic = yaml.safe_load((ROOT / "params-mimic.yaml").read_text())
+    assert leaf_keys(mimic) == leaf_keys(demo)
+
+
+def test_mimic_profile_builds_every_section_with_vit_b16_llama2():
+    path = ROOT / "params-mimic.yaml"
+    cfg = {name: section(path, name, cls) for name, cls in SECTIONS.items()}
+    m = cfg["pretrain"].model
+    assert (m.arch, m.img_size, m.patch_size, m.embed_dim, m.depth, m.num_heads) == (
+        "vit_base_patch16_224", 224, 16, 768, 12, 12)
+    assert cfg["prepare"].image_size == m.img_size and cfg["pretrain"].batch_size == 256
+    assert cfg["embed"].model == "meta-llama/Llama-2-7b-hf" and cfg["data"].source == "mimic-cxr-jpg"
+    assert m.embed_dim % cfg["pretrain"].pool.num_heads == 0 and cfg["pretrain"].pool.dim % cfg["pretrain"].pool.num_heads == 0
