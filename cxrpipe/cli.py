@@ -19,7 +19,9 @@ STAGES = (
     ("text-model", "text_model"),
     ("embed", "embed"),
     ("pretrain", "pretrain"),
+    ("random-encoder", "random_encoder"),
     ("finetune", "finetune"),
+    ("pixels", "pixels"),
     ("compare", "compare"),
 )
 

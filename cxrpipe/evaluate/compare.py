@@ -27,6 +27,15 @@ import numpy as np
 
 from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
 from cxrpipe.evaluate.metrics import EvalLevel, Predictions, jsonable, load_predictions
+from cxrpipe.evaluate.summaries import (
+    PIXELS,
+    RANDOM,
+    paired_runner,
+    references_markdown,
+    references_summary,
+    seeds_markdown,
+    seeds_summary,
+)
 from cxrpipe.io import write_json_atomic, write_text_atomic
 from cxrpipe.labels import CHEXPERT_LABELS
 
@@ -45,6 +54,7 @@ class CompareConfig:
     n_bootstrap: int = 1000  # paired replicates (test studies resampled, the same for both encoders)
     seed: int = 0  # the resampling stream
     level: EvalLevel = EvalLevel.STUDY  # unit scored: study (mean over its images) | image
+    extra_seeds: tuple[int, ...] = ()  # training-seed repeats beside the default run: runs <name>-seed<k>
 
 
 def _check_same_test_set(a: Predictions, b: Predictions, what: str) -> None:
@@ -62,17 +72,46 @@ def _check_same_test_set(a: Predictions, b: Predictions, what: str) -> None:
         )
 
 
-def _load_runs(metrics_dir: Path, predictions_dir: Path) -> dict[str, tuple[dict, Predictions]]:
+def _load_runs(
+    metrics_dir: Path, predictions_dir: Path, names: list[str] | None = None
+) -> dict[str, tuple[dict, Predictions]]:
+    """Run name -> (metrics, test predictions) of the runs found (default: the encoders x protocols)."""
+    if names is None:
+        names = [f"{encoder}-{protocol}" for protocol in PROTOCOLS for encoder in ENCODERS]
     runs = {}
-    for protocol in PROTOCOLS:
-        for encoder in ENCODERS:
-            name = f"{encoder}-{protocol}"
-            mpath, ppath = metrics_dir / f"{name}.json", predictions_dir / f"{name}.npz"
-            if mpath.exists() and ppath.exists():
-                runs[name] = (json.loads(mpath.read_text()), load_predictions(ppath)[0])
-            else:
-                log.warning("%s: no %s", name, mpath if not mpath.exists() else ppath)
+    for name in names:
+        mpath, ppath = metrics_dir / f"{name}.json", predictions_dir / f"{name}.npz"
+        if mpath.exists() and ppath.exists():
+            runs[name] = (json.loads(mpath.read_text()), load_predictions(ppath)[0])
+        else:
+            log.warning("%s: no %s", name, mpath if not mpath.exists() else ppath)
     return runs
+
+
+def _default_seed(metrics_dir: Path) -> Any:
+    """The default run's training seed (its encoder's pretraining seed), from the finetune config saved."""
+    for protocol in PROTOCOLS:
+        path = metrics_dir / f"mae-{protocol}.config.json"
+        if path.exists():
+            seed = json.loads(path.read_text()).get("encoder_seed")
+            if seed is not None:
+                return seed
+    return "default"
+
+
+def _seed_predictions(predictions_dir: Path, seeds: tuple[int, ...]) -> dict[str, Predictions]:
+    """The seed repeats' test predictions: ``<encoder>-<protocol>-seed<k>`` for the encoders and ``random``."""
+    out = {}
+    for k in seeds:
+        for protocol in PROTOCOLS:
+            for encoder in (*ENCODERS, RANDOM):
+                name = f"{encoder}-{protocol}-seed{k}"
+                path = predictions_dir / f"{name}.npz"
+                if path.exists():
+                    out[name] = load_predictions(path)[0]
+                else:
+                    log.warning("seed %d: no %s", k, path)
+    return out
 
 
 def run_compare(
@@ -93,7 +132,8 @@ def run_compare(
     metrics_dir, out_json = Path(metrics_dir), Path(out_json)
     predictions_dir = Path(predictions_dir) if predictions_dir else metrics_dir.parent / "predictions"
     level = EvalLevel(cfg.level)
-    runs = _load_runs(metrics_dir, predictions_dir)
+    references = [f"{RANDOM}-{protocol}" for protocol in PROTOCOLS] + [PIXELS]
+    runs = _load_runs(metrics_dir, predictions_dir, [f"{e}-{p}" for p in PROTOCOLS for e in ENCODERS] + references)
     result: dict[str, Any] = {}
     for protocol in PROTOCOLS:
         names = [f"{e}-{protocol}" for e in ENCODERS]
@@ -137,6 +177,19 @@ def run_compare(
         raise FileNotFoundError(
             f"no protocol has both mae and multimodal runs in {metrics_dir} (+ predictions in {predictions_dir})"
         )
+    # further sections, each from the test predictions, paired on the same resampled studies
+    preds = {name: pred for name, (_, pred) in runs.items()}
+    seed_preds = _seed_predictions(predictions_dir, tuple(cfg.extra_seeds))
+    base = next(iter(preds.values()))
+    for name, pred in {**preds, **seed_preds}.items():
+        _check_same_test_set(base, pred, name)
+    paired = paired_runner(level, cfg.n_bootstrap, cfg.seed)
+    protocols = tuple(p for p in PROTOCOLS if p in result)
+    references_block = references_summary(preds, protocols, paired)
+    if references_block:
+        result["references"] = references_block
+    seeds = [(_default_seed(metrics_dir), "")] + [(k, f"-seed{k}") for k in cfg.extra_seeds]
+    result["seeds"] = seeds_summary(seeds, {**preds, **seed_preds}, protocols, paired)
     result = jsonable(result)
     write_json_atomic(out_json, result)
     if plots_dir is not None:
@@ -192,7 +245,8 @@ def comparison_markdown(
 ) -> str:
     """The reviewer-facing report: summary, accuracy beside all-negative, per-label AUROC, published numbers."""
     level = EvalLevel(cfg.level).value
-    first = next(iter(result.values()))
+    protocols = {p: result[p] for p in PROTOCOLS if p in result}
+    first = next(iter(protocols.values()))
     dataset, same = _dataset_line(metrics)
     lines = [
         "# Did the text help? multimodal vs mae",
@@ -212,7 +266,7 @@ def comparison_markdown(
         "| protocol | mae mAUC [95% CI] | multimodal mAUC [95% CI] | delta mAUC [95% CI] | p | reading |",
         "|---|---|---|---|---|---|",
     ]
-    for protocol, r in result.items():
+    for protocol, r in protocols.items():
         lo, hi = r["delta_ci95"]
         lines.append(
             f"| {protocol} | {_ci(r['mae']['mauc'], r['mae']['mauc_ci95'])} | "
@@ -226,6 +280,8 @@ def comparison_markdown(
         f"mAUC is the macro mean over the {len(kept)} labels with both classes among the valid test entries"
         + (f"; left out (one class only): {', '.join(left)}." if left else "."),
         "",
+        *references_markdown(result),
+        *seeds_markdown(result),
         "## Accuracy beside the all-negative classifier",
         "",
         "Accuracy at 0.5 over every valid (unit, label) entry; the all-negative accuracy predicts 0 on exactly "

@@ -71,8 +71,12 @@ def test_matrix_writes_metrics_config_predictions_and_curves(pipeline):
 
 def test_compare_schema_report_and_roc_pngs(pipeline):
     comp = json.loads((pipeline / "metrics" / "comparison.json").read_text())
-    assert set(comp) == {"linear", "finetune"}
-    for protocol, r in comp.items():
+    # no random/pixels runs here: no "references"; one seed: the seed summary of the default run
+    assert set(comp) == {"linear", "finetune", "seeds"}
+    assert comp["seeds"]["seeds"] == ["default"]  # these encoders' config.json record no pretraining seed
+    assert comp["seeds"]["linear"]["delta_mauc"]["mean"] == pytest.approx(comp["linear"]["delta_mauc"])
+    for protocol in ("linear", "finetune"):
+        r = comp[protocol]
         assert {"mae", "multimodal", "delta_mauc", "delta_ci95", "p_value"} <= set(r)
         assert r["delta_mauc"] == pytest.approx(r["multimodal"]["mauc"] - r["mae"]["mauc"])
         lo, hi = r["delta_ci95"]
