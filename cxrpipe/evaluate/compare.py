@@ -259,7 +259,7 @@ def comparison_markdown(
         "(multimodal - mae) is **paired**: both encoders are scored on the same resampled studies in every "
         "replicate. p-value: two-sided, from the bootstrap distribution of the delta centred on the null, "
         "p = (1 + #{|d_b - d| >= |d|}) / (B + 1). The intervals cover test-set sampling only, not the spread "
-        "between training seeds (rerun with another `pretrain.seed` / `finetune.seed` to see that).",
+        "between training seeds (see \"Training seeds\" below; `compare.extra_seeds` adds repeats).",
         "",
         "## mAUC",
         "",

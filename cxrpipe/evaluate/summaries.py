@@ -148,9 +148,12 @@ def _ci(x: float | None, ci: list | None, digits: int = 3) -> str:
 
 
 def _delta_cell(d: dict[str, Any] | None) -> str:
-    if not d:
+    """``+0.0123 [-0.0040, +0.0290], p = 0.1234``."""
+    if not d or d.get("delta_mauc") is None:
         return "n/a"
-    return f"{_ci(d['delta_mauc'], d['delta_ci95'], 4)}, p = {d['p_value']:.4f}"
+    lo, hi = d["delta_ci95"]
+    ci = "" if lo is None else f" [{lo:+.4f}, {hi:+.4f}]"
+    return f"{d['delta_mauc']:+.4f}{ci}, p = {d['p_value']:.4f}"
 
 
 def references_markdown(result: dict[str, Any]) -> list[str]:
