@@ -2,7 +2,10 @@
 
 * ``linear``   the encoder is frozen (the report's baseline protocol): its pooled features are computed ONCE
   for every image and the head is trained on them, so each epoch costs a few matrix products.
-* ``finetune`` every weight trains; timm's layer-wise lr decay (``layer_decay`` < 1; BEiT / MAE fine-tuning
+* ``finetune`` every weight trains, by default as LP-FT (Kumar et al. 2022): the ``linear`` protocol runs
+  first and its selected head is the starting point and "epoch 0" of the validate-based selection, and the
+  head's input BatchNorm keeps the probe's statistics (``init_head``, ``freeze_input_norm``); timm's
+  layer-wise lr decay (``layer_decay`` < 1; BEiT / MAE fine-tuning
   recipe) scales the lr of block ``i`` of ``d`` (0-based) by ``layer_decay ** (d - 1 - i)`` and the patch
   and position embeddings by ``layer_decay ** d``; the last block, the final norm and the head get the full lr.
 
@@ -72,12 +75,12 @@ class HeadInit(str, enum.Enum):
 class FullFinetuneConfig:
     epochs: int = 5
     batch_size: int = 64
-    lr: float = 3e-4  # AdamW peak lr of the head and the last block, cosine to 0
+    lr: float = 2.5e-4  # AdamW peak lr of the head and the last block, cosine to 0
     weight_decay: float = 0.05  # not on biases, norms, tokens, position embeddings
     layer_decay: float = 0.75  # lr of block i (0-based) of d: lr * layer_decay**(d - 1 - i); 1.0 = off
     warmup_epochs: float = 1.0  # linear warm-up before the cosine
-    init_head: HeadInit = HeadInit.RANDOM  # random | linear_probe (LP-FT)
-    freeze_input_norm: bool = False  # keep the head's input BatchNorm in eval mode (its statistics from the
+    init_head: HeadInit = HeadInit.LINEAR_PROBE  # linear_probe (LP-FT) | random
+    freeze_input_norm: bool = True  # keep the head's input BatchNorm in eval mode (its statistics from the
     # linear probe's features, or measured on the frozen train features) instead of re-estimating them from
     # batches while the encoder's features move
     head_lr_scale: float = 1.0  # the head's lr = lr x this (LP-FT: the probed head needs little change)
@@ -336,6 +339,11 @@ def _set_input_norm(head: ClassifierHead, encoder: nn.Module, loader: DataLoader
     bn.running_var.copy_(feats.var(0).to(bn.running_var))
 
 
+def _mauc(pred: Predictions, level: EvalLevel) -> float:
+    lv = pred.at_level(level)
+    return macro_auroc(lv.targets, lv.probs, lv.mask)[0]
+
+
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return torch.sigmoid(torch.from_numpy(logits)).numpy()
 
@@ -384,10 +392,12 @@ def run_finetune(
     if protocol is Protocol.LINEAR or lp_ft:
         # the linear protocol; LP-FT runs exactly it first (same seed, same steps: the same head)
         probe = _linear_probe(encoder, {k: eval_loader(k) for k in ds}, splits, cfg, to_images, device)
+    probe_test: np.ndarray | None = None  # [N_test, 14] logits of the probed head
+    if probe is not None:
+        probe_test = _predict(probe.head, probe.loader("test"), lambda x: x.to(device))
     if protocol is Protocol.LINEAR:
-        assert probe is not None
-        history, best_epoch, val_logits = probe.history, probe.best_epoch, probe.val_logits
-        test_logits = _predict(probe.head, probe.loader("test"), lambda x: x.to(device))
+        assert probe is not None and probe_test is not None
+        history, best_epoch, val_logits, test_logits = probe.history, probe.best_epoch, probe.val_logits, probe_test
     else:
         head = probe.head if probe is not None else ClassifierHead(in_dim, cfg.head).to(device)
         if ftc.freeze_input_norm and probe is None:  # statistics of the frozen train features, once
@@ -416,8 +426,10 @@ def run_finetune(
         "select_level": cfg.select_level.value,
         "best_epoch": best_epoch,  # 0 = LP-FT kept the probed head (the linear protocol's model)
         "validate_mauc": next(h["validate_mauc"] for h in history if h["epoch"] == best_epoch),
-        **({"linear_probe": {"best_epoch": probe.best_epoch, "history": probe.history}}
-           if probe is not None and protocol is Protocol.FINETUNE else {}),
+        # LP-FT: its starting point, the `linear` protocol's model, with its test mAUC beside (not used to select)
+        **({"linear_probe": {"best_epoch": probe.best_epoch, "history": probe.history,
+                             "test_mauc": _mauc(preds("test", probe_test), cfg.select_level)}}
+           if probe is not None and probe_test is not None and protocol is Protocol.FINETUNE else {}),
         "label_fraction": cfg.label_fraction,
         "n_train_images": len(splits["train"]),
         "n_train_studies": splits["train"].n_studies,

@@ -81,6 +81,7 @@ def test_lp_ft_starts_from_the_linear_probe_and_never_ends_below_it_on_validate(
     assert ft["linear_probe"]["history"] == lin["history"]  # the very same probe
     assert ft["history"][0]["validate_mauc"] == pytest.approx(lin["validate_mauc"], abs=1e-9)
     assert ft["validate_mauc"] >= lin["validate_mauc"] - 1e-9
+    assert ft["linear_probe"]["test_mauc"] == pytest.approx(lin["study"]["mauc"], abs=1e-9)  # reported beside
     # lr 0 + frozen input statistics: the model never changes, so epoch 0 is kept and the test predictions
     # are the linear run's (computed through the encoder instead of from cached features)
     assert ft["best_epoch"] == 0
