@@ -67,7 +67,7 @@ def _check_same_test_set(a: Predictions, b: Predictions, what: str) -> None:
     )
     if not same:
         raise ValueError(
-            f"{what}: mae and multimodal were scored on different test images or labels (different prepared "
+            f"{what}: the runs compared were scored on different test images or labels (different prepared "
             "data, views or label policies?); a paired comparison needs the same test set"
         )
 
