@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -26,6 +27,9 @@ def main(
     plots: Annotated[Path, typer.Option(help="folder for the training-curve PNG <out stem>.png")] = Path(
         "data/plots/finetune"
     ),
+    seed: Annotated[
+        Optional[int], typer.Option(help="overrides finetune.seed (the seed repeats of compare.extra_seeds)")
+    ] = None,
 ) -> None:
     """Train the head (linear: on frozen features computed once) or all weights (finetune), pick the epoch
     by validate mAUC, and write test metrics with bootstrap intervals, predictions and training curves."""
@@ -39,6 +43,8 @@ def main(
         raise typer.BadParameter(f"{protocol!r} is not one of {', '.join(choices)}", param_hint="'--protocol'")
     try:
         cfg = section(params, "finetune", FinetuneConfig)
+        if seed is not None:
+            cfg = dataclasses.replace(cfg, seed=seed)
         proto = Protocol(protocol)
     except (ConfigError, ValueError) as e:
         typer.echo(f"finetune failed: {e}", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,6 +35,9 @@ def main(
     max_steps: Annotated[
         Optional[int], typer.Option(help="stop after this many steps, leaving a checkpoint (smoke runs)")
     ] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(help="overrides pretrain.seed (the seed repeats of compare.extra_seeds)")
+    ] = None,
 ) -> None:
     """Train the ViT MAE (+ attention pooling and contrastive loss against the text cache) on the train split;
     write encoder.safetensors + config.json (a plain timm ViT), loss curves, and the validate-split
@@ -50,6 +54,8 @@ def main(
         raise typer.BadParameter(f"{variant!r} is not one of {', '.join(VARIANTS)}", param_hint="'--variant'")
     raw = load_params(params)
     cfg = section(raw, "pretrain", PretrainConfig)
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
     expect = expected_fingerprint(
         section(raw, "embed", EmbedConfig),
         [s.text for s in read_studies(prepared)],

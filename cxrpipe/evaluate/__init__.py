@@ -8,6 +8,9 @@
 * :mod:`cxrpipe.evaluate.finetune`  ``FinetuneConfig`` and ``run_finetune`` (protocols ``linear`` and
   ``finetune``).
 * :mod:`cxrpipe.evaluate.compare`   ``CompareConfig`` and ``run_compare`` (comparison.json / .md, ROC PNGs).
+* :mod:`cxrpipe.evaluate.references` the ``random`` reference: the pretraining encoder at its init, exported.
+* :mod:`cxrpipe.evaluate.pixels`    the ``pixels`` reference: logistic regression on downsampled raw pixels.
+* :mod:`cxrpipe.evaluate.summaries` compare's references and training-seed sections (paired deltas, spread).
 * :mod:`cxrpipe.evaluate.plots`     ROC curves per label and fine-tuning curves (matplotlib, Agg).
 * :mod:`cxrpipe.evaluate.label_efficiency`  stage three at several label fractions; plot + paired deltas.
 * :mod:`cxrpipe.evaluate.alignment` an exported encoder + its text side, scoring images against texts.

@@ -28,6 +28,15 @@ import numpy as np
 from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
 from cxrpipe.evaluate.caveats import caveat_section
 from cxrpipe.evaluate.metrics import EvalLevel, Predictions, jsonable, load_predictions
+from cxrpipe.evaluate.summaries import (
+    PIXELS,
+    RANDOM,
+    paired_runner,
+    references_markdown,
+    references_summary,
+    seeds_markdown,
+    seeds_summary,
+)
 from cxrpipe.io import write_json_atomic, write_text_atomic
 from cxrpipe.labels import CHEXPERT_LABELS
 
@@ -46,6 +55,7 @@ class CompareConfig:
     n_bootstrap: int = 1000  # paired replicates (test studies resampled, the same for both encoders)
     seed: int = 0  # the resampling stream
     level: EvalLevel = EvalLevel.STUDY  # unit scored: study (mean over its images) | image
+    extra_seeds: tuple[int, ...] = ()  # training-seed repeats beside the default run: runs <name>-seed<k>
 
 
 def _check_same_test_set(a: Predictions, b: Predictions, what: str) -> None:
@@ -58,26 +68,55 @@ def _check_same_test_set(a: Predictions, b: Predictions, what: str) -> None:
     )
     if not same:
         raise ValueError(
-            f"{what}: mae and multimodal were scored on different test images or labels (different prepared "
+            f"{what}: the runs compared were scored on different test images or labels (different prepared "
             "data, views or label policies?); a paired comparison needs the same test set"
         )
 
 
-def _load_runs(metrics_dir: Path, predictions_dir: Path) -> dict[str, tuple[dict, Predictions]]:
+def _load_runs(
+    metrics_dir: Path, predictions_dir: Path, names: list[str] | None = None
+) -> dict[str, tuple[dict, Predictions]]:
+    """Run name -> (metrics, test predictions) of the runs found (default: the encoders x protocols)."""
+    if names is None:
+        names = [f"{encoder}-{protocol}" for protocol in PROTOCOLS for encoder in ENCODERS]
     runs = {}
-    for protocol in PROTOCOLS:
-        for encoder in ENCODERS:
-            name = f"{encoder}-{protocol}"
-            mpath, ppath = metrics_dir / f"{name}.json", predictions_dir / f"{name}.npz"
-            if mpath.exists() and ppath.exists():
-                m = json.loads(mpath.read_text())
-                cpath = metrics_dir / f"{name}.config.json"  # provenance lives beside the numbers
-                if "dataset" not in m and cpath.exists():
-                    m["dataset"] = json.loads(cpath.read_text()).get("dataset", {})
-                runs[name] = (m, load_predictions(ppath)[0])
-            else:
-                log.warning("%s: no %s", name, mpath if not mpath.exists() else ppath)
+    for name in names:
+        mpath, ppath = metrics_dir / f"{name}.json", predictions_dir / f"{name}.npz"
+        if mpath.exists() and ppath.exists():
+            m = json.loads(mpath.read_text())
+            cpath = metrics_dir / f"{name}.config.json"  # provenance lives beside the numbers
+            if "dataset" not in m and cpath.exists():
+                m["dataset"] = json.loads(cpath.read_text()).get("dataset", {})
+            runs[name] = (m, load_predictions(ppath)[0])
+        else:
+            log.warning("%s: no %s", name, mpath if not mpath.exists() else ppath)
     return runs
+
+
+def _default_seed(metrics_dir: Path) -> Any:
+    """The default run's training seed (its encoder's pretraining seed), from the finetune config saved."""
+    for protocol in PROTOCOLS:
+        path = metrics_dir / f"mae-{protocol}.config.json"
+        if path.exists():
+            seed = json.loads(path.read_text()).get("encoder_seed")
+            if seed is not None:
+                return seed
+    return "default"
+
+
+def _seed_predictions(predictions_dir: Path, seeds: tuple[int, ...]) -> dict[str, Predictions]:
+    """The seed repeats' test predictions: ``<encoder>-<protocol>-seed<k>`` for the encoders and ``random``."""
+    out = {}
+    for k in seeds:
+        for protocol in PROTOCOLS:
+            for encoder in (*ENCODERS, RANDOM):
+                name = f"{encoder}-{protocol}-seed{k}"
+                path = predictions_dir / f"{name}.npz"
+                if path.exists():
+                    out[name] = load_predictions(path)[0]
+                else:
+                    log.warning("seed %d: no %s", k, path)
+    return out
 
 
 def run_compare(
@@ -98,7 +137,8 @@ def run_compare(
     metrics_dir, out_json = Path(metrics_dir), Path(out_json)
     predictions_dir = Path(predictions_dir) if predictions_dir else metrics_dir.parent / "predictions"
     level = EvalLevel(cfg.level)
-    runs = _load_runs(metrics_dir, predictions_dir)
+    references = [f"{RANDOM}-{protocol}" for protocol in PROTOCOLS] + [PIXELS]
+    runs = _load_runs(metrics_dir, predictions_dir, [f"{e}-{p}" for p in PROTOCOLS for e in ENCODERS] + references)
     result: dict[str, Any] = {}
     for protocol in PROTOCOLS:
         names = [f"{e}-{protocol}" for e in ENCODERS]
@@ -146,6 +186,20 @@ def run_compare(
         raise FileNotFoundError(
             f"no protocol has both mae and multimodal runs in {metrics_dir} (+ predictions in {predictions_dir})"
         )
+    # further sections, each from the test predictions, paired on the same resampled studies
+    preds = {name: pred for name, (_, pred) in runs.items()}
+    seed_preds = _seed_predictions(predictions_dir, tuple(cfg.extra_seeds))
+    base = next(iter(preds.values()))
+    for name, pred in {**preds, **seed_preds}.items():
+        _check_same_test_set(base, pred, name)
+    min_pos = max(int(m[level.value].get("min_test_positives") or 0) for m, _ in runs.values())
+    paired = paired_runner(level, cfg.n_bootstrap, cfg.seed, min_pos)
+    protocols = tuple(p for p in PROTOCOLS if p in result)
+    references_block = references_summary(preds, protocols, paired)
+    if references_block:
+        result["references"] = references_block
+    seeds = [(_default_seed(metrics_dir), "")] + [(k, f"-seed{k}") for k in cfg.extra_seeds]
+    result["seeds"] = seeds_summary(seeds, {**preds, **seed_preds}, protocols, paired)
     result = jsonable(result)
     write_json_atomic(out_json, result)
     if plots_dir is not None:
@@ -215,7 +269,8 @@ def comparison_markdown(
 ) -> str:
     """The reviewer-facing report: summary, accuracy beside all-negative, per-label AUROC, published numbers."""
     level = EvalLevel(cfg.level).value
-    first = next(iter(result.values()))
+    protocols = {p: result[p] for p in PROTOCOLS if p in result}
+    first = next(iter(protocols.values()))
     dataset, same = _dataset_line(metrics)
     lines = [
         "# Did the text help? multimodal vs mae",
@@ -228,7 +283,7 @@ def comparison_markdown(
         "(multimodal - mae) is **paired**: both encoders are scored on the same resampled studies in every "
         "replicate. p-value: two-sided, from the bootstrap distribution of the delta centred on the null, "
         "p = (1 + #{|d_b - d| >= |d|}) / (B + 1). The intervals cover test-set sampling only, not the spread "
-        "between training seeds (rerun with another `pretrain.seed` / `finetune.seed` to see that).",
+        "between training seeds (see \"Training seeds\" below; `compare.extra_seeds` adds repeats).",
         "",
         *caveat_section(result, metrics, level),
         "## mAUC",
@@ -236,7 +291,7 @@ def comparison_markdown(
         "| protocol | mae mAUC [95% CI] | multimodal mAUC [95% CI] | delta mAUC [95% CI] | p | reading |",
         "|---|---|---|---|---|---|",
     ]
-    for protocol, r in result.items():
+    for protocol, r in protocols.items():
         lo, hi = r["delta_ci95"]
         lines.append(
             f"| {protocol} | {_ci(r['mae']['mauc'], r['mae']['mauc_ci95'])} | "
@@ -265,6 +320,8 @@ def comparison_markdown(
         " and enough test positives"
         + (f"; left out (one class only, or too few positives: see Caveats): {', '.join(left)}." if left else "."),
         "",
+        *references_markdown(result),
+        *seeds_markdown(result),
         "## Accuracy beside the all-negative classifier",
         "",
         "Accuracy at 0.5 over every valid (unit, label) entry; the all-negative accuracy predicts 0 on exactly "

@@ -2,7 +2,10 @@
 
 * ``linear``   the encoder is frozen (the report's baseline protocol): its pooled features are computed ONCE
   for every image and the head is trained on them, so each epoch costs a few matrix products.
-* ``finetune`` every weight trains; timm's layer-wise lr decay (``layer_decay`` < 1; BEiT / MAE fine-tuning
+* ``finetune`` every weight trains, by default as LP-FT (Kumar et al. 2022): the ``linear`` protocol runs
+  first and its selected head is the starting point and "epoch 0" of the validate-based selection, and the
+  head's input BatchNorm keeps the probe's statistics (``init_head``, ``freeze_input_norm``); timm's
+  layer-wise lr decay (``layer_decay`` < 1; BEiT / MAE fine-tuning
   recipe) scales the lr of block ``i`` of ``d`` (0-based) by ``layer_decay ** (d - 1 - i)`` and the patch
   and position embeddings by ``layer_decay ** d``; the last block, the final norm and the head get the full lr.
 
@@ -60,14 +63,27 @@ class LinearConfig:
     weight_decay: float = 1e-4
 
 
+class HeadInit(str, enum.Enum):
+    """How protocol ``finetune`` starts its head."""
+
+    RANDOM = "random"  # a fresh head (plain fine-tuning)
+    LINEAR_PROBE = "linear_probe"  # LP-FT (Kumar et al. 2022): the head the `linear` protocol selects, which
+    # also enters the validate-based selection as "epoch 0", so fine-tuning cannot end below it on validate
+
+
 @dataclasses.dataclass(frozen=True)
 class FullFinetuneConfig:
     epochs: int = 5
     batch_size: int = 64
-    lr: float = 3e-4  # AdamW peak lr of the head and the last block, cosine to 0
+    lr: float = 2.5e-4  # AdamW peak lr of the head and the last block, cosine to 0
     weight_decay: float = 0.05  # not on biases, norms, tokens, position embeddings
     layer_decay: float = 0.75  # lr of block i (0-based) of d: lr * layer_decay**(d - 1 - i); 1.0 = off
     warmup_epochs: float = 1.0  # linear warm-up before the cosine
+    init_head: HeadInit = HeadInit.LINEAR_PROBE  # linear_probe (LP-FT) | random
+    freeze_input_norm: bool = True  # keep the head's input BatchNorm in eval mode (its statistics from the
+    # linear probe's features, or measured on the frozen train features) instead of re-estimating them from
+    # batches while the encoder's features move
+    head_lr_scale: float = 1.0  # the head's lr = lr x this (LP-FT: the probed head needs little change)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +129,19 @@ class ClassifierHead(nn.Module):
 class Classifier(nn.Module):
     """Encoder + head: images ``[B, 1, H, W]`` -> logits ``[B, 14]``."""
 
-    def __init__(self, encoder: nn.Module, head: ClassifierHead):
+    def __init__(self, encoder: nn.Module, head: ClassifierHead, freeze_input_norm: bool = False):
         super().__init__()
         self.encoder = encoder  # timm ViT with num_classes=0: returns pooled features [B, D]
         self.head = head
+        self.freeze_input_norm = freeze_input_norm  # the head's BatchNorm stays in eval mode when training
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.freeze_input_norm:
+            for m in self.head.modules():
+                if isinstance(m, nn.BatchNorm1d):
+                    m.eval()  # normalise with the stored statistics; never update them
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
@@ -193,8 +218,8 @@ def _param_groups(model: Classifier, cfg: FullFinetuneConfig) -> list[dict]:
     decay = [p for p in model.head.parameters() if p.ndim > 1]
     no_decay = [p for p in model.head.parameters() if p.ndim <= 1]
     groups += [
-        {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": cfg.head_lr_scale},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": cfg.head_lr_scale},
     ]
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
@@ -211,14 +236,32 @@ def _fit(
     epochs: int,
     warmup_epochs: float,
     level: EvalLevel,
+    initial_logits: np.ndarray | None = None,
 ) -> tuple[list[dict], int, dict[str, torch.Tensor], np.ndarray]:
-    """Train; keep the epoch with the best validate mAUC -> (history, best epoch, its state, its logits)."""
+    """Train; keep the epoch with the best validate mAUC -> (history, best epoch, its state, its logits).
+
+    ``initial_logits``: the validate logits ``[N_val, 14]`` of the model as it starts (LP-FT's probed head);
+    the starting state then competes as epoch 0 and wins ties."""
     steps = epochs * len(train)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps, int(warmup_epochs * len(train))))
     history: list[dict] = []
     best: tuple[float, int, dict[str, torch.Tensor], np.ndarray] | None = None
     val_t = torch.from_numpy(validate.targets)
     val_m = torch.from_numpy(validate.mask)
+
+    def score_of(logits: np.ndarray) -> tuple[float, float]:
+        """(validate loss, validate mAUC at ``level``)."""
+        loss = float(masked_bce(torch.from_numpy(logits), val_t, val_m))
+        pred = Predictions(validate.image_ids, validate.study_ids, _sigmoid(logits), validate.targets, validate.mask)
+        lv = pred.at_level(level)
+        return loss, macro_auroc(lv.targets, lv.probs, lv.mask)[0]
+
+    if initial_logits is not None:
+        val_loss, mauc = score_of(initial_logits)
+        history.append({"epoch": 0, "train_loss": None, "validate_loss": val_loss, "validate_mauc": mauc})
+        log.info("epoch 0 (start): validate loss %.4f, validate mAUC (%s) %.4f", val_loss, level.value, mauc)
+        score = -math.inf if math.isnan(mauc) else round(mauc, 12)
+        best = (score, 0, {k: v.detach().clone() for k, v in model.state_dict().items()}, initial_logits)
     for epoch in range(1, epochs + 1):
         model.train()
         total, n = 0.0, 0
@@ -232,10 +275,7 @@ def _fit(
             total += loss.item() * x.shape[0]
             n += x.shape[0]
         logits = predict_validate()  # [N_val, 14]
-        val_loss = float(masked_bce(torch.from_numpy(logits), val_t, val_m))
-        pred = Predictions(validate.image_ids, validate.study_ids, _sigmoid(logits), validate.targets, validate.mask)
-        lv = pred.at_level(level)
-        mauc, _ = macro_auroc(lv.targets, lv.probs, lv.mask)
+        val_loss, mauc = score_of(logits)
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), "validate_loss": val_loss, "validate_mauc": mauc})
         log.info("epoch %d/%d: train loss %.4f, validate loss %.4f, validate mAUC (%s) %.4f",
                  epoch, epochs, total / max(n, 1), val_loss, level.value, mauc)
@@ -246,8 +286,64 @@ def _fit(
             best = (score, epoch, state, logits)
     assert best is not None, "epochs must be >= 1"
     if best[0] == -math.inf:
-        log.warning("validate mAUC undefined (no label with both classes in validate): keeping epoch 1")
+        log.warning("validate mAUC undefined (no label with both classes in validate): keeping epoch %d", best[1])
     return history, best[1], best[2], best[3]
+
+
+@dataclasses.dataclass
+class _Probe:
+    """The linear protocol's outcome: the selected head on frozen features."""
+
+    head: ClassifierHead  # the selected epoch's state loaded
+    history: list[dict]
+    best_epoch: int
+    val_logits: np.ndarray  # [N_val, 14] of the selected head
+    loader: Callable[[str], DataLoader]  # split -> (features [B, D], targets, mask) batches, in order
+
+
+def _linear_probe(
+    encoder: nn.Module,
+    loaders: dict[str, DataLoader],
+    splits: dict[str, LabelledImages],
+    cfg: FinetuneConfig,
+    to_images: Callable,
+    device: torch.device,
+) -> _Probe:
+    """Protocol ``linear``: pooled features of the frozen encoder computed ONCE per split, then the head."""
+    encoder.requires_grad_(False)
+    feats = {k: torch.from_numpy(_predict(encoder, v, to_images)) for k, v in loaders.items()}  # [N, D] each
+    log.info("frozen features: %s", {k: tuple(v.shape) for k, v in feats.items()})
+    head = ClassifierHead(int(encoder.num_features), cfg.head).to(device)
+    to_input: Callable = lambda x: x.to(device)  # noqa: E731
+
+    def loader(k: str, train: bool = False) -> DataLoader:
+        t = TensorDataset(feats[k], torch.from_numpy(splits[k].targets), torch.from_numpy(splits[k].mask))
+        return _loader(t, cfg.linear.batch_size if train else cfg.eval_batch_size, train, cfg.seed, 0)
+
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.linear.lr, weight_decay=cfg.linear.weight_decay)
+    val_loader = loader("validate")
+    history, best_epoch, state, val_logits = _fit(
+        head, loader("train", train=True), lambda: _predict(head, val_loader, to_input), splits["validate"],
+        to_input, optimizer, cfg.linear.epochs, 0.0, cfg.select_level,
+    )
+    head.load_state_dict(state)
+    return _Probe(head, history, best_epoch, val_logits, loader)
+
+
+@torch.inference_mode()
+def _set_input_norm(head: ClassifierHead, encoder: nn.Module, loader: DataLoader, to_images: Callable) -> None:
+    """Store the frozen encoder's train-feature mean and variance in the head's input BatchNorm."""
+    bn = next((m for m in head.modules() if isinstance(m, nn.BatchNorm1d)), None)
+    if bn is None:
+        return
+    feats = torch.from_numpy(_predict(encoder, loader, to_images)).double()  # [N, D]
+    bn.running_mean.copy_(feats.mean(0).to(bn.running_mean))
+    bn.running_var.copy_(feats.var(0).to(bn.running_var))
+
+
+def _mauc(pred: Predictions, level: EvalLevel) -> float:
+    lv = pred.at_level(level)
+    return macro_auroc(lv.targets, lv.probs, lv.mask)[0]
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -292,35 +388,34 @@ def run_finetune(
         return _loader(ds[split], cfg.eval_batch_size, False, cfg.seed, cfg.num_workers)
 
     in_dim = int(encoder.num_features)
+    ftc = cfg.finetune
+    lp_ft = protocol is Protocol.FINETUNE and ftc.init_head is HeadInit.LINEAR_PROBE
+    probe: _Probe | None = None
+    if protocol is Protocol.LINEAR or lp_ft:
+        # the linear protocol; LP-FT runs exactly it first (same seed, same steps: the same head)
+        probe = _linear_probe(encoder, {k: eval_loader(k) for k in ds}, splits, cfg, to_images, device)
+    probe_test: np.ndarray | None = None  # [N_test, 14] logits of the probed head
+    if probe is not None:
+        probe_test = _predict(probe.head, probe.loader("test"), lambda x: x.to(device))
     if protocol is Protocol.LINEAR:
-        encoder.requires_grad_(False)
-        feats = {k: torch.from_numpy(_predict(encoder, eval_loader(k), to_images)) for k in ds}  # [N, D] each
-        log.info("frozen features: %s", {k: tuple(v.shape) for k, v in feats.items()})
-        model: nn.Module = ClassifierHead(in_dim, cfg.head).to(device)
-        to_input: Callable = lambda x: x.to(device)  # noqa: E731
-
-        def tensors(k: str) -> TensorDataset:
-            return TensorDataset(feats[k], torch.from_numpy(splits[k].targets), torch.from_numpy(splits[k].mask))
-
-        train = _loader(tensors("train"), cfg.linear.batch_size, True, cfg.seed, 0)
-        val_loader = _loader(tensors("validate"), cfg.eval_batch_size, False, cfg.seed, 0)
-        test_loader = _loader(tensors("test"), cfg.eval_batch_size, False, cfg.seed, 0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.linear.lr, weight_decay=cfg.linear.weight_decay)
-        epochs, warmup = cfg.linear.epochs, 0.0
+        assert probe is not None and probe_test is not None
+        history, best_epoch, val_logits, test_logits = probe.history, probe.best_epoch, probe.val_logits, probe_test
     else:
-        model = Classifier(encoder, ClassifierHead(in_dim, cfg.head)).to(device)
-        to_input = to_images
-        train = _loader(ds["train"], cfg.finetune.batch_size, True, cfg.seed, cfg.num_workers)
-        val_loader, test_loader = eval_loader("validate"), eval_loader("test")
-        optimizer = torch.optim.AdamW(_param_groups(model, cfg.finetune), lr=cfg.finetune.lr)
-        epochs, warmup = cfg.finetune.epochs, cfg.finetune.warmup_epochs
-
-    history, best_epoch, state, val_logits = _fit(
-        model, train, lambda: _predict(model, val_loader, to_input), splits["validate"], to_input,
-        optimizer, epochs, warmup, cfg.select_level,
-    )
-    model.load_state_dict(state)
-    test_logits = _predict(model, test_loader, to_input)
+        head = probe.head if probe is not None else ClassifierHead(in_dim, cfg.head).to(device)
+        if ftc.freeze_input_norm and probe is None:  # statistics of the frozen train features, once
+            _set_input_norm(head, encoder, eval_loader("train"), to_images)
+        encoder.requires_grad_(True)
+        model = Classifier(encoder, head, freeze_input_norm=ftc.freeze_input_norm).to(device)
+        train = _loader(ds["train"], ftc.batch_size, True, cfg.seed, cfg.num_workers)
+        val_loader = eval_loader("validate")
+        optimizer = torch.optim.AdamW(_param_groups(model, ftc), lr=ftc.lr)
+        history, best_epoch, state, val_logits = _fit(
+            model, train, lambda: _predict(model, val_loader, to_images), splits["validate"], to_images,
+            optimizer, ftc.epochs, ftc.warmup_epochs, cfg.select_level,
+            initial_logits=probe.val_logits if probe is not None else None,
+        )
+        model.load_state_dict(state)
+        test_logits = _predict(model, eval_loader("test"), to_images)
 
     def preds(split: str, logits: np.ndarray) -> Predictions:
         d = splits[split]
@@ -329,8 +424,12 @@ def run_finetune(
     test_pred = preds("test", test_logits)
     # numbers only: strings (names, paths, provenance) go to <stem>.config.json, so `dvc metrics show` fits a screen
     result: dict[str, Any] = {
-        "best_epoch": best_epoch,
-        "validate_mauc": history[best_epoch - 1]["validate_mauc"],
+        "best_epoch": best_epoch,  # 0 = LP-FT kept the probed head (the linear protocol's model)
+        "validate_mauc": next(h["validate_mauc"] for h in history if h["epoch"] == best_epoch),
+        # LP-FT: its starting point, the `linear` protocol's model, with its test mAUC beside (not used to select)
+        **({"linear_probe": {"best_epoch": probe.best_epoch, "history": probe.history,
+                             "test_mauc": _mauc(preds("test", probe_test), cfg.select_level)}}
+           if probe is not None and probe_test is not None and protocol is Protocol.FINETUNE else {}),
         "label_fraction": cfg.label_fraction,
         "n_train_images": len(splits["train"]),
         "n_train_studies": splits["train"].n_studies,
@@ -352,6 +451,7 @@ def run_finetune(
             "protocol": protocol.value,
             "encoder_dir": str(encoder_dir),
             "encoder": {k: enc_cfg.get(k) for k in ("arch", "kwargs", "pixel_mean", "pixel_std", "variant")},
+            "encoder_seed": (enc_cfg.get("params") or {}).get("seed"),  # its pretraining (or init) seed
             "prepared": str(prepared),
         },
         out_json.with_name(f"{out_json.stem}.config.json"),

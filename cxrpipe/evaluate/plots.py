@@ -105,7 +105,9 @@ def plot_history(
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8, 3.2))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker=".", label="train")
+    # LP-FT's epoch 0 (the probed head) has no train loss of its own
+    ax_loss.plot(epochs, [np.nan if h["train_loss"] is None else h["train_loss"] for h in history], marker=".",
+                 label="train")
     ax_loss.plot(epochs, [h["validate_loss"] for h in history], marker=".", label="validate")
     ax_loss.set(xlabel="epoch", ylabel="masked BCE", title="loss")
     ax_loss.legend()

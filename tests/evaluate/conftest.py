@@ -48,6 +48,47 @@ def make_prepared(out: Path, n_studies: int = 48, seed: int = 0) -> Path:
     return out
 
 
+PLANTED = ("Cardiomegaly", "Pleural Effusion")  # the labels a bright tile marks in make_planted
+
+
+def make_planted(out: Path, shuffle: bool = False, n_studies: int = 400, seed: int = 0) -> Path:
+    """A prepared set whose labels are readable off the image: one frontal image per study; a study positive
+    for ``PLANTED[0]`` has a bright top-left quarter, for ``PLANTED[1]`` bright stripes in the bottom-right
+    quarter (prevalence 40% each, independent); every other label is blank (negative everywhere, so out of
+    mAUC). 60% train, 15% validate, 25% test studies.
+
+    ``shuffle``: the label rows are permuted over all studies (a permutation test): labels and images are
+    then unrelated in every split, and a pipeline that does not leak labels can only score chance.
+    """
+    rng = np.random.default_rng(seed)
+    n_train, n_val = int(0.6 * n_studies), int(0.15 * n_studies)
+    cols = [CHEXPERT_LABELS.index(name) for name in PLANTED]
+    positive = rng.random((n_studies, len(PLANTED))) < 0.4  # [S, k] what the images show
+    labels = np.full((n_studies, len(CHEXPERT_LABELS)), math.nan)
+    labels[:, cols] = positive.astype(float)
+    if shuffle:
+        labels = labels[rng.permutation(n_studies)]
+    images, studies, pixels = [], [], []
+    for s in range(n_studies):
+        split = "train" if s < n_train else "validate" if s < n_train + n_val else "test"
+        study_id, subject_id = 60000000 + s, 20000000 + s
+        studies.append(StudyRecord(study_id, subject_id, split, f"report {s}", {"findings": f"report {s}"},
+                                   tuple(float(v) for v in labels[s]), has_labels=True))
+        img = rng.normal(60, 8, size=(SIZE, SIZE))
+        if positive[s, 0]:  # a uniformly bright top-left quarter (4 patches of 8x8)
+            img[:16, :16] += 100
+        if positive[s, 1]:  # bright vertical stripes in the bottom-right quarter: another texture, so that an
+            img[16:, 16::2] += 140  # encoder blind to position (a random ViT nearly is) still tells them apart
+        pixels.append(np.clip(img, 0, 255).astype(np.uint8))
+        images.append(ImageRecord(s, f"p{s:03d}", study_id, subject_id, split, "PA", f"files/{s}.jpg"))
+    write_manifest(out, images, studies)
+    with ImageCacheWriter(out / "images.h5", [r.dicom_id for r in images], SIZE) as w:
+        for row, px in enumerate(pixels):
+            w.write(row, px)
+    (out / "prepare_report.json").write_text('{"source": "mimic-cxr-jpg", "demo": true, "root": "synthetic"}\n')
+    return out
+
+
 def make_encoder(out: Path, variant: str, seed: int) -> Path:
     """A tiny timm ViT (32 px, patch 8, dim 32, depth 2), exported as the pretrain stage does."""
     import timm
@@ -71,6 +112,18 @@ def synthetic(tmp_path_factory) -> dict[str, Path]:
         "prepared": make_prepared(root / "prepared"),
         "mae": make_encoder(root / "models" / "mae", "mae", seed=1),
         "multimodal": make_encoder(root / "models" / "multimodal", "multimodal", seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory) -> dict:
+    """Planted-signal and shuffled-label prepared sets + a tiny random encoder (read-only)."""
+    root = tmp_path_factory.mktemp("planted")
+    return {
+        "signal": make_planted(root / "signal"),
+        "shuffled": make_planted(root / "shuffled", shuffle=True),
+        "encoder": make_encoder(root / "random", "random", seed=3),
+        "labels": PLANTED,
     }
 
 

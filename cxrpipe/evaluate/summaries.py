@@ -1,0 +1,234 @@
+"""``compare``'s further sections: the references (``random``, ``pixels``) and the training-seed repeats.
+
+Every delta here is paired exactly as compare's main delta: :func:`cxrpipe.evaluate.bootstrap.paired_bootstrap_mauc`
+with ``compare``'s ``n_bootstrap`` and ``seed``, so every comparison of one test set resamples the very same
+studies in every replicate.
+
+* references, per protocol: ``random`` (the pretraining encoder at its init, probed by that protocol) and
+  ``pixels`` (logistic regression on raw pixels; protocol-independent, shown beside both) with their mAUC and
+  95% interval, and the paired deltas ``mae - random``, ``multimodal - random``, ``mae - pixels``,
+  ``multimodal - pixels``.
+* seeds, per protocol: for each training seed (the default run, then ``compare.extra_seeds``) the paired
+  ``multimodal - mae`` delta with interval and p (and ``mae - random`` where that seed's random run exists),
+  and over seeds the mean delta, its standard deviation (n - 1) and its min-max. The per-seed intervals
+  cover test sampling; the spread over seeds covers training randomness, which they do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
+from cxrpipe.evaluate.metrics import EvalLevel, Predictions
+
+log = logging.getLogger(__name__)
+
+RANDOM, PIXELS = "random", "pixels"
+# (name in comparison.json, candidate, reference): delta = candidate - reference
+REFERENCE_DELTAS = (
+    ("mae_vs_random", "mae", RANDOM),
+    ("multimodal_vs_random", "multimodal", RANDOM),
+    ("mae_vs_pixels", "mae", PIXELS),
+    ("multimodal_vs_pixels", "multimodal", PIXELS),
+)
+
+Paired = Callable[[Predictions, Predictions], Any]  # (reference a, candidate b) -> PairedDelta of b - a
+
+
+def paired_runner(level: EvalLevel, n_bootstrap: int, seed: int, min_positives: int = 0) -> Paired:
+    """``f(a, b)`` -> the paired bootstrap of ``mAUC(b) - mAUC(a)`` at ``level`` (a and b: same test set);
+    labels with fewer than ``min_positives`` test positives are left out, as in compare's main delta."""
+
+    def run(a: Predictions, b: Predictions) -> Any:
+        la, lb = a.at_level(level), b.at_level(level)
+        return paired_bootstrap_mauc(la.targets, la.mask, la.probs, lb.probs, la.groups, n_bootstrap, seed,
+                                     min_positives=min_positives)
+
+    return run
+
+
+def _delta(d: Any) -> dict[str, Any]:
+    return {"delta_mauc": d.delta, "delta_ci95": list(d.ci95), "p_value": d.p_value}
+
+
+def references_summary(
+    preds: dict[str, Predictions], protocols: tuple[str, ...], paired: Paired
+) -> dict[str, Any]:
+    """``{"pixels": {mauc, ci}, "<protocol>": {"random": {..}, "pixels": {..}, "mae_vs_random": {delta..}, ..}}``.
+
+    ``preds``: run name (``mae-linear``, ``random-finetune``, ``pixels``, ...) -> test predictions; pairs
+    whose runs are missing are left out. Empty dict when neither reference ran.
+    """
+    out: dict[str, Any] = {}
+    for protocol in protocols:
+        runs = {e: preds.get(f"{e}-{protocol}") for e in ("mae", "multimodal", RANDOM)}
+        runs[PIXELS] = preds.get(PIXELS)
+        block: dict[str, Any] = {}
+        for key, cand, ref in REFERENCE_DELTAS:
+            a, b = runs[ref], runs[cand]
+            if a is None or b is None:
+                continue
+            d = paired(a, b)
+            block.setdefault(ref, {"mauc": d.mauc_a, "mauc_ci95": list(d.mauc_a_ci95)})
+            block[key] = _delta(d)
+            log.info("%s: %s - %s %+.4f [%+.4f, %+.4f], p = %.4f", protocol, cand, ref, d.delta, *d.ci95, d.p_value)
+        if block:
+            out[protocol] = block
+    pixels = next((b[PIXELS] for b in out.values() if PIXELS in b), None)
+    if pixels is not None:
+        out = {PIXELS: pixels, **out}
+    return out
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, standard deviation (n - 1; None for one value), min and max of per-seed values."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
+
+
+def seeds_summary(
+    seeds: list[tuple[Any, str]], preds: dict[str, Predictions], protocols: tuple[str, ...], paired: Paired
+) -> dict[str, Any]:
+    """Per protocol: each seed's paired deltas, and their spread over seeds.
+
+    ``seeds``: (seed label, run-name suffix) in order, e.g. ``[(0, ""), (1, "-seed1")]``: seed ``k``'s runs are
+    ``mae-<protocol><suffix>``, ``multimodal-<protocol><suffix>``, ``random-<protocol><suffix>``. A seed
+    missing the mae or multimodal run of a protocol is left out of that protocol (warned).
+    """
+    out: dict[str, Any] = {"seeds": [s for s, _ in seeds]}
+    for protocol in protocols:
+        per_seed = []
+        for label, suffix in seeds:
+            mae, mm, rnd = (preds.get(f"{e}-{protocol}{suffix}") for e in ("mae", "multimodal", RANDOM))
+            if mae is None or mm is None:
+                log.warning("seed %s: no mae/multimodal %s runs; left out of the seed summary", label, protocol)
+                continue
+            d = paired(mae, mm)
+            row: dict[str, Any] = {"seed": label, "mae": {"mauc": d.mauc_a}, "multimodal": {"mauc": d.mauc_b},
+                                   **_delta(d)}
+            if rnd is not None:
+                r = paired(rnd, mae)
+                row[RANDOM] = {"mauc": r.mauc_a}
+                row["mae_vs_random"] = _delta(r)
+            per_seed.append(row)
+        if not per_seed:
+            continue
+        block: dict[str, Any] = {
+            "per_seed": per_seed,
+            "delta_mauc": spread([r["delta_mauc"] for r in per_seed]),
+            "mae": spread([r["mae"]["mauc"] for r in per_seed]),
+            "multimodal": spread([r["multimodal"]["mauc"] for r in per_seed]),
+        }
+        if all("mae_vs_random" in r for r in per_seed):
+            block["mae_vs_random"] = spread([r["mae_vs_random"]["delta_mauc"] for r in per_seed])
+            block[RANDOM] = spread([r[RANDOM]["mauc"] for r in per_seed])
+        out[protocol] = block
+    return out
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _ci(x: float | None, ci: list | None, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if not ci or ci[0] is None:
+        return f"{x:.{digits}f}"
+    return f"{x:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _delta_cell(d: dict[str, Any] | None) -> str:
+    """``+0.0123 [-0.0040, +0.0290], p = 0.1234``."""
+    if not d or d.get("delta_mauc") is None:
+        return "n/a"
+    lo, hi = d["delta_ci95"]
+    ci = "" if lo is None else f" [{lo:+.4f}, {hi:+.4f}]"
+    return f"{d['delta_mauc']:+.4f}{ci}, p = {d['p_value']:.4f}"
+
+
+def references_markdown(result: dict[str, Any]) -> list[str]:
+    """The side-by-side table: pixels, random, mae, multimodal, and the paired deltas that matter."""
+    refs = result.get("references") or {}
+    protocols = [p for p in refs if p != PIXELS]
+    if not protocols:
+        return []
+    lines = [
+        "## Against the references: did pretraining learn anything?",
+        "",
+        "`random`: the very encoder pretraining starts from (same architecture, init and seed), never trained, "
+        "evaluated by the same protocol. `pixels`: logistic regression on standardised raw pixels (C chosen on "
+        "`validate`), protocol-independent. An encoder that does not beat both has learned nothing a linear "
+        "model could not read off the image. All deltas are paired on the same resampled test studies.",
+        "",
+        "| protocol | pixels | random | mae | multimodal | mae - random [95% CI], p | multimodal - mae [95% CI], p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for protocol in protocols:
+        r, main = refs[protocol], result.get(protocol, {})
+        cell = lambda k: _ci(r[k]["mauc"], r[k]["mauc_ci95"]) if k in r else "n/a"  # noqa: E731
+        enc = lambda k: _ci(main[k]["mauc"], main[k]["mauc_ci95"]) if k in main else "n/a"  # noqa: E731
+        mm = {k: main[k] for k in ("delta_mauc", "delta_ci95", "p_value")} if "delta_mauc" in main else None
+        lines.append(
+            f"| {protocol} | {cell(PIXELS)} | {cell(RANDOM)} | {enc('mae')} | {enc('multimodal')} | "
+            f"{_delta_cell(r.get('mae_vs_random'))} | {_delta_cell(mm)} |"
+        )
+    lines += ["", "| protocol | multimodal - random | mae - pixels | multimodal - pixels |", "|---|---|---|---|"]
+    for protocol in protocols:
+        r = refs[protocol]
+        lines.append(
+            f"| {protocol} | {_delta_cell(r.get('multimodal_vs_random'))} | {_delta_cell(r.get('mae_vs_pixels'))} "
+            f"| {_delta_cell(r.get('multimodal_vs_pixels'))} |"
+        )
+    return lines + [""]
+
+
+def _spread_cell(s: dict[str, Any] | None, digits: int = 4) -> str:
+    if not s or s["mean"] is None:
+        return "n/a"
+    sd = "n/a (one seed)" if s["sd"] is None else f"{s['sd']:.{digits}f}"
+    return f"{s['mean']:+.{digits}f} (sd {sd}; min-max {s['min']:+.{digits}f} to {s['max']:+.{digits}f})"
+
+
+def seeds_markdown(result: dict[str, Any]) -> list[str]:
+    """Per-seed deltas and their spread over training seeds."""
+    seeds = result.get("seeds") or {}
+    protocols = [p for p in seeds if p != "seeds"]
+    if not protocols:
+        return []
+    n = len(seeds["seeds"])
+    lines = [
+        "## Training seeds",
+        "",
+        f"{n} training seed(s): {', '.join(str(s) for s in seeds['seeds'])} (pretraining and fine-tuning both "
+        "reseeded). Each row's interval covers test-set sampling for that seed; the spread over seeds is "
+        "training randomness, which those intervals do not cover."
+        + (" One seed only: run `dvc exp run -S 'compare.extra_seeds=[1,2]'` for three." if n < 2 else ""),
+        "",
+        "| protocol | seed | mae | multimodal | multimodal - mae [95% CI], p | random | mae - random [95% CI], p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for protocol in protocols:
+        for r in seeds[protocol]["per_seed"]:
+            rnd = f"{r[RANDOM]['mauc']:.3f}" if RANDOM in r else "n/a"
+            lines.append(
+                f"| {protocol} | {r['seed']} | {r['mae']['mauc']:.3f} | {r['multimodal']['mauc']:.3f} | "
+                f"{_delta_cell(r)} | {rnd} | {_delta_cell(r.get('mae_vs_random'))} |"
+            )
+    lines += ["", "| protocol | multimodal - mae over seeds: mean (sd; min-max) | mae - random over seeds |",
+              "|---|---|---|"]
+    for protocol in protocols:
+        b = seeds[protocol]
+        lines.append(f"| {protocol} | {_spread_cell(b['delta_mauc'])} | {_spread_cell(b.get('mae_vs_random'))} |")
+    return lines + [""]

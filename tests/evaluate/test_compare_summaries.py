@@ -1,0 +1,117 @@
+"""compare's references and seed aggregation against a case worked by hand.
+
+Test set: 8 studies, one image each; one label (Atelectasis) valid, positives = studies 0, 1, 4, 5 (the
+pattern [pos, pos, neg, neg] twice). Probabilities per run repeat one 4-value pattern twice, so each AUROC
+is the fraction of (positive, negative) pairs of the pattern ranked right (no positive-negative ties):
+
+    pattern [p0, p1, n0, n1]   pairs won      AUROC
+    A = [.9, .2, .5, .1]       .9>.5 .9>.1 .2>.1   3/4 = 0.75
+    B = [.9, .8, .5, .1]       all four        1.00
+    R = [.4, .2, .3, .5]       .4>.3           1/4 = 0.25
+    P = [.6, .55, .5, .7]      .6>.5 .55>.5    2/4 = 0.50
+
+Seed 0 (default paths): mae A, multimodal B, random R; seed 1: mae B, multimodal A, random R; pixels P.
+multimodal - mae: seed 0 +0.25, seed 1 -0.25 -> mean 0, sd (n-1) sqrt(2 x 0.25^2 / 1) = 0.353553, min-max
+-0.25..+0.25. mae - random: seed 0 0.50, seed 1 0.75 -> mean 0.625, sd sqrt(2 x 0.125^2) = 0.176777.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cxrpipe.evaluate.compare import CompareConfig, run_compare
+from cxrpipe.evaluate.metrics import Predictions, evaluate, jsonable, save_predictions
+from cxrpipe.evaluate.summaries import spread
+
+A, B, R, P = [.9, .2, .5, .1], [.9, .8, .5, .1], [.4, .2, .3, .5], [.6, .55, .5, .7]
+
+
+def _pred(pattern: list[float]) -> Predictions:
+    n = 8
+    probs = np.full((n, 14), 0.5, np.float32)
+    probs[:, 0] = pattern * 2
+    targets = np.zeros((n, 14), np.float32)
+    targets[[0, 1, 4, 5], 0] = 1.0
+    mask = np.zeros((n, 14), bool)
+    mask[:, 0] = True
+    return Predictions(np.array([f"i{k}" for k in range(n)]), np.arange(100, 100 + n, dtype=np.int64), probs,
+                       targets, mask)
+
+
+def _write(metrics, preds, name: str, pattern: list[float], encoder_seed=None) -> None:
+    p = _pred(pattern)
+    save_predictions(p, preds / f"{name}.npz", encoder=name.split("-")[0], protocol="linear")
+    if name.endswith("-seed1"):
+        return  # seed repeats: compare reads their predictions only
+    m = {"encoder": name.split("-")[0], "dataset": {"source": "mimic-cxr-jpg", "demo": True},
+         **evaluate(p, p, n_bootstrap=20, seed=0)}
+    (metrics / f"{name}.json").write_text(json.dumps(jsonable(m)))
+    if encoder_seed is not None:
+        (metrics / f"{name}.config.json").write_text(json.dumps({"encoder_seed": encoder_seed}))
+
+
+@pytest.fixture
+def hand_case(tmp_path):
+    metrics, preds = tmp_path / "metrics", tmp_path / "predictions"
+    metrics.mkdir()
+    for name, pattern in [("mae-linear", A), ("multimodal-linear", B), ("random-linear", R), ("pixels", P),
+                          ("mae-linear-seed1", B), ("multimodal-linear-seed1", A), ("random-linear-seed1", R)]:
+        _write(metrics, preds, name, pattern, encoder_seed=0 if name == "mae-linear" else None)
+    return metrics, preds, tmp_path
+
+
+def test_references_and_seeds_against_the_hand_worked_case(hand_case):
+    metrics, preds, tmp = hand_case
+    cfg = CompareConfig(n_bootstrap=200, seed=0, extra_seeds=(1,))
+    comp = run_compare(cfg, metrics, tmp / "comparison.json", predictions_dir=preds, report_md=tmp / "c.md")
+    assert set(comp) == {"linear", "references", "seeds"}  # no finetune runs: that protocol is left out
+    lin = comp["linear"]
+    assert (lin["mae"]["mauc"], lin["multimodal"]["mauc"], lin["delta_mauc"]) == pytest.approx((0.75, 1.0, 0.25))
+
+    refs = comp["references"]
+    assert refs["pixels"]["mauc"] == pytest.approx(0.5)
+    r = refs["linear"]
+    assert r["random"]["mauc"] == pytest.approx(0.25) and r["pixels"]["mauc"] == pytest.approx(0.5)
+    expect = {"mae_vs_random": 0.5, "multimodal_vs_random": 0.75, "mae_vs_pixels": 0.25, "multimodal_vs_pixels": 0.5}
+    for key, delta in expect.items():
+        assert r[key]["delta_mauc"] == pytest.approx(delta), key
+        lo, hi = r[key]["delta_ci95"]
+        assert lo <= delta <= hi and 0 < r[key]["p_value"] <= 1
+
+    s = comp["seeds"]
+    assert s["seeds"] == [0, 1]
+    rows = s["linear"]["per_seed"]
+    assert [row["seed"] for row in rows] == [0, 1]
+    assert [row["delta_mauc"] for row in rows] == pytest.approx([0.25, -0.25])
+    assert rows[0]["delta_ci95"] == lin["delta_ci95"] and rows[0]["p_value"] == lin["p_value"]  # same resamples
+    assert [row["mae_vs_random"]["delta_mauc"] for row in rows] == pytest.approx([0.5, 0.75])
+    d = s["linear"]["delta_mauc"]
+    assert (d["n"], d["mean"], d["sd"], d["min"], d["max"]) == pytest.approx((2, 0.0, 0.353553, -0.25, 0.25), abs=1e-6)
+    m = s["linear"]["mae_vs_random"]
+    assert (m["mean"], m["sd"], m["min"], m["max"]) == pytest.approx((0.625, 0.176777, 0.5, 0.75), abs=1e-6)
+    assert s["linear"]["mae"]["mean"] == pytest.approx(0.875) and s["linear"]["random"]["sd"] == pytest.approx(0.0)
+
+    md = (tmp / "c.md").read_text()
+    assert "| linear | 0.500" in md  # side by side: pixels first
+    assert "| linear | 0 | 0.750 | 1.000 | +0.2500" in md and "| linear | 1 | 1.000 | 0.750 | -0.2500" in md
+    assert "+0.0000 (sd 0.3536; min-max -0.2500 to +0.2500)" in md
+
+
+def test_a_missing_seed_run_is_left_out_not_fatal(hand_case):
+    metrics, preds, tmp = hand_case
+    (preds / "multimodal-linear-seed1.npz").unlink()
+    comp = run_compare(CompareConfig(n_bootstrap=50, extra_seeds=(1,)), metrics, tmp / "c.json", predictions_dir=preds)
+    assert comp["seeds"]["seeds"] == [0, 1] and len(comp["seeds"]["linear"]["per_seed"]) == 1
+    assert comp["seeds"]["linear"]["delta_mauc"]["sd"] is None  # one seed: no spread
+
+
+def test_spread_by_hand():
+    s = spread([0.1, 0.2, 0.6])
+    assert s["mean"] == pytest.approx(0.3) and s["sd"] == pytest.approx(math.sqrt((0.04 + 0.01 + 0.09) / 2))
+    assert (s["min"], s["max"], s["n"]) == (0.1, 0.6, 3)
+    assert spread([]) == {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
+    assert spread([0.4])["sd"] is None
