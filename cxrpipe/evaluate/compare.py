@@ -306,7 +306,7 @@ def comparison_markdown(
         "| protocol | mae mAUC-5 [95% CI] | multimodal mAUC-5 [95% CI] | delta mAUC-5 [95% CI] | p |",
         "|---|---|---|---|---|",
     ]
-    for protocol, r in result.items():
+    for protocol, r in protocols.items():
         lines.append(
             f"| {protocol} | {_ci(r['mae'].get('mauc5'), r['mae'].get('mauc5_ci95'))} | "
             f"{_ci(r['multimodal'].get('mauc5'), r['multimodal'].get('mauc5_ci95'))} | "

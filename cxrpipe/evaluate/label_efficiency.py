@@ -85,6 +85,7 @@ def run_label_efficiency(
             "n_train_studies": m["n_train_studies"],
             "n_train_images": m["n_train_images"],
             "best_epoch": m["best_epoch"],
+            "min_test_positives": int(blk.get("min_test_positives") or 0),
             "train_studies_hash": studies_hash(train.study_ids),
         }
     summary = jsonable({"encoder": name, "protocol": Protocol(cfg.protocol).value, "level": cfg.level.value,
@@ -129,7 +130,10 @@ def summarize_label_efficiency(
             pb = load_predictions(runs_dir / b_name / f"{tag}.npz")[0].at_level(cfg.level)
             if not (np.array_equal(pa.study_ids, pb.study_ids) and np.array_equal(pa.targets, pb.targets)):
                 raise ValueError(f"{tag}: {a_name} and {b_name} were scored on different test sets")
-            d = paired_bootstrap_mauc(pa.targets, pa.mask, pa.probs, pb.probs, pa.groups, cfg.n_bootstrap, cfg.seed)
+            # the same low-positive rule as the runs' own mAUC (finetune.min_test_positives)
+            min_pos = int(per_encoder[a_name][tag].get("min_test_positives") or 0)
+            d = paired_bootstrap_mauc(pa.targets, pa.mask, pa.probs, pb.probs, pa.groups, cfg.n_bootstrap, cfg.seed,
+                                      min_positives=min_pos)
             deltas[tag] = {"label_fraction": per_encoder[a_name][tag]["label_fraction"], "delta_mauc": d.delta,
                            "delta_ci95": list(d.ci95), "p_value": d.p_value}
     result = jsonable({"protocol": Protocol(cfg.protocol).value, "level": cfg.level.value,
