@@ -23,3 +23,59 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data: Any, sort_keys: bool = False) -> None:
     """``data`` as indented JSON with a trailing newline."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+
+# ------------------------------------------------------------------------------------ checked HDF5 caches
+# The caches (images.h5, text.h5) are written with HDF5's fletcher32 filter on every dataset (HDF5 checks a
+# chunk each time it is read) and file format v110 (checksummed superblock and object headers), and record
+# the sha256 of each dataset's bytes as attribute ``sha256_<name>`` (checked in full by ``cxrpipe verify``).
+H5_LIBVER = ("v110", "v110")  # fixed, so the same content gives the same bytes on every h5py release
+SHA_PREFIX = "sha256_"
+
+
+class CorruptFileError(RuntimeError):
+    """A cache file is truncated, bit-flipped, or not what it claims to be; the message says how to rebuild it."""
+
+
+def corrupt_error(path: str | Path, stage: str, detail: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"{path} is unreadable or corrupt ({detail}). It is made by the `{stage}` stage: rebuild it with "
+        f"`dvc repro -f {stage}` (or delete it and run `cxrpipe {stage}` again)."
+    )
+
+
+def sha256_rows(dataset: Any, rows_per_block: int = 1024) -> str:
+    """sha256 of a dataset's C-order bytes, read ``rows_per_block`` rows at a time (bounded memory)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    n = dataset.shape[0] if dataset.shape else 0
+    for a in range(0, n, rows_per_block):
+        h.update(np.ascontiguousarray(dataset[a : a + rows_per_block]).tobytes())
+    return h.hexdigest()
+
+
+def verify_checksums(f: Any, path: str | Path, stage: str) -> dict[str, str]:
+    """Recompute every ``sha256_<name>`` recorded in the open HDF5 file ``f``; raise on the first mismatch.
+
+    Returns ``{dataset: sha256}``. A file recording none is refused (written before checksums existed).
+    """
+    names = sorted(k[len(SHA_PREFIX):] for k in f.attrs if str(k).startswith(SHA_PREFIX))
+    if not names:
+        raise corrupt_error(path, stage, "no checksums recorded: written by an older cxrpipe")
+    out = {}
+    for name in names:
+        if name not in f:
+            raise corrupt_error(path, stage, f"dataset '{name}' is missing")
+        try:
+            got = sha256_rows(f[name])
+        except OSError as e:
+            raise corrupt_error(path, stage, f"dataset '{name}': {e}") from None
+        want = f.attrs[SHA_PREFIX + name]
+        want = want.decode() if isinstance(want, bytes) else str(want)
+        if got != want:
+            raise corrupt_error(path, stage, f"dataset '{name}' has sha256 {got[:12]}..., recorded {want[:12]}...")
+        out[name] = got
+    return out
