@@ -21,6 +21,7 @@ STAGES = (
     ("pretrain", "pretrain"),
     ("finetune", "finetune"),
     ("compare", "compare"),
+    ("verify", "verify"),  # not a DVC stage: checks the caches' checksums
 )
 
 app = typer.Typer(

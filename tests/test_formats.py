@@ -72,6 +72,8 @@ def test_text_cache_round_trip_and_refusal(tmp_path):
     assert c.token_ids(0).tolist() == [1, 2, 3] and c.row_of(12) == 1 and 99 not in c
     with pytest.raises(TextCacheError, match=r"prompt: cache='p' params='q'"):
         TextCache(path, expect=_fp(prompt="q"))
+    with pytest.raises(TextCacheError, match=r"model_identity: cache='' params='local:other'"):
+        TextCache(path, expect=_fp(model_identity="local:other"))  # other weights behind the same name
     assert hash_texts(["b", "a", "a"]) == hash_texts(["a", "b"])
 
 

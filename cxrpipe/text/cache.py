@@ -1,6 +1,8 @@
 """``text.h5``: per-token hidden states of every distinct cleaned, prompted report (stage one's output).
 
-Layout (schema 1), ragged, no padding stored:
+Layout (schema 2), ragged, no padding stored; every dataset chunked with HDF5's fletcher32 checksum (HDF5
+checks a chunk whenever it is read) and its sha256 recorded as attribute ``sha256_<name>`` (checked in full
+by :func:`verify_text_cache` / ``cxrpipe verify``):
   ``embeddings``  float16 ``[total_tokens, hidden]``  tokens of text ``i`` are rows ``offsets[i]:offsets[i+1]``
   ``token_ids``   int32   ``[total_tokens]``
   ``offsets``     int64   ``[n_texts + 1]``           ``offsets[-1] == total_tokens``
@@ -8,7 +10,8 @@ Layout (schema 1), ragged, no padding stored:
   ``study_rows``  int64   ``[n_studies]``             (identical texts are embedded once)
   attrs: the :class:`Fingerprint` fields, ``complete`` (True only for a finished cache), ``hidden_size``.
 
-Readers open the file lazily in the process that reads, read-only (h5py handles must not cross fork).
+A truncated, bit-flipped or foreign file raises :class:`~cxrpipe.io.CorruptFileError` naming the file and
+``dvc repro -f embed``. Readers open the file lazily in the process that reads, read-only (h5py handles must not cross fork).
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
+from cxrpipe.io import H5_LIBVER, SHA_PREFIX, CorruptFileError, corrupt_error, verify_checksums
+
+SCHEMA_VERSION = 2
+STAGE = "embed"  # the stage that makes text.h5 (named in every error)
 
 
 class TextCacheError(RuntimeError):
@@ -42,6 +49,7 @@ class Fingerprint:
     sections: tuple[str, ...]
     max_tokens: int
     texts_hash: str
+    model_identity: str = ""  # the weights: "hub:<commit>" or "local:<hash of the folder's files>" (text.model)
     package_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -106,28 +114,58 @@ def write_text_cache(
     total = int(offsets[-1])
     hidden = int(embeddings[0].shape[1]) if len(embeddings) else 0
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(tmp, "w", libver=H5_LIBVER) as f:
         emb = f.create_dataset(
             "embeddings",
             shape=(total, hidden),
             dtype=np.float16,
             chunks=(max(1, min(chunk_tokens, total)), hidden) if total and hidden else None,
+            fletcher32=bool(total and hidden),
         )
-        ids = f.create_dataset("token_ids", shape=(total,), dtype=np.int32)
+        ids = f.create_dataset("token_ids", shape=(total,), dtype=np.int32, **_checked(total, chunk_tokens))
+        h_emb, h_ids = hashlib.sha256(), hashlib.sha256()
         for i, (e, t) in enumerate(zip(embeddings, token_ids)):
             if e.shape[0] != len(t):
                 raise ValueError(f"text row {i}: {e.shape[0]} embeddings for {len(t)} tokens")
             a, b = offsets[i], offsets[i + 1]
-            emb[a:b] = np.asarray(e, dtype=np.float16)
-            ids[a:b] = np.asarray(t, dtype=np.int32)
-        f.create_dataset("offsets", data=offsets)
-        f.create_dataset("study_ids", data=np.asarray(study_ids, dtype=np.int64))
-        f.create_dataset("study_rows", data=np.asarray(study_rows, dtype=np.int64))
+            e16, t32 = np.ascontiguousarray(e, dtype=np.float16), np.ascontiguousarray(t, dtype=np.int32)
+            emb[a:b] = e16
+            ids[a:b] = t32
+            h_emb.update(e16.tobytes())  # rows in order: the dataset's C-order bytes
+            h_ids.update(t32.tobytes())
+        f.attrs[SHA_PREFIX + "embeddings"] = h_emb.hexdigest()
+        f.attrs[SHA_PREFIX + "token_ids"] = h_ids.hexdigest()
+        _write_checked(f, "offsets", offsets)
+        _write_checked(f, "study_ids", np.asarray(study_ids, dtype=np.int64))
+        _write_checked(f, "study_rows", np.asarray(study_rows, dtype=np.int64))
         for k, v in fingerprint.to_attrs().items():
             f.attrs[k] = v
         f.attrs["hidden_size"] = hidden
         f.attrs["complete"] = True
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def _checked(n: int, chunk: int) -> dict[str, Any]:
+    """create_dataset kwargs of a 1-D dataset of ``n`` values: chunked, fletcher32-checked."""
+    return {"chunks": (max(1, min(chunk, n)),), "fletcher32": True} if n else {}
+
+
+def _write_checked(f: h5py.File, name: str, data: np.ndarray, chunk: int = 65536) -> None:
+    """A small 1-D dataset with fletcher32 and its sha256 attribute."""
+    f.create_dataset(name, data=data, **_checked(len(data), chunk))
+    f.attrs[SHA_PREFIX + name] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def verify_text_cache(path: str | Path) -> dict[str, str]:
+    """Read every byte of ``text.h5`` and compare with the checksums recorded at write time."""
+    TextCache(path)  # the cheap checks first
+    try:
+        with h5py.File(path, "r") as f:
+            return verify_checksums(f, path, STAGE)
+    except OSError as e:
+        raise corrupt_error(path, STAGE, str(e)) from None
 
 
 class TextCache:
@@ -142,14 +180,25 @@ class TextCache:
         if not self.path.exists():
             raise TextCacheError(f"text cache not found: {self.path} (run the embed stage)")
         self._f: h5py.File | None = None
-        with h5py.File(self.path, "r") as f:
-            if not bool(f.attrs.get("complete", False)):
-                raise TextCacheError(f"{self.path} is not a finished cache (embed was interrupted); run embed again")
-            self.fingerprint = Fingerprint.from_attrs(f.attrs)
-            self.hidden_size = int(f.attrs["hidden_size"])
-            self.offsets = f["offsets"][:]
-            sids = f["study_ids"][:]
-            rows = f["study_rows"][:]
+        try:
+            with h5py.File(self.path, "r") as f:
+                if not bool(f.attrs.get("complete", False)):
+                    raise TextCacheError(f"{self.path} is not a finished cache (embed was interrupted); run embed again")
+                if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+                    raise TextCacheError(
+                        f"{self.path} has schema {f.attrs.get('schema_version')}, this cxrpipe reads {SCHEMA_VERSION}: "
+                        f"rebuild it with `dvc repro -f {STAGE}`"
+                    )
+                self.fingerprint = Fingerprint.from_attrs(f.attrs)
+                self.hidden_size = int(f.attrs["hidden_size"])
+                self.offsets = f["offsets"][:]
+                sids = f["study_ids"][:]
+                rows = f["study_rows"][:]
+                n_tokens = f["embeddings"].shape[0]
+        except (OSError, KeyError) as e:
+            raise corrupt_error(self.path, STAGE, f"{type(e).__name__}: {e}") from None
+        if len(self.offsets) == 0 or int(self.offsets[-1]) != n_tokens or len(sids) != len(rows):
+            raise corrupt_error(self.path, STAGE, "offsets, embeddings and the study map disagree")
         if expect is not None:
             diff = self.fingerprint.differences(expect)
             if diff:
@@ -163,8 +212,17 @@ class TextCache:
     @property
     def file(self) -> h5py.File:
         if self._f is None:
-            self._f = h5py.File(self.path, "r")
+            try:
+                self._f = h5py.File(self.path, "r")
+            except OSError as e:
+                raise corrupt_error(self.path, STAGE, str(e)) from None
         return self._f
+
+    def _read(self, name: str, a: int, b: int) -> np.ndarray:
+        try:
+            return self.file[name][a:b]
+        except OSError as e:  # fletcher32 mismatch, truncated file
+            raise corrupt_error(self.path, STAGE, f"{name}[{a}:{b}]: {e}") from None
 
     @property
     def n_texts(self) -> int:
@@ -186,11 +244,11 @@ class TextCache:
     def text_row(self, row: int) -> np.ndarray:
         """float16 ``[L, hidden]`` of text row ``row``."""
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
-        return self.file["embeddings"][a:b]
+        return self._read("embeddings", a, b)
 
     def token_ids(self, row: int) -> np.ndarray:
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
-        return self.file["token_ids"][a:b]
+        return self._read("token_ids", a, b)
 
     def for_study(self, study_id: int) -> np.ndarray:
         """float16 ``[L, hidden]`` of a study's report."""

@@ -10,6 +10,7 @@ import torch
 
 from cxrpipe.text.model import (
     PROVENANCE_JSON,
+    TextModelError,
     bos_added,
     convert_demo_model,
     find_installed_package,
@@ -33,7 +34,7 @@ def test_bos_is_reported_only_when_the_tokenizer_adds_it(make_tokenizer):
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="text_model stage"):
+    with pytest.raises(TextModelError, match="text_model stage"):
         load_text_model(tmp_path / "no" / "such-model", "fp32", device="cpu")
 
 
