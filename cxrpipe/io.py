@@ -79,3 +79,42 @@ def verify_checksums(f: Any, path: str | Path, stage: str) -> dict[str, str]:
             raise corrupt_error(path, stage, f"dataset '{name}' has sha256 {got[:12]}..., recorded {want[:12]}...")
         out[name] = got
     return out
+
+
+# ------------------------------------------------------------------------------ folders a stage may replace
+MARKER = ".made-by-cxrpipe"  # written into every output folder a stage replaces wholesale
+
+
+class UnsafeRemoveError(RuntimeError):
+    """A stage was asked to replace a folder it did not create."""
+
+
+def mark_created(folder: str | Path, stage: str) -> None:
+    """Record in ``folder`` that ``stage`` made it (so a later run may replace it)."""
+    (Path(folder) / MARKER).write_text(f"{stage}\n")
+
+
+def check_replaceable(folder: str | Path, stage: str) -> None:
+    """Raise :class:`UnsafeRemoveError` unless ``folder`` is absent, empty, or made by ``stage``."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise UnsafeRemoveError(f"{folder} is not a folder made by the {stage} stage; not replacing it")
+    marker = folder / MARKER
+    if not (marker.is_file() and marker.read_text().strip() == stage) and any(folder.iterdir()):
+        raise UnsafeRemoveError(
+            f"{folder} exists and was not made by the {stage} stage (no {MARKER}); not replacing it. "
+            "Remove it yourself or choose another --out."
+        )
+
+
+def remove_created_folder(folder: str | Path, stage: str) -> None:
+    """``shutil.rmtree(folder)`` only when ``stage`` made it (its marker file) or it is empty; a missing folder
+    is fine. Anything else (a user-given ``--out`` pointing at their own files) is refused, untouched."""
+    import shutil
+
+    check_replaceable(folder, stage)
+    folder = Path(folder)
+    if folder.is_dir():
+        shutil.rmtree(folder)

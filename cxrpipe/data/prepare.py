@@ -242,7 +242,7 @@ class ChunkStore:
         """Load the index of the chunks there; -> done [n_rows] bool."""
         self.folder.mkdir(parents=True, exist_ok=True)
         done = np.zeros(n_rows, dtype=bool)
-        for f in sorted(self.folder.iterdir()):
+        for f in sorted(self.folder.glob("chunk-*")):  # only ever touch our own files
             if not f.name.startswith(f"chunk-{self.key}-") or not f.name.endswith(".npz"):
                 f.unlink()  # other settings or code, or a temp file of a killed write
                 continue
@@ -284,9 +284,10 @@ class ChunkStore:
 
     def remove(self) -> None:
         if self.folder.is_dir():
-            for f in self.folder.iterdir():
+            for f in self.folder.glob("chunk-*"):
                 f.unlink()
-            self.folder.rmdir()
+            if not any(self.folder.iterdir()):  # never remove what we did not write
+                self.folder.rmdir()
 
 
 # in-process decoding goes through this name (tests interrupt a run by replacing it); workers run

@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -377,7 +376,10 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
         write_text_cache(out_path, rows, ids, table.study_ids, table.study_rows, fingerprint)
         n_clipped, hidden = rows.n_clipped, int(rows[0].shape[1])
         del rows
-        shutil.rmtree(folder)
+        for f in folder.glob("part-*"):  # only our own files: the folder is derived from the user's --out
+            f.unlink()
+        if not any(folder.iterdir()):
+            folder.rmdir()
         log.info("wrote %s: %d texts, %d tokens x %d (float16), %d values clipped", out_path, len(table.texts),
                  sum(len(x) for x in ids), hidden, n_clipped)
         if n_clipped:

