@@ -62,6 +62,8 @@ PARTIAL_DIR = "images.partial"  # atomically written chunk files of decoded rows
 REPORT_JSON = "prepare_report.json"
 REJECTS_CSV = "rejects.csv"
 CONFIG_JSON = "config.json"
+# Test hook: seconds to sleep after each chunk file (lets a test SIGKILL a run part-way at a known pace).
+DELAY_ENV = "CXRPIPE_PREPARE_CHUNK_DELAY_S"
 DEMO_MARKER = "generation.json"  # written by the demo generator at the root of its tree
 REJECT_FIELDS = [f.name for f in dataclasses.fields(Reject)]
 
@@ -260,7 +262,9 @@ class ChunkStore:
         return done
 
     def write(self, rows: list[int], images: list[np.ndarray]) -> None:
-        path = self.folder / f"chunk-{self.key}-{len(self.files):06d}.npz"
+        # numbered past every chunk there (never the number of a dropped one: that could overwrite a live one)
+        n = 1 + max([int(f.stem.rsplit("-", 1)[1]) for f in self.files] + [-1])
+        path = self.folder / f"chunk-{self.key}-{n:06d}.npz"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, rows=np.asarray(rows, dtype=np.int64), images=np.stack(images))
@@ -308,6 +312,7 @@ def _decode_all(
     if done.any():
         log.info("resuming: %d of %d images already decoded in %s", int(done.sum()), len(cands), partial)
     failures: dict[int, str] = {}
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     rows: list[int] = []
     images: list[np.ndarray] = []
     try:
@@ -321,6 +326,8 @@ def _decode_all(
                 store.write(rows, images)
                 ok[rows] = True
                 rows, images = [], []
+                if delay:
+                    time.sleep(delay)
     finally:  # Ctrl-C or an error: keep what was decoded (a SIGKILL loses at most flush_every rows)
         if rows:
             store.write(rows, images)
