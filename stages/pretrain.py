@@ -69,6 +69,7 @@ def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, m
         section(raw, "embed", EmbedConfig),
         [s.text for s in read_studies(prepared)],
         section(raw, "data", DataConfig).sections,
+        strict_identity=False,  # checked when the model is at hand; pretrain never needs it or the network
     )
     run_pretrain(
         cfg,

@@ -74,11 +74,14 @@ class Fingerprint:
         return cls(**kw)
 
     def differences(self, other: "Fingerprint") -> list[str]:
-        """Fields (but ``package_version``) that differ, as readable ``name: cache=... params=...`` lines."""
+        """Fields (but ``package_version``, and ``model_identity`` when ``other``'s is unknown "") that differ,
+        as readable ``name: cache=... params=...`` lines."""
         out = []
         for f in dataclasses.fields(self):
             if f.name == "package_version":
                 continue
+            if f.name == "model_identity" and not other.model_identity:
+                continue  # not known to the reader (model not at hand offline): the cache's is kept
             a, b = getattr(self, f.name), getattr(other, f.name)
             if a != b:
                 out.append(f"{f.name}: cache={a!r} params={b!r}")

@@ -93,15 +93,21 @@ class EmbedSummary:
     config: dict
 
 
-def expected_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Sequence[str]) -> Fingerprint:
+def expected_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Sequence[str],
+                         strict_identity: bool = True) -> Fingerprint:
     """The fingerprint a cache made with these params has. ``texts``: the ``text`` column of every row of
-    studies.csv (cleaned, without the prompt); ``sections``: params ``data.sections``."""
-    from cxrpipe.text.model import model_identity
+    studies.csv (cleaned, without the prompt); ``sections``: params ``data.sections``.
 
+    ``strict_identity``: resolve the model's identity (hub commit / local folder hash) or raise
+    :class:`~cxrpipe.text.model.TextModelError` (embed); False = record it only when it is at hand offline,
+    else "" = not checked (readers such as pretrain, which must not need the model or the network)."""
+    from cxrpipe.text.model import known_model_identity, model_identity
+
+    identity = model_identity if strict_identity else known_model_identity
     return Fingerprint(
         model=cfg.model,
         revision=cfg.revision,
-        model_identity=model_identity(cfg.model, cfg.revision),
+        model_identity=identity(cfg.model, cfg.revision),
         quantization=cfg.quantization,
         layer=cfg.layer,
         prompt=cfg.prompt,

@@ -148,6 +148,27 @@ def model_identity(model: str | Path, revision: str = "") -> str:
     return "hub:" + resolve_hub_commit(str(model), revision)
 
 
+def known_model_identity(model: str | Path, revision: str = "") -> str:
+    """:func:`model_identity` when it can be had without the network and the model is at hand (a local folder
+    that exists, a commit revision, a hub id in the local hub cache); else "" (unknown: readers of the cache
+    such as pretrain then skip the identity check; embed, which writes it, always resolves it)."""
+    try:
+        if is_local(model):
+            return model_identity(model) if Path(str(model)).expanduser().is_dir() else ""
+        if _COMMIT.match(revision) or _cached_hub_commit(str(model), revision):
+            return model_identity(model, revision)
+    except TextModelError:
+        pass
+    return ""
+
+
+def _cached_hub_commit(repo_id: str, revision: str) -> str | None:
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+    return ref.read_text().strip() if ref.is_file() else None
+
+
 def _folder_hash(folder: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
@@ -177,9 +198,9 @@ def resolve_hub_commit(repo_id: str, revision: str = "") -> str:
     try:
         from huggingface_hub import constants
 
-        ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
-        if ref.is_file():  # downloaded before: the cache knows the commit (works offline)
-            return ref.read_text().strip()
+        cached = _cached_hub_commit(repo_id, revision)
+        if cached:  # downloaded before: the cache knows the commit (works offline)
+            return cached
         if constants.HF_HUB_OFFLINE:
             raise RuntimeError("HF_HUB_OFFLINE is set and the model is not in the local hub cache")
         from huggingface_hub import HfApi
