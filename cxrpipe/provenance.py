@@ -26,7 +26,7 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     ),
     "pretrain": (
         "config.py", "io.py", "provenance.py", "pretrain", "encoder.py", "data/manifest.py",
-        "data/image_cache.py", "text/cache.py", "text/embed.py", "data/prepare.py",
+        "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "data/prepare.py",
     ),
 }
 
