@@ -12,7 +12,9 @@ manifest CSVs; embed: text.h5; pretrain: encoder.safetensors and loss.csv). A ki
 already ended is not counted; the trial is drawn again. Prints ``<stage>: N kills, M identical`` per stage.
 
 Overrides for speed (a params copy in --work): prepare.flush_every (default 64: many resume points),
-pretrain.epochs / checkpoint_every (default 2 / 5: a short run with several checkpoints).
+embed.part_tokens (256), pretrain.epochs / batch_size / checkpoint_every (6 / 8 / 2: a short run with
+several checkpoints); embed and pretrain run on the first ``--studies`` studies of the prepared demo (30),
+so that dozens of runs fit in an hour on a shared CPU.
 """
 
 from __future__ import annotations
@@ -42,12 +44,33 @@ def commands(stage: str, params: Path, work: Path, out: Path) -> list[str]:
     if stage == "prepare":
         return cx + ["prepare", "--params", str(params), "--out", str(out)]
     if stage == "embed":
-        return cx + ["embed", "--params", str(params), "--manifest", str(work / "prepare" / "ref"),
+        return cx + ["embed", "--params", str(params), "--manifest", str(work / "subset"),
                      "--out", str(out / "text.h5"), "--report", str(out / "text-report.json")]
     return cx + ["pretrain", "--params", str(params), "--variant", "multimodal",
-                 "--prepared", str(work / "prepare" / "ref"), "--text-cache", str(work / "embed" / "ref" / "text.h5"),
+                 "--prepared", str(work / "subset"), "--text-cache", str(work / "embed" / "ref" / "text.h5"),
                  "--out", str(out / "model"), "--metrics", str(out / "metrics.json"), "--plots", str(out / "plots"),
                  "--resume"]
+
+
+def make_subset(prepared: Path, out: Path, n_studies: int) -> None:
+    """A prepared folder with the first ``n_studies`` studies (by id) of each split's share: the same
+    images.h5, images.csv/studies.csv filtered (rows keep their images.h5 index). Keeps embed and pretrain
+    short enough to run dozens of times on a CPU."""
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (prepared / "studies.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, studies = reader.fieldnames, sorted(reader, key=lambda r: int(r["study_id"]))
+    keep = {r["study_id"] for r in studies[:n_studies]}
+    for name in ("studies.csv", "images.csv"):
+        with (prepared / name).open(newline="") as f, (out / name).open("w", newline="") as g:
+            reader = csv.DictReader(f)
+            w = csv.DictWriter(g, fieldnames=reader.fieldnames)
+            w.writeheader()
+            w.writerows(r for r in reader if r["study_id"] in keep)
+    if not (out / "images.h5").exists():
+        os.link(prepared / "images.h5", out / "images.h5")
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -84,14 +107,22 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/cxrpipe-kill"))
     ap.add_argument("--flush-every", type=int, default=64)
-    ap.add_argument("--pretrain-epochs", type=int, default=2)
-    ap.add_argument("--checkpoint-every", type=int, default=5)
+    ap.add_argument("--pretrain-epochs", type=int, default=6)
+    ap.add_argument("--checkpoint-every", type=int, default=2)
+    ap.add_argument("--pretrain-batch-size", type=int, default=8)
+    ap.add_argument("--studies", type=int, default=30, help="studies embed and pretrain run on (a subset)")
+    ap.add_argument("--part-tokens", type=int, default=256, help="embed.part_tokens: many parts to resume from")
+    ap.add_argument("--embed-quantization", default="", help="override embed.quantization (e.g. bf16: faster on CPU)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load(args.params.read_text())
     params["prepare"]["flush_every"] = args.flush_every
-    params["pretrain"].update(epochs=args.pretrain_epochs, checkpoint_every=args.checkpoint_every)
+    params["pretrain"].update(epochs=args.pretrain_epochs, checkpoint_every=args.checkpoint_every,
+                              batch_size=args.pretrain_batch_size)
+    params["embed"].update(part_tokens=args.part_tokens, batch_tokens=min(params["embed"]["batch_tokens"], args.part_tokens))
+    if args.embed_quantization:
+        params["embed"]["quantization"] = args.embed_quantization
     p = args.work / "params.yaml"
     p.write_text(yaml.safe_dump(params))
     stages = args.stages.split(",")
@@ -107,6 +138,8 @@ def main() -> None:
             seconds = run(commands(stage, p, args.work, ref), log)
             (ref / ".seconds").write_text(f"{seconds}\n")
         seconds = float((ref / ".seconds").read_text())
+        if stage == "prepare":
+            make_subset(ref, args.work / "subset", args.studies)
         if stage not in stages:
             continue
         kills = same = trials = 0
