@@ -74,3 +74,21 @@ def test_an_unreachable_hub_says_so_in_one_line(monkeypatch, tmp_path):
     with pytest.raises(TextModelError, match=r"did not resolve on the hub: ConnectionError: Failed to resolve") as e:
         model_mod.resolve_hub_commit("org/model")
     assert "long details" not in str(e.value)
+
+
+def test_embed_stage_says_in_one_line_that_a_hub_id_does_not_resolve(manifest_dir, tmp_path, monkeypatch):
+    import yaml
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from cxrpipe.cli import app
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"sections": ["findings"]}, "embed": {"model": "org/no-such-model"}}))
+    res = CliRunner().invoke(app, ["embed", "--params", str(params), "--manifest", str(manifest_dir),
+                                   "--out", str(tmp_path / "text.h5"), "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 1
+    assert "'org/no-such-model'" in res.output and "did not resolve" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "text.h5").exists()
