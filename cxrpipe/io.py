@@ -29,8 +29,20 @@ def write_json_atomic(path: str | Path, data: Any, sort_keys: bool = False) -> N
 # The caches (images.h5, text.h5) are written with HDF5's fletcher32 filter on every dataset (HDF5 checks a
 # chunk each time it is read) and file format v110 (checksummed superblock and object headers), and record
 # the sha256 of each dataset's bytes as attribute ``sha256_<name>`` (checked in full by ``cxrpipe verify``).
-H5_LIBVER = ("v110", "v110")  # fixed, so the same content gives the same bytes on every h5py release
 SHA_PREFIX = "sha256_"
+
+
+def create_h5(path: str | Path) -> Any:
+    """A new, truncated ``h5py.File`` in format v110 whose bytes depend on its content only: the root group
+    tracks no times (HDF5 < 2.0 stamps its object header with the creation time; datasets track none in
+    h5py). The same content written twice gives the same file, byte for byte."""
+    import h5py
+
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)
+    return h5py.File(h5py.h5f.create(str(path).encode(), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
 
 
 class CorruptFileError(RuntimeError):

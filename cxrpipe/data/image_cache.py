@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from cxrpipe.io import H5_LIBVER, SHA_PREFIX, CorruptFileError, corrupt_error, verify_checksums
+from cxrpipe.io import SHA_PREFIX, create_h5, CorruptFileError, corrupt_error, verify_checksums
 
 SCHEMA_VERSION = 2
 STAGE = "prepare"  # the stage that makes images.h5 (named in every error)
@@ -52,7 +52,7 @@ class ImageCacheWriter:
         n = len(dicom_ids)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.unlink(missing_ok=True)
-        self.f = h5py.File(self.tmp, "w", libver=H5_LIBVER)
+        self.f = create_h5(self.tmp)
         self.f.attrs["schema_version"] = SCHEMA_VERSION
         self.f.attrs["size"] = self.size
         self.f.attrs["complete"] = False

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from cxrpipe.io import H5_LIBVER, SHA_PREFIX, CorruptFileError, corrupt_error, verify_checksums
+from cxrpipe.io import SHA_PREFIX, create_h5, CorruptFileError, corrupt_error, verify_checksums
 
 SCHEMA_VERSION = 2
 STAGE = "embed"  # the stage that makes text.h5 (named in every error)
@@ -117,7 +117,7 @@ def write_text_cache(
     total = int(offsets[-1])
     hidden = int(embeddings[0].shape[1]) if len(embeddings) else 0
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", libver=H5_LIBVER) as f:
+    with create_h5(tmp) as f:
         emb = f.create_dataset(
             "embeddings",
             shape=(total, hidden),

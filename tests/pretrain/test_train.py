@@ -184,4 +184,4 @@ def test_stage_cli_in_process(tmp_path):
     params["embed"]["prompt"] = "Findings:"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, args)
-    assert result.exit_code != 0 and "prompt" in str(result.exception)
+    assert result.exit_code != 0 and "prompt" in result.output + str(result.exception)
