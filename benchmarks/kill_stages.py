@@ -6,15 +6,16 @@
 Runs in the repository root on the demo (``params.yaml``'s data: run ``dvc repro demo_data text_model``
 first), in a scratch folder (``--work``, default ``/tmp/cxrpipe-kill``). Per stage: one uninterrupted
 reference run; then, per trial, a fresh run is started (``--resume`` for pretrain), SIGKILLed (its whole
-process group, decoding workers included) at a moment drawn uniformly over the reference run's duration,
+process group, decoding workers included) at a moment drawn uniformly over the duration of a full run (the reference's, or the latest uninterrupted one's),
 rerun to the end, and its outputs compared byte for byte with the reference's (prepare: images.h5 and the
 manifest CSVs; embed: text.h5; pretrain: encoder.safetensors and loss.csv). A kill that comes after the run
 already ended is not counted; the trial is drawn again. Prints ``<stage>: N kills, M identical`` per stage.
 
 Overrides for speed (a params copy in --work): prepare.flush_every (default 64: many resume points),
-embed.part_tokens (256), pretrain.epochs / batch_size / checkpoint_every (6 / 8 / 2: a short run with
-several checkpoints); embed and pretrain run on the first ``--studies`` studies of the prepared demo (30),
-so that dozens of runs fit in an hour on a shared CPU.
+embed.part_tokens (256), pretrain.epochs / batch_size / checkpoint_every (2 / 8 / 1: a short run with
+several checkpoints); pretrain runs on the first ``--studies`` studies of the prepared demo (30) and their
+text cache, the killed embed on the first ``--embed-studies`` (10), so that dozens of runs fit in an hour on
+a shared CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import yaml
 OUTPUTS = {
     "prepare": ["images.h5", "images.csv", "studies.csv", "rejects.csv"],
     "embed": ["text.h5"],
+    "embed-small": ["text.h5"],
     "pretrain": ["model/encoder.safetensors", "plots/loss.csv"],
 }
 
@@ -43,8 +45,9 @@ def commands(stage: str, params: Path, work: Path, out: Path) -> list[str]:
     cx = [sys.executable, "-m", "cxrpipe"]
     if stage == "prepare":
         return cx + ["prepare", "--params", str(params), "--out", str(out)]
-    if stage == "embed":
-        return cx + ["embed", "--params", str(params), "--manifest", str(work / "subset"),
+    if stage in ("embed", "embed-small"):  # embed-small: the killed one, on fewer studies (--embed-studies)
+        manifest = work / ("subset-embed" if stage == "embed-small" else "subset")
+        return cx + ["embed", "--params", str(params), "--manifest", str(manifest),
                      "--out", str(out / "text.h5"), "--report", str(out / "text-report.json")]
     return cx + ["pretrain", "--params", str(params), "--variant", "multimodal",
                  "--prepared", str(work / "subset"), "--text-cache", str(work / "embed" / "ref" / "text.h5"),
@@ -82,17 +85,18 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def killed_at(cmd: list[str], delay: float, log: Path) -> bool:
-    """Start ``cmd``, SIGKILL its process group after ``delay`` s; True if it was still running then."""
+def killed_at(cmd: list[str], delay: float, log: Path) -> tuple[bool, float]:
+    """Start ``cmd``, SIGKILL its process group after ``delay`` s. -> (still running then, seconds it ran)."""
+    t0 = time.perf_counter()
     with log.open("a") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             proc.wait(timeout=delay)
-            return False  # ended before the kill
+            return False, time.perf_counter() - t0  # ended before the kill
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return True
+            return True, time.perf_counter() - t0
 
 
 def identical(stage: str, ref: Path, out: Path) -> bool:
@@ -107,10 +111,11 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/cxrpipe-kill"))
     ap.add_argument("--flush-every", type=int, default=64)
-    ap.add_argument("--pretrain-epochs", type=int, default=6)
-    ap.add_argument("--checkpoint-every", type=int, default=2)
+    ap.add_argument("--pretrain-epochs", type=int, default=2)
+    ap.add_argument("--checkpoint-every", type=int, default=1)
     ap.add_argument("--pretrain-batch-size", type=int, default=8)
     ap.add_argument("--studies", type=int, default=30, help="studies embed and pretrain run on (a subset)")
+    ap.add_argument("--embed-studies", type=int, default=10, help="studies the killed embed runs on")
     ap.add_argument("--part-tokens", type=int, default=256, help="embed.part_tokens: many parts to resume from")
     ap.add_argument("--embed-quantization", default="", help="override embed.quantization (e.g. bf16: faster on CPU)")
     args = ap.parse_args()
@@ -127,9 +132,14 @@ def main() -> None:
     p.write_text(yaml.safe_dump(params))
     stages = args.stages.split(",")
     tally = {}
-    order = ["prepare", "embed", "pretrain"]  # each stage's reference run reads the one before's
+    # each stage's reference run reads the one before's; "embed" (all --studies) feeds pretrain, the
+    # killed embed is "embed-small" (--embed-studies: a short run, so dozens fit)
+    stages = ["embed-small" if s == "embed" else s for s in stages]
+    order = ["prepare", "embed-small", "embed", "pretrain"]
     last = max(order.index(s) for s in stages)
     for stage in order[: last + 1]:
+        if stage == "embed-small" and stage not in stages:
+            continue
         ref = args.work / stage / "ref"
         log = args.work / f"{stage}.log"
         if not all((ref / name).exists() for name in OUTPUTS[stage]):
@@ -140,6 +150,7 @@ def main() -> None:
         seconds = float((ref / ".seconds").read_text())
         if stage == "prepare":
             make_subset(ref, args.work / "subset", args.studies)
+            make_subset(ref, args.work / "subset-embed", args.embed_studies)
         if stage not in stages:
             continue
         kills = same = trials = 0
@@ -149,7 +160,9 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             delay = rng.uniform(0.0, seconds)
-            if not killed_at(commands(stage, p, args.work, out), delay, log):
+            killed, ran = killed_at(commands(stage, p, args.work, out), delay, log)
+            if not killed:
+                seconds = ran  # the machine got faster than the reference run: draw over this run's length
                 continue
             kills += 1
             run(commands(stage, p, args.work, out), log)
@@ -160,7 +173,7 @@ def main() -> None:
         tally[stage] = (kills, same, trials)
         print(f"{stage}: {kills} kills, {same} identical ({trials - kills} draws came after the run ended)",
               flush=True)
-    print("\n".join(f"{s}: {k} kills, {m} identical" for s, (k, m, _) in tally.items()))
+    print("\n".join(f"{s.replace('-small', '')}: {k} kills, {m} identical" for s, (k, m, _) in tally.items()))
 
 
 if __name__ == "__main__":
