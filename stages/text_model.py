@@ -20,9 +20,16 @@ def main(
     from cxrpipe.log import setup_logging
     from cxrpipe.text.model import TextModelConfig, convert_demo_model
 
+    from cxrpipe.io import UnsafeRemoveError
+    from cxrpipe.text.model import TextModelError
+
     setup_logging()
     cfg = section(params, "text_model", TextModelConfig)
-    convert_demo_model(cfg.package, out, gguf_file=cfg.gguf_file)
+    try:
+        convert_demo_model(cfg.package, out, gguf_file=cfg.gguf_file)
+    except (TextModelError, UnsafeRemoveError) as e:  # a clear message, not a traceback
+        typer.echo(f"text_model failed: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":

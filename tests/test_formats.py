@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrpipe.data.image_cache import ImageCache, ImageCacheError, ImageCacheWriter
+from cxrpipe.data.image_cache import ImageCache, ImageCacheError, ImageCacheWriter, verify_image_cache
 from cxrpipe.data.manifest import ImageRecord, StudyRecord, label_matrix, read_images, read_studies, write_manifest
 from cxrpipe.labels import CHEXPERT_LABELS
 from cxrpipe.text.cache import Fingerprint, TextCache, TextCacheError, hash_texts, write_text_cache
@@ -29,22 +29,26 @@ def test_manifest_round_trip(tmp_path):
     assert m.shape == (2, len(CHEXPERT_LABELS)) and m[0, 2] == -1.0
 
 
-def test_image_cache_resume_and_complete(tmp_path):
+def test_image_cache_round_trip_and_atomic_write(tmp_path):
     ids = ["a", "b", "c"]
     img = np.arange(16, dtype=np.uint8).reshape(4, 4)
     w = ImageCacheWriter(tmp_path / "images.h5", ids, size=4)
     w.write(1, img)
-    w.close(complete=False)
-    with pytest.raises(ImageCacheError, match="not complete"):
+    w.close(complete=False)  # an interrupted write leaves nothing
+    assert not (tmp_path / "images.h5").exists() and not (tmp_path / "images.h5.tmp").exists()
+    with pytest.raises(ImageCacheError, match="not found"):
         ImageCache(tmp_path / "images.h5")
-    w = ImageCacheWriter(tmp_path / "images.h5", ids, size=4)  # resumes: row 1 kept
-    assert w.done_rows().tolist() == [False, True, False]
-    w.write(0, img)
-    w.write(2, 255 - img)
-    w.close(complete=True)
+    with pytest.raises(ImageCacheError, match="never written"):
+        with ImageCacheWriter(tmp_path / "images.h5", ids, size=4) as w:
+            w.write(0, img)
+    with ImageCacheWriter(tmp_path / "images.h5", ids, size=4) as w:
+        w.write(2, 255 - img)  # out of order: checksummed by reading back
+        w.write(0, img)
+        w.write(1, img)
     c = ImageCache(tmp_path / "images.h5")
     assert len(c) == 3 and c.dicom_ids() == ids
     assert (c[1] == img).all() and (c[2] == 255 - img).all()
+    assert set(verify_image_cache(tmp_path / "images.h5")) == {"images", "dicom_id"}
     with pytest.raises(ValueError, match="expected uint8"):
         ImageCacheWriter(tmp_path / "other.h5", ids, size=4).write(0, img.astype(np.float32))
 
@@ -68,6 +72,8 @@ def test_text_cache_round_trip_and_refusal(tmp_path):
     assert c.token_ids(0).tolist() == [1, 2, 3] and c.row_of(12) == 1 and 99 not in c
     with pytest.raises(TextCacheError, match=r"prompt: cache='p' params='q'"):
         TextCache(path, expect=_fp(prompt="q"))
+    with pytest.raises(TextCacheError, match=r"model_identity: cache='' params='local:other'"):
+        TextCache(path, expect=_fp(model_identity="local:other"))  # other weights behind the same name
     assert hash_texts(["b", "a", "a"]) == hash_texts(["a", "b"])
 
 

@@ -257,6 +257,28 @@ def image_relpath(subject_id: int, study_id: int, dicom_id: str, ext: str) -> st
 
 
 # ----------------------------------------------------------------------------------------------- reader
+STUDY_SPLIT_RULE = (
+    "a study whose images sit in different splits gets the split most of its images have; on a tie the more "
+    "held-out one (test, then validate, then train), so no image of a held-out study is trained on"
+)
+_HELD_OUT_RANK = {"test": 0, "validate": 1, "train": 2}
+
+
+def study_split(image_splits: Sequence[str]) -> str:
+    """The one split of a study from its images' splits (see :data:`STUDY_SPLIT_RULE`)."""
+    n = collections.Counter(image_splits)
+    return min(n, key=lambda s: (-n[s], _HELD_OUT_RANK.get(s, 3), s))
+
+
+def subjects_in_several_splits(studies: Sequence[StudyRecord]) -> dict[int, list[str]]:
+    """``{subject_id: [splits]}`` of every subject whose studies sit in more than one split (MIMIC-CXR's
+    official split is by subject: a patient in two splits leaks between training and testing)."""
+    splits: dict[int, set[str]] = collections.defaultdict(set)
+    for s in studies:
+        splits[s.subject_id].add(s.split)
+    return {subj: sorted(v) for subj, v in sorted(splits.items()) if len(v) > 1}
+
+
 def read_mimic(
     root: str | Path,
     reports: str | Path,
@@ -355,13 +377,16 @@ def read_mimic(
             if not has_labels:
                 reason, detail = ("bad_label_value", bad_labels[study_id]) if study_id in bad_labels else ("no_label_row", f"no row in {label_path.name}")
                 rejects.append(Reject("labels", str(study_id), label_path.name, reason, detail, action="unlabelled"))
-            splits = {c.split for c in cands}
-            if len(splits) > 1:
-                log.warning("study %d has images in splits %s; using %s", study_id, sorted(splits), cands[0].split)
+            split = study_split([c.split for c in cands])
+            if any(c.split != split for c in cands):
+                counts["studies_split_resolved"] = counts.get("studies_split_resolved", 0) + 1
+                log.warning("study %d has images in splits %s; all get %r (%s)", study_id,
+                            sorted({c.split for c in cands}), split, STUDY_SPLIT_RULE)
+                cands = [dataclasses.replace(c, split=split) for c in cands]
             studies[study_id] = StudyRecord(
                 study_id=study_id,
                 subject_id=subject_id,
-                split=cands[0].split,
+                split=split,
                 text=cleaned.text,
                 sections=dict(cleaned.sections),
                 labels=labels.get(study_id, tuple([math.nan] * len(CHEXPERT_LABELS))),

@@ -4,6 +4,7 @@ Outputs in ``out_dir``:
   ``images.csv``, ``studies.csv``  the manifest (:mod:`cxrpipe.data.manifest`); only rows that made it
   ``images.h5``                    uint8 ``[N, S, S]`` letterboxed images, row i = images.csv row i
   ``prepare_report.json``          counts per split, view and label value; rejects per reason; losses; timing;
+                                   ``split``: how splits are assigned (by subject; the study rule);
                                    ``source``, ``root`` and ``demo`` (true when root holds the demo's
                                    ``generation.json``) so later stages can say whose numbers they are
   ``rejects.csv``                  kind, id, path, reason, detail, action: every file or study dropped
@@ -11,11 +12,14 @@ Outputs in ``out_dir``:
   ``config.json``                  the resolved ``data`` and ``prepare`` sections
 
 Decoding runs in worker processes (``prepare.workers``; 0 = in this process) that only decode + resize and
-send arrays back; this process writes them to ``images.partial.h5`` and flushes every
-``prepare.flush_every`` rows. An interrupted run (crash, Ctrl-C) resumes from the rows marked done there
-(the partial cache is kept only while it was made from the same images, size, root and window). At the end
-the rows that decoded are compacted into ``images.h5`` (a rename when none failed), the manifest written
-with those rows only, and the partial cache removed.
+send arrays back. This process collects them and every ``prepare.flush_every`` rows writes one chunk file
+into ``images.partial/`` atomically (temp file, fsync, ``os.replace``): a chunk is there whole or not at
+all, so a run killed at ANY moment (SIGKILL included) loses at most the rows not yet in a chunk, and a
+rerun decodes exactly those. Chunk names carry a key of everything the pixels depend on (root, size,
+window, the list of images) and of the code that made them (package version + hash of the stage's source,
+:mod:`cxrpipe.provenance`); chunks of another key are deleted, never reused. At the end the rows that
+decoded are written, in manifest order, into ``images.h5`` (temp name + rename; the same bytes whether
+or not the run was interrupted), the manifest with those rows only, and the chunks removed.
 
 The run goes on past every bad file or study and fails (:class:`PrepareError`, after writing the report
 and the rejects list) only when the share of selected images or studies lost exceeds
@@ -40,27 +44,34 @@ import time
 from pathlib import Path
 from typing import Iterable, Literal
 
-import h5py
 import numpy as np
 
+from cxrpipe import __version__, provenance
 from cxrpipe.io import write_json_atomic
-from cxrpipe import __version__
 from cxrpipe.config import save_config
 from cxrpipe.data.image_cache import ImageCacheWriter
 from cxrpipe.data.images import decode_chunk, decode_task
 from cxrpipe.data.manifest import IMAGES_CSV, SPLITS, STUDIES_CSV, ImageRecord, StudyRecord, write_manifest
-from cxrpipe.data.mimic import ImageCandidate, Reject, read_mimic
+from cxrpipe.data.mimic import STUDY_SPLIT_RULE, ImageCandidate, Reject, read_mimic, subjects_in_several_splits
 from cxrpipe.labels import CHEXPERT_LABELS
 
 log = logging.getLogger(__name__)
 
 IMAGES_H5 = "images.h5"
-PARTIAL_H5 = "images.partial.h5"
+PARTIAL_DIR = "images.partial"  # atomically written chunk files of decoded rows (the resume state)
 REPORT_JSON = "prepare_report.json"
 REJECTS_CSV = "rejects.csv"
 CONFIG_JSON = "config.json"
+# Test hook: seconds to sleep after each chunk file (lets a test SIGKILL a run part-way at a known pace).
+DELAY_ENV = "CXRPIPE_PREPARE_CHUNK_DELAY_S"
 DEMO_MARKER = "generation.json"  # written by the demo generator at the root of its tree
 REJECT_FIELDS = [f.name for f in dataclasses.fields(Reject)]
+
+
+SPLIT_RULE = (
+    "split by subject: the source's split table is used as given, and prepare fails if any subject has "
+    "studies in two splits; " + STUDY_SPLIT_RULE
+)
 
 
 class PrepareError(RuntimeError):
@@ -88,7 +99,7 @@ class PrepareConfig:
     image_size: int = 96  # S: images stored uint8 [S, S], longer side -> S, aspect kept, padded with 0
     workers: int = 2  # decoding processes; 0 decodes in the main process
     chunksize: int = 8  # images handed to a worker at a time (fewer messages; small keeps the bar smooth)
-    flush_every: int = 256  # rows written between flushes of images.partial.h5 (the resume granularity)
+    flush_every: int = 256  # rows per chunk file in images.partial/ (the most a SIGKILL can lose)
     max_reject_fraction: float = 0.05  # fail when more than this share of selected images or studies is lost
     dicom_percentile: float = 0.5  # window p..100-p percentiles for DICOMs that carry no window; 0 = min-max
 
@@ -106,6 +117,7 @@ class PrepareReport:
     rejects: dict  # {"total": n, "by_reason": {"<kind>/<reason>": n}}
     lost: dict  # images/studies lost, their fractions, the limit
     timing: dict
+    split: str = ""  # how images are assigned to splits (by subject; see SPLIT_RULE)
     failed: str | None = None  # the error message when the run failed on max_reject_fraction
 
     def to_dict(self) -> dict:
@@ -136,7 +148,14 @@ def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Pa
         report = _report(data_cfg, read.counts, [], {}, rejects, early, {"read_s": round(t_read - t0, 3)})
         _fail(out_dir, report, rejects, data_cfg, prep_cfg)
 
-    ok, failures, stats = _decode_all(read.images, data_cfg, prep_cfg, out_dir / PARTIAL_H5)
+    mixed = subjects_in_several_splits(list(read.studies.values()))
+    if mixed:
+        ex = "; ".join(f"subject {s}: {v}" for s, v in list(mixed.items())[:5])
+        raise PrepareError(
+            f"{len(mixed)} subjects have studies in more than one split (e.g. {ex}): the split must be by subject, "
+            "or a patient's images leak between training and testing. Fix the split table."
+        )
+    ok, failures, stats = _decode_all(read.images, data_cfg, prep_cfg, out_dir / PARTIAL_DIR)
     t_decode = time.perf_counter()
     for i, why in sorted(failures.items()):
         c = read.images[i]
@@ -171,7 +190,7 @@ def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Pa
     write_manifest(out_dir, images, studies)
     report.timing["total_s"] = round(time.perf_counter() - t0, 3)
     _write_outputs(out_dir, report, rejects, data_cfg, prep_cfg)
-    (out_dir / PARTIAL_H5).unlink(missing_ok=True)
+    ChunkStore(out_dir / PARTIAL_DIR, "").remove()
     _log_rejects(rejects, out_dir, Path(data_cfg.root))
     log.info(
         "prepared %d images of %d studies (%s) into %s in %.1fs; lost %.2f%% of selected images",
@@ -199,6 +218,82 @@ def _decode_key(data_cfg: DataConfig, prep_cfg: PrepareConfig) -> str:
     )
 
 
+def _chunk_key(data_cfg: DataConfig, prep_cfg: PrepareConfig, cands: list[ImageCandidate]) -> str:
+    """16 hex of: decode settings, the candidate list (index -> file), the code (version + source hash)."""
+    import hashlib
+
+    h = hashlib.sha256(_decode_key(data_cfg, prep_cfg).encode())
+    h.update(provenance.code_key("prepare").encode())
+    for c in cands:
+        h.update(f"{c.dicom_id}|{c.path}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class ChunkStore:
+    """``images.partial/``: decoded rows as atomically written ``.npz`` chunks named ``chunk-<key>-<n>.npz``.
+
+    A chunk holds ``rows`` int64 ``[n]`` (candidate indices) and ``images`` uint8 ``[n, S, S]``. Chunks of
+    another key are deleted on open; an unreadable one (a damaged disk) is deleted and its rows redone.
+    """
+
+    def __init__(self, folder: Path, key: str):
+        self.folder, self.key = Path(folder), key
+        self.files: list[Path] = []
+
+    def open(self, n_rows: int) -> np.ndarray:
+        """Load the index of the chunks there; -> done [n_rows] bool."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        done = np.zeros(n_rows, dtype=bool)
+        for f in sorted(self.folder.glob("chunk-*")):  # only ever touch our own files
+            if not f.name.startswith(f"chunk-{self.key}-") or not f.name.endswith(".npz"):
+                f.unlink()  # other settings or code, or a temp file of a killed write
+                continue
+            try:
+                with np.load(f) as z:
+                    rows = z["rows"]
+                    if z["images"].shape[0] != len(rows) or rows.max(initial=-1) >= n_rows:
+                        raise ValueError("rows and images disagree")
+            except Exception as e:  # noqa: BLE001 - any damage: redo these rows
+                log.warning("dropping unreadable chunk %s (%s); its rows are decoded again", f, e)
+                f.unlink()
+                continue
+            done[rows] = True
+            self.files.append(f)
+        return done
+
+    def write(self, rows: list[int], images: list[np.ndarray]) -> None:
+        # numbered past every chunk there (never the number of a dropped one: that could overwrite a live one)
+        n = 1 + max([int(f.stem.rsplit("-", 1)[1]) for f in self.files] + [-1])
+        path = self.folder / f"chunk-{self.key}-{n:06d}.npz"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, rows=np.asarray(rows, dtype=np.int64), images=np.stack(images))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self.files.append(path)
+
+    def where(self) -> dict[int, tuple[int, int]]:
+        """``{row: (chunk number, position in it)}`` over every chunk."""
+        out = {}
+        for k, f in enumerate(self.files):
+            with np.load(f) as z:
+                for j, r in enumerate(z["rows"].tolist()):
+                    out[r] = (k, j)
+        return out
+
+    def load(self, k: int) -> np.ndarray:
+        with np.load(self.files[k]) as z:
+            return z["images"]
+
+    def remove(self) -> None:
+        if self.folder.is_dir():
+            for f in self.folder.glob("chunk-*"):
+                f.unlink()
+            if not any(self.folder.iterdir()):  # never remove what we did not write
+                self.folder.rmdir()
+
+
 # in-process decoding goes through this name (tests interrupt a run by replacing it); workers run
 # images.decode_chunk, which is the same work over a chunk
 _decode_task = decode_task
@@ -209,29 +304,34 @@ _IGNORE_SIGINT = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
 def _decode_all(
     cands: list[ImageCandidate], data_cfg: DataConfig, prep_cfg: PrepareConfig, partial: Path
 ) -> tuple[np.ndarray, dict[int, str], dict]:
-    """Decode every candidate into ``partial`` (resuming). -> (ok [N] bool, {index: failure reason}, stats)."""
-    key = _decode_key(data_cfg, prep_cfg)
-    if partial.exists() and not _partial_matches(partial, key):
-        log.info("%s was made with other settings; starting over", partial)
-        partial.unlink()
-    ids = [c.dicom_id for c in cands]
-    attrs = {"decode_key": key, "source": data_cfg.source, "package_version": __version__}
+    """Decode every candidate into chunks under ``partial`` (resuming). -> (ok [N] bool, {index: reason}, stats)."""
+    store = ChunkStore(partial, _chunk_key(data_cfg, prep_cfg, cands))
+    done = store.open(len(cands))
+    ok = done.copy()
+    todo = [(i, str(Path(data_cfg.root) / c.path), prep_cfg.image_size, prep_cfg.dicom_percentile) for i, c in enumerate(cands) if not done[i]]
+    if done.any():
+        log.info("resuming: %d of %d images already decoded in %s", int(done.sum()), len(cands), partial)
     failures: dict[int, str] = {}
-    with ImageCacheWriter(partial, ids, prep_cfg.image_size, attrs=attrs) as writer:
-        done = writer.done_rows()
-        todo = [(i, str(Path(data_cfg.root) / c.path), prep_cfg.image_size, prep_cfg.dicom_percentile) for i, c in enumerate(cands) if not done[i]]
-        if done.any():
-            log.info("resuming: %d of %d images already decoded in %s", int(done.sum()), len(cands), partial)
-        n_written = 0
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    rows: list[int] = []
+    images: list[np.ndarray] = []
+    try:
         for i, image, why in _iter_decoded(todo, prep_cfg):
             if image is None:
                 failures[i] = why
                 continue
-            writer.write(i, image)
-            n_written += 1
-            if n_written % prep_cfg.flush_every == 0:
-                writer.flush()
-        ok = writer.done_rows()
+            rows.append(i)
+            images.append(image)
+            if len(rows) == prep_cfg.flush_every:
+                store.write(rows, images)
+                ok[rows] = True
+                rows, images = [], []
+                if delay:
+                    time.sleep(delay)
+    finally:  # Ctrl-C or an error: keep what was decoded (a SIGKILL loses at most flush_every rows)
+        if rows:
+            store.write(rows, images)
+            ok[rows] = True
     stats = {"decoded": len(todo), "resumed": int(done.sum()), "failed": len(failures)}
     return ok, failures, stats
 
@@ -277,32 +377,29 @@ def _iter_decoded(todo: list[tuple], cfg: PrepareConfig) -> Iterable[tuple[int, 
         bar.close()
 
 
-def _partial_matches(path: Path, key: str) -> bool:
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("decode_key") == key
-    except OSError:  # half-written by a killed run
-        return False
-
-
 def _write_image_cache(out_dir: Path, kept_idx: list[int], kept_ids: list[str], prep_cfg: PrepareConfig, data_cfg: DataConfig) -> None:
-    """``images.partial.h5`` -> ``images.h5`` holding only the rows that decoded, in manifest order."""
-    partial, final = out_dir / PARTIAL_H5, out_dir / IMAGES_H5
-    with h5py.File(partial, "r") as f:
-        n_partial = f["images"].shape[0]
-    if len(kept_idx) == n_partial:  # nothing failed: the partial cache is the final one
-        os.replace(partial, final)
-        return
-    tmp = out_dir / (IMAGES_H5 + ".tmp")
-    tmp.unlink(missing_ok=True)
+    """Chunks -> ``images.h5`` holding only the rows that decoded, in manifest order (so the bytes do not
+    depend on the order the rows were decoded in, nor on interruptions). Reads the output in blocks of
+    ~64 MB, loading each chunk a block needs once."""
+    store = ChunkStore(out_dir / PARTIAL_DIR, _chunk_key(data_cfg, prep_cfg, []))
+    store.files = sorted((out_dir / PARTIAL_DIR).glob("chunk-*.npz"))
+    where = store.where()
     attrs = {"decode_key": _decode_key(data_cfg, prep_cfg), "source": data_cfg.source, "package_version": __version__}
-    with h5py.File(partial, "r") as src, ImageCacheWriter(tmp, kept_ids, prep_cfg.image_size, attrs=attrs) as dst:
-        block = 1024
+    block = max(1, (64 << 20) // (prep_cfg.image_size**2))
+    with ImageCacheWriter(out_dir / IMAGES_H5, kept_ids, prep_cfg.image_size, attrs=attrs) as dst:
         for start in range(0, len(kept_idx), block):
-            idx = kept_idx[start : start + block]  # increasing: h5py fancy indexing needs that
-            for j, image in enumerate(src["images"][idx]):
-                dst.write(start + j, image)
-    os.replace(tmp, final)
+            idx = kept_idx[start : start + block]
+            need: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)  # chunk -> (out j, pos)
+            for j, i in enumerate(idx):
+                k, pos = where[i]
+                need[k].append((j, pos))
+            out = np.empty((len(idx), prep_cfg.image_size, prep_cfg.image_size), dtype=np.uint8)
+            for k, pairs in need.items():
+                arr = store.load(k)
+                for j, pos in pairs:
+                    out[j] = arr[pos]
+            for j in range(len(idx)):
+                dst.write(start + j, out[j])
 
 
 # ------------------------------------------------------------------------------------------ report, io
@@ -343,6 +440,7 @@ def _report(data_cfg, read_counts, images, studies: dict[int, StudyRecord], reje
         source=data_cfg.source, root=str(data_cfg.root), reports=str(data_cfg.reports),
         demo=(Path(data_cfg.root) / DEMO_MARKER).is_file(), counts=counts, labels=labels,
         rejects={"total": len(rejects), "by_reason": dict(sorted(by_reason.items()))}, lost=lost, timing=timing,
+        split=SPLIT_RULE,
     )
 
 

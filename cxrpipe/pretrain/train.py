@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from cxrpipe import provenance
 from cxrpipe.config import to_dict
 from cxrpipe.io import write_json_atomic
 from cxrpipe.pretrain.data import EpochBatches, PairDataset, PretrainDataConfig, collate, find_pairs, sample_seed
@@ -254,6 +255,9 @@ def run_pretrain(
         "train_pairs": hashlib.sha256(repr(train_pairs).encode()).hexdigest()[:16],
         "text_cache": dataclasses.asdict(text.fingerprint),
         "images_h5": [stat.st_size, stat.st_mtime_ns],
+        # and the code: a checkpoint made by other training code (even a finished one kept with
+        # keep_checkpoint) is not continued or re-exported (cxrpipe.provenance)
+        "code": provenance.code_key("pretrain"),
     }
     config_dict = {"variant": variant, **to_dict(cfg), "inputs": to_dict(inputs)}
     step, sums, count = 0, {}, 0

@@ -1,6 +1,8 @@
 """``text.h5``: per-token hidden states of every distinct cleaned, prompted report (stage one's output).
 
-Layout (schema 1), ragged, no padding stored:
+Layout (schema 2), ragged, no padding stored; every dataset's sha256 recorded as attribute ``sha256_<name>``
+(checked in full by :func:`verify_text_cache` / ``cxrpipe verify``); the datasets stored inside the file are
+chunked with HDF5's fletcher32 checksum (checked whenever a chunk is read):
   ``embeddings``  float16 ``[total_tokens, hidden]``  tokens of text ``i`` are rows ``offsets[i]:offsets[i+1]``
   ``token_ids``   int32   ``[total_tokens]``
   ``offsets``     int64   ``[n_texts + 1]``           ``offsets[-1] == total_tokens``
@@ -16,7 +18,11 @@ lists each part's name and size; a reader refuses the cache when one is missing 
 External file names are relative to text.h5's folder: open its datasets with :func:`dataset` (plain
 ``h5py.File(path)["embeddings"]`` resolves them against the working directory instead).
 
-Readers open the file lazily in the process that reads, read-only (h5py handles must not cross fork).
+A truncated, bit-flipped or foreign file raises :class:`~cxrpipe.io.CorruptFileError` naming the file and
+``dvc repro -f embed``; a linked cache whose part files changed size or vanished is refused on open, and its
+part bytes are checked against their sha256 by ``cxrpipe verify`` (external storage carries no chunk
+checksums). Readers open the file lazily in the process that reads, read-only (h5py handles must not cross
+fork).
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
+from cxrpipe.io import SHA_PREFIX, CorruptFileError, corrupt_error, create_h5, sha256_rows  # noqa: F401
 from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, decode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+STAGE = "embed"  # the stage that makes text.h5 (named in every error)
 # HDF5 keeps a dataset's external file list in one object-header message (64 KiB): 2729 files measured
 MAX_LINKED_PARTS = 2700
 
@@ -55,6 +63,7 @@ class Fingerprint:
     sections: tuple[str, ...]
     max_tokens: int
     texts_hash: str
+    model_identity: str = ""  # the weights: "hub:<commit>" or "local:<hash of the folder's files>" (text.model)
     package_version: str = ""
     schema_version: int = SCHEMA_VERSION
     store_dtype: str = StoreDtype.float16.value  # embed.store_dtype (a cache without the attr is float16)
@@ -82,11 +91,14 @@ class Fingerprint:
         return cls(**kw)
 
     def differences(self, other: "Fingerprint") -> list[str]:
-        """Fields (but ``package_version``) that differ, as readable ``name: cache=... params=...`` lines."""
+        """Fields (but ``package_version``, and ``model_identity`` when ``other``'s is unknown "") that differ,
+        as readable ``name: cache=... params=...`` lines."""
         out = []
         for f in dataclasses.fields(self):
             if f.name == "package_version":
                 continue
+            if f.name == "model_identity" and not other.model_identity:
+                continue  # not known to the reader (model not at hand offline): the cache's is kept
             a, b = getattr(self, f.name), getattr(other, f.name)
             if a != b:
                 out.append(f"{f.name}: cache={a!r} params={b!r}")
@@ -122,28 +134,38 @@ def write_text_cache(
     total = int(offsets[-1])
     hidden = int(embeddings[0].shape[1]) if len(embeddings) else 0
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with create_h5(tmp) as f:
         emb = f.create_dataset(
             "embeddings",
             shape=(total, hidden),
             dtype=np.float16,
             chunks=(max(1, min(chunk_tokens, total)), hidden) if total and hidden else None,
+            fletcher32=bool(total and hidden),
         )
-        ids = f.create_dataset("token_ids", shape=(total,), dtype=np.int32)
+        ids = f.create_dataset("token_ids", shape=(total,), dtype=np.int32, **_checked(total, chunk_tokens))
+        h_emb, h_ids = hashlib.sha256(), hashlib.sha256()
         for i, (e, t) in enumerate(zip(embeddings, token_ids)):
             if e.shape[0] != len(t):
                 raise ValueError(f"text row {i}: {e.shape[0]} embeddings for {len(t)} tokens")
             a, b = offsets[i], offsets[i + 1]
-            emb[a:b] = np.asarray(e, dtype=np.float16)
-            ids[a:b] = np.asarray(t, dtype=np.int32)
-        f.create_dataset("offsets", data=offsets)
-        f.create_dataset("study_ids", data=np.asarray(study_ids, dtype=np.int64))
-        f.create_dataset("study_rows", data=np.asarray(study_rows, dtype=np.int64))
+            e16, t32 = np.ascontiguousarray(e, dtype=np.float16), np.ascontiguousarray(t, dtype=np.int32)
+            emb[a:b] = e16
+            ids[a:b] = t32
+            h_emb.update(e16.tobytes())  # rows in order: the dataset's C-order bytes
+            h_ids.update(t32.tobytes())
+        f.attrs[SHA_PREFIX + "embeddings"] = h_emb.hexdigest()
+        f.attrs[SHA_PREFIX + "token_ids"] = h_ids.hexdigest()
+        _write_checked(f, "offsets", offsets)
+        _write_checked(f, "study_ids", np.asarray(study_ids, dtype=np.int64))
+        _write_checked(f, "study_rows", np.asarray(study_rows, dtype=np.int64))
         for k, v in fingerprint.to_attrs().items():
             f.attrs[k] = v
         f.attrs["hidden_size"] = hidden
         f.attrs["complete"] = True
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     tmp.replace(path)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,21 +201,42 @@ def write_linked_text_cache(
         raise ValueError(f"offsets end at {int(offsets[-1])}, the parts hold {total} tokens")
     names = ["embeddings", "token_ids", *EXTRA_ARRAYS[StoreDtype(fingerprint.store_dtype)]]
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with create_h5(tmp) as f:
         for name in names:
             dtype, shape = parts[0].arrays[name][0], parts[0].arrays[name][1]
             external = [(os.path.relpath(p.file, path.parent), p.arrays[name][2], p.arrays[name][3])
                         for p in parts if p.n_tokens]
             f.create_dataset(name, shape=(total, *shape[1:]), dtype=dtype, external=external or None)
-        f.create_dataset("offsets", data=np.asarray(offsets, dtype=np.int64))
-        f.create_dataset("study_ids", data=np.asarray(study_ids, dtype=np.int64))
-        f.create_dataset("study_rows", data=np.asarray(study_rows, dtype=np.int64))
+            f.attrs[SHA_PREFIX + name] = _sha256_of_parts(parts, name)
+        _write_checked(f, "offsets", np.asarray(offsets, dtype=np.int64))
+        _write_checked(f, "study_ids", np.asarray(study_ids, dtype=np.int64))
+        _write_checked(f, "study_rows", np.asarray(study_rows, dtype=np.int64))
         for k, v in fingerprint.to_attrs().items():
             f.attrs[k] = v
         f.attrs["hidden_size"] = hidden
         f.attrs["linked_parts"] = json.dumps([[p.file.name, p.file.stat().st_size] for p in parts])
         f.attrs["complete"] = True
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def _sha256_of_parts(parts: Sequence[PartLayout], name: str, block: int = 1 << 24) -> str:
+    """sha256 of array ``name`` of the parts laid end to end: the bytes the linked dataset reads (one pass)."""
+    h = hashlib.sha256()
+    for p in parts:
+        if not p.n_tokens:
+            continue
+        _, _, offset, count = p.arrays[name]
+        with open(p.file, "rb") as fh:
+            fh.seek(offset)
+            while count > 0:
+                chunk = fh.read(min(block, count))
+                if not chunk:
+                    raise ValueError(f"{p.file}: shorter than its layout says")
+                h.update(chunk)
+                count -= len(chunk)
+    return h.hexdigest()
 
 
 def dataset(f: h5py.File, name: str) -> h5py.Dataset:
@@ -215,6 +258,48 @@ def _check_linked_parts(path: Path, attrs: Any) -> None:
             raise TextCacheError(f"{path}: its part file {f} is missing or changed; run the embed stage again")
 
 
+def _checked(n: int, chunk: int) -> dict[str, Any]:
+    """create_dataset kwargs of a 1-D dataset of ``n`` values: chunked, fletcher32-checked."""
+    return {"chunks": (max(1, min(chunk, n)),), "fletcher32": True} if n else {}
+
+
+def _write_checked(f: h5py.File, name: str, data: np.ndarray, chunk: int = 65536) -> None:
+    """A small 1-D dataset with fletcher32 and its sha256 attribute."""
+    f.create_dataset(name, data=data, **_checked(len(data), chunk))
+    f.attrs[SHA_PREFIX + name] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def verify_text_cache(path: str | Path) -> dict[str, str]:
+    """Read every byte of ``text.h5`` and compare with the checksums recorded at write time."""
+    TextCache(path)  # the cheap checks first
+    try:
+        with h5py.File(path, "r") as f:
+            return _verify_checksums(f, Path(path))
+    except OSError as e:
+        raise corrupt_error(path, STAGE, str(e)) from None
+
+
+def _verify_checksums(f: h5py.File, path: Path) -> dict[str, str]:
+    """Recompute every recorded ``sha256_<name>``, reading linked datasets through their part files."""
+    names = sorted(k[len(SHA_PREFIX):] for k in f.attrs if str(k).startswith(SHA_PREFIX))
+    if not names:
+        raise corrupt_error(path, STAGE, "no checksums recorded: written by an older cxrpipe")
+    out = {}
+    for name in names:
+        if name not in f:
+            raise corrupt_error(path, STAGE, f"dataset '{name}' is missing")
+        try:
+            got = sha256_rows(dataset(f, name))
+        except OSError as e:
+            raise corrupt_error(path, STAGE, f"dataset '{name}': {e}") from None
+        want = f.attrs[SHA_PREFIX + name]
+        want = want.decode() if isinstance(want, bytes) else str(want)
+        if got != want:
+            raise corrupt_error(path, STAGE, f"dataset '{name}' has sha256 {got[:12]}..., recorded {want[:12]}...")
+        out[name] = got
+    return out
+
+
 class TextCache:
     """Read-only, lazily opened reader of ``text.h5``.
 
@@ -227,16 +312,27 @@ class TextCache:
         if not self.path.exists():
             raise TextCacheError(f"text cache not found: {self.path} (run the embed stage)")
         self._f: h5py.File | None = None
-        with h5py.File(self.path, "r") as f:
-            if not bool(f.attrs.get("complete", False)):
-                raise TextCacheError(f"{self.path} is not a finished cache (embed was interrupted); run embed again")
-            self.fingerprint = Fingerprint.from_attrs(f.attrs)
-            _check_linked_parts(self.path, f.attrs)
-            self.store = StoreDtype(self.fingerprint.store_dtype)
-            self.hidden_size = int(f.attrs["hidden_size"])
-            self.offsets = f["offsets"][:]
-            sids = f["study_ids"][:]
-            rows = f["study_rows"][:]
+        try:
+            with h5py.File(self.path, "r") as f:
+                if not bool(f.attrs.get("complete", False)):
+                    raise TextCacheError(f"{self.path} is not a finished cache (embed was interrupted); run embed again")
+                if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+                    raise TextCacheError(
+                        f"{self.path} has schema {f.attrs.get('schema_version')}, this cxrpipe reads {SCHEMA_VERSION}: "
+                        f"rebuild it with `dvc repro -f {STAGE}`"
+                    )
+                self.fingerprint = Fingerprint.from_attrs(f.attrs)
+                _check_linked_parts(self.path, f.attrs)
+                self.store = StoreDtype(self.fingerprint.store_dtype)
+                self.hidden_size = int(f.attrs["hidden_size"])
+                self.offsets = f["offsets"][:]
+                sids = f["study_ids"][:]
+                rows = f["study_rows"][:]
+                n_tokens = dataset(f, "embeddings").shape[0]
+        except (OSError, KeyError) as e:
+            raise corrupt_error(self.path, STAGE, f"{type(e).__name__}: {e}") from None
+        if len(self.offsets) == 0 or int(self.offsets[-1]) != n_tokens or len(sids) != len(rows):
+            raise corrupt_error(self.path, STAGE, "offsets, embeddings and the study map disagree")
         if expect is not None:
             diff = self.fingerprint.differences(expect)
             if diff:
@@ -250,7 +346,10 @@ class TextCache:
     @property
     def file(self) -> h5py.File:
         if self._f is None:
-            self._f = h5py.File(self.path, "r")
+            try:
+                self._f = h5py.File(self.path, "r")
+            except OSError as e:
+                raise corrupt_error(self.path, STAGE, str(e)) from None
             self._datasets: dict[str, h5py.Dataset] = {}
         return self._f
 
@@ -260,6 +359,12 @@ class TextCache:
         if name not in self._datasets:
             self._datasets[name] = dataset(f, name)
         return self._datasets[name]
+
+    def _read(self, name: str, a: int, b: int) -> np.ndarray:
+        try:
+            return self._data(name)[a:b]
+        except OSError as e:  # fletcher32 mismatch, truncated file or part
+            raise corrupt_error(self.path, STAGE, f"{name}[{a}:{b}]: {e}") from None
 
     @property
     def n_texts(self) -> int:
@@ -282,13 +387,13 @@ class TextCache:
         """``[L, hidden]`` of text row ``row``: float16 (``store_dtype`` float16), float32 (the others)."""
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
         if self.store is StoreDtype.float16:
-            return self._data("embeddings")[a:b]
+            return self._read("embeddings", a, b)
         names = ("embeddings", *EXTRA_ARRAYS[self.store])
-        return decode({k: self._data(k)[a:b] for k in names}, self.store)
+        return decode({k: self._read(k, a, b) for k in names}, self.store)
 
     def token_ids(self, row: int) -> np.ndarray:
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
-        return self._data("token_ids")[a:b]
+        return self._read("token_ids", a, b)
 
     def for_study(self, study_id: int) -> np.ndarray:
         """``[L, hidden]`` of a study's report (dtype as :meth:`text_row`)."""

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cxrpipe import __version__
+from cxrpipe import __version__, provenance
 from cxrpipe.config import to_dict
 from cxrpipe.data.manifest import read_studies
 from cxrpipe.data.reports import apply_prompt
@@ -98,12 +98,21 @@ class EmbedSummary:
     config: dict
 
 
-def expected_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Sequence[str]) -> Fingerprint:
+def expected_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Sequence[str],
+                         strict_identity: bool = True) -> Fingerprint:
     """The fingerprint a cache made with these params has. ``texts``: the ``text`` column of every row of
-    studies.csv (cleaned, without the prompt); ``sections``: params ``data.sections``."""
+    studies.csv (cleaned, without the prompt); ``sections``: params ``data.sections``.
+
+    ``strict_identity``: resolve the model's identity (hub commit / local folder hash) or raise
+    :class:`~cxrpipe.text.model.TextModelError` (embed); False = record it only when it is at hand offline,
+    else "" = not checked (readers such as pretrain, which must not need the model or the network)."""
+    from cxrpipe.text.model import known_model_identity, model_identity
+
+    identity = model_identity if strict_identity else known_model_identity
     return Fingerprint(
         model=cfg.model,
         revision=cfg.revision,
+        model_identity=identity(cfg.model, cfg.revision),
         quantization=cfg.quantization,
         layer=cfg.layer,
         prompt=cfg.prompt,
@@ -235,19 +244,12 @@ def make_plan(cfg: EmbedConfig, fingerprint: Fingerprint, ids: Sequence[Sequence
     parts = group_into_parts(batches, lengths, cfg.part_tokens)
     h = hashlib.sha256()
     h.update(json.dumps(fingerprint.to_attrs(), sort_keys=True).encode())
-    h.update(json.dumps([cfg.batch_tokens, cfg.part_tokens, bos, _model_identity(cfg.model)]).encode())
+    # the fingerprint holds the model's identity; the code key: parts made by other code are not reused
+    h.update(json.dumps([cfg.batch_tokens, cfg.part_tokens, bos, provenance.code_key("embed")]).encode())
     for x in ids:
         h.update(np.asarray(x, dtype=np.int32).tobytes() + b"|")
     h.update(json.dumps([[list(batches[j].rows) for j in p] for p in parts]).encode())
     return Plan(batches, parts, h.hexdigest()[:16])
-
-
-def _model_identity(model: str) -> list:
-    """Names, sizes and mtimes of a local model folder's files (a hub id stands for itself)."""
-    p = Path(model)
-    if not p.is_dir():
-        return [model]
-    return sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in p.iterdir() if f.is_file())
 
 
 def parts_dir(out_path: Path) -> Path:

