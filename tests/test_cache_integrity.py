@@ -76,6 +76,7 @@ def test_a_bit_flip_in_text_embeddings_or_metadata_is_caught(tmp_path):
     good = TextCache(path)
     assert good.text_row(1).shape == (5, 16)
     assert set(verify_text_cache(path)) == {"embeddings", "token_ids", "offsets", "study_ids", "study_rows"}
+    good.close()  # a reader keeps its datasets open; HDF5 would serve it the chunks it already cached
     _flip(path, _chunk_offset(path, "embeddings", 1) + 7)  # tokens 4..7: text rows 1 (3..7)
     cache = TextCache(path)
     assert cache.text_row(0).shape == (3, 16)  # chunk 0 untouched

@@ -241,7 +241,10 @@ def _sha256_of_parts(parts: Sequence[PartLayout], name: str, block: int = 1 << 2
 
 def dataset(f: h5py.File, name: str) -> h5py.Dataset:
     """Dataset ``name`` of an open text cache, external part files resolved relative to the cache's folder
-    (HDF5's ``${ORIGIN}`` prefix), so a linked cache reads the same from any working directory."""
+    (HDF5's ``${ORIGIN}`` prefix), so a linked cache reads the same from any working directory. Datasets
+    stored inside the file open plainly: HDF5 refuses to open one dataset with two different prefixes."""
+    if "linked_parts" not in f.attrs or name in ("offsets", "study_ids", "study_rows"):
+        return f[name]
     dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
     dapl.set_efile_prefix(b"${ORIGIN}")
     return h5py.Dataset(h5py.h5d.open(f.id, name.encode(), dapl))

@@ -241,3 +241,20 @@ def test_part_files_round_trip_with_few_open_handles(tmp_path):
         np.testing.assert_array_equal(parts[r], want[r])
     with pytest.raises(IndexError):
         parts[6]
+
+
+def test_linked_cache_checksums_catch_a_changed_part(tiny_model_dir, manifest_dir, tmp_path):
+    """The parts ARE the data of a linked cache: `cxrpipe verify` (verify_text_cache) recomputes the sha256
+    recorded for every dataset, reading through the parts, and names the stage to rerun when one changed."""
+    from cxrpipe.io import CorruptFileError
+    from cxrpipe.text.cache import verify_text_cache
+
+    out = tmp_path / "text.h5"
+    run_embed(cfg_for(tiny_model_dir), manifest_dir, out, SECTIONS, progress=False)
+    assert {"embeddings", "token_ids", "offsets", "study_ids", "study_rows"} <= set(verify_text_cache(out))
+    part = sorted(parts_dir(out).glob("part-*"))[0]
+    data = bytearray(part.read_bytes())
+    data[-3] ^= 0xFF  # same size: the open-time size check passes, only the checksum can tell
+    part.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=r"sha256.*dvc repro -f embed"):
+        verify_text_cache(out)
