@@ -19,14 +19,14 @@ PACKAGE_ROOT = Path(__file__).resolve().parent  # .../cxrpipe
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "prepare": (
         "config.py", "io.py", "labels.py", "provenance.py", "data/prepare.py", "data/mimic.py", "data/images.py",
-        "data/reports.py", "data/manifest.py", "data/image_cache.py",
+        "data/reports.py", "data/manifest.py", "data/image_cache.py", "data/demo_faults.py",
     ),
     "embed": (
         "config.py", "io.py", "provenance.py", "text", "data/prepare.py", "data/manifest.py", "data/reports.py",
     ),
     "pretrain": (
         "config.py", "io.py", "provenance.py", "pretrain", "encoder.py", "data/manifest.py",
-        "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "data/prepare.py",
+        "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "text/store.py", "data/prepare.py",
     ),
 }
 

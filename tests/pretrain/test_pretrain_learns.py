@@ -63,7 +63,8 @@ def test_two_process_run_pretrain_equals_one_process(tmp_path):
     ecfg = embed.EmbedConfig(model="tiny-llm", quantization="fp32")
     prepared, text = make_pairs(
         tmp_path, duplicate_train_texts=12,
-        fingerprint=lambda texts: embed.expected_fingerprint(ecfg, texts, ("findings", "impression")),
+        fingerprint=lambda texts: embed.expected_fingerprint(ecfg, texts, ("findings", "impression"),
+                                                             strict_identity=False),
     )
     ref = run_pretrain(build(PretrainConfig, params["pretrain"]), "multimodal", prepared, text, tmp_path / "one",
                        metrics_path=tmp_path / "one.json", plots_dir=tmp_path / "one-plots")
