@@ -66,9 +66,13 @@ def interval_caveats(result: dict[str, Any]) -> list[str]:
         if lo is not None and hi is not None and lo <= CHANCE <= hi:
             out.append(f"**{name}, {protocol}**: mAUC {_fmt(e)}: the interval covers 0.5 (chance); no detectable "
                        "label information in this encoder's features here.")
+        seen: set[str] = set()  # a reference kept both protocol-free and per protocol (pixels) is warned once
         for rp, rname, r_is_ref, r in entries:
             if not r_is_ref or r["mauc"] is None or rp not in (None, protocol) or e["mauc"] >= r["mauc"]:
                 continue
+            if rname in seen:
+                continue
+            seen.add(rname)
             rlo = (r.get("mauc_ci95") or [None])[0]
             clear = hi is not None and rlo is not None and hi < rlo
             out.append(f"**{name}, {protocol}**: mAUC {_fmt(e)} is below the reference **{rname}** ({_fmt(r)})"

@@ -37,6 +37,9 @@ def test_below_a_reference_wherever_the_references_are_kept():
     assert "do not overlap" in interval_caveats(far)[0]
     other_protocol = {"linear": enc, "references": {"finetune": {"random-init": entry(0.9, 0.88, 0.92)}}}
     assert interval_caveats(other_protocol) == []
+    # compare keeps pixels both protocol-free and per protocol: one warning per encoder, not two
+    both = {"linear": enc, "references": {"pixels": entry(0.8, 0.77, 0.83), "linear": {"pixels": entry(0.8, 0.77, 0.83)}}}
+    assert len([x for x in interval_caveats(both) if "**mae, linear**" in x]) == 1
 
 
 def test_low_positive_labels_are_named_with_counts_and_the_section_is_always_there():
