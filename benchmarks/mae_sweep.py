@@ -33,7 +33,8 @@ def _set(d: dict, dotted: str, value: str) -> None:
     d[keys[-1]] = yaml.safe_load(value)
 
 
-def run_one(params_path: Path, overrides: list[str], tag: str, prepared: Path, text_cache: Path) -> dict:
+def run_one(params_path: Path, overrides: list[str], tag: str, prepared: Path, text_cache: Path,
+            variant: str = "mae") -> dict:
     from cxrpipe.config import build, load_params, section
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
@@ -54,11 +55,12 @@ def run_one(params_path: Path, overrides: list[str], tag: str, prepared: Path, t
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.time()
-        run_pretrain(cfg, "mae", prepared, text_cache, tmp / "mae", expect=expect, metrics_path=tmp / "m.json",
-                     plots_dir=tmp / "plots")
+        pre_metrics = run_pretrain(cfg, variant, prepared, text_cache, tmp / variant, expect=expect,
+                                   metrics_path=tmp / "m.json", plots_dir=tmp / "plots")
         seconds = time.time() - t0
-        res = run_finetune(ft, tmp / "mae", "linear", prepared, tmp / "lin.json", predictions_out=tmp / "p.npz")
-    return {"tag": tag, "set": overrides, "validate_mauc": res["validate_mauc"], "best_epoch": res["best_epoch"],
+        res = run_finetune(ft, tmp / variant, "linear", prepared, tmp / "lin.json", predictions_out=tmp / "p.npz")
+    retrieval = {k: v for k, v in (pre_metrics or {}).get("retrieval", {}).items() if k.startswith("recall")}
+    return {"tag": tag, "variant": variant, "set": overrides, "validate_retrieval": retrieval, "validate_mauc": res["validate_mauc"], "best_epoch": res["best_epoch"],
             "pretrain_seconds": round(seconds, 1)}
 
 
@@ -69,10 +71,11 @@ def main() -> None:
     ap.add_argument("--text-cache", type=Path, default=Path("data/cache/text.h5"))
     ap.add_argument("--set", action="append", default=[], help="pretrain override key=value (repeatable)")
     ap.add_argument("--tag", default="run")
+    ap.add_argument("--variant", default="mae", help="mae (choosing the shared settings) | multimodal (the text side only)")
     ap.add_argument("--log", type=Path, default=Path("data/sweep/mae_sweep.jsonl"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = run_one(args.params, args.set, args.tag, args.prepared, args.text_cache)
+    out = run_one(args.params, args.set, args.tag, args.prepared, args.text_cache, args.variant)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     with args.log.open("a") as f:
         f.write(json.dumps(out) + "\n")
