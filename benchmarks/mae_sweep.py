@@ -1,7 +1,6 @@
 """Choose the shared pretraining settings on VALIDATE, for the `mae` variant (issue: a baseline that learns).
 
-For each setting (``--set key=value`` overrides of the ``pretrain`` section, several per run; ``--grid`` runs
-a list of named settings from a YAML file) this trains the `mae` variant (text weight 0) on the train split,
+For each setting (``--set key=value`` overrides of the ``pretrain`` section, several per run) this trains the `mae` variant (text weight 0) on the train split,
 then fits the `linear` protocol on the frozen encoder and prints its **validate** study-level mAUC (the
 score the linear protocol selects its epoch on). Test numbers are never printed or used: the chosen setting
 is then written to params.yaml by hand and the pipeline runs both variants with it.
