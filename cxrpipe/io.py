@@ -25,6 +25,24 @@ def write_json_atomic(path: str | Path, data: Any, sort_keys: bool = False) -> N
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 
 
+def _is_text(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, str) for x in v))
+
+
+def write_metrics_json(path: str | Path, result: dict[str, Any]) -> None:
+    """A DVC metrics file of numbers only (so `dvc metrics show` fits a screen): the top-level strings and
+    string lists of ``result`` (names, levels, label lists) go to ``<stem>.config.json`` beside it, merged
+    into what that file already holds."""
+    path = Path(path)
+    text = {k: v for k, v in result.items() if _is_text(v)}
+    write_json_atomic(path, {k: v for k, v in result.items() if k not in text})
+    if text:
+        cfg = path.with_name(f"{path.stem}.config.json")
+        merged = json.loads(cfg.read_text()) if cfg.exists() else {}
+        merged.update(text)
+        write_json_atomic(cfg, merged)
+
+
 # ------------------------------------------------------------------------------------ checked HDF5 caches
 # The caches (images.h5, text.h5) are written with HDF5's fletcher32 filter on every dataset (HDF5 checks a
 # chunk each time it is read) and file format v110 (checksummed superblock and object headers), and record

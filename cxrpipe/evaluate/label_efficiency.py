@@ -64,7 +64,7 @@ def run_label_efficiency(
     and a summary ``{fraction: {mauc, mauc_ci95, mauc5, n_train_studies, train_studies_hash}}``."""
     from cxrpipe.evaluate.data import labelled_splits
     from cxrpipe.evaluate.finetune import run_finetune
-    from cxrpipe.io import write_json_atomic
+    from cxrpipe.io import write_json_atomic, write_metrics_json  # noqa: F401
 
     out_dir = Path(out_dir)
     name = Path(encoder_dir).name
@@ -90,7 +90,7 @@ def run_label_efficiency(
         }
     summary = jsonable({"encoder": name, "protocol": Protocol(cfg.protocol).value, "level": cfg.level.value,
                         "seed": ft.seed, "runs": runs})
-    write_json_atomic(summary_json, summary)
+    write_metrics_json(summary_json, summary)
     write_json_atomic(out_dir / "summary.json", summary)  # beside the runs: what the summary stage reads
     return summary
 
@@ -107,7 +107,7 @@ def summarize_label_efficiency(
     writes the paired deltas (JSON), the markdown table and the plot. Refuses runs whose training studies
     differ between encoders (the comparison would not be controlled)."""
     from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
-    from cxrpipe.io import write_json_atomic, write_text_atomic
+    from cxrpipe.io import write_json_atomic, write_metrics_json, write_text_atomic
 
     runs_dir = Path(runs_dir)
     tags = [fraction_tag(f) for f in sorted(set(float(x) for x in fractions))]
@@ -138,7 +138,7 @@ def summarize_label_efficiency(
                            "delta_ci95": list(d.ci95), "p_value": d.p_value}
     result = jsonable({"protocol": Protocol(cfg.protocol).value, "level": cfg.level.value,
                        "reference": a_name, "candidate": b_name, "encoders": per_encoder, "delta": deltas})
-    write_json_atomic(out_json, result)
+    write_metrics_json(out_json, result)
     write_text_atomic(Path(table_md), _table(result, tags))
     _plot(per_encoder, tags, Path(plot_png), f"label efficiency ({result['protocol']}, {cfg.level.value} level, test)")
     return result

@@ -29,7 +29,7 @@ import numpy as np
 from cxrpipe.config import save_config, to_dict
 from cxrpipe.evaluate.data import LabelledImages, labelled_splits
 from cxrpipe.evaluate.metrics import Predictions, evaluate, jsonable, macro_auroc, save_predictions
-from cxrpipe.io import write_json_atomic
+from cxrpipe.io import write_json_atomic, write_metrics_json  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,21 @@ def run_pixels(
         "dataset": _dataset_info(prepared),
         "history": history,
     })
-    write_json_atomic(out_json, result)
     save_config({"pixels": to_dict(cfg), "finetune": to_dict(ft), "prepared": str(prepared)},
                 out_json.with_name(f"{out_json.stem}.config.json"))
+    # numbers only in the metrics file; names and provenance (dataset) join the config beside it
+    write_metrics_json(out_json, {k: v for k, v in result.items() if k != "dataset"})
+    _merge_json(out_json.with_name(f"{out_json.stem}.config.json"), {"dataset": result["dataset"]})
     save_predictions(test_pred, predictions_out, encoder=PIXELS, protocol="reference")
     s = result[ft.select_level.value]
     log.info("pixels (C = %g): test mAUC (%s) %s %s; %.1f s", c, ft.select_level.value, s["mauc"], s["mauc_ci95"],
              time.time() - t0)
     return result
+
+
+def _merge_json(path: Path, extra: dict[str, Any]) -> None:
+    import json
+
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(extra)
+    write_json_atomic(path, data)

@@ -103,7 +103,7 @@ def run_retrieval(cfg: RetrievalConfig, model_dir: str | Path, prepared: str | P
     from cxrpipe.data.image_cache import ImageCache
     from cxrpipe.data.manifest import read_images
     from cxrpipe.evaluate.alignment import load_aligned, score_matrix
-    from cxrpipe.io import write_json_atomic
+    from cxrpipe.io import write_json_atomic, write_metrics_json  # noqa: F401
     from cxrpipe.text.cache import TextCache
 
     t0 = time.time()
@@ -126,7 +126,7 @@ def run_retrieval(cfg: RetrievalConfig, model_dir: str | Path, prepared: str | P
     result = jsonable({"encoder": variant, "split": "test", "n_images": len(images), "n_texts": len(text_rows),
                        "n_studies": len({r.study_id for r in images}), "pool_kind": model.heads.pool_kind,
                        **result, "seconds": round(time.time() - t0, 1)})
-    write_json_atomic(out_json, result)
+    write_metrics_json(out_json, result)
     for way in ("image_to_report", "report_to_image"):
         r = result[way]
         log.info("%s %s: %s", variant, way, ", ".join(

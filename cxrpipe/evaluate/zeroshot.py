@@ -129,7 +129,7 @@ def run_zeroshot(
     from cxrpipe.data.image_cache import ImageCache
     from cxrpipe.evaluate.alignment import load_aligned, score_matrix
     from cxrpipe.evaluate.data import labelled_splits
-    from cxrpipe.io import write_json_atomic
+    from cxrpipe.io import write_json_atomic, write_metrics_json  # noqa: F401
     from cxrpipe.text.cache import TextCache
 
     t0 = time.time()
@@ -154,7 +154,7 @@ def run_zeroshot(
         "prompts": {n: list(cfg.prompts[n]) for n in CHEXPERT_LABELS},
         "seconds": round(time.time() - t0, 1),
     }
-    write_json_atomic(out_json, result)
+    write_metrics_json(out_json, result)
     log.info("zero-shot %s: mAUC %s %s, mAUC-5 %s %s (%s level, %d studies)", variant, summary["mauc"],
              summary["mauc_ci95"], summary["mauc5"], summary["mauc5_ci95"], result["level"], summary["n_studies"])
     return result
