@@ -87,11 +87,14 @@ def sha256_rows(dataset: Any, rows_per_block: int = 1024) -> str:
     return h.hexdigest()
 
 
-def verify_checksums(f: Any, path: str | Path, stage: str) -> dict[str, str]:
+def verify_checksums(f: Any, path: str | Path, stage: str, open_dataset: Any = None) -> dict[str, str]:
     """Recompute every ``sha256_<name>`` recorded in the open HDF5 file ``f``; raise on the first mismatch.
 
     Returns ``{dataset: sha256}``. A file recording none is refused (written before checksums existed).
+    ``open_dataset(f, name)`` opens a dataset (default ``f[name]``; the linked text cache resolves its part
+    files through it).
     """
+    open_dataset = open_dataset or (lambda f_, name: f_[name])
     names = sorted(k[len(SHA_PREFIX):] for k in f.attrs if str(k).startswith(SHA_PREFIX))
     if not names:
         raise corrupt_error(path, stage, "no checksums recorded: written by an older cxrpipe")
@@ -100,7 +103,7 @@ def verify_checksums(f: Any, path: str | Path, stage: str) -> dict[str, str]:
         if name not in f:
             raise corrupt_error(path, stage, f"dataset '{name}' is missing")
         try:
-            got = sha256_rows(f[name])
+            got = sha256_rows(open_dataset(f, name))
         except OSError as e:
             raise corrupt_error(path, stage, f"dataset '{name}': {e}") from None
         want = f.attrs[SHA_PREFIX + name]

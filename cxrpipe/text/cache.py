@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from cxrpipe.io import SHA_PREFIX, CorruptFileError, corrupt_error, create_h5, sha256_rows  # noqa: F401
+from cxrpipe.io import SHA_PREFIX, CorruptFileError, corrupt_error, create_h5, verify_checksums  # noqa: F401
 from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, decode
 
 SCHEMA_VERSION = 2
@@ -277,30 +277,9 @@ def verify_text_cache(path: str | Path) -> dict[str, str]:
     TextCache(path)  # the cheap checks first
     try:
         with h5py.File(path, "r") as f:
-            return _verify_checksums(f, Path(path))
+            return verify_checksums(f, path, STAGE, open_dataset=dataset)
     except OSError as e:
         raise corrupt_error(path, STAGE, str(e)) from None
-
-
-def _verify_checksums(f: h5py.File, path: Path) -> dict[str, str]:
-    """Recompute every recorded ``sha256_<name>``, reading linked datasets through their part files."""
-    names = sorted(k[len(SHA_PREFIX):] for k in f.attrs if str(k).startswith(SHA_PREFIX))
-    if not names:
-        raise corrupt_error(path, STAGE, "no checksums recorded: written by an older cxrpipe")
-    out = {}
-    for name in names:
-        if name not in f:
-            raise corrupt_error(path, STAGE, f"dataset '{name}' is missing")
-        try:
-            got = sha256_rows(dataset(f, name))
-        except OSError as e:
-            raise corrupt_error(path, STAGE, f"dataset '{name}': {e}") from None
-        want = f.attrs[SHA_PREFIX + name]
-        want = want.decode() if isinstance(want, bytes) else str(want)
-        if got != want:
-            raise corrupt_error(path, STAGE, f"dataset '{name}' has sha256 {got[:12]}..., recorded {want[:12]}...")
-        out[name] = got
-    return out
 
 
 class TextCache:
