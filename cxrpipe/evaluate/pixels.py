@@ -29,7 +29,7 @@ import numpy as np
 from cxrpipe.config import save_config, to_dict
 from cxrpipe.evaluate.data import LabelledImages, labelled_splits
 from cxrpipe.evaluate.metrics import Predictions, evaluate, jsonable, macro_auroc, save_predictions
-from cxrpipe.io import write_json_atomic, write_metrics_json  # noqa: F401
+from cxrpipe.io import write_metrics_json
 
 log = logging.getLogger(__name__)
 
@@ -140,25 +140,17 @@ def run_pixels(
         "n_validate_studies": splits["validate"].n_studies,
         "n_test_images": len(splits["test"]),
         "n_test_studies": splits["test"].n_studies,
-        **evaluate(test_pred, preds("validate", val_p), ft.n_bootstrap, ft.seed),
+        **evaluate(test_pred, preds("validate", val_p), ft.n_bootstrap, ft.seed, ft.min_test_positives),
         "dataset": _dataset_info(prepared),
         "history": history,
     })
-    save_config({"pixels": to_dict(cfg), "finetune": to_dict(ft), "prepared": str(prepared)},
+    # numbers only in the metrics file; provenance (dataset) and the names go to the config beside it
+    save_config({"pixels": to_dict(cfg), "finetune": to_dict(ft), "prepared": str(prepared), "dataset": result["dataset"]},
                 out_json.with_name(f"{out_json.stem}.config.json"))
-    # numbers only in the metrics file; names and provenance (dataset) join the config beside it
     write_metrics_json(out_json, {k: v for k, v in result.items() if k != "dataset"})
-    _merge_json(out_json.with_name(f"{out_json.stem}.config.json"), {"dataset": result["dataset"]})
     save_predictions(test_pred, predictions_out, encoder=PIXELS, protocol="reference")
     s = result[ft.select_level.value]
     log.info("pixels (C = %g): test mAUC (%s) %s %s; %.1f s", c, ft.select_level.value, s["mauc"], s["mauc_ci95"],
              time.time() - t0)
     return result
 
-
-def _merge_json(path: Path, extra: dict[str, Any]) -> None:
-    import json
-
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(extra)
-    write_json_atomic(path, data)

@@ -8,6 +8,8 @@ the predictions, the shuffled run would score above chance.
 
 from __future__ import annotations
 
+import json
+
 import copy
 
 import pytest
@@ -66,6 +68,10 @@ def test_pixels_reference_learns_the_signal_and_not_shuffled_labels(planted, tin
     assert m["study"]["mauc"] > 0.9 and min(_planted_aurocs(m).values()) > 0.9
     p, meta = load_predictions(tmp_path / "predictions" / "pixels.npz")  # default: <out dir>/../predictions
     assert meta == {"encoder": "pixels", "protocol": "reference"} and p.probs.shape == (len(p.image_ids), 14)
+    # the low-positive rule of the finetune runs applies to the reference too (same labels in its mean)
+    assert m["study"]["min_test_positives"] == ft.min_test_positives > 0
+    written = json.loads((tmp_path / "m" / "pixels.json").read_text())
+    assert "encoder" not in written and "dataset" in json.loads((tmp_path / "m" / "pixels.config.json").read_text())
     shuffled = run_pixels(cfg, ft, planted["shuffled"], tmp_path / "s" / "pixels.json")
     assert abs(shuffled["study"]["mauc"] - 0.5) < 0.15, shuffled["study"]["mauc"]
 
