@@ -64,7 +64,7 @@ def run_label_efficiency(
     and a summary ``{fraction: {mauc, mauc_ci95, mauc5, n_train_studies, train_studies_hash}}``."""
     from cxrpipe.evaluate.data import labelled_splits
     from cxrpipe.evaluate.finetune import run_finetune
-    from cxrpipe.io import write_json_atomic, write_metrics_json  # noqa: F401
+    from cxrpipe.io import write_json_atomic, write_metrics_json
 
     out_dir = Path(out_dir)
     name = Path(encoder_dir).name

@@ -103,7 +103,7 @@ def run_retrieval(cfg: RetrievalConfig, model_dir: str | Path, prepared: str | P
     from cxrpipe.data.image_cache import ImageCache
     from cxrpipe.data.manifest import read_images
     from cxrpipe.evaluate.alignment import load_aligned, score_matrix
-    from cxrpipe.io import write_json_atomic, write_metrics_json  # noqa: F401
+    from cxrpipe.io import write_metrics_json
     from cxrpipe.text.cache import TextCache
 
     t0 = time.time()

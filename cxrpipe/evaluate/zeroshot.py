@@ -129,7 +129,7 @@ def run_zeroshot(
     from cxrpipe.data.image_cache import ImageCache
     from cxrpipe.evaluate.alignment import load_aligned, score_matrix
     from cxrpipe.evaluate.data import labelled_splits
-    from cxrpipe.io import write_json_atomic, write_metrics_json  # noqa: F401
+    from cxrpipe.io import write_metrics_json
     from cxrpipe.text.cache import TextCache
 
     t0 = time.time()
