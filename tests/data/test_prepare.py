@@ -151,16 +151,28 @@ def test_interrupted_run_resumes_to_the_identical_result(tmp_path, monkeypatch):
     assert not (out / "images.partial").exists()
 
 
+
+def _interrupted_prepare(monkeypatch, tree, out, first_failing: int, **prep) -> None:
+    """Run prepare into ``out`` with a Ctrl-C at the decode of image ``first_failing`` (and every later one),
+    then put the real decoder back: what is left in ``out`` is what a crash left."""
+    real = prepare_mod._decode_task
+
+    def interrupted(task):
+        if task[0] >= first_failing:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(prepare_mod, "_decode_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(*_cfgs(tree, **prep), out)
+    monkeypatch.setattr(prepare_mod, "_decode_task", real)
+
 def test_a_partial_cache_from_other_code_is_not_resumed(tmp_path, monkeypatch):
     from cxrpipe import provenance
 
     t = write_tree(tmp_path / "tree", 4)
     out = tmp_path / "out"
-    real = prepare_mod._decode_task
-    monkeypatch.setattr(prepare_mod, "_decode_task", lambda task: real(task) if task[0] < 3 else (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        run_prepare(*_cfgs(t), out)
-    monkeypatch.setattr(prepare_mod, "_decode_task", real)
+    _interrupted_prepare(monkeypatch, t, out, 3)
     monkeypatch.setattr(provenance, "code_key", lambda stage: "0.1.0+edited")  # the stage's code changed
     assert run_prepare(*_cfgs(t), out).timing["resumed"] == 0
 
@@ -168,11 +180,7 @@ def test_a_partial_cache_from_other_code_is_not_resumed(tmp_path, monkeypatch):
 def test_a_partial_cache_from_other_settings_is_not_resumed(tmp_path, monkeypatch):
     t = write_tree(tmp_path / "tree", 4)
     out = tmp_path / "out"
-    real = prepare_mod._decode_task
-    monkeypatch.setattr(prepare_mod, "_decode_task", lambda task: real(task) if task[0] < 3 else (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        run_prepare(*_cfgs(t), out)
-    monkeypatch.setattr(prepare_mod, "_decode_task", real)
+    _interrupted_prepare(monkeypatch, t, out, 3)
     data_cfg, _ = _cfgs(t)
     report = run_prepare(data_cfg, PrepareConfig(image_size=16, workers=0), out)
     assert report.timing["resumed"] == 0 and ImageCache(out / "images.h5")[0].shape == (16, 16)

@@ -18,7 +18,7 @@ from cxrpipe.data.mimic import study_split, subjects_in_several_splits
 from cxrpipe.data.prepare import DELAY_ENV, PARTIAL_DIR, PrepareError, run_prepare
 from tests.data.mimic_tree import write_tree
 
-from .test_prepare import _cfgs
+from .test_prepare import _cfgs, _interrupted_prepare
 
 OUTPUTS = ("images.h5", "images.csv", "studies.csv", "rejects.csv")
 
@@ -74,11 +74,7 @@ def test_sigkill_after_n_chunks_then_rerun_is_byte_identical(tree_and_ref, tmp_p
 def test_damaged_chunks_and_temp_files_are_dropped_and_redone(tree_and_ref, tmp_path, monkeypatch):
     t, ref = tree_and_ref
     out = tmp_path / "out"
-    real = prepare_mod._decode_task
-    monkeypatch.setattr(prepare_mod, "_decode_task", lambda task: real(task) if task[0] < 6 else (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        run_prepare(*_cfgs(t), out)
-    monkeypatch.setattr(prepare_mod, "_decode_task", real)
+    _interrupted_prepare(monkeypatch, t, out, 6)
     chunks = sorted((out / PARTIAL_DIR).glob("chunk-*.npz"))
     assert len(chunks) == 3
     chunks[1].write_bytes(chunks[1].read_bytes()[:300])  # a damaged disk: a truncated chunk

@@ -124,22 +124,28 @@ def test_reader_refuses_a_cache_made_with_another_prompt(tiny_model_dir, manifes
     TextCache(out, expect=expected_fingerprint(cfg, texts, SECTIONS))  # the right params open it
 
 
+
+def _crash_after_parts(monkeypatch, n: int):
+    """Make embed's write_part raise KeyboardInterrupt once ``n`` parts are written; returns the real one."""
+    real_write = embed_mod.write_part
+    calls = []
+
+    def crash_after(*a, **k):
+        if len(calls) == n:
+            raise KeyboardInterrupt("simulated crash")
+        calls.append(1)
+        real_write(*a, **k)
+
+    monkeypatch.setattr(embed_mod, "write_part", crash_after)
+    return real_write
+
 def test_a_crashed_run_resumes_from_its_parts(tiny_model_dir, manifest_dir, tmp_path, monkeypatch):
     cfg = cfg_for(tiny_model_dir)
     ref = tmp_path / "ref.h5"
     run_embed(cfg, manifest_dir, ref, SECTIONS, progress=False)
 
     out = tmp_path / "text.h5"
-    real_write = embed_mod.write_part
-    calls = []
-
-    def crash_after_two(*a, **k):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash")
-        calls.append(1)
-        real_write(*a, **k)
-
-    monkeypatch.setattr(embed_mod, "write_part", crash_after_two)
+    real_write = _crash_after_parts(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
     assert not out.exists() and len(list(parts_dir(out).glob("part-*.safetensors"))) == 2
@@ -161,16 +167,7 @@ def test_parts_of_other_code_or_other_weights_are_not_reused(tiny_model_dir, man
 
     cfg = cfg_for(tiny_model_dir)
     out = tmp_path / "text.h5"
-    real_write = embed_mod.write_part
-    calls = []
-
-    def crash_after_two(*a, **k):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash")
-        calls.append(1)
-        real_write(*a, **k)
-
-    monkeypatch.setattr(embed_mod, "write_part", crash_after_two)
+    real_write = _crash_after_parts(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
     monkeypatch.setattr(embed_mod, "write_part", real_write)
