@@ -64,6 +64,18 @@ def sample_studies(study_ids: np.ndarray, fraction: float, seed: int) -> np.ndar
     return np.sort(studies[order[:k]])
 
 
+def split_counts(splits: dict[str, LabelledImages]) -> dict[str, int]:
+    """The sizes every stage-three metrics file records: train images and studies, validate studies, test
+    images and studies."""
+    return {
+        "n_train_images": len(splits["train"]),
+        "n_train_studies": splits["train"].n_studies,
+        "n_validate_studies": splits["validate"].n_studies,
+        "n_test_images": len(splits["test"]),
+        "n_test_studies": splits["test"].n_studies,
+    }
+
+
 def labelled_splits(
     prepared: str | Path,
     views: Sequence[str],

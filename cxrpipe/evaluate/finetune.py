@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from cxrpipe.config import save_config, to_dict
-from cxrpipe.evaluate.data import ImageRows, LabelledImages, labelled_splits
+from cxrpipe.evaluate.data import ImageRows, LabelledImages, labelled_splits, split_counts
 from cxrpipe.evaluate.metrics import EvalLevel, Predictions, evaluate, jsonable, macro_auroc, save_predictions
 from cxrpipe.io import write_json_atomic
 from cxrpipe.labels import N_LABELS, BlankPolicy, UncertainPolicy
@@ -431,11 +431,7 @@ def run_finetune(
                              "test_mauc": _mauc(preds("test", probe_test), cfg.select_level)}}
            if probe is not None and probe_test is not None and protocol is Protocol.FINETUNE else {}),
         "label_fraction": cfg.label_fraction,
-        "n_train_images": len(splits["train"]),
-        "n_train_studies": splits["train"].n_studies,
-        "n_validate_studies": splits["validate"].n_studies,
-        "n_test_images": len(splits["test"]),
-        "n_test_studies": splits["test"].n_studies,
+        **split_counts(splits),
         **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed, cfg.min_test_positives),
         "history": history,
     }

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from cxrpipe.config import save_config, to_dict
-from cxrpipe.evaluate.data import LabelledImages, labelled_splits
+from cxrpipe.evaluate.data import LabelledImages, labelled_splits, split_counts
 from cxrpipe.evaluate.metrics import Predictions, evaluate, jsonable, macro_auroc, save_predictions
 from cxrpipe.io import write_metrics_json
 
@@ -135,11 +135,7 @@ def run_pixels(
         "validate_mauc": next(h["validate_mauc"] for h in history if h["c"] == c),
         "size": cfg.size,
         "label_fraction": ft.label_fraction,
-        "n_train_images": len(splits["train"]),
-        "n_train_studies": splits["train"].n_studies,
-        "n_validate_studies": splits["validate"].n_studies,
-        "n_test_images": len(splits["test"]),
-        "n_test_studies": splits["test"].n_studies,
+        **split_counts(splits),
         **evaluate(test_pred, preds("validate", val_p), ft.n_bootstrap, ft.seed, ft.min_test_positives),
         "dataset": _dataset_info(prepared),
         "history": history,

@@ -40,12 +40,7 @@ def make_prepared(out: Path, n_studies: int = 48, seed: int = 0) -> Path:
             pixels.append(np.clip(img, 0, 255).astype(np.uint8))
             row = len(images)
             images.append(ImageRecord(row, f"d{s:03d}-{k}", study_id, subject_id, split, view, f"files/{row}.jpg"))
-    write_manifest(out, images, studies)
-    with ImageCacheWriter(out / "images.h5", [r.dicom_id for r in images], SIZE) as w:
-        for row, px in enumerate(pixels):
-            w.write(row, px)
-    (out / "prepare_report.json").write_text('{"source": "mimic-cxr-jpg", "demo": true, "root": "synthetic"}\n')
-    return out
+    return _write_prepared(out, images, studies, pixels)
 
 
 PLANTED = ("Cardiomegaly", "Pleural Effusion")  # the labels a bright tile marks in make_planted
@@ -81,12 +76,7 @@ def make_planted(out: Path, shuffle: bool = False, n_studies: int = 400, seed: i
             img[16:, 16::2] += 140  # encoder blind to position (a random ViT nearly is) still tells them apart
         pixels.append(np.clip(img, 0, 255).astype(np.uint8))
         images.append(ImageRecord(s, f"p{s:03d}", study_id, subject_id, split, "PA", f"files/{s}.jpg"))
-    write_manifest(out, images, studies)
-    with ImageCacheWriter(out / "images.h5", [r.dicom_id for r in images], SIZE) as w:
-        for row, px in enumerate(pixels):
-            w.write(row, px)
-    (out / "prepare_report.json").write_text('{"source": "mimic-cxr-jpg", "demo": true, "root": "synthetic"}\n')
-    return out
+    return _write_prepared(out, images, studies, pixels)
 
 
 def make_encoder(out: Path, variant: str, seed: int) -> Path:
@@ -156,3 +146,13 @@ TINY_PARAMS = {
     },
     "compare": {"n_bootstrap": 100, "seed": 0, "level": "study"},
 }
+
+
+def _write_prepared(out: Path, images: list, studies: list, pixels: list) -> Path:
+    """A prepared folder as the prepare stage writes it: manifest, images.h5, a (demo) prepare report."""
+    write_manifest(out, images, studies)
+    with ImageCacheWriter(out / "images.h5", [r.dicom_id for r in images], SIZE) as w:
+        for row, px in enumerate(pixels):
+            w.write(row, px)
+    (out / "prepare_report.json").write_text('{"source": "mimic-cxr-jpg", "demo": true, "root": "synthetic"}\n')
+    return out
