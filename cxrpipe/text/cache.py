@@ -181,6 +181,16 @@ class PartLayout:
         return int(self.arrays["token_ids"][1][0])
 
 
+def linked_names(store_dtype: str) -> list[str]:
+    """The datasets a linked cache keeps in its part files (the rest live inside text.h5)."""
+    return ["embeddings", "token_ids", *EXTRA_ARRAYS[StoreDtype(store_dtype)]]
+
+
+def _attr_str(attrs: Any, key: str, default: str) -> str:
+    v = attrs.get(key, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def write_linked_text_cache(
     path: str | Path,
     parts: Sequence[PartLayout],
@@ -199,7 +209,7 @@ def write_linked_text_cache(
     total = sum(p.n_tokens for p in parts)
     if int(offsets[-1]) != total:
         raise ValueError(f"offsets end at {int(offsets[-1])}, the parts hold {total} tokens")
-    names = ["embeddings", "token_ids", *EXTRA_ARRAYS[StoreDtype(fingerprint.store_dtype)]]
+    names = linked_names(fingerprint.store_dtype)
     tmp = path.with_name(path.name + ".tmp")
     with create_h5(tmp) as f:
         for name in names:
@@ -243,7 +253,7 @@ def dataset(f: h5py.File, name: str) -> h5py.Dataset:
     """Dataset ``name`` of an open text cache, external part files resolved relative to the cache's folder
     (HDF5's ``${ORIGIN}`` prefix), so a linked cache reads the same from any working directory. Datasets
     stored inside the file open plainly: HDF5 refuses to open one dataset with two different prefixes."""
-    if "linked_parts" not in f.attrs or name in ("offsets", "study_ids", "study_rows"):
+    if "linked_parts" not in f.attrs or name not in linked_names(_attr_str(f.attrs, "store_dtype", "float16")):
         return f[name]
     dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
     dapl.set_efile_prefix(b"${ORIGIN}")
