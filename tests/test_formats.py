@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from cxrpipe.data.image_cache import ImageCache, ImageCacheError, ImageCacheWriter, verify_image_cache
-from cxrpipe.data.manifest import ImageRecord, StudyRecord, label_matrix, read_images, read_studies, write_manifest
+from cxrpipe.data.manifest import (
+    ImageRecord, StudyRecord, label_matrix, read_images, read_label_names, read_studies, write_manifest,
+)
 from cxrpipe.labels import CHEXPERT_LABELS
 from cxrpipe.text.cache import Fingerprint, TextCache, TextCacheError, hash_texts, write_text_cache
 
@@ -101,3 +103,14 @@ def test_encoder_export_round_trip(tmp_path):
     assert x.shape == (2, 1, 32, 32)
     model.eval(), back.eval()
     torch.testing.assert_close(model(x), back(x))
+
+
+def test_manifest_other_label_set(tmp_path):
+    """A transfer dataset's own label columns round-trip; readers take the names from the header."""
+    names = ("Pneumonia",)
+    st = [StudyRecord(1, 2, "train", "t", {}, (1.0,)), StudyRecord(3, 4, "test", "u", {}, (math.nan,), False)]
+    write_manifest(tmp_path, [ImageRecord(0, "a", 1, 2, "train", "PA", "x.png")], st, label_names=names)
+    assert read_label_names(tmp_path) == names
+    back = read_studies(tmp_path)
+    assert back[0].labels == (1.0,) and back[0].label("Pneumonia", names) == 1.0
+    assert label_matrix(back, 1).shape == (2, 1)

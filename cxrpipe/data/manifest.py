@@ -1,7 +1,7 @@
 """The prepared manifest: one row per image and one row per study, as two CSV files.
 
 ``data/prepared/images.csv``   row, dicom_id, study_id, subject_id, split, view, path
-``data/prepared/studies.csv``  study_id, subject_id, split, has_labels, text, sections, <14 labels>
+``data/prepared/studies.csv``  study_id, subject_id, split, has_labels, text, sections, <labels>
 
 * ``row`` is the image's index in ``images.h5`` (see :mod:`cxrpipe.data.image_cache`).
 * ``path`` is relative to ``data.root``.
@@ -11,6 +11,9 @@
 * ``sections`` is a JSON object ``{section name: cleaned text}`` of every section found.
 * labels are raw values ``1.0`` / ``0.0`` / ``-1.0`` / blank (missing); ``has_labels`` is 0 for a study
   that has no row in the label file (kept for pretraining, left out of fine-tuning).
+* the label columns are the ones after ``sections``, in the file's order: the 14 CheXpert labels for a
+  pretraining source, a transfer dataset's own set (NIH ChestX-ray14, RSNA ...) otherwise.
+  :func:`read_label_names` gives them; every reader indexes labels by those names.
 """
 
 from __future__ import annotations
@@ -49,26 +52,32 @@ class StudyRecord:
     split: str
     text: str
     sections: dict[str, str]
-    labels: tuple[float, ...]  # 14 raw values in CHEXPERT_LABELS order, nan = blank/missing
+    labels: tuple[float, ...]  # raw values in the label set's order (default CHEXPERT_LABELS), nan = blank
     has_labels: bool = True
 
-    def label(self, name: str) -> float:
-        return self.labels[CHEXPERT_LABELS.index(name)]
+    def label(self, name: str, names: tuple[str, ...] = CHEXPERT_LABELS) -> float:
+        return self.labels[names.index(name)]
 
 
 def _fmt_label(v: float) -> str:
     return "" if math.isnan(v) else f"{v:.1f}"
 
 
+STUDY_FIELDS = ("study_id", "subject_id", "split", "has_labels", "text", "sections")  # then the labels
+
+
 def write_manifest(
-    out_dir: str | Path, images: Iterable[ImageRecord], studies: Iterable[StudyRecord]
+    out_dir: str | Path,
+    images: Iterable[ImageRecord],
+    studies: Iterable[StudyRecord],
+    label_names: tuple[str, ...] = CHEXPERT_LABELS,
 ) -> None:
-    """Write ``images.csv`` and ``studies.csv`` atomically (temp file + rename)."""
+    """Write ``images.csv`` and ``studies.csv`` atomically (temp file + rename); label columns ``label_names``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     img_fields = [f.name for f in dataclasses.fields(ImageRecord)]
     _write_csv(out_dir / IMAGES_CSV, img_fields, (dataclasses.asdict(r) for r in images))
-    st_fields = ["study_id", "subject_id", "split", "has_labels", "text", "sections", *CHEXPERT_LABELS]
+    st_fields = [*STUDY_FIELDS, *label_names]
 
     def st_rows():
         for s in studies:
@@ -80,7 +89,9 @@ def write_manifest(
                 "text": s.text,
                 "sections": json.dumps(s.sections, ensure_ascii=False),
             }
-            row.update({name: _fmt_label(v) for name, v in zip(CHEXPERT_LABELS, s.labels)})
+            if len(s.labels) != len(label_names):
+                raise ValueError(f"study {s.study_id}: {len(s.labels)} labels for {len(label_names)} label names")
+            row.update({name: _fmt_label(v) for name, v in zip(label_names, s.labels)})
             yield row
 
     _write_csv(out_dir / STUDIES_CSV, st_fields, st_rows())
@@ -114,8 +125,18 @@ def read_images(prepared: str | Path) -> list[ImageRecord]:
     return sorted(out, key=lambda r: r.row)
 
 
+def read_label_names(prepared: str | Path) -> tuple[str, ...]:
+    """The label columns of ``studies.csv`` (those after the fixed fields), in the file's order."""
+    with (Path(prepared) / STUDIES_CSV).open(newline="") as f:
+        header = next(csv.reader(f))
+    if tuple(header[: len(STUDY_FIELDS)]) != STUDY_FIELDS:
+        raise ValueError(f"{Path(prepared) / STUDIES_CSV}: columns {header[:len(STUDY_FIELDS)]}, expected {list(STUDY_FIELDS)}")
+    return tuple(header[len(STUDY_FIELDS):])
+
+
 def read_studies(prepared: str | Path) -> list[StudyRecord]:
-    """Study rows of ``studies.csv``."""
+    """Study rows of ``studies.csv``; labels in :func:`read_label_names` order."""
+    names = read_label_names(prepared)
     with (Path(prepared) / STUDIES_CSV).open(newline="") as f:
         return [
             StudyRecord(
@@ -124,13 +145,13 @@ def read_studies(prepared: str | Path) -> list[StudyRecord]:
                 split=r["split"],
                 text=r["text"],
                 sections=json.loads(r["sections"]),
-                labels=tuple(parse_raw_label(r[name]) for name in CHEXPERT_LABELS),
+                labels=tuple(parse_raw_label(r[name]) for name in names),
                 has_labels=bool(int(r["has_labels"])),
             )
             for r in csv.DictReader(f)
         ]
 
 
-def label_matrix(studies: Iterable[StudyRecord]) -> np.ndarray:
-    """Raw labels ``[n_studies, 14]`` float32 (nan = blank)."""
-    return np.array([s.labels for s in studies], dtype=np.float32).reshape(-1, len(CHEXPERT_LABELS))
+def label_matrix(studies: Iterable[StudyRecord], n_labels: int = len(CHEXPERT_LABELS)) -> np.ndarray:
+    """Raw labels ``[n_studies, n_labels]`` float32 (nan = blank)."""
+    return np.array([s.labels for s in studies], dtype=np.float32).reshape(-1, n_labels)
