@@ -165,7 +165,7 @@ def loader_table(workdir: Path, n_images: int, text_gib: float, workers: list[in
     print(f"\n{'DataLoader (full __getitem__ + collate)':<44}{'workers':>8}{'samples/s':>11}{'per worker':>12}")
     for w in workers:
         for aug in (True, False):
-            ds_w = PairDataset(prepared, text, pairs, cfg, IMG, augment=aug)
+            ds_w = PairDataset(prepared, text, pairs, cfg, IMG, augment=aug, normalize_images=aug)
             n_batches = max(4, min(n_images // batch, 40 if w else 12))
             loader = DataLoader(ds_w, batch_sampler=EpochBatches(n_images, batch, 0, 0), collate_fn=collate,
                                 num_workers=w, persistent_workers=False)
@@ -176,7 +176,7 @@ def loader_table(workdir: Path, n_images: int, text_gib: float, workers: list[in
                 n += len(next(it)["index"])
             rate = n / (time.perf_counter() - t0)
             del it
-            label = "augment in the loader" if aug else "no augment (batched on the device)"
+            label = "augment_on loader" if aug else "augment_on device (loader reads only)"
             print(f"{label:<44}{w:>8}{rate:>11.0f}{rate / max(w, 1):>12.0f}")
     print("# workers 0 = the main process (one worker's throughput); this machine has 2 cores shared with others")
 

@@ -10,7 +10,8 @@ Rows:
 - stage two, ViT-B/16 MAE (mask 0.75) + latent attention pooling + margin contrastive loss, bf16 autocast,
   4096-d text: images/s, step time, share of wall time spent waiting for the DataLoader (real
   cxrpipe.pretrain.data path over synthetic 224 px image and 4096-d linked text caches, --workers workers),
-  peak memory; eager and torch.compile.
+  peak memory; eager and torch.compile with the augmentation batched on the GPU (`augment_on: device`), and
+  eager with it per sample in the loader workers (`augment_on: loader`).
 
 Without CUDA (and without --tiny) it stops at once with exit code 2.
 """
@@ -30,13 +31,15 @@ MIMIC_IMAGES = 377_110
 
 
 def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int, workers: int,
-              device: "torch.device") -> dict:
+              device: "torch.device", augment_on: str = "device") -> dict:
     import torch
     from torch.utils.data import DataLoader
 
     from benchmarks.data_path import make_image_cache, make_text_cache
     from cxrpipe.config import build
-    from cxrpipe.pretrain.data import EpochBatches, Pair, PairDataset, PretrainDataConfig, collate
+    from cxrpipe.encoder import normalize
+    from cxrpipe.pretrain.batch_augment import augment_batch
+    from cxrpipe.pretrain.data import AugmentConfig, EpochBatches, Pair, PairDataset, PretrainDataConfig, collate
     from cxrpipe.pretrain.model import PretrainModel
     from cxrpipe.pretrain.train import PretrainConfig
     from cxrpipe.text.cache import TextCache
@@ -60,7 +63,10 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
     text = TextCache(text_path)
     rng = np.random.default_rng(0)
     pairs = [Pair(i, i, int(r)) for i, r in enumerate(rng.integers(0, text.n_texts, n_images))]
-    ds = PairDataset(prepared, text, pairs, PretrainDataConfig(), img, augment=True)
+    # augment_on device (params-mimic.yaml): the loader sends [0, 1] images, the batch is augmented on the GPU
+    on_device = augment_on == "device"
+    ds = PairDataset(prepared, text, pairs, PretrainDataConfig(), img, augment=not on_device,
+                     normalize_images=not on_device)
     loader = DataLoader(ds, batch_sampler=EpochBatches(n_images, batch, 0, 0), collate_fn=collate,
                         num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
                         persistent_workers=False)
@@ -82,8 +88,11 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
         t0 = time.perf_counter()
         b = next(it)
         t1 = time.perf_counter()
+        images = b["images"].to(device, non_blocking=True)
+        if on_device:  # as cxrpipe.pretrain.train.device_batch does
+            images = normalize(augment_batch(images, AugmentConfig(), b["index"].tolist()), 0.5, 0.25)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            losses = fwd(b["images"].to(device, non_blocking=True), b["text"].to(device, non_blocking=True),
+            losses = fwd(images, b["text"].to(device, non_blocking=True),
                          b["text_mask"].to(device, non_blocking=True), noise=torch.rand(batch, num_patches, device=device))
         losses["loss"].backward()
         opt.step()
@@ -110,7 +119,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256, help="stage two: images per step")
     ap.add_argument("--steps", type=int, default=20, help="stage two: timed steps per row")
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="stage two: DataLoader workers")
-    ap.add_argument("--skip", default="", help="comma list of rows to skip: nf4,bf16,eager,compile")
+    ap.add_argument("--skip", default="", help="comma list of rows to skip: nf4,bf16,eager,compile,loader-aug")
     args = ap.parse_args()
 
     import torch
@@ -137,21 +146,22 @@ def main() -> None:
     ids = [rng.integers(3, vocab, n).tolist() for n in lengths]
     print(f"# {card}; torch {torch.__version__}; {'TINY shapes' if args.tiny else 'real shapes'}; "
           f"checkpoint ready in {time.perf_counter() - t0:.0f} s")
-    print(f"{'row':<34}{'throughput':>16}{'step s':>8}{'wait data':>10}{'padding':>9}{'peak GiB':>10}"
+    print(f"{'row':<44}{'throughput':>16}{'step s':>8}{'wait data':>10}{'padding':>9}{'peak GiB':>10}"
           f"{'MIMIC-CXR h':>13}")
     for q in ("nf4", "bf16"):
         if q in skip:
             continue
         r = bench(folder, q, ids, args.batch_tokens, device)
         hours = MIMIC_STUDIES * lengths.mean() / r["tokens_per_s"] / 3600
-        print(f"{'stage 1 LLaMA-2-7b ' + q:<34}{r['tokens_per_s']:>10.0f} tok/s{'':>8}{'':>10}{r['padding']:>9.1%}"
+        print(f"{'stage 1 LLaMA-2-7b ' + q:<44}{r['tokens_per_s']:>10.0f} tok/s{'':>8}{'':>10}{r['padding']:>9.1%}"
               f"{r['peak_gib']:>10.2f}{hours:>13.2f}", flush=True)
-    for compile_ in (False, True):
-        if ("compile" if compile_ else "eager") in skip:
+    for compile_, aug in ((False, "device"), (True, "device"), (False, "loader")):
+        row = "loader-aug" if aug == "loader" else "compile" if compile_ else "eager"
+        if row in skip:
             continue
-        r = stage_two(args.workdir, args.tiny, compile_, args.steps, args.batch, args.workers, device)
-        name = f"stage 2 ViT-B/16 bf16 {'compile' if compile_ else 'eager'}"
-        print(f"{name:<34}{r['images_per_s']:>10.0f} img/s{r['step_s']:>8.3f}{r['wait_share']:>10.1%}{'':>9}"
+        r = stage_two(args.workdir, args.tiny, compile_, args.steps, args.batch, args.workers, device, aug)
+        name = f"stage 2 ViT-B/16 bf16 {'compile' if compile_ else 'eager'} aug {aug}"
+        print(f"{name:<44}{r['images_per_s']:>10.0f} img/s{r['step_s']:>8.3f}{r['wait_share']:>10.1%}{'':>9}"
               f"{r['peak_gib']:>10.2f}{r['mimic_epoch_h']:>13.2f}", flush=True)
     print(f"# stage 1: {args.n_texts} random-token reports, mean {lengths.mean():.0f} tokens, batch_tokens "
           f"{args.batch_tokens}; hours = {MIMIC_STUDIES} reports x mean / tokens/s. stage 2: batch {args.batch}, "

@@ -20,7 +20,9 @@ def test_gpu_benchmark_tiny_prints_every_row(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("stage ")]
     assert [r.split("  ")[0] for r in rows] == ["stage 1 LLaMA-2-7b nf4", "stage 1 LLaMA-2-7b bf16",
-                                                "stage 2 ViT-B/16 bf16 eager", "stage 2 ViT-B/16 bf16 compile"]
+                                                "stage 2 ViT-B/16 bf16 eager aug device",
+                                                "stage 2 ViT-B/16 bf16 compile aug device",
+                                                "stage 2 ViT-B/16 bf16 eager aug loader"]
     for r in rows:
         assert float(r.split()[-1]) > 0  # the MIMIC-CXR hours column is a number
 

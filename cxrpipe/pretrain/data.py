@@ -14,7 +14,7 @@ import collections
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ class PretrainDataConfig:
     pixel_std: float = 0.25
     num_workers: int = 0  # DataLoader workers (0 = in the main process: fastest for the 96 px demo)
     augment: AugmentConfig = AugmentConfig()
+    # where the train images are augmented: `loader` (per sample in the DataLoader workers, torchvision) or
+    # `device` (per batch after it reaches the accelerator: cxrpipe.pretrain.batch_augment, same draws)
+    augment_on: Literal["loader", "device"] = "loader"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,8 @@ class PairDataset(Dataset):
     """``ds[(index, seed)]`` -> (image float ``[1, S, S]`` normalised, text float16 ``[L, hidden]``, index).
 
     ``seed`` None = no augmentation (evaluation). ``img_size`` differing from the cache's size resizes.
+    ``normalize_images`` False: images stay in [0, 1] (the training loop augments and normalises the batch
+    on the device: ``pretrain.data.augment_on: device``).
     """
 
     def __init__(
@@ -91,8 +96,10 @@ class PairDataset(Dataset):
         cfg: PretrainDataConfig,
         img_size: int,
         augment: bool,
+        normalize_images: bool = True,
     ):
         self.images = ImageCache(Path(prepared) / IMAGES_H5)
+        self.normalize_images = normalize_images
         self.text = text_cache
         self.pairs = list(pairs)
         self.cfg = cfg
@@ -115,7 +122,8 @@ class PairDataset(Dataset):
         img = to_unit_float(torch.from_numpy(self.images[p.row])[None], size)[0]  # [1, S, S] in [0, 1]
         if self.augment and seed is not None:
             img = augment(img, self.cfg.augment, torch.Generator().manual_seed(seed))
-        img = normalize(img, self.cfg.pixel_mean, self.cfg.pixel_std)
+        if self.normalize_images:
+            img = normalize(img, self.cfg.pixel_mean, self.cfg.pixel_std)
         text = torch.from_numpy(self.text.text_row(p.text_row)[-self.cfg.max_text_tokens :])  # [L, hidden]
         return img, text, index
 

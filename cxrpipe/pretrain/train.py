@@ -181,6 +181,172 @@ class CsvLog:
 # ------------------------------------------------------------------------------------------------- run
 
 
+@dataclasses.dataclass
+class TrainRun:
+    """What one training run carries from epoch to epoch (the resume state is ``step``, ``sums``, ``count``)."""
+
+    cfg: PretrainConfig
+    variant: str
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_ds: PairDataset
+    per_epoch: int  # global batches per epoch
+    ckpt_path: Path
+    config_dict: dict[str, Any]  # what a checkpoint must match to be continued
+    step: int = 0  # optimizer steps done
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)  # running loss sums of the epoch
+    count: int = 0  # steps in ``sums``
+    means: dict[str, float] = dataclasses.field(default_factory=dict)  # the last finished epoch's means
+    step_log: CsvLog | None = None  # rank 0 only
+    epoch_log: CsvLog | None = None
+
+    @property
+    def total(self) -> int:
+        return self.cfg.epochs * self.per_epoch
+
+    def checkpoint(self) -> None:
+        """Full state to ``checkpoint.pt`` (rank 0, atomically); every process waits for it."""
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.ckpt_path, {
+                "model": self.accelerator.unwrap_model(self.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "step": self.step,
+                "epoch_sums": self.sums,
+                "epoch_count": self.count,
+                "rng": _rng_state(),
+                "config": self.config_dict,
+            })
+        self.accelerator.wait_for_everyone()
+
+
+def device_batch(run: TrainRun, batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
+    """The batch's images on the device, ready for the model. ``augment_on: device``: the dataset sent them
+    in [0, 1] unaugmented; each sample gets the very draws the loader would have used (its seed from
+    ``(seed, epoch, index)``), applied in one ``grid_sample`` over the batch, then normalised."""
+    from cxrpipe.encoder import normalize
+    from cxrpipe.pretrain.batch_augment import augment_batch
+
+    images = batch["images"].to(run.accelerator.device, non_blocking=True)
+    data = run.cfg.data
+    if data.augment_on == "device":
+        seeds = [sample_seed(run.cfg.seed, 2, epoch, int(i)) for i in batch["index"]]
+        images = normalize(augment_batch(images, data.augment, seeds), data.pixel_mean, data.pixel_std)
+    return images
+
+
+def train_one_epoch(run: TrainRun, epoch: int, max_steps: int | None = None) -> bool:
+    """One epoch (or its rest, when resumed inside it) of ``run``; True when stopped early at ``max_steps``.
+
+    Checkpoints every ``checkpoint_every`` steps and at the epoch's end; logs per step and per epoch.
+    """
+    from tqdm.auto import tqdm
+
+    cfg, acc, model = run.cfg, run.accelerator, run.model
+    rank, world, device = acc.process_index, acc.num_processes, acc.device
+    num_patches = (cfg.model.img_size // cfg.model.patch_size) ** 2
+    local = cfg.batch_size // world
+    sampler = EpochBatches(len(run.train_ds), cfg.batch_size, cfg.seed, epoch, rank, world,
+                           start=run.step - epoch * run.per_epoch)
+    loader = DataLoader(run.train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda")
+    bar = tqdm(loader, desc=f"{run.variant} epoch {epoch + 1}/{cfg.epochs}", disable=not acc.is_main_process, leave=False)
+    model.train()
+    for batch in bar:
+        gen = torch.Generator().manual_seed(sample_seed(cfg.seed, 1, run.step))
+        noise = torch.rand(cfg.batch_size, num_patches, generator=gen)[rank * local : (rank + 1) * local]
+        losses = model(
+            device_batch(run, batch, epoch),
+            batch["text"].to(device),
+            batch["text_mask"].to(device),
+            noise=noise.to(device),
+            ids=run.train_ds.pair_ids(batch["index"]).to(device),  # [local, 2]: duplicates are positives
+        )
+        acc.backward(losses["loss"])
+        grad_norm = torch.tensor(0.0)
+        if cfg.optim.clip_grad > 0:
+            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+
+        names = sorted(losses)
+        values = acc.reduce(torch.stack([losses[k].detach().float() for k in names]), "mean")
+        row = dict(zip(names, values.tolist()))
+        for k, v in row.items():
+            run.sums[k] = run.sums.get(k, 0.0) + v
+        run.count += 1
+        if run.step_log is not None:
+            run.step_log.write({"step": run.step, "epoch": epoch + 1, "lr": lr, "grad_norm": float(grad_norm), **row})
+            bar.set_postfix(loss=f"{row['loss']:.4f}", mae=f"{row['mae_loss']:.4f}", con=f"{row['contrastive_loss']:.4f}")
+        if run.step % run.per_epoch == 0:  # end of the epoch: its means, then a checkpoint
+            _end_epoch(run, epoch)
+        stop = max_steps is not None and run.step >= max_steps
+        if stop or run.step % run.per_epoch == 0 or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0):
+            run.checkpoint()
+        if stop:
+            return True
+    return False
+
+
+def _end_epoch(run: TrainRun, epoch: int) -> None:
+    run.means = {k: v / max(1, run.count) for k, v in run.sums.items()}
+    if run.epoch_log is not None:
+        run.epoch_log.write({"epoch": epoch + 1, "step": run.step, **run.means})
+    log.info("epoch %d/%d: %s", epoch + 1, run.cfg.epochs, ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.means.items())))
+    run.sums, run.count = {}, 0
+
+
+def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, total: int, warmup: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (no decay on biases, norms, tokens, the temperature) + per-step warmup/cosine schedule."""
+    from timm.optim import param_groups_weight_decay
+
+    no_decay = ["mae.encoder.cls_token", "mae.mask_token", "contrastive.logit_scale"]
+    optimizer = torch.optim.AdamW(
+        param_groups_weight_decay(model, cfg.optim.weight_decay, no_weight_decay_list=no_decay),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+    )
+    min_ratio = cfg.optim.min_lr / cfg.optim.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, min_ratio))
+    return optimizer, scheduler
+
+
+def _inputs_key(prepared: Path, train_pairs: list, text: Any) -> dict[str, Any]:
+    """What a checkpoint must match besides the settings: the inputs (a rebuilt cache = start over) and the
+    code (a checkpoint made by other training code, even a finished one kept with keep_checkpoint, is not
+    continued or re-exported: cxrpipe.provenance)."""
+    stat = (prepared / "images.h5").stat()
+    return {
+        "train_pairs": hashlib.sha256(repr(train_pairs).encode()).hexdigest()[:16],
+        "text_cache": dataclasses.asdict(text.fingerprint),
+        "images_h5": [stat.st_size, stat.st_mtime_ns],
+        "code": provenance.code_key("pretrain"),
+    }
+
+
+def _restore(run: TrainRun, resume: bool) -> None:
+    """Load ``checkpoint.pt`` into ``run`` when ``resume`` and it was written with these very settings."""
+    ckpt = load_checkpoint(run.ckpt_path) if resume and run.ckpt_path.exists() else None
+    if ckpt is not None and (diff := _config_differences(ckpt["config"], run.config_dict)):
+        # params changed since the crash (e.g. `dvc repro` after an edit): nothing to continue, start over
+        log.warning("%s was written with other settings (%s); starting from scratch", run.ckpt_path, "; ".join(diff))
+        ckpt = None
+    if ckpt is not None:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.step, run.sums, run.count = ckpt["step"], dict(ckpt["epoch_sums"]), ckpt["epoch_count"]
+        _set_rng_state(ckpt["rng"])
+        log.info("resuming %s from step %d of %d", run.variant, run.step, run.total)
+    elif resume:
+        log.info("no checkpoint of these settings at %s; starting from scratch", run.ckpt_path)
+
+
 def run_pretrain(
     cfg: PretrainConfig,
     variant: str,
@@ -204,12 +370,7 @@ def run_pretrain(
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from timm.optim import param_groups_weight_decay
-    from tqdm.auto import tqdm
 
-    from cxrpipe.encoder import save_encoder
-    from cxrpipe.pretrain.heads import save_heads
-    from cxrpipe.pretrain.retrieval import evaluate_retrieval
     from cxrpipe.text.cache import TextCache
 
     cfg = for_variant(cfg, variant)
@@ -223,8 +384,6 @@ def run_pretrain(
     # cpu=True without CUDA: processes started by `accelerate launch --multi_gpu` / torchrun on a CPU machine
     # then join a gloo group (otherwise each would train alone on everything)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision if cuda else "no", cpu=not cuda)
-    main = accelerator.is_main_process
-    rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)
 
     text = TextCache(text_cache, expect=expect)
@@ -232,183 +391,98 @@ def run_pretrain(
     val_pairs = find_pairs(prepared, text, "validate", cfg.data.views)
     if len(train_pairs) < cfg.batch_size:
         raise ValueError(f"{len(train_pairs)} train image-report pairs, fewer than pretrain.batch_size {cfg.batch_size}")
-    train_ds = PairDataset(prepared, text, train_pairs, cfg.data, cfg.model.img_size, augment=True)
+    # augment_on device: the loader sends [0, 1] images, train_one_epoch augments the batch on the device
+    on_device = cfg.data.augment_on == "device"
+    train_ds = PairDataset(prepared, text, train_pairs, cfg.data, cfg.model.img_size, augment=not on_device,
+                           normalize_images=not on_device)
     val_ds = PairDataset(prepared, text, val_pairs, cfg.data, cfg.model.img_size, augment=False)
     per_epoch = len(train_pairs) // cfg.batch_size
-    total = cfg.epochs * per_epoch
     warmup = max(1, round(cfg.optim.warmup_epochs * per_epoch))
-
     model = PretrainModel(cfg.model, cfg.pool, cfg.loss, text.hidden_size)
-    no_decay = ["mae.encoder.cls_token", "mae.mask_token", "contrastive.logit_scale"]
-    optimizer = torch.optim.AdamW(
-        param_groups_weight_decay(model, cfg.optim.weight_decay, no_weight_decay_list=no_decay),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-    )
-    min_ratio = cfg.optim.min_lr / cfg.optim.lr
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, min_ratio))
+    optimizer, scheduler = _optimizer(model, cfg, cfg.epochs * per_epoch, warmup)
+    config_dict = {"variant": variant, **to_dict(cfg), "inputs": to_dict(_inputs_key(prepared, train_pairs, text))}
+    run = TrainRun(cfg, variant, accelerator, model, optimizer, scheduler, train_ds, per_epoch,
+                   out_dir / CHECKPOINT, config_dict)
+    _restore(run, resume)
+    run.model, run.optimizer = accelerator.prepare(model, optimizer)  # scheduler stepped by hand: once per step
 
-    ckpt_path = out_dir / CHECKPOINT
-    # what a checkpoint must match to be continued: the settings AND the inputs (a rebuilt cache = start over)
-    stat = (prepared / "images.h5").stat()
-    inputs = {
-        "train_pairs": hashlib.sha256(repr(train_pairs).encode()).hexdigest()[:16],
-        "text_cache": dataclasses.asdict(text.fingerprint),
-        "images_h5": [stat.st_size, stat.st_mtime_ns],
-        # and the code: a checkpoint made by other training code (even a finished one kept with
-        # keep_checkpoint) is not continued or re-exported (cxrpipe.provenance)
-        "code": provenance.code_key("pretrain"),
-    }
-    config_dict = {"variant": variant, **to_dict(cfg), "inputs": to_dict(inputs)}
-    step, sums, count = 0, {}, 0
-    means: dict[str, float] = {}
-    ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    if ckpt is not None and (diff := _config_differences(ckpt["config"], config_dict)):
-        # params changed since the crash (e.g. `dvc repro` after an edit): nothing to continue, start over
-        log.warning("%s was written with other settings (%s); starting from scratch", ckpt_path, "; ".join(diff))
-        ckpt = None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step, sums, count = ckpt["step"], dict(ckpt["epoch_sums"]), ckpt["epoch_count"]
-        _set_rng_state(ckpt["rng"])
-        log.info("resuming %s from step %d of %d", variant, step, total)
-    elif resume:
-        log.info("no checkpoint of these settings at %s; starting from scratch", ckpt_path)
-    model, optimizer = accelerator.prepare(model, optimizer)  # scheduler stepped by hand: once per step
-    device = accelerator.device
-
-    step_log = epoch_log = None
-    if main:
+    if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        resumed = step > 0
-        step_log = CsvLog(plots_dir / STEP_LOG, "step", keep_upto=step if resumed else None)
-        epoch_log = CsvLog(plots_dir / EPOCH_LOG, "epoch", keep_upto=step // per_epoch if resumed else None)
-
-    def checkpoint() -> None:
-        if main:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": accelerator.unwrap_model(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step,
-                    "epoch_sums": sums,
-                    "epoch_count": count,
-                    "rng": _rng_state(),
-                    "config": config_dict,
-                },
-            )
-        accelerator.wait_for_everyone()
-
+        resumed = run.step > 0
+        run.step_log = CsvLog(plots_dir / STEP_LOG, "step", keep_upto=run.step if resumed else None)
+        run.epoch_log = CsvLog(plots_dir / EPOCH_LOG, "epoch", keep_upto=run.step // per_epoch if resumed else None)
     log.info(
-        "pretrain %s: %d train pairs, %d validate; %d epochs x %d steps of %d (%d process(es), %s)",
-        variant, len(train_pairs), len(val_pairs), cfg.epochs, per_epoch, cfg.batch_size, world, device,
+        "pretrain %s: %d train pairs, %d validate; %d epochs x %d steps of %d (%d process(es), %s; augment on %s)",
+        variant, len(train_pairs), len(val_pairs), cfg.epochs, per_epoch, cfg.batch_size,
+        accelerator.num_processes, accelerator.device, cfg.data.augment_on,
     )
-    num_patches = (cfg.model.img_size // cfg.model.patch_size) ** 2
-    local = cfg.batch_size // world
-    model.train()
-    t0 = time.time()
-    start_step = step
-    for epoch in range(step // per_epoch, cfg.epochs):
-        sampler = EpochBatches(len(train_ds), cfg.batch_size, cfg.seed, epoch, rank, world, start=step - epoch * per_epoch)
-        loader = DataLoader(train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers)
-        bar = tqdm(loader, desc=f"{variant} epoch {epoch + 1}/{cfg.epochs}", disable=not main, leave=False)
-        for batch in bar:
-            gen = torch.Generator().manual_seed(sample_seed(cfg.seed, 1, step))
-            noise = torch.rand(cfg.batch_size, num_patches, generator=gen)[rank * local : (rank + 1) * local]
-            losses = model(
-                batch["images"].to(device),
-                batch["text"].to(device),
-                batch["text_mask"].to(device),
-                noise=noise.to(device),
-                ids=train_ds.pair_ids(batch["index"]).to(device),  # [local, 2]: duplicates are positives
-            )
-            accelerator.backward(losses["loss"])
-            grad_norm = torch.tensor(0.0)
-            if cfg.optim.clip_grad > 0:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-
-            names = sorted(losses)
-            values = accelerator.reduce(torch.stack([losses[k].detach().float() for k in names]), "mean")
-            row = dict(zip(names, values.tolist()))
-            for k, v in row.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            if main:
-                step_log.write({"step": step, "epoch": epoch + 1, "lr": lr, "grad_norm": float(grad_norm), **row})
-                bar.set_postfix(loss=f"{row['loss']:.4f}", mae=f"{row['mae_loss']:.4f}", con=f"{row['contrastive_loss']:.4f}")
-            if step % per_epoch == 0:  # end of the epoch: its means, then a checkpoint
-                means = {k: v / max(1, count) for k, v in sums.items()}
-                if main:
-                    epoch_log.write({"epoch": epoch + 1, "step": step, **means})
-                log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k} {v:.4f}" for k, v in sorted(means.items())))
-                sums, count = {}, 0
-            stop = max_steps is not None and step >= max_steps
-            if stop or step % per_epoch == 0 or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                checkpoint()
-            if stop:
-                log.info("stopped at step %d (max_steps); continue with --resume", step)
-                return None
+    t0, start_step = time.time(), run.step
+    for epoch in range(run.step // per_epoch, cfg.epochs):
+        if train_one_epoch(run, epoch, max_steps):
+            log.info("stopped at step %d (max_steps); continue with --resume", run.step)
+            return None
     seconds = time.time() - t0
 
     metrics: dict[str, Any] = {}
-    if main:
-        unwrapped = accelerator.unwrap_model(model)
-        save_encoder(
-            unwrapped.encoder,
-            out_dir,
-            {
-                "arch": cfg.model.arch,
-                "kwargs": cfg.model.timm_kwargs(),
-                "pixel_mean": cfg.data.pixel_mean,
-                "pixel_std": cfg.data.pixel_std,
-                "variant": variant,
-                "params": to_dict(cfg),
-            },
-        )
-        # the text side and the image pool beside the encoder, for zero-shot, retrieval and attention maps
-        save_heads(unwrapped, out_dir, {
-            "pool": cfg.pool, "loss": cfg.loss, "text_hidden": text.hidden_size, "embed_dim": cfg.model.embed_dim,
-            "max_text_tokens": cfg.data.max_text_tokens, "variant": variant,
-        })
-        retrieval = {}
-        if len(val_ds):
-            retrieval = evaluate_retrieval(unwrapped, val_ds, device, cfg.eval_batch_size, autocast=accelerator.autocast)
-        else:
-            log.warning("no validate image-report pairs: the retrieval check is skipped")
-        # the same check on as many train pairs (evenly spaced, unaugmented): fit vs generalisation
-        probe = train_pairs[:: max(1, len(train_pairs) // max(1, len(val_pairs)))][: max(1, len(val_pairs))]
-        probe_ds = PairDataset(prepared, text, probe, cfg.data, cfg.model.img_size, augment=False)
-        retrieval_train = evaluate_retrieval(
-            unwrapped, probe_ds, device, cfg.eval_batch_size, autocast=accelerator.autocast, split="train probe"
-        )
-        final = {k: float(v) for k, v in means.items()}
-        # numbers only (`dvc metrics show`): the variant and config are in <out>/config.json
-        metrics = {
-            "weight_text": cfg.loss.weight_text,
-            "steps": step,
-            "epochs": cfg.epochs,
-            "train_pairs": len(train_pairs),
-            "final_epoch": final,
-            "retrieval": retrieval,
-            "retrieval_train": retrieval_train,
-            # off-diagonal positive pairs per global batch (same study / identical text of other studies)
-            "duplicate_pairs": batch_duplicate_pairs(train_pairs, cfg.batch_size, cfg.seed, cfg.epochs),
+    if accelerator.is_main_process:
+        metrics = _export_and_check(run, text, prepared, out_dir, train_pairs, val_ds)
+        metrics.update({
             "train_seconds": round(seconds, 1),
-            "images_per_second": round((step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
-            "processes": world,
-        }
-        log.info("%s: %d steps on %s x %d in %.0f s", variant, step, device, world, seconds)
+            "images_per_second": round((run.step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
+        })
+        log.info("%s: %d steps on %s x %d in %.0f s", variant, run.step, accelerator.device, accelerator.num_processes, seconds)
         write_json_atomic(metrics_path, metrics, sort_keys=True)
         if not cfg.keep_checkpoint:
-            ckpt_path.unlink(missing_ok=True)
+            run.ckpt_path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _export_and_check(run: TrainRun, text: Any, prepared: Path, out_dir: Path, train_pairs: list,
+                      val_ds: PairDataset) -> dict[str, Any]:
+    """Rank 0 after the last step: the encoder (a plain timm ViT) and the heads exported, the retrieval
+    check on validate and on as many train pairs; the metrics (numbers only: the variant and config are in
+    ``<out>/config.json``)."""
+    from cxrpipe.encoder import save_encoder
+    from cxrpipe.pretrain.heads import save_heads
+    from cxrpipe.pretrain.retrieval import evaluate_retrieval
+
+    cfg, acc = run.cfg, run.accelerator
+    unwrapped = acc.unwrap_model(run.model)
+    save_encoder(unwrapped.encoder, out_dir, {
+        "arch": cfg.model.arch,
+        "kwargs": cfg.model.timm_kwargs(),
+        "pixel_mean": cfg.data.pixel_mean,
+        "pixel_std": cfg.data.pixel_std,
+        "variant": run.variant,
+        "params": to_dict(cfg),
+    })
+    # the text side and the image pool beside the encoder, for zero-shot, retrieval and attention maps
+    save_heads(unwrapped, out_dir, {
+        "pool": cfg.pool, "loss": cfg.loss, "text_hidden": text.hidden_size, "embed_dim": cfg.model.embed_dim,
+        "max_text_tokens": cfg.data.max_text_tokens, "variant": run.variant,
+    })
+    retrieval = {}
+    if len(val_ds):
+        retrieval = evaluate_retrieval(unwrapped, val_ds, acc.device, cfg.eval_batch_size, autocast=acc.autocast)
+    else:
+        log.warning("no validate image-report pairs: the retrieval check is skipped")
+    # the same check on as many train pairs (evenly spaced, unaugmented): fit vs generalisation
+    n_val = max(1, len(val_ds))
+    probe = train_pairs[:: max(1, len(train_pairs) // n_val)][:n_val]
+    probe_ds = PairDataset(prepared, text, probe, cfg.data, cfg.model.img_size, augment=False)
+    retrieval_train = evaluate_retrieval(
+        unwrapped, probe_ds, acc.device, cfg.eval_batch_size, autocast=acc.autocast, split="train probe"
+    )
+    return {
+        "weight_text": cfg.loss.weight_text,
+        "steps": run.step,
+        "epochs": cfg.epochs,
+        "train_pairs": len(train_pairs),
+        "final_epoch": {k: float(v) for k, v in run.means.items()},
+        "retrieval": retrieval,
+        "retrieval_train": retrieval_train,
+        # off-diagonal positive pairs per global batch (same study / identical text of other studies)
+        "duplicate_pairs": batch_duplicate_pairs(train_pairs, cfg.batch_size, cfg.seed, cfg.epochs),
+        "processes": acc.num_processes,
+    }
