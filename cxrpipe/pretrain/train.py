@@ -320,11 +320,16 @@ def _inputs_key(prepared: Path, train_pairs: list, text: Any) -> dict[str, Any]:
     """What a checkpoint must match besides the settings: the inputs (a rebuilt cache = start over) and the
     code (a checkpoint made by other training code, even a finished one kept with keep_checkpoint, is not
     continued or re-exported: cxrpipe.provenance)."""
-    stat = (prepared / "images.h5").stat()
+    import h5py
+
+    from cxrpipe.io import SHA_PREFIX
+
+    with h5py.File(prepared / "images.h5", "r") as f:  # the content hash prepare recorded (not the mtime: a
+        images = str(f.attrs.get(SHA_PREFIX + "images", ""))  # byte-identical rebuild keeps the checkpoint)
     return {
         "train_pairs": hashlib.sha256(repr(train_pairs).encode()).hexdigest()[:16],
         "text_cache": dataclasses.asdict(text.fingerprint),
-        "images_h5": [stat.st_size, stat.st_mtime_ns],
+        "images_h5": images,
         "code": provenance.code_key("pretrain"),
     }
 

@@ -42,3 +42,29 @@ def test_stage_source_lists_cover_dvc_deps():
             path = provenance.PACKAGE_ROOT.parent / dep
             files = [str(f.relative_to(provenance.PACKAGE_ROOT.parent)) for f in path.rglob("*.py")] if path.is_dir() else [dep]
             assert set(files) <= covered, (stage, dep)
+
+
+def test_resume_key_follows_the_image_cache_content_not_its_mtime(tmp_path, caplog):
+    """A byte-identical rebuild of images.h5 (new mtime) keeps the checkpoint; other pixels do not."""
+    import os
+    import shutil
+
+    import h5py
+
+    from .synthetic import make_pairs
+
+    caplog.set_level("INFO")
+    prepared, text = make_pairs(tmp_path / "d")
+    cfg = tiny_cfg(epochs=1)
+    run(tmp_path, "r", prepared, text, cfg, max_steps=1)
+    copy = prepared / "images.copy.h5"
+    shutil.copy(prepared / "images.h5", copy)
+    os.replace(copy, prepared / "images.h5")  # same bytes, a new file and mtime
+    caplog.clear()
+    run(tmp_path, "r", prepared, text, cfg, max_steps=2, resume=True)
+    assert "resuming multimodal from step 1" in caplog.text
+    with h5py.File(prepared / "images.h5", "r+") as f:  # other content: prepare records another hash
+        f.attrs["sha256_images"] = "0" * 64
+    caplog.clear()
+    run(tmp_path, "r", prepared, text, cfg, resume=True)
+    assert "images_h5: checkpoint=" in caplog.text and "starting from scratch" in caplog.text
