@@ -215,7 +215,7 @@ def image_key(name: str) -> str:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    return stem if stem.startswith("CXR") else f"CXR{stem}"
+    return stem if stem.startswith("CXR") else f"CXR{stem.split('_', 1)[0]}_{stem}"  # Kaggle drops "CXR<uid>_"
 
 
 def index_png_source(root: Path) -> tuple[dict[str, str], Path | None]:
@@ -349,7 +349,7 @@ def read_iu_xray(cfg):
             rejects.append(Reject("labels", str(sid), str(reports), "not_indexed", "MeSH coded 'No Indexing' (or no MeSH)", action="unlabelled"))
         studies[sid] = StudyRecord(sid, sid, split_of[sid], cleaned.text, dict(cleaned.sections), labels, has_labels=has)
         images += [ImageCandidate(i, sid, sid, split_of[sid], v, files[i]) for i, v in sorted(found)]
-    counts.update(malformed_reports=len(bad), views_seen=dict(sorted(views_seen.items())))
+    counts = {**counts, "malformed_reports": len(bad), "views_seen": dict(sorted(views_seen.items()))}
     coverage = label_coverage([s.labels for s in studies.values() if s.has_labels])
     rule = f"seeded split by report uid (one report = one patient): fractions {list(fractions)}, seed {cfg.split_seed}"
     return SourceRead(images, studies, rejects, dict(counts), image_tar=tar, split_rule=rule,
