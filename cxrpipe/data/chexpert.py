@@ -7,7 +7,7 @@ Layout, ``transfer_data.chexpert.root`` = the folder that holds the CSVs (e.g. `
 
 Study = ``patientNNNNN/studyM`` (study_id = patient * 1000 + M); subject = the patient. Frontal images only
 (``Frontal/Lateral`` = Frontal; laterals are a selection, counted in ``views_seen``); the view is ``AP/PA``
-(blank = UNKNOWN). Split, as the literature does: ``valid.csv`` (234 studies read by radiologists) is the
+(blank = UNKNOWN). Split, as the literature does: ``valid.csv`` (200 studies, 234 images, labelled by radiologists) is the
 test set; validate = a seeded ``validate_fraction`` of train.csv's PATIENTS; the rest train. Labels raw, in
 :data:`CHEXPERT_LABELS` order; the uncertainty policy is stage three's. Rejects: a label value outside
 {1, 0, -1, blank}, a Path not of CheXpert's form, a missing image.

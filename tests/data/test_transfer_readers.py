@@ -300,3 +300,25 @@ def test_demo_nih_tree_is_read_with_exactly_its_planted_faults(tmp_path):
     assert rejected == {f["id"].removesuffix(".png") for f in faults}
     positives = sum(np.array([s.labels for s in read_studies(tmp_path / "out")]).sum(0) > 0)
     assert positives >= 5  # several NIH labels occur (from the MIMIC demo's finding sampler)
+
+
+def test_transfer_prepare_cli_writes_the_folder_and_fails_in_one_line(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from cxrpipe.cli import app
+
+    nih_tree(tmp_path / "nih", n_patients=5)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "transfer_data": {"nih_cxr14": {"root": str(tmp_path / "nih")}},
+        "prepare": {"image_size": 16, "workers": 0},
+    }))
+    runner = CliRunner()
+    res = runner.invoke(app, ["transfer-prepare", "--params", str(params), "--dataset", "nih_cxr14", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert read_label_names(tmp_path / "o") == NIH_LABELS
+    res = runner.invoke(app, ["transfer-prepare", "--params", str(params), "--dataset", "chexpert", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "transfer-prepare failed: transfer_data.chexpert.root is not set" in res.output
+    res = runner.invoke(app, ["transfer-prepare", "--params", str(params), "--dataset", "iu-xray", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "is a pretraining source" in res.output
