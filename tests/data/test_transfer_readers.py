@@ -282,6 +282,9 @@ def test_rsna_conflicting_targets_and_missing_dicoms(tmp_path):
     assert report.rejects["by_reason"] == {"image/decode_failed": 1, "image/missing_image": 1,
                                            "study/conflicting_labels": 2, "study/no_images": 1}
     assert report.counts["images"] == len(ids) - 4
+    _csv(tmp_path / "rsna" / "stage_2_train_labels.csv", ["patientId", "label"], [[ids[0], 1]])
+    with pytest.raises(DatasetFormatError, match=r"missing column\(s\) \['Target'\]"):
+        run_transfer_prepare("rsna_pneumonia", TransferDataConfig(rsna_pneumonia=RSNAConfig(root=tmp_path / "rsna")), PREP, tmp_path / "o")
 
 
 # ----------------------------------------------------------------------------------------- demo NIH
