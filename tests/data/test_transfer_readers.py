@@ -299,8 +299,13 @@ def test_demo_nih_tree_is_read_with_exactly_its_planted_faults(tmp_path):
     faults = json.loads((root / "DEMO_CORRUPTIONS.json").read_text())
     report = run_transfer_prepare("nih_cxr14", TransferDataConfig(nih_cxr14=NIHConfig(root=root)), PREP, tmp_path / "out")
     assert report.demo
+    from cxrpipe.data.demo_faults import PlantedFaults
+    from cxrpipe.data.records import Reject
+
+    planted = PlantedFaults(root)  # prepare's WARNING lines mark them "expected: planted demo fault"
+    assert all(Reject(**r) in planted for r in csv.DictReader((tmp_path / "out" / "rejects.csv").open()))
     rejected = {r["id"].removesuffix(".png") for r in csv.DictReader((tmp_path / "out" / "rejects.csv").open()) if r["kind"] == "image"}
-    assert rejected == {f["id"].removesuffix(".png") for f in faults}
+    assert rejected == {f["dicom_id"].removesuffix(".png") for f in faults}
     positives = sum(np.array([s.labels for s in read_studies(tmp_path / "out")]).sum(0) > 0)
     assert positives >= 5  # several NIH labels occur (from the MIMIC demo's finding sampler)
 
