@@ -23,9 +23,7 @@ A blank ``ViewPosition`` is the view ``UNKNOWN``; ``views=()`` keeps every view.
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
-import gzip
 import logging
 import math
 import re
@@ -34,14 +32,14 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from cxrpipe.data.manifest import SPLITS, StudyRecord
-from cxrpipe.data.records import DatasetFormatError, ImageCandidate, Reject, SourceRead
+from cxrpipe.data import records
+from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, ImageCandidate, Reject, SourceRead
 from cxrpipe.data.reports import clean_report
 from cxrpipe.labels import CHEXPERT_LABELS, parse_raw_label
 
 log = logging.getLogger(__name__)
 
 TABLE_PREFIX = "mimic-cxr-2.0.0-"
-UNKNOWN_VIEW = "UNKNOWN"
 IMAGE_EXT = {"mimic-cxr-jpg": "jpg", "mimic-cxr": "dcm"}
 _REPORT_MEMBER = re.compile(r"(?:^|/)s(\d+)\.txt$")
 
@@ -111,15 +109,8 @@ def check_layout(root: Path, tables: Path, tables_param: str) -> None:
 
 
 def iter_csv(path: str | Path, required: Sequence[str]) -> Iterator[dict[str, str]]:
-    """Rows of a gzipped or plain CSV as dicts; the header must hold ``required``."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise MimicFormatError(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
-        yield from reader
+    """Rows of a MIMIC table (:func:`cxrpipe.data.records.iter_csv`; a wrong header is a MimicFormatError)."""
+    return records.iter_csv(path, required, error=MimicFormatError)
 
 
 def read_labels(path: str | Path, wanted: set[int] | None = None) -> tuple[dict[int, tuple[float, ...]], dict[int, str]]:

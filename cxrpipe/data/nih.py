@@ -24,8 +24,7 @@ import re
 from pathlib import Path
 
 from cxrpipe.data.manifest import StudyRecord
-from cxrpipe.data.mimic import UNKNOWN_VIEW, iter_csv
-from cxrpipe.data.records import DatasetFormatError, ImageCandidate, Reject, SourceRead
+from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, ImageCandidate, Reject, SourceRead, iter_csv
 from cxrpipe.data.splits import carve_validate
 
 log = logging.getLogger(__name__)

@@ -8,14 +8,33 @@ reader drops is silent: each drop is a :class:`Reject` (a row of ``rejects.csv``
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import gzip
 from pathlib import Path
+from typing import Iterator, Sequence
 
 from cxrpipe.data.manifest import StudyRecord
 
 
+UNKNOWN_VIEW = "UNKNOWN"  # a view the source does not record
+
+
 class DatasetFormatError(RuntimeError):
     """A dataset's files are absent or not shaped as the dataset ships them (one line: what, where, expected)."""
+
+
+def iter_csv(path: str | Path, required: Sequence[str],
+             error: type[DatasetFormatError] = DatasetFormatError) -> Iterator[dict[str, str]]:
+    """Rows of a gzipped or plain CSV as dicts; the header must hold ``required`` (else ``error``)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise error(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        yield from reader
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,7 @@ from pathlib import Path
 
 from cxrpipe.data.images import dicom_view_position
 from cxrpipe.data.manifest import SPLITS, StudyRecord
-from cxrpipe.data.mimic import UNKNOWN_VIEW, iter_csv
-from cxrpipe.data.records import DatasetFormatError, ImageCandidate, Reject, SourceRead
+from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, ImageCandidate, Reject, SourceRead, iter_csv
 from cxrpipe.data.splits import check_fractions, seeded_split
 
 log = logging.getLogger(__name__)
