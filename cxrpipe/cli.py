@@ -15,7 +15,9 @@ import typer
 # (sub-command, module in stages/)
 STAGES = (
     ("demo-data", "demo_data"),
+    ("demo-nih", "demo_nih"),
     ("prepare", "prepare"),
+    ("transfer-prepare", "transfer_prepare"),
     ("text-model", "text_model"),
     ("embed", "embed"),
     ("pretrain", "pretrain"),

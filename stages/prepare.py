@@ -1,4 +1,4 @@
-"""DVC stage `prepare`: a MIMIC-CXR(-JPG) tree -> manifest, images.h5, prepare report and rejects list."""
+"""DVC stage `prepare`: a pretraining source (MIMIC-CXR(-JPG), IU X-ray) -> manifest, images.h5, prepare report and rejects list."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def main(
 ) -> None:
     """Read the data source; write the manifest, images.h5, the prepare report and the rejects list."""
     from cxrpipe.config import ConfigError, load_params, section
-    from cxrpipe.data.mimic import MimicFormatError
+    from cxrpipe.data.records import DatasetFormatError
     from cxrpipe.data.image_cache import ImageCacheError
     from cxrpipe.data.prepare import DataConfig, PrepareConfig, PrepareError, run_prepare
     from cxrpipe.log import setup_logging
@@ -23,7 +23,7 @@ def main(
     try:
         p = load_params(params)
         run_prepare(section(p, "data", DataConfig), section(p, "prepare", PrepareConfig), out)
-    except (ConfigError, MimicFormatError, PrepareError, ImageCacheError) as e:  # a clear message, not a traceback
+    except (ConfigError, DatasetFormatError, PrepareError, ImageCacheError) as e:  # a clear message, not a traceback
         typer.echo(f"prepare failed: {e}", err=True)
         raise typer.Exit(1) from None
 

@@ -245,3 +245,15 @@ def decode_task(task: tuple[int, str, int, float]) -> tuple[int, np.ndarray | No
 def decode_chunk(tasks: list[tuple[int, str, int, float]]) -> list[tuple[int, np.ndarray | None, str | None]]:
     """:func:`decode_task` over a chunk (one message to and from a worker per chunk)."""
     return [decode_task(t) for t in tasks]
+
+
+def dicom_view_position(path: str | Path) -> str:
+    """A DICOM's ``ViewPosition`` (upper case), read from the header alone; "" when absent or unreadable
+    (the decode step reports an unreadable file)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["ViewPosition"])
+    except Exception:  # noqa: BLE001 - decode_image names the problem later
+        return ""
+    return str(ds.get("ViewPosition", "") or "").strip().upper()

@@ -13,6 +13,7 @@ report (``FINDINGS: ...`` header lines), which :func:`cxrpipe.data.reports.clean
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import re
@@ -165,11 +166,15 @@ def _xml_members(path: Path) -> Iterator[tuple[str, bytes]]:
         raise FileNotFoundError(f"IU X-ray reports not found: {path}")
     # One sequential pass (backward seeks in a gzip stream would re-decompress); ~20 MB in memory.
     members = []
-    with tarfile.open(path, "r:*") as tar:
-        for m in tar:
-            if m.isfile() and m.name.endswith(".xml"):
-                f = tar.extractfile(m)
-                members.append((m.name, f.read() if f is not None else b""))
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                if m.isfile() and m.name.endswith(".xml"):
+                    f = tar.extractfile(m)
+                    members.append((m.name, f.read() if f is not None else b""))
+    except tarfile.TarError as e:
+        raise IUReportError(f"{path}: not a tar archive of XML reports ({e}); expected NLMCXR_reports.tgz "
+                            "(ecgen-radiology/<n>.xml) or its extracted folder") from None
     yield from sorted(members, key=lambda nb: _natural_key(nb[0]))
 
 
@@ -186,3 +191,160 @@ def iter_iu_reports(path: str | Path, rejects: list[tuple[str, str]] | None = No
             if rejects is None:
                 raise
             rejects.append((name, str(e)))
+
+
+# ------------------------------------------------------------------------------------- prepare's reader
+PROJECTIONS_COLUMNS = ("uid", "filename", "projection")
+VIEW_RULE_TABLE = "projections table {name}: Frontal -> FRONTAL, Lateral -> LATERAL; images not in it UNKNOWN"
+VIEW_RULE_NONE = (
+    "no projections table (data.projections: null): every image's view is UNKNOWN (the XML does not say which "
+    "image is frontal; the image numbers do not either). Keep them with data.views: [] (or [UNKNOWN]), or give "
+    "indiana_projections.csv"
+)
+IU_LAYOUT = (
+    "expected IU X-ray layout: data.reports = NLMCXR_reports.tgz (or its folder of ecgen-radiology/<n>.xml), "
+    "data.root = NLMCXR_png.tgz (or its folder of CXR<uid>_IM-....png; Kaggle's <uid>_IM-....dcm.png too)"
+)
+
+
+def image_key(name: str) -> str:
+    """A PNG's file name (``CXR1_1_IM-0001-4001.png``, Kaggle's ``1_IM-0001-4001.dcm.png``) -> its parentImage
+    id ``CXR1_1_IM-0001-4001``."""
+    stem = Path(name).name
+    for suffix in (".dcm.png", ".png"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return stem if stem.startswith("CXR") else f"CXR{stem}"
+
+
+def index_png_source(root: Path) -> tuple[dict[str, str], Path | None]:
+    """``({parentImage id: path relative to root, or member name}, the tarball or None)``."""
+    if root.is_dir():
+        return {image_key(p.name): str(p.relative_to(root)) for p in sorted(root.rglob("*.png"))}, None
+    if not root.is_file():
+        raise FileNotFoundError(f"data.root = {root}: no such folder or file; {IU_LAYOUT}")
+    try:
+        with tarfile.open(root, "r:*") as tar:
+            return {image_key(m.name): m.name for m in tar if m.isfile() and m.name.lower().endswith(".png")}, root
+    except tarfile.TarError as e:
+        raise FileNotFoundError(f"data.root = {root}: not a tar archive ({e}); {IU_LAYOUT}") from None
+
+
+def read_projections(path: Path) -> dict[str, str]:
+    """indiana_projections.csv -> ``{parentImage id: FRONTAL | LATERAL}``."""
+    import csv
+
+    if not path.is_file():
+        raise FileNotFoundError(f"data.projections = {path}: no such file (CSV uid, filename, projection)")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in PROJECTIONS_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"data.projections = {path}: missing column(s) {missing}; header is {reader.fieldnames}")
+        return {image_key(r["filename"].strip()): r["projection"].strip().upper() for r in reader}
+
+
+def label_coverage(label_rows: list[tuple[float, ...]]) -> dict:
+    """Per CheXpert label over the given studies: positives, uncertain, and their share (MeSH coverage)."""
+    n = max(len(label_rows), 1)
+    out = {}
+    for k, name in enumerate(CHEXPERT_LABELS):
+        pos = sum(r[k] == 1.0 for r in label_rows)
+        unc = sum(r[k] == -1.0 for r in label_rows)
+        out[name] = {"positive": pos, "uncertain": unc, "fraction": round((pos + unc) / n, 4)}
+    return out
+
+
+def summarize_iu_reports(reports: str | Path, sections: tuple[str, ...] = ("findings", "impression")) -> dict:
+    """The report side of IU X-ray prepare, without images: how many reports read, malformed, empty after
+    cleaning, referencing images, coded "No Indexing", and the MeSH label coverage over the non-empty ones."""
+    from cxrpipe.data.reports import clean_report
+
+    bad: list[tuple[str, str]] = []
+    counts = collections.Counter()
+    rows = []
+    for rep in iter_iu_reports(reports, rejects=bad):
+        counts["reports"] += 1
+        if clean_report(rep.as_mimic_text(), keep=tuple(sections), study=rep.uid).empty:
+            counts["empty_after_cleaning"] += 1
+            continue
+        counts["with_images"] += bool(rep.image_ids)
+        counts["images_referenced"] += len(rep.image_ids)
+        if any(math.isnan(v) for v in rep.labels) and all(math.isnan(v) for v in rep.labels):
+            counts["not_indexed"] += 1
+        rows.append(rep.labels)
+    return {"malformed": len(bad), **dict(counts), "studies_kept": len(rows), "label_coverage": label_coverage(rows)}
+
+
+def read_iu_xray(cfg):
+    """The registry's reader for ``iu-xray``: ``cfg`` is prepare's ``DataConfig`` (reports, root, projections,
+    views, sections, split_fractions, split_seed). One report = one study = one subject (IU has no patient
+    ids); study_id = the number of its uid. Rejects: a malformed XML, an empty report, a report that names no
+    image, a referenced image absent from the PNGs; a report coded "No Indexing" stays, without labels."""
+    from cxrpipe.data.manifest import StudyRecord
+    from cxrpipe.data.records import ImageCandidate, Reject, SourceRead
+    from cxrpipe.data.reports import clean_report
+    from cxrpipe.data.splits import check_fractions, seeded_split
+
+    fractions = check_fractions(cfg.split_fractions, "data.split_fractions")
+    reports, root = Path(cfg.reports), Path(cfg.root)
+    files, tar = index_png_source(root)
+    views_of = read_projections(Path(cfg.projections)) if cfg.projections else {}
+    view_rule = VIEW_RULE_TABLE.format(name=Path(cfg.projections).name) if cfg.projections else VIEW_RULE_NONE
+    wanted = {v.upper() for v in cfg.views}
+    bad: list[tuple[str, str]] = []
+    rejects: list[Reject] = []
+    kept = []  # (report, cleaned, [(image id, view)])
+    counts = collections.Counter()
+    views_seen: collections.Counter = collections.Counter()
+    for rep in iter_iu_reports(reports, rejects=bad):
+        counts["reports"] += 1
+        sid = int(_NUM.search(rep.uid).group(1)) if _NUM.search(rep.uid) else None
+        if sid is None:
+            counts["studies_selected"] += 1
+            rejects.append(Reject("study", rep.uid, str(reports), "bad_uid", "uid without a number"))
+            continue
+        chosen = [(i, views_of.get(i, "UNKNOWN")) for i in rep.image_ids]
+        views_seen.update(v for _, v in chosen)
+        chosen = [(i, v) for i, v in chosen if not wanted or v in wanted]
+        counts["selected_images"] += len(chosen)
+        counts["studies_selected"] += bool(chosen)
+        if not rep.image_ids:
+            rejects.append(Reject("study", str(sid), str(reports), "no_images", "the report names no image (no parentImage)"))
+            counts["studies_selected"] += 1
+            continue
+        if not chosen:
+            continue  # none of the wanted views: a selection
+        cleaned = clean_report(rep.as_mimic_text(), keep=tuple(cfg.sections), study=rep.uid)
+        if cleaned.empty:
+            rejects.append(Reject("study", str(sid), str(reports), "empty_report", f"no text left after cleaning (sections: {sorted(rep.sections) or 'none'})"))
+            continue
+        found = []
+        for image_id, view in chosen:
+            if image_id in files:
+                found.append((image_id, view))
+            else:
+                rejects.append(Reject("image", image_id, f"{image_id}.png", "missing_image", f"referenced by {rep.uid}, not in {root}"))
+        if not found:
+            rejects.append(Reject("study", str(sid), str(reports), "no_images", "every image of the report is missing"))
+            continue
+        kept.append((sid, rep, cleaned, found))
+    for name, why in bad:
+        rejects.append(Reject("study", name, str(reports), "malformed_report", why))
+    counts["studies_selected"] += len(bad)
+    split_of = seeded_split([k[0] for k in kept], fractions, cfg.split_seed)
+    images, studies = [], {}
+    for sid, rep, cleaned, found in sorted(kept, key=lambda k: k[0]):
+        labels = rep.labels
+        has = not all(math.isnan(v) for v in labels)
+        if not has:
+            rejects.append(Reject("labels", str(sid), str(reports), "not_indexed", "MeSH coded 'No Indexing' (or no MeSH)", action="unlabelled"))
+        studies[sid] = StudyRecord(sid, sid, split_of[sid], cleaned.text, dict(cleaned.sections), labels, has_labels=has)
+        images += [ImageCandidate(i, sid, sid, split_of[sid], v, files[i]) for i, v in sorted(found)]
+    counts.update(malformed_reports=len(bad), views_seen=dict(sorted(views_seen.items())))
+    coverage = label_coverage([s.labels for s in studies.values() if s.has_labels])
+    rule = f"seeded split by report uid (one report = one patient): fractions {list(fractions)}, seed {cfg.split_seed}"
+    return SourceRead(images, studies, rejects, dict(counts), image_tar=tar, split_rule=rule,
+                      details={"views": view_rule, "split_fractions": list(fractions), "split_seed": cfg.split_seed,
+                               "label_coverage": coverage, "labels": "approximate MeSH -> CheXpert table (iuxray.py)"})

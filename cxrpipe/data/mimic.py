@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from cxrpipe.data.manifest import SPLITS, StudyRecord
+from cxrpipe.data.records import DatasetFormatError, ImageCandidate, Reject, SourceRead
 from cxrpipe.data.reports import clean_report
 from cxrpipe.labels import CHEXPERT_LABELS, parse_raw_label
 
@@ -45,40 +46,11 @@ IMAGE_EXT = {"mimic-cxr-jpg": "jpg", "mimic-cxr": "dcm"}
 _REPORT_MEMBER = re.compile(r"(?:^|/)s(\d+)\.txt$")
 
 
-class MimicFormatError(RuntimeError):
+class MimicFormatError(DatasetFormatError):
     """A MIMIC table or the reports source is absent or not shaped as MIMIC ships it."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Reject:
-    """One dropped (or downgraded) file or study; a row of ``rejects.csv``."""
-
-    kind: str  # "image" | "study" | "labels"
-    id: str  # dicom_id for images, study_id otherwise
-    path: str  # the file concerned, relative to data.root (or the reports source)
-    reason: str  # stable code: missing_image, decode_failed, missing_report, no_label_row, ...
-    detail: str  # what exactly, for a human
-    action: str = "dropped"  # "dropped" | "unlabelled" (study kept with has_labels=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageCandidate:
-    """An image row before decoding (``ImageRecord`` without its row in images.h5)."""
-
-    dicom_id: str
-    study_id: int
-    subject_id: int
-    split: str
-    view: str
-    path: str  # relative to root
-
-
-@dataclasses.dataclass
-class MimicRead:
-    images: list[ImageCandidate]  # sorted by (subject, study, dicom_id)
-    studies: dict[int, StudyRecord]  # study_id -> study, for studies that still have candidate images
-    rejects: list[Reject]
-    counts: dict  # what was seen on the way (metadata rows, views, filtered, sections used...)
+MimicRead = SourceRead  # the MIMIC reader's result (kept name)
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -405,3 +377,11 @@ def read_mimic(
         counts["metadata_rows"], n_selected, sorted(wanted_views) or "all", len(images), len(studies), len(rejects),
     )
     return MimicRead(images=images, studies=studies, rejects=rejects, counts=counts)
+
+
+def read_mimic_source(cfg) -> SourceRead:
+    """The registry's reader for ``mimic-cxr-jpg`` / ``mimic-cxr``: ``cfg`` is prepare's ``DataConfig``."""
+    return read_mimic(
+        cfg.root, cfg.reports, source=cfg.source, tables=cfg.tables, labeler=cfg.labeler, views=cfg.views,
+        sections=cfg.sections,
+    )

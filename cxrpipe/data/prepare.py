@@ -39,7 +39,9 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
+import tarfile
 import time
 from pathlib import Path
 from typing import Iterable, Literal
@@ -52,12 +54,13 @@ from cxrpipe.config import save_config
 from cxrpipe.data.image_cache import ImageCacheWriter
 from cxrpipe.data.images import decode_chunk, decode_task
 from cxrpipe.data.manifest import IMAGES_CSV, SPLITS, STUDIES_CSV, ImageRecord, StudyRecord, write_manifest
-from cxrpipe.data.mimic import STUDY_SPLIT_RULE, ImageCandidate, Reject, read_mimic, subjects_in_several_splits
-from cxrpipe.labels import CHEXPERT_LABELS
+from cxrpipe.data.mimic import STUDY_SPLIT_RULE, subjects_in_several_splits
+from cxrpipe.data.records import ImageCandidate, Reject, SourceRead
 
 log = logging.getLogger(__name__)
 
 IMAGES_H5 = "images.h5"
+EXTRACTED_DIR = "images.extracted"  # images extracted from a tarball source (IU X-ray's NLMCXR_png.tgz)
 PARTIAL_DIR = "images.partial"  # atomically written chunk files of decoded rows (the resume state)
 REPORT_JSON = "prepare_report.json"
 REJECTS_CSV = "rejects.csv"
@@ -90,6 +93,11 @@ class DataConfig:
     labeler: Literal["chexpert", "negbio"] = "chexpert"  # which label table: -chexpert or -negbio
     views: tuple[str, ...] = ("AP", "PA")  # ViewPosition values kept (frontal); [] keeps all; blank = UNKNOWN
     sections: tuple[str, ...] = ("findings", "impression")  # report sections kept in the cleaned text
+    projections: Path | None = None  # iu-xray: indiana_projections.csv (uid, filename, projection); null = the
+    # rule in iuxray.VIEW_RULE_NONE (views UNKNOWN)
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # sources without a split (iu-xray): train /
+    # validate / test, seeded by report uid
+    split_seed: int = 0  # that split's seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,34 +127,63 @@ class PrepareReport:
     timing: dict
     split: str = ""  # how images are assigned to splits (by subject; see SPLIT_RULE)
     failed: str | None = None  # the error message when the run failed on max_reject_fraction
+    dataset: str = ""  # the registry name (cxrpipe.data.registry)
+    label_names: list = dataclasses.field(default_factory=list)  # the label columns of studies.csv
+    details: dict = dataclasses.field(default_factory=dict)  # the reader's own facts (views rule, seeds, coverage)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What the decode-and-write half needs besides the reader's result."""
+
+    dataset: str  # registry name (also the report's ``source``)
+    root: Path  # the dataset root as the user gave it (reported; the demo marker is looked for here)
+    reports: str  # the reports source ("" for transfer sets)
+    label_names: tuple[str, ...]  # studies.csv label columns
+    config: dict  # what config.json records (the resolved params sections)
+
+
 def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Path) -> PrepareReport:
-    """Read ``data_cfg``'s source, decode its images into ``out_dir`` and write the prepared set."""
+    """Read ``data_cfg``'s source (through :mod:`cxrpipe.data.registry`), decode its images into ``out_dir``
+    and write the prepared set."""
+    from cxrpipe.data import registry
+
     t0 = time.perf_counter()
+    _check(prep_cfg)
+    spec = registry.get(data_cfg.source)
+    if spec.role != registry.Role.PRETRAIN:
+        raise PrepareError(f"data.source {data_cfg.source!r} is a transfer set: use `cxrpipe transfer-prepare`")
+    try:
+        read = spec.read(data_cfg)
+    except (FileNotFoundError, ValueError) as e:  # the IU reader's layout errors: one line, not a traceback
+        raise PrepareError(str(e)) from None
+    target = Target(data_cfg.source, Path(data_cfg.root), str(data_cfg.reports), spec.labels,
+                    {"data": data_cfg, "prepare": prep_cfg})
+    return write_prepared(read, target, prep_cfg, out_dir, t0=t0)
+
+
+def write_prepared(read: SourceRead, target: Target, prep_cfg: PrepareConfig, out_dir: str | Path,
+                   t0: float | None = None) -> PrepareReport:
+    """A reader's candidates -> ``out_dir`` (decode with resume, image cache, manifest, report, rejects)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    t_read = time.perf_counter()
     out_dir = Path(out_dir)
     _check(prep_cfg)
-    if data_cfg.source == "iu-xray":
-        raise PrepareError("data.source 'iu-xray' is not supported by prepare yet; use mimic-cxr-jpg or mimic-cxr")
-    read = read_mimic(
-        data_cfg.root, data_cfg.reports, source=data_cfg.source, tables=data_cfg.tables,
-        labeler=data_cfg.labeler, views=data_cfg.views, sections=data_cfg.sections,
-    )
-    t_read = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     rejects = list(read.rejects)
     n_sel_images, n_sel_studies = read.counts["selected_images"], read.counts["studies_selected"]
     if n_sel_images == 0:
-        raise PrepareError(f"no images selected from {data_cfg.root} (views {list(data_cfg.views)}; seen {read.counts['views_seen']})")
+        raise PrepareError(f"no images selected from {target.root} (seen {read.counts.get('views_seen')}; rejects "
+                           f"{dict(collections.Counter(r.reason for r in rejects))})")
 
     # fail before hours of decoding when the tables/reports already lose too much
     early = _lost(n_sel_images, len(read.images), n_sel_studies, len(read.studies), prep_cfg.max_reject_fraction)
     if early["fraction"] > prep_cfg.max_reject_fraction:
-        report = _report(data_cfg, read.counts, [], {}, rejects, early, {"read_s": round(t_read - t0, 3)})
-        _fail(out_dir, report, rejects, data_cfg, prep_cfg)
+        report = _report(target, read, [], {}, rejects, early, {"read_s": round(t_read - t0, 3)})
+        _fail(out_dir, report, rejects, target)
 
     mixed = subjects_in_several_splits(list(read.studies.values()))
     if mixed:
@@ -155,7 +192,8 @@ def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Pa
             f"{len(mixed)} subjects have studies in more than one split (e.g. {ex}): the split must be by subject, "
             "or a patient's images leak between training and testing. Fix the split table."
         )
-    ok, failures, stats = _decode_all(read.images, data_cfg, prep_cfg, out_dir / PARTIAL_DIR)
+    decode_root = _image_root(read, target, out_dir)
+    ok, failures, stats = _decode_all(read.images, decode_root, prep_cfg, out_dir / PARTIAL_DIR)
     t_decode = time.perf_counter()
     for i, why in sorted(failures.items()):
         c = read.images[i]
@@ -169,7 +207,7 @@ def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Pa
         folder = folder_of[sid]
         rejects.append(Reject("study", str(sid), folder, "no_images", "every selected image of the study failed to decode"))
     dropped_set = set(dropped)
-    rejects = [r for r in rejects if not (r.kind == "labels" and int(r.id) in dropped_set)]
+    rejects = [r for r in rejects if not (r.kind == "labels" and r.id.isdigit() and int(r.id) in dropped_set)]
     studies = [s for sid, s in read.studies.items() if sid in kept_studies_ids]
     images = [ImageRecord(row=row, **dataclasses.asdict(read.images[i])) for row, i in enumerate(kept_idx)]
 
@@ -181,22 +219,45 @@ def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Pa
         "images_per_s": round(stats["decoded"] / max(t_decode - t_read, 1e-9), 2),
         "workers": prep_cfg.workers,
     }
-    report = _report(data_cfg, read.counts, images, {s.study_id: s for s in studies}, rejects, lost, timing)
+    report = _report(target, read, images, {s.study_id: s for s in studies}, rejects, lost, timing)
     if lost["fraction"] > prep_cfg.max_reject_fraction:
-        _fail(out_dir, report, rejects, data_cfg, prep_cfg)
+        _fail(out_dir, report, rejects, target)
 
     _remove_previous(out_dir)  # a crash below must not leave a new images.h5 beside an old manifest
-    _write_image_cache(out_dir, kept_idx, [r.dicom_id for r in images], prep_cfg, data_cfg)
-    write_manifest(out_dir, images, studies)
+    _write_image_cache(out_dir, kept_idx, [r.dicom_id for r in images], prep_cfg, decode_root, target.dataset)
+    write_manifest(out_dir, images, studies, label_names=target.label_names)
     report.timing["total_s"] = round(time.perf_counter() - t0, 3)
-    _write_outputs(out_dir, report, rejects, data_cfg, prep_cfg)
+    _write_outputs(out_dir, report, rejects, target)
     ChunkStore(out_dir / PARTIAL_DIR, "").remove()
-    _log_rejects(rejects, out_dir, Path(data_cfg.root))
+    if read.image_tar is not None:
+        shutil.rmtree(out_dir / EXTRACTED_DIR, ignore_errors=True)
+    _log_rejects(rejects, out_dir, target.root)
     log.info(
         "prepared %d images of %d studies (%s) into %s in %.1fs; lost %.2f%% of selected images",
         len(images), len(studies), report.counts["by_split"], out_dir, report.timing["total_s"], 100 * lost["images_fraction"],
     )
     return report
+
+
+def _image_root(read: SourceRead, target: Target, out_dir: Path) -> Path:
+    """Where the candidates' paths resolve: the reader's image root, or (a tarball of images) the members
+    extracted once into ``out_dir/images.extracted`` (kept until the run succeeds, so a rerun reuses them)."""
+    if read.image_tar is None:
+        return Path(read.image_root or target.root)
+    dest = out_dir / EXTRACTED_DIR
+    need = {c.path for c in read.images if not (dest / c.path).is_file()}
+    if need:
+        log.info("extracting %d images from %s into %s", len(need), read.image_tar, dest)
+        with tarfile.open(read.image_tar, "r:*") as tar:
+            for m in tar:
+                if m.name in need and m.isfile():
+                    src = tar.extractfile(m)
+                    path = dest / m.name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(path.name + ".tmp")
+                    tmp.write_bytes(src.read() if src is not None else b"")
+                    os.replace(tmp, path)
+    return dest
 
 
 def _check(cfg: PrepareConfig) -> None:
@@ -211,18 +272,18 @@ def _check(cfg: PrepareConfig) -> None:
 
 
 # --------------------------------------------------------------------------------------------- decoding
-def _decode_key(data_cfg: DataConfig, prep_cfg: PrepareConfig) -> str:
+def _decode_key(root: Path, prep_cfg: PrepareConfig) -> str:
     """What the decoded pixels depend on beyond the dicom_ids: a partial cache is resumed only if equal."""
     return json.dumps(
-        {"root": str(Path(data_cfg.root).resolve()), "size": prep_cfg.image_size, "percentile": prep_cfg.dicom_percentile}
+        {"root": str(Path(root).resolve()), "size": prep_cfg.image_size, "percentile": prep_cfg.dicom_percentile}
     )
 
 
-def _chunk_key(data_cfg: DataConfig, prep_cfg: PrepareConfig, cands: list[ImageCandidate]) -> str:
+def _chunk_key(root: Path, prep_cfg: PrepareConfig, cands: list[ImageCandidate]) -> str:
     """16 hex of: decode settings, the candidate list (index -> file), the code (version + source hash)."""
     import hashlib
 
-    h = hashlib.sha256(_decode_key(data_cfg, prep_cfg).encode())
+    h = hashlib.sha256(_decode_key(root, prep_cfg).encode())
     h.update(provenance.code_key("prepare").encode())
     for c in cands:
         h.update(f"{c.dicom_id}|{c.path}\n".encode())
@@ -302,13 +363,14 @@ _IGNORE_SIGINT = functools.partial(signal.signal, signal.SIGINT, signal.SIG_IGN)
 
 
 def _decode_all(
-    cands: list[ImageCandidate], data_cfg: DataConfig, prep_cfg: PrepareConfig, partial: Path
+    cands: list[ImageCandidate], root: Path, prep_cfg: PrepareConfig, partial: Path
 ) -> tuple[np.ndarray, dict[int, str], dict]:
-    """Decode every candidate into chunks under ``partial`` (resuming). -> (ok [N] bool, {index: reason}, stats)."""
-    store = ChunkStore(partial, _chunk_key(data_cfg, prep_cfg, cands))
+    """Decode every candidate (paths under ``root``) into chunks under ``partial`` (resuming).
+    -> (ok [N] bool, {index: reason}, stats)."""
+    store = ChunkStore(partial, _chunk_key(root, prep_cfg, cands))
     done = store.open(len(cands))
     ok = done.copy()
-    todo = [(i, str(Path(data_cfg.root) / c.path), prep_cfg.image_size, prep_cfg.dicom_percentile) for i, c in enumerate(cands) if not done[i]]
+    todo = [(i, str(Path(root) / c.path), prep_cfg.image_size, prep_cfg.dicom_percentile) for i, c in enumerate(cands) if not done[i]]
     if done.any():
         log.info("resuming: %d of %d images already decoded in %s", int(done.sum()), len(cands), partial)
     failures: dict[int, str] = {}
@@ -377,14 +439,15 @@ def _iter_decoded(todo: list[tuple], cfg: PrepareConfig) -> Iterable[tuple[int, 
         bar.close()
 
 
-def _write_image_cache(out_dir: Path, kept_idx: list[int], kept_ids: list[str], prep_cfg: PrepareConfig, data_cfg: DataConfig) -> None:
+def _write_image_cache(out_dir: Path, kept_idx: list[int], kept_ids: list[str], prep_cfg: PrepareConfig, root: Path,
+                       source: str) -> None:
     """Chunks -> ``images.h5`` holding only the rows that decoded, in manifest order (so the bytes do not
     depend on the order the rows were decoded in, nor on interruptions). Reads the output in blocks of
     ~64 MB, loading each chunk a block needs once."""
-    store = ChunkStore(out_dir / PARTIAL_DIR, _chunk_key(data_cfg, prep_cfg, []))
+    store = ChunkStore(out_dir / PARTIAL_DIR, _chunk_key(root, prep_cfg, []))
     store.files = sorted((out_dir / PARTIAL_DIR).glob("chunk-*.npz"))
     where = store.where()
-    attrs = {"decode_key": _decode_key(data_cfg, prep_cfg), "source": data_cfg.source, "package_version": __version__}
+    attrs = {"decode_key": _decode_key(root, prep_cfg), "source": source, "package_version": __version__}
     block = max(1, (64 << 20) // (prep_cfg.image_size**2))
     with ImageCacheWriter(out_dir / IMAGES_H5, kept_ids, prep_cfg.image_size, attrs=attrs) as dst:
         for start in range(0, len(kept_idx), block):
@@ -414,20 +477,20 @@ def _lost(sel_images: int, kept_images: int, sel_studies: int, kept_studies: int
     }
 
 
-def _report(data_cfg, read_counts, images, studies: dict[int, StudyRecord], rejects, lost, timing) -> PrepareReport:
+def _report(target: Target, read: SourceRead, images, studies: dict[int, StudyRecord], rejects, lost, timing) -> PrepareReport:
     by_split = {s: {"images": 0, "studies": 0} for s in SPLITS}
     for r in images:
         by_split[r.split]["images"] += 1
     for s in studies.values():
         by_split[s.split]["studies"] += 1
-    labels = {name: {"1.0": 0, "0.0": 0, "-1.0": 0, "blank": 0} for name in CHEXPERT_LABELS}
+    labels = {name: {"1.0": 0, "0.0": 0, "-1.0": 0, "blank": 0} for name in target.label_names}
     for s in studies.values():
         if s.has_labels:
-            for name, v in zip(CHEXPERT_LABELS, s.labels):
+            for name, v in zip(target.label_names, s.labels):
                 labels[name]["blank" if math.isnan(v) else f"{v:.1f}"] += 1
     n_labelled = sum(s.has_labels for s in studies.values())
     counts = {
-        **read_counts,
+        **read.counts,
         "images": len(images),
         "studies": len(studies),
         "studies_with_labels": n_labelled,
@@ -437,14 +500,15 @@ def _report(data_cfg, read_counts, images, studies: dict[int, StudyRecord], reje
     }
     by_reason = collections.Counter(f"{r.kind}/{r.reason}" for r in rejects)
     return PrepareReport(
-        source=data_cfg.source, root=str(data_cfg.root), reports=str(data_cfg.reports),
-        demo=(Path(data_cfg.root) / DEMO_MARKER).is_file(), counts=counts, labels=labels,
+        source=target.dataset, root=str(target.root), reports=target.reports,
+        demo=(Path(target.root) / DEMO_MARKER).is_file(), counts=counts, labels=labels,
         rejects={"total": len(rejects), "by_reason": dict(sorted(by_reason.items()))}, lost=lost, timing=timing,
-        split=SPLIT_RULE,
+        split=read.split_rule or SPLIT_RULE, dataset=target.dataset, label_names=list(target.label_names),
+        details=read.details,
     )
 
 
-def _write_outputs(out_dir: Path, report: PrepareReport, rejects: list[Reject], data_cfg, prep_cfg) -> None:
+def _write_outputs(out_dir: Path, report: PrepareReport, rejects: list[Reject], target: Target) -> None:
     tmp = out_dir / (REJECTS_CSV + ".tmp")
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=REJECT_FIELDS)
@@ -453,7 +517,7 @@ def _write_outputs(out_dir: Path, report: PrepareReport, rejects: list[Reject], 
             w.writerow(dataclasses.asdict(r))
     os.replace(tmp, out_dir / REJECTS_CSV)
     write_json_atomic(out_dir / REPORT_JSON, report.to_dict())
-    save_config({"data": data_cfg, "prepare": prep_cfg, "package_version": __version__}, out_dir / CONFIG_JSON)
+    save_config({**target.config, "package_version": __version__}, out_dir / CONFIG_JSON)
 
 
 def _remove_previous(out_dir: Path) -> None:
@@ -461,7 +525,7 @@ def _remove_previous(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def _fail(out_dir: Path, report: PrepareReport, rejects: list[Reject], data_cfg, prep_cfg) -> None:
+def _fail(out_dir: Path, report: PrepareReport, rejects: list[Reject], target: Target) -> None:
     """Write the report and the rejects (not the manifest), then raise with the biggest reasons named."""
     lost = report.lost
     top = ", ".join(f"{k}: {n}" for k, n in collections.Counter(report.rejects["by_reason"]).most_common(4))
@@ -473,8 +537,8 @@ def _fail(out_dir: Path, report: PrepareReport, rejects: list[Reject], data_cfg,
     )
     report.failed = msg
     _remove_previous(out_dir)  # an earlier run's manifest must not pass for this run's
-    _write_outputs(out_dir, report, rejects, data_cfg, prep_cfg)
-    _log_rejects(rejects, out_dir, Path(data_cfg.root))
+    _write_outputs(out_dir, report, rejects, target)
+    _log_rejects(rejects, out_dir, target.root)
     raise PrepareError(msg)
 
 

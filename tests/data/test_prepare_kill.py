@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+import cxrpipe.data.mimic as mimic_mod
 import cxrpipe.data.prepare as prepare_mod
 from cxrpipe.data.mimic import study_split, subjects_in_several_splits
 from cxrpipe.data.prepare import DELAY_ENV, PARTIAL_DIR, PrepareError, run_prepare
@@ -93,7 +94,7 @@ def test_a_study_gets_one_split_by_rule():
 
 def test_a_subject_in_two_splits_fails_prepare(tree_and_ref, tmp_path, monkeypatch):
     t, _ = tree_and_ref
-    real = prepare_mod.read_mimic
+    real = mimic_mod.read_mimic
 
     def leaky(*a, **k):
         read = real(*a, **k)
@@ -103,7 +104,7 @@ def test_a_subject_in_two_splits_fails_prepare(tree_and_ref, tmp_path, monkeypat
         return read
 
     assert not subjects_in_several_splits(list(real(t.root, t.reports).studies.values()))
-    monkeypatch.setattr(prepare_mod, "read_mimic", leaky)
+    monkeypatch.setattr(mimic_mod, "read_mimic", leaky)  # what the registry's reader calls
     with pytest.raises(PrepareError, match=r"1 subjects have studies in more than one split.*split must be by subject"):
         run_prepare(*_cfgs(t), tmp_path / "out")
 

@@ -1,0 +1,130 @@
+"""CheXpert reader (v1.0 and CheXpert-v1.0-small): ``train.csv`` / ``valid.csv`` + the image tree.
+
+Layout, ``transfer_data.chexpert.root`` = the folder that holds the CSVs (e.g. ``.../CheXpert-v1.0-small``):
+  ``train.csv``, ``valid.csv``: ``Path`` (``CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg``),
+      ``Sex``, ``Age``, ``Frontal/Lateral``, ``AP/PA``, then the 14 labels (1.0 / 0.0 / -1.0 / blank)
+  the JPGs at ``<root's parent>/<Path>`` (as extracted), or ``<root>/<Path without its first folder>``.
+
+Study = ``patientNNNNN/studyM`` (study_id = patient * 1000 + M); subject = the patient. Frontal images only
+(``Frontal/Lateral`` = Frontal; laterals are a selection, counted in ``views_seen``); the view is ``AP/PA``
+(blank = UNKNOWN). Split, as the literature does: ``valid.csv`` (234 studies read by radiologists) is the
+test set; validate = a seeded ``validate_fraction`` of train.csv's PATIENTS; the rest train. Labels raw, in
+:data:`CHEXPERT_LABELS` order; the uncertainty policy is stage three's. Rejects: a label value outside
+{1, 0, -1, blank}, a Path not of CheXpert's form, a missing image.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import re
+from pathlib import Path
+
+from cxrpipe.data.manifest import StudyRecord
+from cxrpipe.data.mimic import UNKNOWN_VIEW, iter_csv
+from cxrpipe.data.records import DatasetFormatError, ImageCandidate, Reject, SourceRead
+from cxrpipe.data.splits import carve_validate
+from cxrpipe.labels import CHEXPERT_LABELS, parse_raw_label
+
+log = logging.getLogger(__name__)
+
+COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+CSV_COLUMNS = ("Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS)
+LAYOUT = (
+    "expected CheXpert layout: <root>/train.csv and <root>/valid.csv (columns Path, Frontal/Lateral, AP/PA and "
+    "the 14 labels), images at <root's parent>/<Path> (e.g. CheXpert-v1.0-small/train/patient00001/study1/"
+    "view1_frontal.jpg) or <root>/<Path without its first folder>"
+)
+SPLIT_RULE = (
+    "CheXpert as the literature uses it: valid.csv = test; validate = a seeded validate_fraction of the train.csv "
+    "patients, the rest train; frontal images only"
+)
+_PATH = re.compile(r"patient(\d+)/study(\d+)/([^/]+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheXpertConfig:
+    """params ``transfer_data.chexpert``."""
+
+    root: Path | None = None  # folder with train.csv and valid.csv (CheXpert-v1.0 or CheXpert-v1.0-small)
+    validate_fraction: float = 0.1  # share of train.csv PATIENTS carved out as validate (seeded)
+    seed: int = 0  # the validate carve
+
+
+def image_base(root: Path, first_path: str) -> tuple[Path, bool]:
+    """(folder the CSV paths resolve against, whether their first folder is stripped): the root's parent
+    when ``<parent>/<Path>`` exists, else the root itself with the first folder of ``Path`` dropped."""
+    if (root.parent / first_path).is_file():
+        return root.parent, False
+    stripped = first_path.split("/", 1)[-1]
+    if (root / stripped).is_file():
+        return root, True
+    return root.parent, False  # neither: every image is reported missing, with the full path
+
+
+def read_chexpert(cfg: CheXpertConfig) -> SourceRead:
+    """Read a CheXpert root (see the module doc)."""
+    if cfg.root is None:
+        raise DatasetFormatError(f"transfer_data.chexpert.root is not set; {LAYOUT}")
+    root = Path(cfg.root)
+    for name in ("train.csv", "valid.csv"):
+        if not (root / name).is_file():
+            raise DatasetFormatError(f"transfer_data.chexpert.root = {root}: no {name}; {LAYOUT}")
+    rejects: list[Reject] = []
+    counts: dict = {"csv_rows": 0}
+    views_seen: collections.Counter = collections.Counter()
+    rows = []  # (dicom_id, study, subject, view, rel path, csv, labels)
+    base, strip = None, False
+    n_selected = 0
+    selected_studies: set[int] = set()
+    for csv_name in ("train.csv", "valid.csv"):
+        for r in iter_csv(root / csv_name, CSV_COLUMNS):
+            counts["csv_rows"] += 1
+            path = r["Path"].strip()
+            frontal = r["Frontal/Lateral"].strip().lower() == "frontal"
+            views_seen["FRONTAL" if frontal else "LATERAL"] += 1
+            if not frontal:
+                continue
+            n_selected += 1
+            m = _PATH.search(path)
+            if m is None:
+                rejects.append(Reject("image", path, csv_name, "bad_row", f"Path {path!r} is not patientN/studyM/<view>.jpg"))
+                continue
+            study = int(m.group(1)) * 1000 + int(m.group(2))
+            selected_studies.add(study)
+            values, bad = [], []
+            for name in CHEXPERT_LABELS:
+                try:
+                    values.append(parse_raw_label(r[name]))
+                except ValueError:
+                    bad.append(f"{name}={r[name]!r}")
+                    values.append(math.nan)
+            if bad:
+                rejects.append(Reject("study", str(study), csv_name, "bad_label_value", "label value(s) outside {1, 0, -1, blank}: " + ", ".join(bad)))
+                continue
+            if base is None:
+                base, strip = image_base(root, path)
+            rel = path.split("/", 1)[-1] if strip else path
+            if not (base / rel).is_file():
+                rejects.append(Reject("image", path, rel, "missing_image", f"no file {base / rel}"))
+                continue
+            dicom_id = f"patient{m.group(1)}_study{m.group(2)}_{m.group(3)}"
+            view = r["AP/PA"].strip().upper() or UNKNOWN_VIEW
+            rows.append((dicom_id, study, int(m.group(1)), view, rel, csv_name, tuple(values)))
+    validate = carve_validate({r[2] for r in rows if r[5] == "train.csv"}, cfg.validate_fraction, cfg.seed)
+    images, studies = [], {}
+    dropped = {int(r.id) for r in rejects if r.kind == "study"}
+    for dicom_id, study, subject, view, rel, csv_name, labels in sorted(rows, key=lambda r: (r[2], r[1], r[0])):
+        if study in dropped:  # a study with a bad label row loses all its images
+            continue
+        split = "test" if csv_name == "valid.csv" else "validate" if subject in validate else "train"
+        images.append(ImageCandidate(dicom_id, study, subject, split, view, rel))
+        studies.setdefault(study, StudyRecord(study, subject, split, "", {}, labels, has_labels=True))
+    counts.update(views_seen=dict(sorted(views_seen.items())), selected_images=n_selected,
+                  studies_selected=len(selected_studies))
+    log.info("CheXpert: %d CSV rows, %d frontal, %d candidates in %d studies, %d rejects", counts["csv_rows"],
+             n_selected, len(images), len(studies), len(rejects))
+    return SourceRead(images, studies, rejects, counts, image_root=base or root.parent, split_rule=SPLIT_RULE,
+                      details={"validate_fraction": cfg.validate_fraction, "seed": cfg.seed, "image_root": str(base or root.parent)})
