@@ -49,7 +49,7 @@ class TransferConfig:
     views: tuple[str, ...] = ("AP", "PA")  # images.csv views used; () = all
     min_test_positives: int = 10  # labels with fewer test positives: reported apart, not in mAUC (per dataset)
     min_train_positives: int = 1  # labels with fewer positive training studies in a fraction: not estimable
-    finetune_epochs: int = 3  # protocol finetune: epochs after the linear probe (finetune.finetune.epochs here)
+    finetune_epochs: int | None = None  # protocol finetune: epochs after the probe; None = finetune.finetune.epochs
     n_bootstrap: int = 1000  # replicates (test studies resampled) for every interval and paired delta
     level: EvalLevel = EvalLevel.STUDY  # unit of mAUC and of the paired deltas in transfer_compare
     reference: str = "mae"  # paired delta = candidate - reference
@@ -62,7 +62,7 @@ def transfer_finetune_config(ft: FinetuneConfig, cfg: TransferConfig) -> Finetun
     return dataclasses.replace(
         ft, seed=cfg.seed, uncertain=cfg.uncertain, blank=cfg.blank, views=cfg.views,
         min_test_positives=cfg.min_test_positives, n_bootstrap=cfg.n_bootstrap, label_fraction=1.0,
-        finetune=dataclasses.replace(ft.finetune, epochs=cfg.finetune_epochs),
+        finetune=dataclasses.replace(ft.finetune, epochs=cfg.finetune_epochs or ft.finetune.epochs),
     )
 
 

@@ -145,7 +145,9 @@ def run_transfer_compare(
 
     runs_dir, out_json = Path(runs_dir), Path(out_json)
     tags = [fraction_tag(f) for f in sorted(set(float(x) for x in cfg.label_fractions))]
-    encoders = tuple(dict.fromkeys((cfg.reference, cfg.candidate, *cfg.references, *cfg.encoders)))
+    # only the runs transfer.encoders lists: a folder left by an encoder dropped from the list is stale
+    encoders = tuple(e for e in dict.fromkeys((cfg.reference, cfg.candidate, *cfg.references, *cfg.encoders))
+                     if e in cfg.encoders)
     result: dict[str, Any] = {}
     config: dict[str, Any] = {"level": cfg.level.value, "reference": cfg.reference, "candidate": cfg.candidate,
                               "references": list(cfg.references), "n_bootstrap": cfg.n_bootstrap, "datasets": {}}

@@ -279,3 +279,30 @@ def test_transfer_stages_through_their_clis(inputs, tmp_path, monkeypatch):
     assert "RSNA Pneumonia" in (tmp_path / "data/reports/transfer.md").read_text()
     res = runner.invoke(app, ["transfer", "--dataset", "chexpert"])
     assert res.exit_code == 1 and "not a prepared folder" in res.output
+
+
+ROOT = Path(__file__).resolve().parents[2]
+MATRIX = {"datasets", "encoders", "protocols"}  # the transfer stage's matrix axes, not its params
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", "params-mimic.yaml"])
+def test_both_profiles_build_the_transfer_section(profile):
+    cfg = section(ROOT / profile, "transfer", TransferConfig)
+    assert "nih_cxr14" in cfg.datasets and cfg.reference in cfg.encoders and cfg.candidate in cfg.encoders
+    assert sorted(cfg.label_fractions) == [0.01, 0.1, 1.0]
+
+
+def test_dvc_yaml_lists_exactly_the_transfer_keys_each_stage_reads():
+    import dataclasses as dc
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    fields = {f.name for f in dc.fields(TransferConfig)}
+
+    def listed(stage: str) -> set[str]:
+        return {p.split(".", 1)[1] for p in stages[stage]["params"] if p.startswith("transfer.")}
+
+    assert listed("transfer") == fields - MATRIX - {"reference", "candidate", "references"}
+    assert listed("transfer_compare") == fields - {"uncertain", "blank", "views", "finetune_epochs"}
+    assert set(stages["transfer"]["matrix"]) == {"dataset", "encoder", "protocol"}
+    deps = set(stages["transfer"]["deps"])
+    assert {"cxrpipe/evaluate/transfer.py", "data/transfer/${item.dataset}", "data/models/${item.encoder}"} <= deps
