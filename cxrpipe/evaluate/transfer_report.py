@@ -37,6 +37,16 @@ from cxrpipe.evaluate.transfer import SUMMARY, TransferConfig
 log = logging.getLogger(__name__)
 
 
+def _title(name: str, fallback: str) -> str:
+    """The registry's title of a dataset (``NIH ChestX-ray14``), else what the run recorded."""
+    from cxrpipe.data import registry
+
+    try:
+        return registry.get(name).title
+    except KeyError:
+        return fallback
+
+
 def _load(runs_dir: Path, dataset: str, protocol: str, encoders: tuple[str, ...]) -> dict[str, dict]:
     """encoder -> its summary.json, for the runs found."""
     out = {}
@@ -157,7 +167,8 @@ def run_transfer_compare(
             if not summaries:
                 continue
             first = next(iter(summaries.values()))
-            ds = config["datasets"].setdefault(dataset, {**first["dataset"], "labels": first["labels"],
+            info = {**first["dataset"], "title": _title(dataset, first["dataset"]["title"])}
+            ds = config["datasets"].setdefault(dataset, {**info, "labels": first["labels"],
                                                          "competition_labels": list(competition_labels_of(first["labels"])),
                                                          "protocols": {}})
             for tag in tags:
