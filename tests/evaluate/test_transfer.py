@@ -306,3 +306,29 @@ def test_dvc_yaml_lists_exactly_the_transfer_keys_each_stage_reads():
     assert set(stages["transfer"]["matrix"]) == {"dataset", "encoder", "protocol"}
     deps = set(stages["transfer"]["deps"])
     assert {"cxrpipe/evaluate/transfer.py", "data/transfer/${item.dataset}", "data/models/${item.encoder}"} <= deps
+
+
+def test_mauc5_interval_is_over_the_five_competition_labels_when_others_are_left_out():
+    """With low-positive labels left out of mAUC, mAUC-5's interval must still come from the 5 competition
+    labels' replicates (it once read the columns of other labels), and a NIH-like set gets no mAUC-5."""
+    from cxrpipe.evaluate import bootstrap, metrics
+    from cxrpipe.evaluate.metrics import EvalLevel, LevelData
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = (rng.random((n, 14)) < 0.4).astype(np.float32)
+    low = [CHEXPERT_LABELS.index(x) for x in ("Enlarged Cardiomediastinum", "Fracture", "Lung Lesion")]
+    y[:, low] = 0.0
+    y[:2, low] = 1.0  # 2 positives each: reported apart with min_positives=5
+    p = np.clip(0.3 * y + 0.7 * rng.random((n, 14)), 0, 1)
+    m = np.ones_like(y, dtype=bool)
+    block = metrics.evaluate_level(LevelData(np.arange(n), np.arange(n), p, y, m), np.full(14, 0.5), 200, 0,
+                                   EvalLevel.STUDY, min_positives=5)
+    c5 = np.array([CHEXPERT_LABELS.index(x) for x in metrics.COMPETITION_LABELS])
+    reps = np.concatenate([bootstrap.nanmean_rows(bootstrap.auroc_matrix(y, p, m, c5, w))
+                           for w in bootstrap.resample_weights(np.arange(n), 200, 0)])
+    assert block["mauc5_ci95"] == pytest.approx(list(bootstrap.percentile_ci(reps)))
+    assert block["mauc5"] == pytest.approx(metrics.auroc_per_label(y, p, m)[c5].mean())
+    nih = metrics.evaluate_level(LevelData(np.arange(n), np.arange(n), p, y, m, NIH_LIKE[:14]),
+                                 np.full(14, 0.5), 50, 0, EvalLevel.STUDY)
+    assert nih["mauc5"] is None and nih["labels_in_mauc5"] == [] and nih["per_label"][4]["label"] == "Effusion"
