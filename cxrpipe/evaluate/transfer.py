@@ -46,7 +46,7 @@ class TransferConfig:
     seed: int = 0  # label-fraction sample, head init, batch order (finetune.seed is not used here)
     uncertain: UncertainPolicy = UncertainPolicy.IGNORE  # -1 labels (CheXpert's): ignore | ones | zeros
     blank: BlankPolicy = BlankPolicy.ZEROS  # blank labels: zeros | ignore
-    views: tuple[str, ...] = ("AP", "PA")  # images.csv views used; () = all
+    views: tuple[str, ...] = ()  # images.csv views used; () = all (the transfer readers keep frontal images)
     min_test_positives: int = 10  # labels with fewer test positives: reported apart, not in mAUC (per dataset)
     min_train_positives: int = 1  # labels with fewer positive training studies in a fraction: not estimable
     finetune_epochs: int | None = None  # protocol finetune: epochs after the probe; None = finetune.finetune.epochs
