@@ -31,7 +31,7 @@ HEADER = [
     "Intervals: 95% percentile bootstrap over test **studies** ({n} resamples); every number of a row comes from "
     "the same resampled studies, so the deltas are **paired**. p: two-sided, from the bootstrap distribution of "
     "the delta centred on the null. mAUC averages the labels with >= {min_test} test positives (the low-positive "
-    "rule, per dataset) that the fraction's training sample holds >= {min_train} positive studies of; a label "
+    "rule, per dataset) of which the fraction's training sample holds >= {min_train} positive studies; a label "
     "never seen positive in training is **not estimable** (its AUROC would be an untrained output's), and a "
     "fraction with no such label reads n/a, never 0.5. The intervals cover test-set sampling only: one training "
     "seed, one label-fraction sample (`transfer.seed`).",
@@ -82,8 +82,9 @@ def transfer_markdown(result: dict[str, Any], config: dict[str, Any], cfg: Trans
                                   key="mauc5"), ""]
             for tag, n in names.items():
                 if n.get("labels_not_estimable") and rows[tag].get("n_labels_in_mauc"):
-                    lines.append(f"- fraction {rows[tag]['label_fraction']:g}: not estimable (fewer than "
-                                 f"{cfg.min_train_positives} positive training studies): "
+                    few = ("no positive training study" if cfg.min_train_positives <= 1
+                           else f"fewer than {cfg.min_train_positives} positive training studies")
+                    lines.append(f"- {protocol}, fraction {rows[tag]['label_fraction']:g}: not estimable ({few}): "
                                  + ", ".join(n["labels_not_estimable"]))
             lines.append("")
     lines += [
