@@ -55,3 +55,15 @@ def test_dvc_resolves_the_per_variant_params():
             params[variant] = {k for dep in stage.deps if hasattr(dep, "params") for k in (dep.params or [])}
     assert "pretrain.loss.weight_text" in params["multimodal"]
     assert "pretrain.loss.weight_text" not in params["mae"] and "pretrain.loss.kind" in params["mae"]
+
+
+def test_prepare_and_transfer_prepare_list_their_params():
+    """Every `data` key prepare reads is listed (a new IU key must rerun prepare); transfer_prepare reads its
+    dataset's transfer_data section and prepare's image settings."""
+    from cxrpipe.data.prepare import DataConfig
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert {f"data.{f.name}" for f in dataclasses.fields(DataConfig)} <= set(stages["prepare"]["params"])
+    tp = stages["transfer_prepare"]
+    assert set(tp["params"]) == {"transfer_data.${item.dataset}", "prepare"}
+    assert tp["matrix"] == {"dataset": "${transfer.datasets}"} and "data/demo-nih" in tp["deps"]

@@ -7,8 +7,10 @@ from pathlib import Path
 import yaml
 
 from cxrpipe.config import section
+from cxrpipe.data.demo.nih import DemoNIHConfig
 from cxrpipe.data.demo.tree import DemoConfig
 from cxrpipe.data.prepare import DataConfig, PrepareConfig
+from cxrpipe.data.transfer_prepare import TransferDataConfig
 from cxrpipe.evaluate.compare import CompareConfig
 from cxrpipe.evaluate.finetune import FinetuneConfig
 from cxrpipe.pretrain.train import PretrainConfig
@@ -17,7 +19,8 @@ from cxrpipe.text.model import TextModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"demo": DemoConfig, "data": DataConfig, "prepare": PrepareConfig, "text_model": TextModelConfig,
-            "embed": EmbedConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig, "compare": CompareConfig}
+            "embed": EmbedConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig, "compare": CompareConfig,
+            "demo_nih": DemoNIHConfig, "transfer_data": TransferDataConfig}
 
 
 def leaf_keys(node, prefix=""):

@@ -7,7 +7,7 @@ Layout, ``transfer_data.chexpert.root`` = the folder that holds the CSVs (e.g. `
 
 Study = ``patientNNNNN/studyM`` (study_id = patient * 1000 + M); subject = the patient. Frontal images only
 (``Frontal/Lateral`` = Frontal; laterals are a selection, counted in ``views_seen``); the view is ``AP/PA``
-(blank = UNKNOWN). Split, as the literature does: ``valid.csv`` (234 studies read by radiologists) is the
+(blank = UNKNOWN). Split, as the literature does: ``valid.csv`` (200 studies, 234 images, labelled by radiologists) is the
 test set; validate = a seeded ``validate_fraction`` of train.csv's PATIENTS; the rest train. Labels raw, in
 :data:`CHEXPERT_LABELS` order; the uncertainty policy is stage three's. Rejects: a label value outside
 {1, 0, -1, blank}, a Path not of CheXpert's form, a missing image.
@@ -53,15 +53,16 @@ class CheXpertConfig:
     seed: int = 0  # the validate carve
 
 
-def image_base(root: Path, first_path: str) -> tuple[Path, bool]:
-    """(folder the CSV paths resolve against, whether their first folder is stripped): the root's parent
-    when ``<parent>/<Path>`` exists, else the root itself with the first folder of ``Path`` dropped."""
-    if (root.parent / first_path).is_file():
-        return root.parent, False
-    stripped = first_path.split("/", 1)[-1]
-    if (root / stripped).is_file():
-        return root, True
-    return root.parent, False  # neither: every image is reported missing, with the full path
+def image_base(root: Path, paths: list[str]) -> tuple[Path, bool]:
+    """(folder the CSV paths resolve against, whether their first folder is stripped), from the first path
+    found on disk: the root's parent when ``<parent>/<Path>`` exists, else the root itself with the first
+    folder of ``Path`` dropped. None found: the parent (every image is then reported missing, full path)."""
+    for path in paths:
+        if (root.parent / path).is_file():
+            return root.parent, False
+        if (root / path.split("/", 1)[-1]).is_file():
+            return root, True
+    return root.parent, False
 
 
 def read_chexpert(cfg: CheXpertConfig) -> SourceRead:
@@ -76,7 +77,6 @@ def read_chexpert(cfg: CheXpertConfig) -> SourceRead:
     counts: dict = {"csv_rows": 0}
     views_seen: collections.Counter = collections.Counter()
     rows = []  # (dicom_id, study, subject, view, rel path, csv, labels)
-    base, strip = None, False
     n_selected = 0
     selected_studies: set[int] = set()
     for csv_name in ("train.csv", "valid.csv"):
@@ -104,15 +104,18 @@ def read_chexpert(cfg: CheXpertConfig) -> SourceRead:
             if bad:
                 rejects.append(Reject("study", str(study), csv_name, "bad_label_value", "label value(s) outside {1, 0, -1, blank}: " + ", ".join(bad)))
                 continue
-            if base is None:
-                base, strip = image_base(root, path)
-            rel = path.split("/", 1)[-1] if strip else path
-            if not (base / rel).is_file():
-                rejects.append(Reject("image", path, rel, "missing_image", f"no file {base / rel}"))
-                continue
             dicom_id = f"patient{m.group(1)}_study{m.group(2)}_{m.group(3)}"
             view = r["AP/PA"].strip().upper() or UNKNOWN_VIEW
-            rows.append((dicom_id, study, int(m.group(1)), view, rel, csv_name, tuple(values)))
+            rows.append((dicom_id, study, int(m.group(1)), view, path, csv_name, tuple(values)))
+    base, strip = image_base(root, [r[4] for r in rows])
+    found = []
+    for row in rows:
+        rel = row[4].split("/", 1)[-1] if strip else row[4]
+        if (base / rel).is_file():
+            found.append((*row[:4], rel, *row[5:]))
+        else:
+            rejects.append(Reject("image", row[0], rel, "missing_image", f"no file {base / rel}"))
+    rows = found
     validate = carve_validate({r[2] for r in rows if r[5] == "train.csv"}, cfg.validate_fraction, cfg.seed)
     images, studies = [], {}
     dropped = {int(r.id) for r in rejects if r.kind == "study"}
@@ -126,5 +129,5 @@ def read_chexpert(cfg: CheXpertConfig) -> SourceRead:
                   studies_selected=len(selected_studies))
     log.info("CheXpert: %d CSV rows, %d frontal, %d candidates in %d studies, %d rejects", counts["csv_rows"],
              n_selected, len(images), len(studies), len(rejects))
-    return SourceRead(images, studies, rejects, counts, image_root=base or root.parent, split_rule=SPLIT_RULE,
-                      details={"validate_fraction": cfg.validate_fraction, "seed": cfg.seed, "image_root": str(base or root.parent)})
+    return SourceRead(images, studies, rejects, counts, image_root=base, split_rule=SPLIT_RULE,
+                      details={"validate_fraction": cfg.validate_fraction, "seed": cfg.seed, "image_root": str(base)})

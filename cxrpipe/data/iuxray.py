@@ -215,7 +215,7 @@ def image_key(name: str) -> str:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    return stem if stem.startswith("CXR") else f"CXR{stem}"
+    return stem if stem.startswith("CXR") else f"CXR{stem.split('_', 1)[0]}_{stem}"  # Kaggle drops "CXR<uid>_"
 
 
 def index_png_source(root: Path) -> tuple[dict[str, str], Path | None]:
@@ -257,8 +257,10 @@ def label_coverage(label_rows: list[tuple[float, ...]]) -> dict:
 
 
 def summarize_iu_reports(reports: str | Path, sections: tuple[str, ...] = ("findings", "impression")) -> dict:
-    """The report side of IU X-ray prepare, without images: how many reports read, malformed, empty after
-    cleaning, referencing images, coded "No Indexing", and the MeSH label coverage over the non-empty ones."""
+    """The report side of IU X-ray prepare, without images (as ``prepare`` would count it if every PNG were
+    there): reports read, malformed, without any image, empty after cleaning, the studies kept and the images
+    they reference, those coded "No Indexing" (kept unlabelled), and the MeSH label coverage over the labelled
+    kept studies."""
     from cxrpipe.data.reports import clean_report
 
     bad: list[tuple[str, str]] = []
@@ -266,15 +268,20 @@ def summarize_iu_reports(reports: str | Path, sections: tuple[str, ...] = ("find
     rows = []
     for rep in iter_iu_reports(reports, rejects=bad):
         counts["reports"] += 1
-        if clean_report(rep.as_mimic_text(), keep=tuple(sections), study=rep.uid).empty:
-            counts["empty_after_cleaning"] += 1
+        counts["reports_with_images"] += bool(rep.image_ids)
+        if not rep.image_ids:
+            counts["dropped_no_images"] += 1
             continue
-        counts["with_images"] += bool(rep.image_ids)
+        if clean_report(rep.as_mimic_text(), keep=tuple(sections), study=rep.uid).empty:
+            counts["dropped_empty_report"] += 1
+            continue
+        counts["studies_kept"] += 1
         counts["images_referenced"] += len(rep.image_ids)
-        if any(math.isnan(v) for v in rep.labels) and all(math.isnan(v) for v in rep.labels):
-            counts["not_indexed"] += 1
-        rows.append(rep.labels)
-    return {"malformed": len(bad), **dict(counts), "studies_kept": len(rows), "label_coverage": label_coverage(rows)}
+        if all(math.isnan(v) for v in rep.labels):
+            counts["kept_unlabelled_not_indexed"] += 1
+        else:
+            rows.append(rep.labels)
+    return {"malformed": len(bad), **dict(counts), "labelled_studies": len(rows), "label_coverage": label_coverage(rows)}
 
 
 def read_iu_xray(cfg):
@@ -342,7 +349,7 @@ def read_iu_xray(cfg):
             rejects.append(Reject("labels", str(sid), str(reports), "not_indexed", "MeSH coded 'No Indexing' (or no MeSH)", action="unlabelled"))
         studies[sid] = StudyRecord(sid, sid, split_of[sid], cleaned.text, dict(cleaned.sections), labels, has_labels=has)
         images += [ImageCandidate(i, sid, sid, split_of[sid], v, files[i]) for i, v in sorted(found)]
-    counts.update(malformed_reports=len(bad), views_seen=dict(sorted(views_seen.items())))
+    counts = {**counts, "malformed_reports": len(bad), "views_seen": dict(sorted(views_seen.items()))}
     coverage = label_coverage([s.labels for s in studies.values() if s.has_labels])
     rule = f"seeded split by report uid (one report = one patient): fractions {list(fractions)}, seed {cfg.split_seed}"
     return SourceRead(images, studies, rejects, dict(counts), image_tar=tar, split_rule=rule,

@@ -1,5 +1,10 @@
 """The ``prepare`` stage: a data source -> ``data/prepared/`` (manifest, image cache, report, rejects).
 
+Two halves: the source's reader (from :mod:`cxrpipe.data.registry`: MIMIC-CXR(-JPG), IU X-ray) turns its files
+into candidates (:class:`~cxrpipe.data.records.SourceRead`); :func:`write_prepared` decodes and writes them.
+``transfer_prepare`` (:mod:`cxrpipe.data.transfer_prepare`) runs the same second half on NIH ChestX-ray14,
+CheXpert and RSNA Pneumonia, with each dataset's own label columns.
+
 Outputs in ``out_dir``:
   ``images.csv``, ``studies.csv``  the manifest (:mod:`cxrpipe.data.manifest`); only rows that made it
   ``images.h5``                    uint8 ``[N, S, S]`` letterboxed images, row i = images.csv row i

@@ -11,6 +11,7 @@ prepare's own code (:func:`cxrpipe.data.prepare.write_prepared`).
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 from cxrpipe.data import registry
@@ -41,6 +42,7 @@ def run_transfer_prepare(
         raise PrepareError(f"{name!r} is a pretraining source (data.source of `prepare`), not a transfer set; "
                            f"transfer sets: {registry.names(registry.Role.TRANSFER)}")
     cfg = getattr(data_cfg, name)
+    t0 = time.perf_counter()
     read = spec.read(cfg)
     target = Target(name, Path(cfg.root), "", spec.labels, {"transfer_data": {name: cfg}, "prepare": prep_cfg})
-    return write_prepared(read, target, prep_cfg, out_dir)
+    return write_prepared(read, target, prep_cfg, out_dir, t0=t0)

@@ -159,9 +159,11 @@ def _plant_faults(cfg: DemoNIHConfig, tmp: Path, rows: list[list], lists: dict[s
         name = rows[-1][0]
         path = next(tmp.glob(f"images_*/images/{name}"))
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
-        faults.append({"kind": "truncated_image", "id": name, "path": str(path.relative_to(tmp))})
+        patient, follow = (int(x) for x in name[:-4].split("_"))
+        faults.append({"kind": "truncated_image", "dicom_id": name[:-4], "study_id": patient * 1000 + follow,
+                       "path": str(path.relative_to(tmp))})  # ids as transfer_prepare's rejects name them
     if cfg.n_corrupt >= 2:
         ghost = f"{int(rows[-1][3]) + 1:08d}_000.png"
         lists["train_val_list.txt"].append(ghost)
-        faults.append({"kind": "not_in_csv", "id": ghost, "path": "train_val_list.txt"})
+        faults.append({"kind": "not_in_csv", "dicom_id": ghost, "study_id": None, "path": "train_val_list.txt"})
     return faults
