@@ -20,6 +20,7 @@ The paired comparison of the runs (``transfer_compare``) is :mod:`cxrpipe.evalua
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 from pathlib import Path
@@ -33,6 +34,14 @@ from cxrpipe.labels import BlankPolicy, UncertainPolicy
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"  # per run folder: what transfer_compare reads beside the predictions
+
+
+class BootstrapUnit(str, enum.Enum):
+    """What transfer_compare resamples for its intervals and paired deltas."""
+
+    STUDY = "study"  # the scored unit (NIH: an image; CheXpert: patientN/studyM; RSNA: a patient)
+    PATIENT = "patient"  # all of a patient's test studies together (NIH's test list has ~9 images per patient:
+    # resampling them one by one treats correlated images as independent and narrows the intervals)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +61,7 @@ class TransferConfig:
     finetune_epochs: int | None = None  # protocol finetune: epochs after the probe; None = finetune.finetune.epochs
     n_bootstrap: int = 1000  # replicates (test studies resampled) for every interval and paired delta
     level: EvalLevel = EvalLevel.STUDY  # unit of mAUC and of the paired deltas in transfer_compare
+    bootstrap_unit: BootstrapUnit = BootstrapUnit.PATIENT  # what transfer_compare resamples: patient | study
     reference: str = "mae"  # paired delta = candidate - reference
     candidate: str = "multimodal"
     references: tuple[str, ...] = ("random",)  # baselines: each of reference / candidate minus each of these

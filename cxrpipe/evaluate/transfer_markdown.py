@@ -28,8 +28,9 @@ HEADER = [
     "then all weights). Training studies: a seeded, nested sample per label fraction, the same for every encoder; "
     "validate (epoch selection) and test whole.",
     "",
-    "Intervals: 95% percentile bootstrap over test **studies** ({n} resamples); every number of a row comes from "
-    "the same resampled studies, so the deltas are **paired**. p: two-sided, from the bootstrap distribution of "
+    "Intervals: 95% percentile bootstrap over test **{unit}s** ({n} resamples; a patient's studies are drawn "
+    "together when the unit is the patient); every number of a row comes from the same resamples, so the deltas "
+    "are **paired**. p: two-sided, from the bootstrap distribution of "
     "the delta centred on the null. mAUC averages the labels with >= {min_test} test positives (the low-positive "
     "rule, per dataset) of which the fraction's training sample holds >= {min_train} positive studies; a label "
     "never seen positive in training is **not estimable** (its AUROC would be an untrained output's), and a "
@@ -62,8 +63,8 @@ def _table(rows: dict[str, Any], names: dict[str, Any], cfg: TransferConfig, enc
 
 
 def transfer_markdown(result: dict[str, Any], config: dict[str, Any], cfg: TransferConfig) -> str:
-    lines = [h.format(n=cfg.n_bootstrap, min_test=cfg.min_test_positives, min_train=cfg.min_train_positives)
-             for h in HEADER]
+    lines = [h.format(n=cfg.n_bootstrap, min_test=cfg.min_test_positives, min_train=cfg.min_train_positives,
+                      unit=config.get("bootstrap_unit", "study")) for h in HEADER]
     encoders = list(dict.fromkeys((cfg.reference, cfg.candidate, *cfg.references)))
     for dataset, protocols in result.items():
         ds = config["datasets"][dataset]

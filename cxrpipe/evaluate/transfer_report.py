@@ -13,7 +13,8 @@ Reads ``<runs>/<dataset>/<encoder>-<protocol>/summary.json`` and ``<tag>.npz`` (
   estimable), the level and the encoders;
 * ``transfer.md``: one table per dataset and protocol.
 
-Every mAUC and delta of one (dataset, protocol, fraction) comes from the SAME resampled test studies
+Every mAUC and delta of one (dataset, protocol, fraction) comes from the SAME resampled test patients
+(``transfer.bootstrap_unit: patient``, read from the prepared folder's images.csv; or studies)
 (:func:`cxrpipe.evaluate.bootstrap.paired_bootstrap_mauc`, ``transfer.n_bootstrap`` / ``transfer.seed``) and
 averages the same labels: those with >= ``min_test_positives`` test positives and >= ``min_train_positives``
 positive training studies (the sample is the same for every encoder: checked by its hash).
@@ -21,6 +22,7 @@ positive training studies (the sample is the same for every encoder: checked by 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -32,7 +34,7 @@ from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
 from cxrpipe.evaluate.finetune import Protocol
 from cxrpipe.evaluate.label_efficiency import fraction_tag
 from cxrpipe.evaluate.metrics import LevelData, competition_labels_of, jsonable, load_predictions
-from cxrpipe.evaluate.transfer import SUMMARY, TransferConfig
+from cxrpipe.evaluate.transfer import SUMMARY, BootstrapUnit, TransferConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,25 @@ def _paired(a: LevelData, b: LevelData, cols: np.ndarray, min_pos: int, cfg: Tra
             "label_idx": [int(cols[k]) for k in d.label_idx]}
 
 
+def patient_groups(lv: LevelData, subject_of: dict[int, int]) -> LevelData:
+    """``lv`` with each unit's bootstrap group = its patient (``subject_of``: study id -> subject id)."""
+    missing = sorted({int(s) for s in lv.study_ids} - set(subject_of))
+    if missing:
+        raise ValueError(f"{len(missing)} test studies have no patient in images.csv (e.g. {missing[:3]})")
+    _, groups = np.unique([subject_of[int(s)] for s in lv.study_ids], return_inverse=True)
+    return dataclasses.replace(lv, groups=groups.reshape(-1))
+
+
+def _subjects(prepared: Path) -> dict[int, int]:
+    """study id -> subject id (the patient) of a prepared folder."""
+    from cxrpipe.data.manifest import read_images
+
+    return {r.study_id: r.subject_id for r in read_images(prepared)}
+
+
 def _fraction(cfg: TransferConfig, runs_dir: Path, dataset: str, protocol: str, tag: str,
-              summaries: dict[str, dict]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(numbers, names) of one dataset x protocol x fraction."""
+              summaries: dict[str, dict], subject_of: dict[int, int] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(numbers, names) of one dataset x protocol x fraction; ``subject_of``: resample patients."""
     recs = {e: s["runs"][tag] for e, s in summaries.items() if tag in s["runs"]}
     hashes = {r["train_studies_hash"] for r in recs.values()}
     if len(hashes) > 1:
@@ -94,6 +112,8 @@ def _fraction(cfg: TransferConfig, runs_dir: Path, dataset: str, protocol: str, 
     run = {e: r for e, r in recs.items() if r.get("estimable")}
     preds = {e: load_predictions(runs_dir / dataset / f"{e}-{protocol}" / f"{tag}.npz", labels=None)[0]
              .at_level(cfg.level) for e in run}
+    if subject_of is not None:
+        preds = {e: patient_groups(p, subject_of) for e, p in preds.items()}
     labels = tuple(next(iter(summaries.values()))["labels"])
     c5 = [labels.index(n) for n in competition_labels_of(labels)]  # CheXpert's set only: else no mAUC-5 keys
     for e in recs:
@@ -147,9 +167,13 @@ def _fraction(cfg: TransferConfig, runs_dir: Path, dataset: str, protocol: str, 
 
 
 def run_transfer_compare(
-    cfg: TransferConfig, runs_dir: str | Path, out_json: str | Path, report_md: str | Path
+    cfg: TransferConfig, runs_dir: str | Path, out_json: str | Path, report_md: str | Path,
+    prepared_root: str | Path | None = None,
 ) -> dict[str, Any]:
-    """All datasets x protocols x fractions found under ``runs_dir``; writes the JSON pair and the markdown."""
+    """All datasets x protocols x fractions found under ``runs_dir``; writes the JSON pair and the markdown.
+
+    ``prepared_root``: the folder of the prepared datasets (``data/transfer``), read for the test studies'
+    patients when ``cfg.bootstrap_unit`` is ``patient`` (required then)."""
     from cxrpipe.evaluate.transfer_markdown import transfer_markdown
     from cxrpipe.io import write_json_atomic, write_text_atomic
 
@@ -161,7 +185,12 @@ def run_transfer_compare(
     result: dict[str, Any] = {}
     config: dict[str, Any] = {"level": cfg.level.value, "reference": cfg.reference, "candidate": cfg.candidate,
                               "references": list(cfg.references), "n_bootstrap": cfg.n_bootstrap, "datasets": {}}
+    patients = BootstrapUnit(cfg.bootstrap_unit) is BootstrapUnit.PATIENT
+    if patients and prepared_root is None:
+        raise ValueError("transfer.bootstrap_unit is patient: the prepared folders (data/transfer) are needed")
+    config["bootstrap_unit"] = BootstrapUnit(cfg.bootstrap_unit).value
     for dataset in cfg.datasets:
+        subject_of = _subjects(Path(prepared_root) / dataset) if prepared_root is not None and patients else None
         for protocol in (Protocol(p) for p in cfg.protocols):
             summaries = _load(runs_dir, dataset, protocol.value, encoders)
             if not summaries:
@@ -174,7 +203,7 @@ def run_transfer_compare(
             for tag in tags:
                 if not any(tag in s["runs"] for s in summaries.values()):
                     continue
-                nums, names = _fraction(cfg, runs_dir, dataset, protocol.value, tag, summaries)
+                nums, names = _fraction(cfg, runs_dir, dataset, protocol.value, tag, summaries, subject_of)
                 result.setdefault(dataset, {}).setdefault(protocol.value, {})[tag] = nums
                 ds["protocols"].setdefault(protocol.value, {})[tag] = names
     if not result:

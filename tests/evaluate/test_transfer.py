@@ -24,7 +24,7 @@ from cxrpipe.data.image_cache import ImageCacheWriter
 from cxrpipe.data.manifest import ImageRecord, StudyRecord, write_manifest
 from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol
 from cxrpipe.evaluate.metrics import load_predictions
-from cxrpipe.evaluate.transfer import TransferConfig, run_transfer
+from cxrpipe.evaluate.transfer import BootstrapUnit, TransferConfig, run_transfer
 from cxrpipe.evaluate.transfer_report import run_transfer_compare
 from cxrpipe.labels import CHEXPERT_LABELS
 
@@ -160,7 +160,8 @@ def test_chexpert_like_set_reports_the_5_label_mauc_nih_like_does_not(inputs, tm
     assert c["mauc5"] is not None and sorted(c["labels_in_mauc5"]) == five
     assert n["mauc"] is not None and n["mauc5"] is None and n["labels_in_mauc5"] == []
     assert {"Atelectasis", "Effusion"} <= set(n["labels_in_mauc"])  # NIH's 4 look-alikes are in its own mAUC
-    cfg = dataclasses.replace(cfg, datasets=("chexpert", "nih_cxr14"), protocols=(Protocol.LINEAR,))
+    cfg = dataclasses.replace(cfg, datasets=("chexpert", "nih_cxr14"), protocols=(Protocol.LINEAR,),
+                              bootstrap_unit=BootstrapUnit.STUDY)
     out = run_transfer_compare(cfg, runs, tmp_path / "transfer.json", tmp_path / "transfer.md")
     rc, rn = out["chexpert"]["linear"]["f1"], out["nih_cxr14"]["linear"]["f1"]
     assert rc["multimodal"]["mauc5"] is not None and rc["delta_mauc5"] is not None and rc["p_value5"] is not None
@@ -195,7 +196,14 @@ def test_paired_delta_follows_the_planted_better_encoder(inputs, tmp_path):
         run_transfer(ft, cfg, "nih_cxr14", inputs[src], "linear", inputs["three"], runs / "nih_cxr14" / f"{enc}-linear")
     cfg = TransferConfig(datasets=("nih_cxr14",), protocols=(Protocol.LINEAR,), label_fractions=(0.01, 1.0),
                          n_bootstrap=200, min_test_positives=2)
-    out = run_transfer_compare(cfg, runs, tmp_path / "metrics" / "transfer.json", tmp_path / "transfer.md")
+    prepared = tmp_path / "transfer"
+    prepared.mkdir()
+    (prepared / "nih_cxr14").symlink_to(inputs["three"])
+    out = run_transfer_compare(cfg, runs, tmp_path / "metrics" / "transfer.json", tmp_path / "transfer.md", prepared)
+    # one study per patient in this set: resampling patients is resampling studies, number for number
+    by_study = run_transfer_compare(dataclasses.replace(cfg, bootstrap_unit=BootstrapUnit.STUDY), runs,
+                                    tmp_path / "study.json", tmp_path / "study.md")
+    assert by_study == out
     r = out["nih_cxr14"]["linear"]["f1"]
     assert r["delta_mauc"] > 0.3 and r["delta_ci95"][0] > 0 and r["p_value"] < 0.05
     assert r["multimodal"]["mauc"] > 0.9 and abs(r["mae"]["mauc"] - 0.5) < 0.05
@@ -214,7 +222,7 @@ def test_paired_delta_follows_the_planted_better_encoder(inputs, tmp_path):
     assert "| 1 | 120 | 3 |" in md and "none: not estimable" in md and "multimodal - mae" in md
     # swapped roles: the delta's sign follows the better encoder
     swapped = run_transfer_compare(dataclasses.replace(cfg, reference="multimodal", candidate="mae"),
-                                   runs, tmp_path / "s.json", tmp_path / "s.md")
+                                   runs, tmp_path / "s.json", tmp_path / "s.md", prepared)
     assert swapped["nih_cxr14"]["linear"]["f1"]["delta_ci95"][1] < 0
 
 
@@ -301,7 +309,7 @@ def test_dvc_yaml_lists_exactly_the_transfer_keys_each_stage_reads():
     def listed(stage: str) -> set[str]:
         return {p.split(".", 1)[1] for p in stages[stage]["params"] if p.startswith("transfer.")}
 
-    assert listed("transfer") == fields - MATRIX - {"reference", "candidate", "references"}
+    assert listed("transfer") == fields - MATRIX - {"reference", "candidate", "references", "bootstrap_unit"}
     assert listed("transfer_compare") == fields - {"uncertain", "blank", "views", "finetune_epochs"}
     assert set(stages["transfer"]["matrix"]) == {"dataset", "encoder", "protocol"}
     deps = set(stages["transfer"]["deps"])
@@ -332,3 +340,30 @@ def test_mauc5_interval_is_over_the_five_competition_labels_when_others_are_left
     nih = metrics.evaluate_level(LevelData(np.arange(n), np.arange(n), p, y, m, NIH_LIKE[:14]),
                                  np.full(14, 0.5), 50, 0, EvalLevel.STUDY)
     assert nih["mauc5"] is None and nih["labels_in_mauc5"] == [] and nih["per_label"][4]["label"] == "Effusion"
+
+
+def test_patient_bootstrap_draws_a_patients_studies_together():
+    """Five identical studies per patient: resampling studies treats them as independent evidence; resampling
+    patients does not, so its interval is wider (about sqrt(5) here) and the point estimates are the same."""
+    from cxrpipe.evaluate.metrics import LevelData
+    from cxrpipe.evaluate.transfer_report import _paired, patient_groups
+
+    rng = np.random.default_rng(0)
+    n_pat, k = 40, 5
+    y = np.repeat((rng.random((n_pat, 2)) < 0.5).astype(np.float32), k, axis=0)  # [200, 2]
+    pa = np.repeat(rng.random((n_pat, 2)), k, axis=0)
+    pb = np.clip(pa + 0.4 * y, 0, 1)
+    studies = np.arange(n_pat * k)
+    subject_of = {int(s): 500 + int(s) // k for s in studies}
+    a = LevelData(studies, studies, pa, y, np.ones_like(y, bool), ("A", "B"))
+    b = LevelData(studies, studies, pb, y, np.ones_like(y, bool), ("A", "B"))
+    pat_a, pat_b = patient_groups(a, subject_of), patient_groups(b, subject_of)
+    assert pat_a.groups.max() == n_pat - 1 and np.array_equal(pat_a.groups, studies // k)
+    cfg = TransferConfig(n_bootstrap=400)
+    cols = np.arange(2)
+    by_study, by_patient = _paired(a, b, cols, 0, cfg), _paired(pat_a, pat_b, cols, 0, cfg)
+    assert by_patient["delta_mauc"] == pytest.approx(by_study["delta_mauc"])
+    width = lambda d: d["delta_ci95"][1] - d["delta_ci95"][0]  # noqa: E731
+    assert width(by_patient) > 1.8 * width(by_study), (width(by_patient), width(by_study))
+    with pytest.raises(ValueError, match="no patient"):
+        patient_groups(a, {0: 1})
