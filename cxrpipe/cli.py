@@ -27,6 +27,8 @@ STAGES = (
     ("compare", "compare"),
     ("label-efficiency", "label_efficiency"),
     ("label-efficiency-summary", "label_efficiency_summary"),
+    ("transfer", "transfer"),
+    ("transfer-compare", "transfer_compare"),
     ("zeroshot-prompts", "zeroshot_prompts"),
     ("zeroshot", "zeroshot"),
     ("retrieval", "retrieval"),

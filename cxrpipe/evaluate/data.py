@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from cxrpipe.data.image_cache import ImageCache
-from cxrpipe.data.manifest import SPLITS, label_matrix, read_images, read_studies
-from cxrpipe.labels import BlankPolicy, UncertainPolicy, targets_and_mask
+from cxrpipe.data.manifest import SPLITS, label_matrix, read_images, read_label_names, read_studies
+from cxrpipe.labels import CHEXPERT_LABELS, BlankPolicy, UncertainPolicy, targets_and_mask
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ class LabelledImages:
     rows: np.ndarray  # [N] int64 rows of images.h5
     image_ids: np.ndarray  # [N] str dicom ids
     study_ids: np.ndarray  # [N] int64
-    targets: np.ndarray  # [N, 14] float32 in {0, 1}
-    mask: np.ndarray  # [N, 14] bool (False: left out of the loss and the metrics)
+    targets: np.ndarray  # [N, L] float32 in {0, 1}
+    mask: np.ndarray  # [N, L] bool (False: left out of the loss and the metrics)
+    labels: tuple[str, ...] = CHEXPERT_LABELS  # the L label names (the prepared folder's label columns)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -43,7 +44,13 @@ class LabelledImages:
     def select_studies(self, keep: np.ndarray) -> "LabelledImages":
         """The images of the studies in ``keep``."""
         m = np.isin(self.study_ids, keep)
-        return LabelledImages(self.rows[m], self.image_ids[m], self.study_ids[m], self.targets[m], self.mask[m])
+        return LabelledImages(self.rows[m], self.image_ids[m], self.study_ids[m], self.targets[m], self.mask[m],
+                              self.labels)
+
+    def positives(self) -> np.ndarray:
+        """``[L]`` int: valid positive entries per label, counted once per study (a study's images share them)."""
+        _, first = np.unique(self.study_ids, return_index=True)
+        return ((self.targets[first] > 0.5) & self.mask[first]).sum(axis=0)
 
 
 def sample_studies(study_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -86,12 +93,15 @@ def labelled_splits(
 ) -> dict[str, LabelledImages]:
     """``{"train", "validate", "test"}`` -> labelled images; ``train`` keeps ``label_fraction`` of its studies.
 
-    ``views`` empty = every view. Raises ValueError when a split ends up empty.
+    The labels are the prepared folder's own columns (:func:`read_label_names`: the 14 CheXpert labels for
+    MIMIC-CXR, a transfer dataset's set otherwise). ``views`` empty = every view. Raises ValueError when a
+    split ends up empty.
     """
     prepared = Path(prepared)
     images = read_images(prepared)
+    names = read_label_names(prepared)
     studies = [s for s in read_studies(prepared) if s.has_labels]
-    targets, mask = targets_and_mask(label_matrix(studies), uncertain, blank)  # [S, 14] each
+    targets, mask = targets_and_mask(label_matrix(studies, len(names)), uncertain, blank)  # [S, L] each
     index = {s.study_id: i for i, s in enumerate(studies)}
     wanted = {v.upper() for v in views}
     dropped: Counter[str] = Counter()
@@ -114,6 +124,7 @@ def labelled_splits(
             study_ids=np.array([r.study_id for r in keep], dtype=np.int64),
             targets=targets[st].reshape(-1, targets.shape[1]),
             mask=mask[st].reshape(-1, mask.shape[1]),
+            labels=names,
         )
     for what, n in sorted(dropped.items()):
         log.info("left out of stage three: %d images (%s)", n, what)
@@ -135,7 +146,7 @@ def labelled_splits(
 
 
 class ImageRows(torch.utils.data.Dataset):
-    """``(image uint8 [S, S], targets float32 [14], mask bool [14])`` per image of a :class:`LabelledImages`."""
+    """``(image uint8 [S, S], targets float32 [L], mask bool [L])`` per image of a :class:`LabelledImages`."""
 
     def __init__(self, cache: ImageCache, images: LabelledImages):
         self.cache = cache  # opens its HDF5 file lazily in each worker

@@ -1,4 +1,5 @@
-"""Stage three: an FC head on the 14 CheXpert labels over an exported encoder, two protocols.
+"""Stage three: an FC head on the labels of the prepared folder (the 14 CheXpert labels on MIMIC-CXR) over an
+exported encoder, two protocols.
 
 * ``linear``   the encoder is frozen (the report's baseline protocol): its pooled features are computed ONCE
   for every image and the head is trained on them, so each epoch costs a few matrix products.
@@ -106,7 +107,7 @@ class FinetuneConfig:
 
 
 class ClassifierHead(nn.Module):
-    """Fully connected layers: features ``[B, D]`` -> logits ``[B, 14]``."""
+    """Fully connected layers: features ``[B, D]`` -> logits ``[B, L]`` (L labels)."""
 
     def __init__(self, in_dim: int, cfg: HeadConfig, n_out: int = N_LABELS):
         super().__init__()
@@ -127,7 +128,7 @@ class ClassifierHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Encoder + head: images ``[B, 1, H, W]`` -> logits ``[B, 14]``."""
+    """Encoder + head: images ``[B, 1, H, W]`` -> logits ``[B, L]`` (L labels)."""
 
     def __init__(self, encoder: nn.Module, head: ClassifierHead, freeze_input_norm: bool = False):
         super().__init__()
@@ -240,7 +241,7 @@ def _fit(
 ) -> tuple[list[dict], int, dict[str, torch.Tensor], np.ndarray]:
     """Train; keep the epoch with the best validate mAUC -> (history, best epoch, its state, its logits).
 
-    ``initial_logits``: the validate logits ``[N_val, 14]`` of the model as it starts (LP-FT's probed head);
+    ``initial_logits``: the validate logits ``[N_val, L]`` of the model as it starts (LP-FT's probed head);
     the starting state then competes as epoch 0 and wins ties."""
     steps = epochs * len(train)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps, int(warmup_epochs * len(train))))
@@ -252,7 +253,8 @@ def _fit(
     def score_of(logits: np.ndarray) -> tuple[float, float]:
         """(validate loss, validate mAUC at ``level``)."""
         loss = float(masked_bce(torch.from_numpy(logits), val_t, val_m))
-        pred = Predictions(validate.image_ids, validate.study_ids, _sigmoid(logits), validate.targets, validate.mask)
+        pred = Predictions(validate.image_ids, validate.study_ids, _sigmoid(logits), validate.targets, validate.mask,
+                           validate.labels)
         lv = pred.at_level(level)
         return loss, macro_auroc(lv.targets, lv.probs, lv.mask)[0]
 
@@ -274,7 +276,7 @@ def _fit(
             sched.step()
             total += loss.item() * x.shape[0]
             n += x.shape[0]
-        logits = predict_validate()  # [N_val, 14]
+        logits = predict_validate()  # [N_val, L]
         val_loss, mauc = score_of(logits)
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), "validate_loss": val_loss, "validate_mauc": mauc})
         log.info("epoch %d/%d: train loss %.4f, validate loss %.4f, validate mAUC (%s) %.4f",
@@ -297,7 +299,7 @@ class _Probe:
     head: ClassifierHead  # the selected epoch's state loaded
     history: list[dict]
     best_epoch: int
-    val_logits: np.ndarray  # [N_val, 14] of the selected head
+    val_logits: np.ndarray  # [N_val, L] of the selected head
     loader: Callable[[str], DataLoader]  # split -> (features [B, D], targets, mask) batches, in order
 
 
@@ -313,7 +315,7 @@ def _linear_probe(
     encoder.requires_grad_(False)
     feats = {k: torch.from_numpy(_predict(encoder, v, to_images)) for k, v in loaders.items()}  # [N, D] each
     log.info("frozen features: %s", {k: tuple(v.shape) for k, v in feats.items()})
-    head = ClassifierHead(int(encoder.num_features), cfg.head).to(device)
+    head = ClassifierHead(int(encoder.num_features), cfg.head, n_out=len(splits["train"].labels)).to(device)
     to_input: Callable = lambda x: x.to(device)  # noqa: E731
 
     def loader(k: str, train: bool = False) -> DataLoader:
@@ -358,8 +360,13 @@ def run_finetune(
     out_json: str | Path,
     predictions_out: str | Path | None = None,
     plot_out: str | Path | None = None,
+    min_train_positives: int = 0,
 ) -> dict[str, Any]:
     """Train the head (``linear``) or everything (``finetune``), evaluate on test, write the outputs.
+
+    The head has one output per label of the prepared folder (``read_label_names``: the 14 CheXpert labels on
+    MIMIC-CXR). ``min_train_positives`` > 0 (transfer at small label fractions): a label with fewer positive
+    training studies is reported as not estimable, apart from mAUC (``metrics.evaluate_level``).
 
     Writes ``out_json`` (metrics), ``<out_json stem>.config.json`` (resolved config), ``predictions_out``
     (test predictions .npz; default ``<out_json dir>/../predictions/<stem>.npz``) and ``plot_out`` (training
@@ -388,20 +395,21 @@ def run_finetune(
         return _loader(ds[split], cfg.eval_batch_size, False, cfg.seed, cfg.num_workers)
 
     in_dim = int(encoder.num_features)
+    n_labels = len(splits["train"].labels)  # the head's width: the prepared folder's label set
     ftc = cfg.finetune
     lp_ft = protocol is Protocol.FINETUNE and ftc.init_head is HeadInit.LINEAR_PROBE
     probe: _Probe | None = None
     if protocol is Protocol.LINEAR or lp_ft:
         # the linear protocol; LP-FT runs exactly it first (same seed, same steps: the same head)
         probe = _linear_probe(encoder, {k: eval_loader(k) for k in ds}, splits, cfg, to_images, device)
-    probe_test: np.ndarray | None = None  # [N_test, 14] logits of the probed head
+    probe_test: np.ndarray | None = None  # [N_test, L] logits of the probed head
     if probe is not None:
         probe_test = _predict(probe.head, probe.loader("test"), lambda x: x.to(device))
     if protocol is Protocol.LINEAR:
         assert probe is not None and probe_test is not None
         history, best_epoch, val_logits, test_logits = probe.history, probe.best_epoch, probe.val_logits, probe_test
     else:
-        head = probe.head if probe is not None else ClassifierHead(in_dim, cfg.head).to(device)
+        head = probe.head if probe is not None else ClassifierHead(in_dim, cfg.head, n_out=n_labels).to(device)
         if ftc.freeze_input_norm and probe is None:  # statistics of the frozen train features, once
             _set_input_norm(head, encoder, eval_loader("train"), to_images)
         encoder.requires_grad_(True)
@@ -419,7 +427,7 @@ def run_finetune(
 
     def preds(split: str, logits: np.ndarray) -> Predictions:
         d = splits[split]
-        return Predictions(d.image_ids, d.study_ids, _sigmoid(logits), d.targets, d.mask)
+        return Predictions(d.image_ids, d.study_ids, _sigmoid(logits), d.targets, d.mask, d.labels)
 
     test_pred = preds("test", test_logits)
     # numbers only: strings (names, paths, provenance) go to <stem>.config.json, so `dvc metrics show` fits a screen
@@ -432,7 +440,8 @@ def run_finetune(
            if probe is not None and probe_test is not None and protocol is Protocol.FINETUNE else {}),
         "label_fraction": cfg.label_fraction,
         **split_counts(splits),
-        **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed, cfg.min_test_positives),
+        **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed, cfg.min_test_positives,
+                   *((splits["train"].positives(), min_train_positives) if min_train_positives > 0 else ())),
         "history": history,
     }
     for block in (result["image"], result["study"]):

@@ -1,4 +1,5 @@
-"""Per-run metrics on the 14 labels, image- and study-level, with bootstrap intervals over test studies.
+"""Per-run metrics on a label set (the 14 CheXpert labels unless the prepared folder holds another: NIH
+ChestX-ray14, RSNA ...), image- and study-level, with bootstrap intervals over test studies.
 
 Definitions (all point estimates with scikit-learn; intervals with :mod:`cxrpipe.evaluate.bootstrap`):
 
@@ -11,8 +12,10 @@ Definitions (all point estimates with scikit-learn; intervals with :mod:`cxrpipe
   (``labels_low_positive``, ``per_label[...]["low_positive"]``), but it is left out of mAUC, macro F1 and mean
   AUPRC, because an AUROC on 4 positives swings by +-0.2 from one patient (MIMIC-CXR's test split has such
   labels; the CheXpert/CheXzero literature likewise reports them apart or drops them).
+* mAUC-5 (``mauc5``): the CheXpert competition's 5 labels among the mAUC labels, only for a label set that
+  holds all 5 (:func:`competition_labels_of`); null otherwise.
 * accuracy: at threshold 0.5 (positive when ``p >= 0.5``), micro over every valid (image or study, label)
-  entry of all 14 labels; ``all_negative_accuracy`` is the accuracy of predicting 0 everywhere on exactly
+  entry of all labels; ``all_negative_accuracy`` is the accuracy of predicting 0 everywhere on exactly
   the same entries. With ~13% positives it is already ~0.87: accuracy means little without it.
 * F1: per label at the threshold that maximises F1 on ``validate`` (same level), macro over the mAUC labels.
 * level ``image``: one unit per image; ``study``: the mean of a study's image probabilities, one unit per
@@ -27,7 +30,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import (
@@ -47,9 +50,18 @@ from cxrpipe.labels import CHEXPERT_LABELS
 COMPETITION_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
 
-def competition_columns(label_idx: np.ndarray) -> np.ndarray:
-    """Positions within ``label_idx`` (indices into CHEXPERT_LABELS) of the 5 competition labels -> ``[<=5]``."""
-    return np.array([k for k, j in enumerate(label_idx) if CHEXPERT_LABELS[j] in COMPETITION_LABELS], dtype=np.int64)
+def competition_labels_of(labels: Sequence[str]) -> tuple[str, ...]:
+    """The competition labels a label set reports ``mauc5`` on: all 5 when every one of them is in ``labels``
+    (the 14 CheXpert labels: MIMIC-CXR, CheXpert, IU X-ray), else none (NIH ChestX-ray14 names 4 of them, one
+    as "Effusion": a 4-label mean would not be the literature's number, so it is not reported)."""
+    return COMPETITION_LABELS if set(COMPETITION_LABELS) <= set(labels) else ()
+
+
+def competition_columns(label_idx: np.ndarray, labels: Sequence[str] = CHEXPERT_LABELS) -> np.ndarray:
+    """Positions within ``label_idx`` (indices into ``labels``) of the 5 competition labels -> ``[<=5]``;
+    empty for a label set without all 5 (:func:`competition_labels_of`)."""
+    c5 = competition_labels_of(labels)
+    return np.array([k for k, j in enumerate(label_idx) if labels[j] in c5], dtype=np.int64)
 
 
 class EvalLevel(str, enum.Enum):
@@ -65,22 +77,28 @@ class Predictions:
 
     image_ids: np.ndarray  # [N] str (dicom ids)
     study_ids: np.ndarray  # [N] int64
-    probs: np.ndarray  # [N, 14] float32 sigmoid outputs, CHEXPERT_LABELS order
-    targets: np.ndarray  # [N, 14] float32 in {0, 1} (the study's labels under the run's policies)
-    mask: np.ndarray  # [N, 14] bool, False = left out of the metrics
+    probs: np.ndarray  # [N, L] float32 sigmoid outputs, in ``labels`` order (L = 14: CHEXPERT_LABELS)
+    targets: np.ndarray  # [N, L] float32 in {0, 1} (the study's labels under the run's policies)
+    mask: np.ndarray  # [N, L] bool, False = left out of the metrics
+    labels: tuple[str, ...] = CHEXPERT_LABELS  # the label set (the prepared folder's label columns)
+
+    def __post_init__(self) -> None:
+        if np.ndim(self.probs) == 2 and np.shape(self.probs)[1] != len(self.labels):
+            raise ValueError(f"predictions have {np.shape(self.probs)[1]} columns for {len(self.labels)} labels")
 
     def at_level(self, level: EvalLevel) -> "LevelData":
         """The units to score at ``level``; study level averages each study's image probabilities."""
         studies, first, groups = np.unique(self.study_ids, return_index=True, return_inverse=True)
         groups = groups.reshape(-1)
         if EvalLevel(level) is EvalLevel.IMAGE:
-            return LevelData(self.study_ids, groups, self.probs, self.targets, self.mask)
+            return LevelData(self.study_ids, groups, self.probs, self.targets, self.mask, self.labels)
         n = len(studies)
         count = np.bincount(groups, minlength=n).astype(np.float64)  # images per study [M]
         probs = np.zeros((n, self.probs.shape[1]))
         np.add.at(probs, groups, self.probs)
         # labels are per study, so the study's first image row holds them
-        return LevelData(studies, np.arange(n), probs / count[:, None], self.targets[first], self.mask[first])
+        return LevelData(studies, np.arange(n), probs / count[:, None], self.targets[first], self.mask[first],
+                         self.labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +110,7 @@ class LevelData:
     probs: np.ndarray  # [n, L]
     targets: np.ndarray  # [n, L]
     mask: np.ndarray  # [n, L] bool
+    labels: tuple[str, ...] = CHEXPERT_LABELS  # names of the L columns
 
 
 def save_predictions(pred: Predictions, path: str | Path, **meta: str) -> None:
@@ -106,7 +125,7 @@ def save_predictions(pred: Predictions, path: str | Path, **meta: str) -> None:
         probs=np.asarray(pred.probs, dtype=np.float32),
         targets=np.asarray(pred.targets, dtype=np.float32),
         mask=np.asarray(pred.mask, dtype=bool),
-        labels=np.asarray(CHEXPERT_LABELS, dtype=str),
+        labels=np.asarray(pred.labels, dtype=str),
         **{k: np.asarray(v, dtype=str) for k, v in meta.items()},
     )
     tmp = path.with_name(path.name + ".tmp")
@@ -114,13 +133,17 @@ def save_predictions(pred: Predictions, path: str | Path, **meta: str) -> None:
     os.replace(tmp, path)
 
 
-def load_predictions(path: str | Path) -> tuple[Predictions, dict[str, str]]:
-    """Read :func:`save_predictions` output -> (predictions, metadata strings)."""
+def load_predictions(
+    path: str | Path, labels: Sequence[str] | None = CHEXPERT_LABELS
+) -> tuple[Predictions, dict[str, str]]:
+    """Read :func:`save_predictions` output -> (predictions, metadata strings). ``labels``: the label set the
+    file must hold, in order (default the 14 CheXpert labels of stage three); None = whichever it holds."""
     with np.load(path, allow_pickle=False) as z:
-        labels = tuple(str(s) for s in z["labels"])
-        if labels != CHEXPERT_LABELS:
-            raise ValueError(f"{path}: labels {labels} are not the 14 CheXpert labels in order")
-        pred = Predictions(z["image_ids"], z["study_ids"], z["probs"], z["targets"], z["mask"].astype(bool))
+        stored = tuple(str(s) for s in z["labels"])
+        if labels is not None and stored != tuple(labels):
+            what = "the 14 CheXpert labels" if tuple(labels) == CHEXPERT_LABELS else f"{tuple(labels)}"
+            raise ValueError(f"{path}: labels {stored} are not {what} in order")
+        pred = Predictions(z["image_ids"], z["study_ids"], z["probs"], z["targets"], z["mask"].astype(bool), stored)
         meta = {k: str(z[k]) for k in z.files if k not in {"image_ids", "study_ids", "probs", "targets", "mask", "labels"}}
     return pred, meta
 
@@ -228,15 +251,32 @@ def jsonable(x: Any) -> Any:
 
 
 def evaluate_level(
-    test: LevelData, thresholds: np.ndarray, n_bootstrap: int, seed: int, level: EvalLevel, min_positives: int = 0
+    test: LevelData,
+    thresholds: np.ndarray,
+    n_bootstrap: int,
+    seed: int,
+    level: EvalLevel,
+    min_positives: int = 0,
+    train_positives: np.ndarray | None = None,
+    min_train_positives: int = 0,
 ) -> dict[str, Any]:
     """All metrics of one level with bootstrap 95% intervals (``n_bootstrap`` replicates of test studies);
-    labels with fewer than ``min_positives`` test positives are reported apart (not in the means)."""
+    labels with fewer than ``min_positives`` test positives are reported apart (not in the means).
+
+    ``train_positives [L]`` (the training studies' positives per label, e.g. of a small label fraction): a
+    label with fewer than ``min_train_positives`` was never learned, so its AUROC says nothing (an untrained
+    output ranks at chance): it is reported apart as ``not_estimable`` too, and the block records the counts.
+    None (stage three on MIMIC): no such rule, and the block is as before."""
+    labels = test.labels
     y, p, m = test.targets, test.probs, test.mask
     auc = auroc_per_label(y, p, m)
     auprc = auprc_per_label(y, p, m)
     f1 = f1_per_label(y, p, m, thresholds)
     mauc, kept_idx = macro_auroc(y, p, m, min_positives)
+    learned = np.ones(len(labels), bool) if train_positives is None else np.asarray(train_positives) >= min_train_positives
+    if not learned.all():
+        kept_idx = kept_idx[learned[kept_idx]]
+        mauc = float(auc[kept_idx].mean()) if kept_idx.size else float("nan")
     idx = np.flatnonzero(~np.isnan(auc))  # every label with an AUROC gets an interval, kept or reported apart
     kept_cols = np.searchsorted(idx, kept_idx)  # columns of the replicates that enter the means
     # bootstrap: [B, K] per-label replicates of the labels with an AUROC, [B] for the micro accuracies
@@ -261,7 +301,7 @@ def evaluate_level(
     r = {k: np.concatenate(v) for k, v in reps.items()}
     ci = bootstrap.percentile_ci
     per_label = []
-    for j, name in enumerate(CHEXPERT_LABELS):
+    for j, name in enumerate(labels):
         k = np.searchsorted(idx, j)
         has_auc = k < idx.size and idx[k] == j
         in_mauc = bool(has_auc and j in kept_idx)
@@ -270,8 +310,11 @@ def evaluate_level(
                 "label": name,
                 "n_pos": int(((y[:, j] > 0.5) & m[:, j]).sum()),
                 "n_neg": int(((y[:, j] <= 0.5) & m[:, j]).sum()),
+                **({} if train_positives is None else {"n_train_pos": int(train_positives[j]),
+                                                       "not_estimable": bool(not learned[j])}),
                 "in_mauc": in_mauc,
-                "low_positive": bool(has_auc and not in_mauc),  # fewer than min_positives: reported apart
+                # fewer than min_positives test positives (or, with train_positives, too few to learn from)
+                "low_positive": bool(has_auc and not in_mauc),
                 "auroc": jsonable(auc[j]),
                 "auroc_ci95": jsonable(ci(r["auroc"][:, k])) if has_auc else None,
                 "auprc": jsonable(auprc[j]),
@@ -282,23 +325,29 @@ def evaluate_level(
             }
         )
     n_studies = int(np.unique(test.study_ids).size)
-    excluded = [n for j, n in enumerate(CHEXPERT_LABELS) if j not in set(idx.tolist())]  # one class only
-    low = [n for j, n in enumerate(CHEXPERT_LABELS) if j in set(idx.tolist()) - set(kept_idx.tolist())]
+    excluded = [n for j, n in enumerate(labels) if j not in set(idx.tolist())]  # one class only
+    low = [n for j, n in enumerate(labels) if j in set(idx.tolist()) - set(kept_idx.tolist())]
     idx = kept_idx
+    c5 = competition_columns(idx, labels)  # empty unless the label set holds all 5 (CheXpert's 14)
     return {
         "level": EvalLevel(level).value,
         "n": int(y.shape[0]),  # units scored: images or studies
         "n_studies": n_studies,
         "mauc": jsonable(mauc),
         "mauc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"][:, kept_cols]))),
-        "labels_in_mauc": [CHEXPERT_LABELS[j] for j in idx],
+        "labels_in_mauc": [labels[j] for j in idx],
         # the 5-label CheXpert competition mAUC (the literature's number), same replicates
-        "mauc5": jsonable(auc[idx][c5].mean() if (c5 := competition_columns(idx)).size else np.nan),
-        "mauc5_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"][:, c5]))),
-        "labels_in_mauc5": [CHEXPERT_LABELS[j] for j in idx[c5]],
+        "mauc5": jsonable(auc[idx][c5].mean() if c5.size else np.nan),
+        # kept_cols[c5]: the replicates' columns are every label with an AUROC, c5 indexes the kept ones
+        "mauc5_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"][:, kept_cols[c5]]))),
+        "labels_in_mauc5": [labels[j] for j in idx[c5]],
         "labels_excluded": excluded,
         "min_test_positives": int(min_positives),
         "labels_low_positive": low,
+        **({} if train_positives is None else {
+            "min_train_positives": int(min_train_positives),
+            "labels_not_estimable": [n for j, n in enumerate(labels) if not learned[j]],
+        }),
         "accuracy": jsonable(accuracy_at(y, p, m)),
         "accuracy_ci95": jsonable(ci(r["acc"])),
         "all_negative_accuracy": jsonable(all_negative_accuracy(y, m)),
@@ -313,13 +362,21 @@ def evaluate_level(
 
 
 def evaluate(
-    test: Predictions, validate: Predictions, n_bootstrap: int, seed: int, min_positives: int = 0
+    test: Predictions,
+    validate: Predictions,
+    n_bootstrap: int,
+    seed: int,
+    min_positives: int = 0,
+    train_positives: np.ndarray | None = None,
+    min_train_positives: int = 0,
 ) -> dict[str, Any]:
     """``{"image": block, "study": block}`` for the test predictions; F1 thresholds tuned on validate;
-    labels with fewer than ``min_positives`` test positives (at that level) reported apart."""
+    labels with fewer than ``min_positives`` test positives (at that level) reported apart, and with
+    ``train_positives`` those with fewer than ``min_train_positives`` training positives too."""
     out = {}
     for level in EvalLevel:
         val = validate.at_level(level)
         thresholds = tune_thresholds(val.targets, val.probs, val.mask)
-        out[level.value] = evaluate_level(test.at_level(level), thresholds, n_bootstrap, seed, level, min_positives)
+        out[level.value] = evaluate_level(test.at_level(level), thresholds, n_bootstrap, seed, level, min_positives,
+                                          train_positives, min_train_positives)
     return out

@@ -112,7 +112,7 @@ def run_pixels(
 
     def preds(split: str, probs: np.ndarray) -> Predictions:
         d = splits[split]
-        return Predictions(d.image_ids, d.study_ids, probs, d.targets, d.mask)
+        return Predictions(d.image_ids, d.study_ids, probs, d.targets, d.mask, d.labels)
 
     history, best = [], None
     for c in cfg.c_grid:

@@ -1,0 +1,54 @@
+"""DVC stage `transfer`: one encoder on one external dataset, one protocol, at every transfer label fraction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `transfer` and `finetune` (head, optimiser)")] = Path(
+        "params.yaml"
+    ),
+    dataset: Annotated[str, typer.Option(help="dataset name (nih_cxr14, chexpert, rsna_pneumonia)")] = "nih_cxr14",
+    encoder: Annotated[Path, typer.Option(help="exported encoder folder")] = Path("data/models/mae"),
+    protocol: Annotated[str, typer.Option(help="linear | finetune (LP-FT)")] = "linear",
+    prepared: Annotated[
+        Optional[Path], typer.Option(help="the dataset's prepared folder; default data/transfer/<dataset>")
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="run folder (per-fraction metrics, configs, predictions, summary.json); "
+                          "default data/transfer-runs/<dataset>/<encoder>-<protocol>"),
+    ] = None,
+) -> None:
+    """Linear probe or LP-FT of the encoder on the dataset's own labels at each `transfer.label_fractions`
+    (nested seeded samples of the training studies); labels without a training positive: not estimable."""
+    from cxrpipe.config import ConfigError, load_params, section
+    from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol
+    from cxrpipe.evaluate.transfer import TransferConfig, run_transfer
+    from cxrpipe.log import setup_logging
+
+    setup_logging()
+    choices = [p.value for p in Protocol]
+    if protocol not in choices:
+        raise typer.BadParameter(f"{protocol!r} is not one of {', '.join(choices)}", param_hint="'--protocol'")
+    try:
+        raw = load_params(params)
+        ft, cfg = section(raw, "finetune", FinetuneConfig), section(raw, "transfer", TransferConfig)
+    except ConfigError as e:
+        typer.echo(f"transfer failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    prepared = prepared or Path("data/transfer") / dataset
+    if not (prepared / "studies.csv").exists():
+        typer.echo(f"transfer failed: {prepared} is not a prepared folder (no studies.csv); run "
+                   f"`dvc repro transfer_prepare@{dataset}` or set transfer_data.{dataset}.root", err=True)
+        raise typer.Exit(1)
+    out = out or Path("data/transfer-runs") / dataset / f"{encoder.name}-{protocol}"
+    run_transfer(ft, cfg, dataset, encoder, protocol, prepared, out)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,37 @@
+"""DVC stage `transfer_compare`: paired delta candidate - reference per dataset, protocol and label fraction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `transfer`")] = Path("params.yaml"),
+    runs: Annotated[Path, typer.Option(help="folder of <dataset>/<encoder>-<protocol>/ transfer runs")] = Path(
+        "data/transfer-runs"
+    ),
+    out: Annotated[Path, typer.Option(help="metrics JSON (numbers); names go to <stem>.config.json")] = Path(
+        "data/metrics/transfer.json"
+    ),
+    report: Annotated[Path, typer.Option(help="markdown tables")] = Path("data/reports/transfer.md"),
+    prepared: Annotated[
+        Path, typer.Option(help="folder of the prepared datasets <dataset>/ (the test patients, for "
+                                "transfer.bootstrap_unit: patient)")
+    ] = Path("data/transfer"),
+) -> None:
+    """Every encoder's test mAUC per dataset x protocol x fraction, the paired delta multimodal - mae and the
+    deltas against the references (random), all on the same resampled test patients (or studies)."""
+    from cxrpipe.config import section
+    from cxrpipe.evaluate.transfer import TransferConfig
+    from cxrpipe.evaluate.transfer_report import run_transfer_compare
+    from cxrpipe.log import setup_logging
+
+    setup_logging()
+    run_transfer_compare(section(params, "transfer", TransferConfig), runs, out, report, prepared)
+
+
+if __name__ == "__main__":
+    typer.run(main)
