@@ -52,4 +52,5 @@ bench: setup
 	python benchmarks/embed_quantization.py
 
 clean-demo:
-	rm -rf data/demo data/prepared data/cache data/models data/metrics data/reports data/plots
+	rm -rf data/demo data/prepared data/cache data/models data/metrics data/reports data/plots \
+	  data/predictions data/demo-nih data/transfer data/transfer-runs

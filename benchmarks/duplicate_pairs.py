@@ -14,7 +14,6 @@ sum_g C(k_g, 2) x B (B - 1) / (N (N - 1)) pairs of one group (:func:`cxrpipe.pre
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 

@@ -64,7 +64,7 @@ def make_subset(prepared: Path, out: Path, n_studies: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (prepared / "studies.csv").open(newline="") as f:
         reader = csv.DictReader(f)
-        fields, studies = reader.fieldnames, sorted(reader, key=lambda r: int(r["study_id"]))
+        studies = sorted(reader, key=lambda r: int(r["study_id"]))
     keep = {r["study_id"] for r in studies[:n_studies]}
     for name in ("studies.csv", "images.csv"):
         with (prepared / name).open(newline="") as f, (out / name).open("w", newline="") as g:

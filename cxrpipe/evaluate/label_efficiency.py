@@ -107,7 +107,7 @@ def summarize_label_efficiency(
     writes the paired deltas (JSON), the markdown table and the plot. Refuses runs whose training studies
     differ between encoders (the comparison would not be controlled)."""
     from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
-    from cxrpipe.io import write_json_atomic, write_metrics_json, write_text_atomic
+    from cxrpipe.io import write_metrics_json, write_text_atomic
 
     runs_dir = Path(runs_dir)
     tags = [fraction_tag(f) for f in sorted(set(float(x) for x in fractions))]

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 import cxrpipe.data.mimic as mimic_mod
-import cxrpipe.data.prepare as prepare_mod
 from cxrpipe.data.mimic import study_split, subjects_in_several_splits
 from cxrpipe.data.prepare import DELAY_ENV, PARTIAL_DIR, PrepareError, run_prepare
 from tests.data.mimic_tree import write_tree

@@ -13,7 +13,7 @@ import torch
 
 from cxrpipe.config import build
 from cxrpipe.evaluate.data import labelled_splits, sample_studies
-from cxrpipe.evaluate.metrics import COMPETITION_LABELS, EvalLevel, LevelData
+from cxrpipe.evaluate.metrics import COMPETITION_LABELS, LevelData
 from cxrpipe.evaluate.retrieval import chance_at_k, hits_at_k, retrieval_both_ways
 from cxrpipe.evaluate.zeroshot import auroc_summary, pair_probabilities
 from cxrpipe.labels import CHEXPERT_LABELS, BlankPolicy, UncertainPolicy
