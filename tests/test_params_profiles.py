@@ -1,9 +1,11 @@
-"""params-mimic.yaml, the ready profile for a real MIMIC-CXR run: same keys as params.yaml, valid, ViT-B/16."""
+"""The ready profiles: params-mimic.yaml (a real MIMIC-CXR run: ViT-B/16, LLaMA-2-7b) and params-iu.yaml (IU X-ray
+pretraining, NIH transfer): the same keys as params.yaml, valid."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cxrpipe.config import section
@@ -23,17 +25,36 @@ SECTIONS = {"demo": DemoConfig, "data": DataConfig, "prepare": PrepareConfig, "t
             "demo_nih": DemoNIHConfig, "transfer_data": TransferDataConfig}
 
 
+def leaf_items(node, prefix=""):
+    if isinstance(node, dict):
+        return [kv for key, v in node.items() for kv in leaf_items(v, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), node)]
+
+
 def leaf_keys(node, prefix=""):
     if isinstance(node, dict):
         return {k for key, v in node.items() for k in leaf_keys(v, f"{prefix}{key}.")}
     return {prefix.rstrip(".")}
 
 
-def test_mimic_profile_has_exactly_the_keys_of_params_yaml():
-    """DVC needs every key a stage lists: `cp params-mimic.yaml params.yaml` must leave none out."""
+@pytest.mark.parametrize("profile", ["params-mimic.yaml", "params-iu.yaml"])
+def test_profile_has_exactly_the_keys_of_params_yaml(profile):
+    """DVC needs every key a stage lists: `cp <profile> params.yaml` must leave none out."""
     demo = yaml.safe_load((ROOT / "params.yaml").read_text())
-    mimic = yaml.safe_load((ROOT / "params-mimic.yaml").read_text())
-    assert leaf_keys(mimic) == leaf_keys(demo)
+    other = yaml.safe_load((ROOT / profile).read_text())
+    assert leaf_keys(other) == leaf_keys(demo)
+
+
+def test_iu_profile_reads_iu_xray_and_uses_its_views_everywhere():
+    """IU X-ray's views are FRONTAL / LATERAL (never AP / PA): every stage's `views` must say FRONTAL, or the
+    stages after prepare would find no image."""
+    path = ROOT / "params-iu.yaml"
+    cfg = {name: section(path, name, cls) for name, cls in SECTIONS.items()}
+    assert cfg["data"].source == "iu-xray" and cfg["data"].projections is not None
+    params = yaml.safe_load(path.read_text())
+    views = {k: v for k, v in leaf_items(params) if k.endswith("views") and not k.startswith("transfer_data.")}
+    assert views and all(v == ["FRONTAL"] or v == [] for v in views.values()), views
+    assert cfg["data"].views == ("FRONTAL",) and cfg["pretrain"].data.views == ("FRONTAL",)
 
 
 def test_mimic_profile_builds_every_section_with_vit_b16_llama2():
