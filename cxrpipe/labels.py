@@ -8,6 +8,7 @@ blank. Always index labels by name, never by column position.
 from __future__ import annotations
 
 import enum
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -66,6 +67,19 @@ def parse_raw_label(value: str | float | None) -> float:
     if v not in RAW_VALUES:
         raise ValueError(f"label value {value!r} is not one of 1, 0, -1 or blank")
     return v
+
+
+def parse_label_row(row: Mapping[str, str], names: Sequence[str]) -> tuple[tuple[float, ...], list[str]]:
+    """The raw values of columns ``names`` of one CSV row (nan for a bad cell) and the bad cells, as
+    ``"<name>='<value>'"`` strings: a row with any is the caller's to reject, naming them."""
+    values, bad = [], []
+    for name in names:
+        try:
+            values.append(parse_raw_label(row[name]))
+        except ValueError:
+            bad.append(f"{name}={row[name]!r}")
+            values.append(float("nan"))
+    return tuple(values), bad
 
 
 def targets_and_mask(

@@ -18,14 +18,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import re
 from pathlib import Path
 
 from cxrpipe.data.manifest import StudyRecord
 from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, ImageCandidate, Reject, SourceRead, iter_csv
 from cxrpipe.data.splits import carve_validate
-from cxrpipe.labels import CHEXPERT_LABELS, parse_raw_label
+from cxrpipe.labels import CHEXPERT_LABELS, parse_label_row
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +92,13 @@ def read_chexpert(cfg: CheXpertConfig) -> SourceRead:
                 continue
             study = int(m.group(1)) * 1000 + int(m.group(2))
             selected_studies.add(study)
-            values, bad = [], []
-            for name in CHEXPERT_LABELS:
-                try:
-                    values.append(parse_raw_label(r[name]))
-                except ValueError:
-                    bad.append(f"{name}={r[name]!r}")
-                    values.append(math.nan)
+            values, bad = parse_label_row(r, CHEXPERT_LABELS)
             if bad:
                 rejects.append(Reject("study", str(study), csv_name, "bad_label_value", "label value(s) outside {1, 0, -1, blank}: " + ", ".join(bad)))
                 continue
             dicom_id = f"patient{m.group(1)}_study{m.group(2)}_{m.group(3)}"
             view = r["AP/PA"].strip().upper() or UNKNOWN_VIEW
-            rows.append((dicom_id, study, int(m.group(1)), view, path, csv_name, tuple(values)))
+            rows.append((dicom_id, study, int(m.group(1)), view, path, csv_name, values))
     base, strip = image_base(root, [r[4] for r in rows])
     found = []
     for row in rows:

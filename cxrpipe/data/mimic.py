@@ -35,7 +35,7 @@ from cxrpipe.data.manifest import SPLITS, StudyRecord
 from cxrpipe.data import records
 from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, ImageCandidate, Reject, SourceRead
 from cxrpipe.data.reports import clean_report
-from cxrpipe.labels import CHEXPERT_LABELS, parse_raw_label
+from cxrpipe.labels import CHEXPERT_LABELS, parse_label_row
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +125,11 @@ def read_labels(path: str | Path, wanted: set[int] | None = None) -> tuple[dict[
         study = int(r["study_id"])
         if (wanted is not None and study not in wanted) or study in labels or study in bad:
             continue  # only the first row of a study counts
-        values, problems = [], []
-        for name in CHEXPERT_LABELS:
-            try:
-                values.append(parse_raw_label(r[name]))
-            except ValueError:
-                problems.append(f"{name}={r[name]!r}")
-                values.append(math.nan)
+        values, problems = parse_label_row(r, CHEXPERT_LABELS)
         if problems:
             bad[study] = "label value(s) outside {1, 0, -1, blank}: " + ", ".join(problems)
         else:
-            labels[study] = tuple(values)
+            labels[study] = values
     return labels, bad
 
 
