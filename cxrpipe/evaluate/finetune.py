@@ -352,6 +352,31 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return torch.sigmoid(torch.from_numpy(logits)).numpy()
 
 
+def _train_all_weights(
+    encoder: nn.Module, head: ClassifierHead, probe: "_Probe | None", ds: dict[str, Dataset],
+    splits: dict[str, LabelledImages], cfg: FinetuneConfig, to_images: Callable, eval_loader: Callable,
+    device: torch.device,
+) -> tuple[list[dict], int, np.ndarray, np.ndarray]:
+    """Protocol ``finetune``: encoder and head train together from ``head`` (the probe's, for LP-FT: its
+    validate score is "epoch 0" of the selection). Returns (history, best epoch, validate logits ``[N_val, L]``,
+    test logits ``[N_test, L]``) of the model at the best epoch."""
+    ftc = cfg.finetune
+    if ftc.freeze_input_norm and probe is None:  # statistics of the frozen train features, once
+        _set_input_norm(head, encoder, eval_loader("train"), to_images)
+    encoder.requires_grad_(True)
+    model = Classifier(encoder, head, freeze_input_norm=ftc.freeze_input_norm).to(device)
+    train = _loader(ds["train"], ftc.batch_size, True, cfg.seed, cfg.num_workers)
+    val_loader = eval_loader("validate")
+    optimizer = torch.optim.AdamW(_param_groups(model, ftc), lr=ftc.lr)
+    history, best_epoch, state, val_logits = _fit(
+        model, train, lambda: _predict(model, val_loader, to_images), splits["validate"], to_images,
+        optimizer, ftc.epochs, ftc.warmup_epochs, cfg.select_level,
+        initial_logits=probe.val_logits if probe is not None else None,
+    )
+    model.load_state_dict(state)
+    return history, best_epoch, val_logits, _predict(model, eval_loader("test"), to_images)
+
+
 def run_finetune(
     cfg: FinetuneConfig,
     encoder_dir: str | Path,
@@ -374,7 +399,6 @@ def run_finetune(
     """
     from cxrpipe.data.image_cache import ImageCache
     from cxrpipe.encoder import load_encoder
-    from cxrpipe.evaluate.plots import plot_history
 
     t0 = time.time()
     protocol = Protocol(protocol)
@@ -396,8 +420,7 @@ def run_finetune(
 
     in_dim = int(encoder.num_features)
     n_labels = len(splits["train"].labels)  # the head's width: the prepared folder's label set
-    ftc = cfg.finetune
-    lp_ft = protocol is Protocol.FINETUNE and ftc.init_head is HeadInit.LINEAR_PROBE
+    lp_ft = protocol is Protocol.FINETUNE and cfg.finetune.init_head is HeadInit.LINEAR_PROBE
     probe: _Probe | None = None
     if protocol is Protocol.LINEAR or lp_ft:
         # the linear protocol; LP-FT runs exactly it first (same seed, same steps: the same head)
@@ -410,20 +433,8 @@ def run_finetune(
         history, best_epoch, val_logits, test_logits = probe.history, probe.best_epoch, probe.val_logits, probe_test
     else:
         head = probe.head if probe is not None else ClassifierHead(in_dim, cfg.head, n_out=n_labels).to(device)
-        if ftc.freeze_input_norm and probe is None:  # statistics of the frozen train features, once
-            _set_input_norm(head, encoder, eval_loader("train"), to_images)
-        encoder.requires_grad_(True)
-        model = Classifier(encoder, head, freeze_input_norm=ftc.freeze_input_norm).to(device)
-        train = _loader(ds["train"], ftc.batch_size, True, cfg.seed, cfg.num_workers)
-        val_loader = eval_loader("validate")
-        optimizer = torch.optim.AdamW(_param_groups(model, ftc), lr=ftc.lr)
-        history, best_epoch, state, val_logits = _fit(
-            model, train, lambda: _predict(model, val_loader, to_images), splits["validate"], to_images,
-            optimizer, ftc.epochs, ftc.warmup_epochs, cfg.select_level,
-            initial_logits=probe.val_logits if probe is not None else None,
-        )
-        model.load_state_dict(state)
-        test_logits = _predict(model, eval_loader("test"), to_images)
+        history, best_epoch, val_logits, test_logits = _train_all_weights(
+            encoder, head, probe, ds, splits, cfg, to_images, eval_loader, device)
 
     def preds(split: str, logits: np.ndarray) -> Predictions:
         d = splits[split]
@@ -463,6 +474,8 @@ def run_finetune(
     )
     save_predictions(test_pred, predictions_out, encoder=variant, protocol=protocol.value)
     if plot_out is not None:
+        from cxrpipe.evaluate.plots import plot_history
+
         plot_history(history, plot_out, best_epoch, title=f"{variant}-{protocol.value}")
     s = result[cfg.select_level.value]
     log.info(
