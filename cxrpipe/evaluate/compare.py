@@ -286,6 +286,21 @@ def comparison_markdown(
         "between training seeds (see \"Training seeds\" below; `compare.extra_seeds` adds repeats).",
         "",
         *caveat_section(result, metrics, level),
+        *_mauc_markdown(protocols, first["labels_in_mauc"]),
+        *references_markdown(result),
+        *seeds_markdown(result),
+        *_accuracy_markdown(metrics, level),
+        *_per_label_markdown(metrics, level),
+        *_published_markdown(result, dataset, same),
+    ]
+    if plots_dir is not None:
+        lines += ["", f"ROC curves per label: `{Path(plots_dir)}/<label>.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def _mauc_markdown(protocols: dict[str, dict], kept: list[str]) -> list[str]:
+    """The mAUC and 5-label mAUC tables, multimodal vs mae per protocol, and which labels are in the mean."""
+    lines = [
         "## mAUC",
         "",
         "| protocol | mae mAUC [95% CI] | multimodal mAUC [95% CI] | delta mAUC [95% CI] | p | reading |",
@@ -312,16 +327,18 @@ def comparison_markdown(
             f"{_ci(r['multimodal'].get('mauc5'), r['multimodal'].get('mauc5_ci95'))} | "
             f"{_ci(r.get('delta_mauc5'), r.get('delta5_ci95'), 4)} | {_f(r.get('p_value5'), 4)} |"
         )
-    kept = first["labels_in_mauc"]
     left = [n for n in CHEXPERT_LABELS if n not in kept]
-    lines += [
+    return lines + [
         "",
         f"mAUC is the macro mean over the {len(kept)} labels with both classes among the valid test entries"
         " and enough test positives"
         + (f"; left out (one class only, or too few positives: see Caveats): {', '.join(left)}." if left else "."),
         "",
-        *references_markdown(result),
-        *seeds_markdown(result),
+    ]
+
+
+def _accuracy_markdown(metrics: dict[str, dict], level: str) -> list[str]:
+    lines = [
         "## Accuracy beside the all-negative classifier",
         "",
         "Accuracy at 0.5 over every valid (unit, label) entry; the all-negative accuracy predicts 0 on exactly "
@@ -336,8 +353,12 @@ def comparison_markdown(
             f"| {name} | {_ci(b['accuracy'], b['accuracy_ci95'])} | {_f(b['all_negative_accuracy'])} | "
             f"{_ci(b['macro_f1'], b['macro_f1_ci95'])} | {_ci(b['mean_auprc'], b['mean_auprc_ci95'])} |"
         )
+    return lines
+
+
+def _per_label_markdown(metrics: dict[str, dict], level: str) -> list[str]:
     names = list(metrics)
-    lines += [
+    lines = [
         "",
         f"## Per-label AUROC [95% CI] (test, {level} level)",
         "",
@@ -355,7 +376,12 @@ def comparison_markdown(
         lines.append(f"| {label} | {pl0['n_pos']} / {pl0['n_pos'] + pl0['n_neg']} | " + " | ".join(cells) + " |")
     if any(pl.get("low_positive") for pl in per_label[names[0]].values()):
         lines += ["", "† too few test positives (`finetune.min_test_positives`): reported apart, not in mAUC."]
-    lines += [
+    return lines
+
+
+def _published_markdown(result: dict[str, Any], dataset: str, same: bool) -> list[str]:
+    """The report's numbers beside this run's linear probes, with whether the datasets are comparable."""
+    lines = [
         "",
         "## The report's published numbers, for reference only",
         "",
@@ -384,12 +410,9 @@ def comparison_markdown(
             f"**Different dataset**: the report's numbers are on MIMIC-CXR; this run is on {dataset}. "
             "They are quoted for reference and are not comparable with the numbers above."
         )
-    lines += [
+    return lines + [
         "The report gave no intervals and no test, and its accuracies are at or below what predicting "
         "\"negative\" for every label scores on MIMIC-CXR (~0.87, mean positive rate 12.8%).",
     ]
-    if plots_dir is not None:
-        lines += ["", f"ROC curves per label: `{Path(plots_dir)}/<label>.png`."]
-    return "\n".join(lines) + "\n"
 
 
