@@ -236,30 +236,11 @@ def subjects_in_several_splits(studies: Sequence[StudyRecord]) -> dict[int, list
     return {subj: sorted(v) for subj, v in sorted(splits.items()) if len(v) > 1}
 
 
-def read_mimic(
-    root: str | Path,
-    reports: str | Path,
-    *,
-    source: str = "mimic-cxr-jpg",
-    tables: str | Path | None = None,
-    labeler: str = "chexpert",
-    views: Sequence[str] = ("AP", "PA"),
-    sections: Sequence[str] = ("findings", "impression"),
-) -> MimicRead:
-    """Read a MIMIC-CXR(-JPG) tree (see the module doc for what is read and what is dropped)."""
-    root = Path(root)
-    if source not in IMAGE_EXT:
-        raise MimicFormatError(f"read_mimic: source {source!r} is not one of {sorted(IMAGE_EXT)}")
-    if labeler not in ("chexpert", "negbio"):
-        raise MimicFormatError(f"read_mimic: labeler {labeler!r} is not chexpert or negbio")
-    tables_param = "data.tables" if tables is not None else "data.root"
-    tables = Path(tables) if tables is not None else root
-    check_layout(root, tables, tables_param)
-    ext = IMAGE_EXT[source]
+def _select_images(root: Path, tables: Path, ext: str, wanted_views: set[str], rejects: list[Reject],
+                   counts: dict) -> dict[int, list[ImageCandidate]]:
+    """The metadata pass: every image of a wanted view with a split and a file -> candidates per study;
+    each drop a Reject, each count into ``counts``."""
     other_ext = "dcm" if ext == "jpg" else "jpg"
-    wanted_views = {v.upper() for v in views}
-    rejects: list[Reject] = []
-    counts: dict = {"metadata_rows": 0, "duplicate_metadata_rows": 0}
 
     split_of: dict[str, str] = {}
     for r in iter_csv(find_table(tables, "split"), ("dicom_id", "split")):
@@ -312,8 +293,14 @@ def read_mimic(
     counts["selected_images"] = n_selected
     counts["studies_in_metadata"] = len(studies_in_metadata)
     counts["studies_selected"] = len(selected_study_paths)  # with >= 1 image of a wanted view
-    label_path = find_table(tables, labeler)
-    labels, bad_labels = read_labels(label_path, wanted=set(by_study))
+    return by_study
+
+
+def _join_reports(by_study: dict[int, list[ImageCandidate]], reports: str | Path, sections: Sequence[str],
+                  labels: dict, bad_labels: dict, label_path: Path, rejects: list[Reject], counts: dict,
+                  ) -> tuple[dict[int, StudyRecord], list[ImageCandidate], collections.Counter]:
+    """The reports pass: each study with candidates gets its cleaned report and labels (or a Reject); the
+    study split rule applied. Returns (studies, their images, which sections the texts used)."""
     sections_used: collections.Counter = collections.Counter()
     studies: dict[int, StudyRecord] = {}
     images: list[ImageCandidate] = []
@@ -350,6 +337,36 @@ def read_mimic(
                 has_labels=has_labels,
             )
             images.extend(cands)
+    return studies, images, sections_used
+
+
+def read_mimic(
+    root: str | Path,
+    reports: str | Path,
+    *,
+    source: str = "mimic-cxr-jpg",
+    tables: str | Path | None = None,
+    labeler: str = "chexpert",
+    views: Sequence[str] = ("AP", "PA"),
+    sections: Sequence[str] = ("findings", "impression"),
+) -> MimicRead:
+    """Read a MIMIC-CXR(-JPG) tree (see the module doc for what is read and what is dropped)."""
+    root = Path(root)
+    if source not in IMAGE_EXT:
+        raise MimicFormatError(f"read_mimic: source {source!r} is not one of {sorted(IMAGE_EXT)}")
+    if labeler not in ("chexpert", "negbio"):
+        raise MimicFormatError(f"read_mimic: labeler {labeler!r} is not chexpert or negbio")
+    tables_param = "data.tables" if tables is not None else "data.root"
+    tables = Path(tables) if tables is not None else root
+    check_layout(root, tables, tables_param)
+    wanted_views = {v.upper() for v in views}
+    rejects: list[Reject] = []
+    counts: dict = {"metadata_rows": 0, "duplicate_metadata_rows": 0}
+    by_study = _select_images(root, tables, IMAGE_EXT[source], wanted_views, rejects, counts)
+    label_path = find_table(tables, labeler)
+    labels, bad_labels = read_labels(label_path, wanted=set(by_study))
+    studies, images, sections_used = _join_reports(by_study, reports, sections, labels, bad_labels, label_path,
+                                                   rejects, counts)
     n_missing = sum(r.reason == "missing_report" for r in rejects)
     if by_study and n_missing == len(by_study):  # not a data loss: the wrong reports source
         raise MimicFormatError(
@@ -359,7 +376,7 @@ def read_mimic(
     counts["sections_used"] = dict(sorted(sections_used.items()))
     log.info(
         "read %d metadata rows: %d images selected (views %s), %d candidates in %d studies, %d rejects",
-        counts["metadata_rows"], n_selected, sorted(wanted_views) or "all", len(images), len(studies), len(rejects),
+        counts["metadata_rows"], counts["selected_images"], sorted(wanted_views) or "all", len(images), len(studies), len(rejects),
     )
     return MimicRead(images=images, studies=studies, rejects=rejects, counts=counts)
 
