@@ -250,6 +250,64 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+def _replicates(test: LevelData, thresholds: np.ndarray, idx: np.ndarray, n_bootstrap: int, seed: int,
+                ) -> dict[str, np.ndarray]:
+    """Bootstrap replicates over test groups: ``auroc``/``auprc``/``f1`` ``[B, K]`` for the labels ``idx``
+    (those with an AUROC), ``acc``/``neg`` ``[B]`` (micro accuracy, all-negative accuracy)."""
+    y, p, m = test.targets, test.probs, test.mask
+    correct = ((p >= 0.5) == (y > 0.5)) & m
+    negative = (y <= 0.5) & m
+    n_valid = m.sum(axis=1).astype(np.float64)
+    reps: dict[str, list[np.ndarray]] = {k: [] for k in ("auroc", "auprc", "f1", "acc", "neg")}
+    for w in bootstrap.resample_weights(test.groups, n_bootstrap, seed):
+        reps["auroc"].append(bootstrap.auroc_matrix(y, p, m, idx, w))
+        ap = np.empty((w.shape[0], idx.size))
+        f1r = np.empty((w.shape[0], idx.size))
+        for k, j in enumerate(idx):
+            mj = m[:, j]
+            yj = y[mj, j] > 0.5
+            ap[:, k] = bootstrap.weighted_average_precision(p[mj, j], yj, w[:, mj])
+            f1r[:, k] = bootstrap.weighted_f1(p[mj, j] >= thresholds[j], yj, w[:, mj])
+        reps["auprc"].append(ap)
+        reps["f1"].append(f1r)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps["acc"].append(w @ correct.sum(axis=1) / (w @ n_valid))
+            reps["neg"].append(w @ negative.sum(axis=1) / (w @ n_valid))
+    return {k: np.concatenate(v) for k, v in reps.items()}
+
+
+def _per_label(test: LevelData, thresholds: np.ndarray, auc: np.ndarray, auprc: np.ndarray, f1: np.ndarray,
+               idx: np.ndarray, kept_idx: np.ndarray, r: dict[str, np.ndarray],
+               train_positives: np.ndarray | None, learned: np.ndarray) -> list[dict[str, Any]]:
+    """One entry per label: counts, whether it is in the means, AUROC / AUPRC / F1 with their intervals."""
+    y, m, ci = test.targets, test.mask, bootstrap.percentile_ci
+    per_label = []
+    for j, name in enumerate(test.labels):
+        k = np.searchsorted(idx, j)
+        has_auc = k < idx.size and idx[k] == j
+        in_mauc = bool(has_auc and j in kept_idx)
+        per_label.append(
+            {
+                "label": name,
+                "n_pos": int(((y[:, j] > 0.5) & m[:, j]).sum()),
+                "n_neg": int(((y[:, j] <= 0.5) & m[:, j]).sum()),
+                **({} if train_positives is None else {"n_train_pos": int(train_positives[j]),
+                                                       "not_estimable": bool(not learned[j])}),
+                "in_mauc": in_mauc,
+                # fewer than min_positives test positives (or, with train_positives, too few to learn from)
+                "low_positive": bool(has_auc and not in_mauc),
+                "auroc": jsonable(auc[j]),
+                "auroc_ci95": jsonable(ci(r["auroc"][:, k])) if has_auc else None,
+                "auprc": jsonable(auprc[j]),
+                "auprc_ci95": jsonable(ci(r["auprc"][:, k])) if has_auc else None,
+                "threshold": float(thresholds[j]),
+                "f1": jsonable(f1[j]),
+                "f1_ci95": jsonable(ci(r["f1"][:, k])) if has_auc else None,
+            }
+        )
+    return per_label
+
+
 def evaluate_level(
     test: LevelData,
     thresholds: np.ndarray,
@@ -279,51 +337,9 @@ def evaluate_level(
         mauc = float(auc[kept_idx].mean()) if kept_idx.size else float("nan")
     idx = np.flatnonzero(~np.isnan(auc))  # every label with an AUROC gets an interval, kept or reported apart
     kept_cols = np.searchsorted(idx, kept_idx)  # columns of the replicates that enter the means
-    # bootstrap: [B, K] per-label replicates of the labels with an AUROC, [B] for the micro accuracies
-    correct = ((p >= 0.5) == (y > 0.5)) & m
-    negative = (y <= 0.5) & m
-    n_valid = m.sum(axis=1).astype(np.float64)
-    reps: dict[str, list[np.ndarray]] = {k: [] for k in ("auroc", "auprc", "f1", "acc", "neg")}
-    for w in bootstrap.resample_weights(test.groups, n_bootstrap, seed):
-        reps["auroc"].append(bootstrap.auroc_matrix(y, p, m, idx, w))
-        ap = np.empty((w.shape[0], idx.size))
-        f1r = np.empty((w.shape[0], idx.size))
-        for k, j in enumerate(idx):
-            mj = m[:, j]
-            yj = y[mj, j] > 0.5
-            ap[:, k] = bootstrap.weighted_average_precision(p[mj, j], yj, w[:, mj])
-            f1r[:, k] = bootstrap.weighted_f1(p[mj, j] >= thresholds[j], yj, w[:, mj])
-        reps["auprc"].append(ap)
-        reps["f1"].append(f1r)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            reps["acc"].append(w @ correct.sum(axis=1) / (w @ n_valid))
-            reps["neg"].append(w @ negative.sum(axis=1) / (w @ n_valid))
-    r = {k: np.concatenate(v) for k, v in reps.items()}
+    r = _replicates(test, thresholds, idx, n_bootstrap, seed)
     ci = bootstrap.percentile_ci
-    per_label = []
-    for j, name in enumerate(labels):
-        k = np.searchsorted(idx, j)
-        has_auc = k < idx.size and idx[k] == j
-        in_mauc = bool(has_auc and j in kept_idx)
-        per_label.append(
-            {
-                "label": name,
-                "n_pos": int(((y[:, j] > 0.5) & m[:, j]).sum()),
-                "n_neg": int(((y[:, j] <= 0.5) & m[:, j]).sum()),
-                **({} if train_positives is None else {"n_train_pos": int(train_positives[j]),
-                                                       "not_estimable": bool(not learned[j])}),
-                "in_mauc": in_mauc,
-                # fewer than min_positives test positives (or, with train_positives, too few to learn from)
-                "low_positive": bool(has_auc and not in_mauc),
-                "auroc": jsonable(auc[j]),
-                "auroc_ci95": jsonable(ci(r["auroc"][:, k])) if has_auc else None,
-                "auprc": jsonable(auprc[j]),
-                "auprc_ci95": jsonable(ci(r["auprc"][:, k])) if has_auc else None,
-                "threshold": float(thresholds[j]),
-                "f1": jsonable(f1[j]),
-                "f1_ci95": jsonable(ci(r["f1"][:, k])) if has_auc else None,
-            }
-        )
+    per_label = _per_label(test, thresholds, auc, auprc, f1, idx, kept_idx, r, train_positives, learned)
     n_studies = int(np.unique(test.study_ids).size)
     excluded = [n for j, n in enumerate(labels) if j not in set(idx.tolist())]  # one class only
     low = [n for j, n in enumerate(labels) if j in set(idx.tolist()) - set(kept_idx.tolist())]
