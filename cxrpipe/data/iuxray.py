@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
+from cxrpipe.data.records import DatasetFormatError, iter_csv
 from cxrpipe.labels import CHEXPERT_LABELS
 
 IU_SECTIONS = ("comparison", "indication", "findings", "impression")  # AbstractText labels, XML order
@@ -173,7 +174,7 @@ def _xml_members(path: Path) -> Iterator[tuple[str, bytes]]:
                     f = tar.extractfile(m)
                     members.append((m.name, f.read() if f is not None else b""))
     except tarfile.TarError as e:
-        raise IUReportError(f"{path}: not a tar archive of XML reports ({e}); expected NLMCXR_reports.tgz "
+        raise DatasetFormatError(f"{path}: not a tar archive of XML reports ({e}); expected NLMCXR_reports.tgz "
                             "(ecgen-radiology/<n>.xml) or its extracted folder") from None
     yield from sorted(members, key=lambda nb: _natural_key(nb[0]))
 
@@ -223,26 +224,20 @@ def index_png_source(root: Path) -> tuple[dict[str, str], Path | None]:
     if root.is_dir():
         return {image_key(p.name): str(p.relative_to(root)) for p in sorted(root.rglob("*.png"))}, None
     if not root.is_file():
-        raise FileNotFoundError(f"data.root = {root}: no such folder or file; {IU_LAYOUT}")
+        raise DatasetFormatError(f"data.root = {root}: no such folder or file; {IU_LAYOUT}")
     try:
         with tarfile.open(root, "r:*") as tar:
             return {image_key(m.name): m.name for m in tar if m.isfile() and m.name.lower().endswith(".png")}, root
     except tarfile.TarError as e:
-        raise FileNotFoundError(f"data.root = {root}: not a tar archive ({e}); {IU_LAYOUT}") from None
+        raise DatasetFormatError(f"data.root = {root}: not a tar archive ({e}); {IU_LAYOUT}") from None
 
 
 def read_projections(path: Path) -> dict[str, str]:
     """indiana_projections.csv -> ``{parentImage id: FRONTAL | LATERAL}``."""
-    import csv
-
     if not path.is_file():
-        raise FileNotFoundError(f"data.projections = {path}: no such file (CSV uid, filename, projection)")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in PROJECTIONS_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"data.projections = {path}: missing column(s) {missing}; header is {reader.fieldnames}")
-        return {image_key(r["filename"].strip()): r["projection"].strip().upper() for r in reader}
+        raise DatasetFormatError(f"data.projections = {path}: no such file (CSV uid, filename, projection)")
+    rows = iter_csv(path, PROJECTIONS_COLUMNS, param="data.projections")
+    return {image_key(r["filename"].strip()): r["projection"].strip().upper() for r in rows}
 
 
 def label_coverage(label_rows: list[tuple[float, ...]]) -> dict:
@@ -296,6 +291,8 @@ def read_iu_xray(cfg):
 
     fractions = check_fractions(cfg.split_fractions, "data.split_fractions")
     reports, root = Path(cfg.reports), Path(cfg.root)
+    if not reports.exists():
+        raise DatasetFormatError(f"data.reports = {reports}: no such file or folder; {IU_LAYOUT}")
     files, tar = index_png_source(root)
     views_of = read_projections(Path(cfg.projections)) if cfg.projections else {}
     view_rule = VIEW_RULE_TABLE.format(name=Path(cfg.projections).name) if cfg.projections else VIEW_RULE_NONE

@@ -60,7 +60,7 @@ from cxrpipe.data.image_cache import ImageCacheWriter
 from cxrpipe.data.images import decode_chunk, decode_task
 from cxrpipe.data.manifest import IMAGES_CSV, SPLITS, STUDIES_CSV, ImageRecord, StudyRecord, write_manifest
 from cxrpipe.data.mimic import STUDY_SPLIT_RULE, subjects_in_several_splits
-from cxrpipe.data.records import ImageCandidate, Reject, SourceRead
+from cxrpipe.data.records import DatasetFormatError, ImageCandidate, Reject, SourceRead
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def run_prepare(data_cfg: DataConfig, prep_cfg: PrepareConfig, out_dir: str | Pa
         raise PrepareError(f"data.source {data_cfg.source!r} is a transfer set: use `cxrpipe transfer-prepare`")
     try:
         read = spec.read(data_cfg)
-    except (FileNotFoundError, ValueError) as e:  # the IU reader's layout errors: one line, not a traceback
+    except DatasetFormatError as e:  # a reader's layout error: one line, not a traceback
         raise PrepareError(str(e)) from None
     target = Target(data_cfg.source, Path(data_cfg.root), str(data_cfg.reports), spec.labels,
                     {"data": data_cfg, "prepare": prep_cfg})

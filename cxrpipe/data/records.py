@@ -24,16 +24,18 @@ class DatasetFormatError(RuntimeError):
     """A dataset's files are absent or not shaped as the dataset ships them (one line: what, where, expected)."""
 
 
-def iter_csv(path: str | Path, required: Sequence[str],
-             error: type[DatasetFormatError] = DatasetFormatError) -> Iterator[dict[str, str]]:
-    """Rows of a gzipped or plain CSV as dicts; the header must hold ``required`` (else ``error``)."""
+def iter_csv(path: str | Path, required: Sequence[str], error: type[DatasetFormatError] = DatasetFormatError,
+             param: str = "") -> Iterator[dict[str, str]]:
+    """Rows of a gzipped or plain CSV as dicts; the header must hold ``required`` (else ``error``, naming
+    ``param``, the params key the path came from, when given)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise error(f"{path}: missing column(s) {missing}; header is {reader.fieldnames}")
+            where = f"{param} = {path}" if param else str(path)
+            raise error(f"{where}: missing column(s) {missing}; header is {reader.fieldnames}")
         yield from reader
 
 

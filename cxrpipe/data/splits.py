@@ -12,14 +12,15 @@ from typing import Hashable, Iterable, Sequence
 
 import numpy as np
 
+from cxrpipe.config import ConfigError
 from cxrpipe.data.manifest import SPLITS
 
 
 def check_fractions(fractions: Sequence[float], where: str) -> tuple[float, float, float]:
-    """Three non-negative fractions summing to 1 (train, validate, test); ValueError naming ``where``."""
+    """Three non-negative fractions summing to 1 (train, validate, test); ConfigError naming ``where``."""
     f = tuple(float(x) for x in fractions)
     if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1.0) > 1e-6:
-        raise ValueError(f"{where} must be 3 non-negative fractions (train, validate, test) summing to 1, got {list(f)}")
+        raise ConfigError(f"{where} must be 3 non-negative fractions (train, validate, test) summing to 1, got {list(f)}")
     return f  # type: ignore[return-value]
 
 
@@ -38,6 +39,6 @@ def seeded_split(groups: Iterable[Hashable], fractions: Sequence[float], seed: i
 def carve_validate(train_groups: Iterable[Hashable], fraction: float, seed: int) -> set:
     """The groups of an official train(+val) split that become ``validate``: a seeded ``fraction`` of them."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validate_fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(f"validate_fraction must be in [0, 1), got {fraction}")
     split = seeded_split(train_groups, (1.0 - fraction, fraction, 0.0), seed)
     return {g for g, s in split.items() if s == "validate"}

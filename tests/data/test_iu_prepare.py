@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrpipe.config import ConfigError
 from cxrpipe.data.iuxray import image_key, summarize_iu_reports
 from cxrpipe.data.manifest import read_images, read_label_names, read_studies
 from cxrpipe.data.prepare import DataConfig, PrepareConfig, PrepareError, run_prepare
@@ -119,10 +120,14 @@ def test_iu_bad_input_listed_counted_and_past_the_limit_fails(tmp_path):
         run_prepare(cfg, PrepareConfig(image_size=16, workers=0, max_reject_fraction=0.1), tmp_path / "out2")
     bad = tmp_path / "bad.csv"
     bad.write_text("uid,file,view\n1,a.png,Frontal\n")
-    with pytest.raises(PrepareError, match=r"missing column\(s\) \['filename', 'projection'\]"):
+    with pytest.raises(PrepareError, match=r"data.projections = .*: missing column\(s\) \['filename', 'projection'\]"):
         run_prepare(DataConfig(**{**cfg.__dict__, "projections": bad}), PREP, tmp_path / "out3")
     with pytest.raises(PrepareError, match="no such folder or file"):
         run_prepare(DataConfig(**{**cfg.__dict__, "root": tmp_path / "nope"}), PREP, tmp_path / "out4")
+    with pytest.raises(PrepareError, match=r"data.reports = .*nope.tgz: no such file or folder; expected IU"):
+        run_prepare(DataConfig(**{**cfg.__dict__, "reports": tmp_path / "nope.tgz"}), PREP, tmp_path / "out5")
+    with pytest.raises(ConfigError, match="data.split_fractions must be 3"):  # a params error, named as such
+        run_prepare(DataConfig(**{**cfg.__dict__, "split_fractions": (0.5, 0.5, 0.5)}), PREP, tmp_path / "out6")
 
 
 def test_real_iu_reports_counts_and_mesh_coverage(shared_data):
