@@ -30,6 +30,9 @@ CHEXPERT_LABELS: tuple[str, ...] = (
     "Support Devices",
 )
 N_LABELS = len(CHEXPERT_LABELS)
+# The CheXpert competition's 5 labels (Irvin et al. 2019): the mAUC that CheXpert, GLoRIA, MGCA and most peers
+# report beside the 14 (``mauc5``: their macro mean over those with both classes in the test set).
+COMPETITION_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
 RAW_VALUES = (1.0, 0.0, -1.0)  # plus blank (nan)
 

@@ -28,7 +28,6 @@ from cxrpipe.labels import CHEXPERT_LABELS, parse_label_row
 
 log = logging.getLogger(__name__)
 
-COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 CSV_COLUMNS = ("Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS)
 LAYOUT = (
     "expected CheXpert layout: <root>/train.csv and <root>/valid.csv (columns Path, Frontal/Lateral, AP/PA and "

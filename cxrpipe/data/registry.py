@@ -15,7 +15,7 @@ from typing import Callable
 
 from cxrpipe.data import chexpert, iuxray, mimic, nih, rsna
 from cxrpipe.data.records import SourceRead
-from cxrpipe.labels import CHEXPERT_LABELS
+from cxrpipe.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 
 class Role(str, enum.Enum):
@@ -49,7 +49,7 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
                 "seeded split by report uid (data.split_fractions, data.split_seed)", iuxray.read_iu_xray),
     DatasetSpec("nih_cxr14", "NIH ChestX-ray14", Role.TRANSFER, nih.NIH_LABELS, (), nih.LAYOUT, nih.SPLIT_RULE,
                 nih.read_nih, nih.NIHConfig),
-    DatasetSpec("chexpert", "CheXpert", Role.TRANSFER, CHEXPERT_LABELS, chexpert.COMPETITION_LABELS,
+    DatasetSpec("chexpert", "CheXpert", Role.TRANSFER, CHEXPERT_LABELS, COMPETITION_LABELS,
                 chexpert.LAYOUT, chexpert.SPLIT_RULE, chexpert.read_chexpert, chexpert.CheXpertConfig),
     DatasetSpec("rsna_pneumonia", "RSNA Pneumonia", Role.TRANSFER, rsna.RSNA_LABELS, (), rsna.LAYOUT,
                 "seeded split by patient (split_fractions, seed), or split_file", rsna.read_rsna, rsna.RSNAConfig),

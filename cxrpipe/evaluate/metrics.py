@@ -42,12 +42,8 @@ from sklearn.metrics import (
 )
 
 from cxrpipe.evaluate import bootstrap
-from cxrpipe.labels import CHEXPERT_LABELS
+from cxrpipe.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
-
-# The CheXpert competition's 5 labels (Irvin et al. 2019): the mAUC that CheXpert, GLoRIA, MGCA and most
-# peers report. ``mauc5`` is their macro mean over those of them with both classes in the test set.
-COMPETITION_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
 
 def competition_labels_of(labels: Sequence[str]) -> tuple[str, ...]:
