@@ -45,7 +45,6 @@ from cxrpipe.evaluate import bootstrap
 from cxrpipe.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 
-
 def competition_labels_of(labels: Sequence[str]) -> tuple[str, ...]:
     """The competition labels a label set reports ``mauc5`` on: all 5 when every one of them is in ``labels``
     (the 14 CheXpert labels: MIMIC-CXR, CheXpert, IU X-ray), else none (NIH ChestX-ray14 names 4 of them, one
