@@ -34,7 +34,9 @@ from torch.utils.data import DataLoader
 
 from cxrpipe import provenance
 from cxrpipe.config import to_dict
+from cxrpipe.encoder import normalize
 from cxrpipe.io import write_json_atomic
+from cxrpipe.pretrain.batch_augment import augment_batch
 from cxrpipe.pretrain.data import EpochBatches, PairDataset, PretrainDataConfig, collate, find_pairs, sample_seed
 from cxrpipe.pretrain.data import batch_duplicate_pairs
 from cxrpipe.pretrain.losses import LossConfig
@@ -226,9 +228,6 @@ def device_batch(run: TrainRun, batch: dict[str, torch.Tensor], epoch: int) -> t
     """The batch's images on the device, ready for the model. ``augment_on: device``: the dataset sent them
     in [0, 1] unaugmented; each sample gets the very draws the loader would have used (its seed from
     ``(seed, epoch, index)``), applied in one ``grid_sample`` over the batch, then normalised."""
-    from cxrpipe.encoder import normalize
-    from cxrpipe.pretrain.batch_augment import augment_batch
-
     images = batch["images"].to(run.accelerator.device, non_blocking=True)
     data = run.cfg.data
     if data.augment_on == "device":
