@@ -31,6 +31,7 @@ from cxrpipe.evaluate.metrics import EvalLevel, Predictions, jsonable, load_pred
 from cxrpipe.evaluate.summaries import (
     PIXELS,
     RANDOM,
+    fmt_ci,
     paired_runner,
     references_markdown,
     references_summary,
@@ -235,14 +236,6 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _ci(x: float | None, ci: list | None, digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    if not ci or ci[0] is None:
-        return _f(x, digits)
-    return f"{x:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
 def _verdict(lo: float | None, hi: float | None) -> str:
     if lo is None or hi is None:
         return "undefined"
@@ -309,9 +302,9 @@ def _mauc_markdown(protocols: dict[str, dict], kept: list[str]) -> list[str]:
     for protocol, r in protocols.items():
         lo, hi = r["delta_ci95"]
         lines.append(
-            f"| {protocol} | {_ci(r['mae']['mauc'], r['mae']['mauc_ci95'])} | "
-            f"{_ci(r['multimodal']['mauc'], r['multimodal']['mauc_ci95'])} | "
-            f"{_ci(r['delta_mauc'], r['delta_ci95'], 4)} | {_f(r['p_value'], 4)} | {_verdict(lo, hi)} |"
+            f"| {protocol} | {fmt_ci(r['mae']['mauc'], r['mae']['mauc_ci95'])} | "
+            f"{fmt_ci(r['multimodal']['mauc'], r['multimodal']['mauc_ci95'])} | "
+            f"{fmt_ci(r['delta_mauc'], r['delta_ci95'], 4)} | {_f(r['p_value'], 4)} | {_verdict(lo, hi)} |"
         )
     lines += [
         "",
@@ -323,9 +316,9 @@ def _mauc_markdown(protocols: dict[str, dict], kept: list[str]) -> list[str]:
     ]
     for protocol, r in protocols.items():
         lines.append(
-            f"| {protocol} | {_ci(r['mae'].get('mauc5'), r['mae'].get('mauc5_ci95'))} | "
-            f"{_ci(r['multimodal'].get('mauc5'), r['multimodal'].get('mauc5_ci95'))} | "
-            f"{_ci(r.get('delta_mauc5'), r.get('delta5_ci95'), 4)} | {_f(r.get('p_value5'), 4)} |"
+            f"| {protocol} | {fmt_ci(r['mae'].get('mauc5'), r['mae'].get('mauc5_ci95'))} | "
+            f"{fmt_ci(r['multimodal'].get('mauc5'), r['multimodal'].get('mauc5_ci95'))} | "
+            f"{fmt_ci(r.get('delta_mauc5'), r.get('delta5_ci95'), 4)} | {_f(r.get('p_value5'), 4)} |"
         )
     left = [n for n in CHEXPERT_LABELS if n not in kept]
     return lines + [
@@ -350,8 +343,8 @@ def _accuracy_markdown(metrics: dict[str, dict], level: str) -> list[str]:
     for name, m in metrics.items():
         b = m[level]
         lines.append(
-            f"| {name} | {_ci(b['accuracy'], b['accuracy_ci95'])} | {_f(b['all_negative_accuracy'])} | "
-            f"{_ci(b['macro_f1'], b['macro_f1_ci95'])} | {_ci(b['mean_auprc'], b['mean_auprc_ci95'])} |"
+            f"| {name} | {fmt_ci(b['accuracy'], b['accuracy_ci95'])} | {_f(b['all_negative_accuracy'])} | "
+            f"{fmt_ci(b['macro_f1'], b['macro_f1_ci95'])} | {fmt_ci(b['mean_auprc'], b['mean_auprc_ci95'])} |"
         )
     return lines
 
@@ -370,7 +363,7 @@ def _per_label_markdown(metrics: dict[str, dict], level: str) -> list[str]:
         cells = []
         for name in names:
             pl = per_label[name][label]
-            cells.append(_ci(pl["auroc"], pl["auroc_ci95"]) + (" †" if pl.get("low_positive") else "")
+            cells.append(fmt_ci(pl["auroc"], pl["auroc_ci95"]) + (" †" if pl.get("low_positive") else "")
                          if pl["in_mauc"] or pl.get("low_positive") else "n/a (one class)")
         pl0 = per_label[names[0]][label]
         lines.append(f"| {label} | {pl0['n_pos']} / {pl0['n_pos'] + pl0['n_neg']} | " + " | ".join(cells) + " |")
@@ -396,7 +389,7 @@ def _published_markdown(result: dict[str, Any], dataset: str, same: bool) -> lis
         r = result["linear"]
         for enc in ("mae", "multimodal"):
             lines.append(
-                f"| this run: {enc}-linear | {_ci(r[enc]['mauc'], r[enc]['mauc_ci95'])} | "
+                f"| this run: {enc}-linear | {fmt_ci(r[enc]['mauc'], r[enc]['mauc_ci95'])} | "
                 f"{_f(r[enc]['accuracy'])} | {_f(r[enc]['all_negative_accuracy'])} |"
             )
     lines += [""]

@@ -25,6 +25,7 @@ import numpy as np
 
 from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol
 from cxrpipe.evaluate.metrics import EvalLevel, jsonable, load_predictions
+from cxrpipe.evaluate.summaries import fmt_ci
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,6 @@ def summarize_label_efficiency(
     return result
 
 
-def _ci(x: Any, ci: Any, digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    if not ci or ci[0] is None:
-        return f"{x:.{digits}f}"
-    return f"{x:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
 def _table(result: dict[str, Any], tags: Sequence[str]) -> str:
     enc = list(result["encoders"])
     lines = [
@@ -169,9 +162,9 @@ def _table(result: dict[str, Any], tags: Sequence[str]) -> str:
         if first is None:
             continue
         d = result["delta"].get(tag, {})
-        cells = [_ci(r[tag]["mauc"], r[tag]["mauc_ci95"]) if tag in r else "n/a" for r in result["encoders"].values()]
+        cells = [fmt_ci(r[tag]["mauc"], r[tag]["mauc_ci95"]) if tag in r else "n/a" for r in result["encoders"].values()]
         lines.append(f"| {first['label_fraction']:g} | {first['n_train_studies']} | " + " | ".join(cells)
-                     + f" | {_ci(d.get('delta_mauc'), d.get('delta_ci95'), 4)} | "
+                     + f" | {fmt_ci(d.get('delta_mauc'), d.get('delta_ci95'), 4)} | "
                      + (f"{d['p_value']:.4f}" if d.get("p_value") is not None else "n/a") + " |")
     return "\n".join(lines) + "\n"
 

@@ -141,12 +141,15 @@ def seeds_summary(
 # ---------------------------------------------------------------- markdown
 
 
-def _ci(x: float | None, ci: list | None, digits: int = 3) -> str:
+def fmt_ci(x: float | None, ci: list | None, digits: int = 3, sign: bool = False) -> str:
+    """``0.657 [0.610, 0.700]`` for the markdown reports (``sign``: ``+0.038 [+0.006, +0.071]``); ``n/a`` for
+    None, the value alone when there is no interval."""
     if x is None:
         return "n/a"
+    fmt = f"+.{digits}f" if sign else f".{digits}f"
     if not ci or ci[0] is None:
-        return f"{x:.{digits}f}"
-    return f"{x:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+        return format(x, fmt)
+    return f"{format(x, fmt)} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
 
 
 def _delta_cell(d: dict[str, Any] | None) -> str:
@@ -177,8 +180,8 @@ def references_markdown(result: dict[str, Any]) -> list[str]:
     ]
     for protocol in protocols:
         r, main = refs[protocol], result.get(protocol, {})
-        cell = lambda k: _ci(r[k]["mauc"], r[k]["mauc_ci95"]) if k in r else "n/a"  # noqa: E731
-        enc = lambda k: _ci(main[k]["mauc"], main[k]["mauc_ci95"]) if k in main else "n/a"  # noqa: E731
+        cell = lambda k: fmt_ci(r[k]["mauc"], r[k]["mauc_ci95"]) if k in r else "n/a"  # noqa: E731
+        enc = lambda k: fmt_ci(main[k]["mauc"], main[k]["mauc_ci95"]) if k in main else "n/a"  # noqa: E731
         mm = {k: main[k] for k in ("delta_mauc", "delta_ci95", "p_value")} if "delta_mauc" in main else None
         lines.append(
             f"| {protocol} | {cell(PIXELS)} | {cell(RANDOM)} | {enc('mae')} | {enc('multimodal')} | "

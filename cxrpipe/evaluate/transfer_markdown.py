@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cxrpipe.evaluate.summaries import fmt_ci
 from cxrpipe.evaluate.transfer import TransferConfig
-
-
-def _ci(x: float | None, ci: list | None, digits: int = 3, sign: bool = False) -> str:
-    if x is None:
-        return "n/a"
-    fmt = f"+.{digits}f" if sign else f".{digits}f"
-    if not ci or ci[0] is None:
-        return format(x, fmt)
-    return f"{format(x, fmt)} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
 
 
 def _p(p: float | None) -> str:
@@ -54,9 +46,9 @@ def _table(rows: dict[str, Any], names: dict[str, Any], cfg: TransferConfig, enc
         n_labels = len(names.get(tag, {}).get("labels_in_mauc5" if key != "mauc" else "labels_in_mauc", []))
         cells = [f"{r['label_fraction']:g}", str(r["n_train_studies"]),
                  str(n_labels) if n_labels else "none: not estimable"]
-        cells += [_ci(r[e][key], r[e][f"{key}_ci95"]) if e in r else "not run" for e in encoders]
-        cells += [_ci(r.get(d), r.get(dci), sign=True), _p(r.get(dp))]
-        cells += [_ci(r.get("references", {}).get(x, {}).get("delta_mauc"),
+        cells += [fmt_ci(r[e][key], r[e][f"{key}_ci95"]) if e in r else "not run" for e in encoders]
+        cells += [fmt_ci(r.get(d), r.get(dci), sign=True), _p(r.get(dp))]
+        cells += [fmt_ci(r.get("references", {}).get(x, {}).get("delta_mauc"),
                       r.get("references", {}).get(x, {}).get("delta_ci95"), sign=True) for x in refs]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
