@@ -252,31 +252,21 @@ def label_coverage(label_rows: list[tuple[float, ...]]) -> dict:
 
 
 def summarize_iu_reports(reports: str | Path, sections: tuple[str, ...] = ("findings", "impression")) -> dict:
-    """The report side of IU X-ray prepare, without images (as ``prepare`` would count it if every PNG were
-    there): reports read, malformed, without any image, empty after cleaning, the studies kept and the images
-    they reference, those coded "No Indexing" (kept unlabelled), and the MeSH label coverage over the labelled
-    kept studies."""
-    from cxrpipe.data.reports import clean_report
-
-    bad: list[tuple[str, str]] = []
-    counts = collections.Counter()
-    rows = []
-    for rep in iter_iu_reports(reports, rejects=bad):
-        counts["reports"] += 1
-        counts["reports_with_images"] += bool(rep.image_ids)
-        if not rep.image_ids:
-            counts["dropped_no_images"] += 1
-            continue
-        if clean_report(rep.as_mimic_text(), keep=tuple(sections), study=rep.uid).empty:
-            counts["dropped_empty_report"] += 1
-            continue
-        counts["studies_kept"] += 1
-        counts["images_referenced"] += len(rep.image_ids)
-        if all(math.isnan(v) for v in rep.labels):
-            counts["kept_unlabelled_not_indexed"] += 1
-        else:
-            rows.append(rep.labels)
-    return {"malformed": len(bad), **dict(counts), "labelled_studies": len(rows), "label_coverage": label_coverage(rows)}
+    """The report side of IU X-ray prepare, without images: :func:`read_iu_xray`'s own pass as if every PNG
+    were there (every view kept): reports read, malformed, without any image, empty after cleaning, the studies
+    kept and the images they reference, those coded "No Indexing" (kept unlabelled), and the MeSH label
+    coverage over the labelled kept studies."""
+    read = _read_reports(Path(reports), tuple(sections), {}, set(), (0.7, 0.1, 0.2), 0, files=None)
+    reasons = collections.Counter(r.reason for r in read.rejects)
+    return {
+        "malformed": reasons["malformed_report"], "reports": read.counts["reports"],
+        "reports_with_images": read.counts["reports"] - reasons["no_images"] - reasons["bad_uid"],
+        "dropped_no_images": reasons["no_images"], "dropped_empty_report": reasons["empty_report"],
+        "studies_kept": len(read.studies), "images_referenced": len(read.images),
+        "kept_unlabelled_not_indexed": reasons["not_indexed"],
+        "labelled_studies": sum(s.has_labels for s in read.studies.values()),
+        "label_coverage": read.details["label_coverage"],
+    }
 
 
 def read_iu_xray(cfg):
@@ -284,10 +274,7 @@ def read_iu_xray(cfg):
     views, sections, split_fractions, split_seed). One report = one study = one subject (IU has no patient
     ids); study_id = the number of its uid. Rejects: a malformed XML, an empty report, a report that names no
     image, a referenced image absent from the PNGs; a report coded "No Indexing" stays, without labels."""
-    from cxrpipe.data.manifest import StudyRecord
-    from cxrpipe.data.records import ImageCandidate, Reject, SourceRead
-    from cxrpipe.data.reports import clean_report
-    from cxrpipe.data.splits import check_fractions, seeded_split
+    from cxrpipe.data.splits import check_fractions
 
     fractions = check_fractions(cfg.split_fractions, "data.split_fractions")
     reports, root = Path(cfg.reports), Path(cfg.root)
@@ -295,8 +282,21 @@ def read_iu_xray(cfg):
         raise DatasetFormatError(f"data.reports = {reports}: no such file or folder; {IU_LAYOUT}")
     files, tar = index_png_source(root)
     views_of = read_projections(Path(cfg.projections)) if cfg.projections else {}
+    read = _read_reports(reports, tuple(cfg.sections), views_of, {v.upper() for v in cfg.views}, fractions,
+                         cfg.split_seed, files=files, root=root)
     view_rule = VIEW_RULE_TABLE.format(name=Path(cfg.projections).name) if cfg.projections else VIEW_RULE_NONE
-    wanted = {v.upper() for v in cfg.views}
+    return dataclasses.replace(read, image_tar=tar, details={"views": view_rule, **read.details})
+
+
+def _read_reports(reports: Path, sections: tuple[str, ...], views_of: dict[str, str], wanted: set[str],
+                  fractions, split_seed: int, files: dict[str, str] | None, root: Path | None = None):
+    """The reports pass of :func:`read_iu_xray` -> SourceRead. ``files``: parentImage id -> path of the PNGs
+    found (None: every referenced image counts as present, at ``<id>.png``)."""
+    from cxrpipe.data.manifest import StudyRecord
+    from cxrpipe.data.records import ImageCandidate, Reject, SourceRead
+    from cxrpipe.data.reports import clean_report
+    from cxrpipe.data.splits import seeded_split
+
     bad: list[tuple[str, str]] = []
     rejects: list[Reject] = []
     kept = []  # (report, cleaned, [(image id, view)])
@@ -304,11 +304,12 @@ def read_iu_xray(cfg):
     views_seen: collections.Counter = collections.Counter()
     for rep in iter_iu_reports(reports, rejects=bad):
         counts["reports"] += 1
-        sid = int(_NUM.search(rep.uid).group(1)) if _NUM.search(rep.uid) else None
-        if sid is None:
+        num = _NUM.search(rep.uid)
+        if num is None:
             counts["studies_selected"] += 1
             rejects.append(Reject("study", rep.uid, str(reports), "bad_uid", "uid without a number"))
             continue
+        sid = int(num.group(1))
         chosen = [(i, views_of.get(i, "UNKNOWN")) for i in rep.image_ids]
         views_seen.update(v for _, v in chosen)
         chosen = [(i, v) for i, v in chosen if not wanted or v in wanted]
@@ -320,13 +321,13 @@ def read_iu_xray(cfg):
             continue
         if not chosen:
             continue  # none of the wanted views: a selection
-        cleaned = clean_report(rep.as_mimic_text(), keep=tuple(cfg.sections), study=rep.uid)
+        cleaned = clean_report(rep.as_mimic_text(), keep=sections, study=rep.uid)
         if cleaned.empty:
             rejects.append(Reject("study", str(sid), str(reports), "empty_report", f"no text left after cleaning (sections: {sorted(rep.sections) or 'none'})"))
             continue
         found = []
         for image_id, view in chosen:
-            if image_id in files:
+            if files is None or image_id in files:
                 found.append((image_id, view))
             else:
                 rejects.append(Reject("image", image_id, f"{image_id}.png", "missing_image", f"referenced by {rep.uid}, not in {root}"))
@@ -337,7 +338,7 @@ def read_iu_xray(cfg):
     for name, why in bad:
         rejects.append(Reject("study", name, str(reports), "malformed_report", why))
     counts["studies_selected"] += len(bad)
-    split_of = seeded_split([k[0] for k in kept], fractions, cfg.split_seed)
+    split_of = seeded_split([k[0] for k in kept], fractions, split_seed)
     images, studies = [], {}
     for sid, rep, cleaned, found in sorted(kept, key=lambda k: k[0]):
         labels = rep.labels
@@ -345,10 +346,11 @@ def read_iu_xray(cfg):
         if not has:
             rejects.append(Reject("labels", str(sid), str(reports), "not_indexed", "MeSH coded 'No Indexing' (or no MeSH)", action="unlabelled"))
         studies[sid] = StudyRecord(sid, sid, split_of[sid], cleaned.text, dict(cleaned.sections), labels, has_labels=has)
-        images += [ImageCandidate(i, sid, sid, split_of[sid], v, files[i]) for i, v in sorted(found)]
+        images += [ImageCandidate(i, sid, sid, split_of[sid], v, files[i] if files is not None else f"{i}.png")
+                   for i, v in sorted(found)]
     counts = {**counts, "malformed_reports": len(bad), "views_seen": dict(sorted(views_seen.items()))}
     coverage = label_coverage([s.labels for s in studies.values() if s.has_labels])
-    rule = f"seeded split by report uid (one report = one patient): fractions {list(fractions)}, seed {cfg.split_seed}"
-    return SourceRead(images, studies, rejects, dict(counts), image_tar=tar, split_rule=rule,
-                      details={"views": view_rule, "split_fractions": list(fractions), "split_seed": cfg.split_seed,
+    rule = f"seeded split by report uid (one report = one patient): fractions {list(fractions)}, seed {split_seed}"
+    return SourceRead(images, studies, rejects, dict(counts), split_rule=rule,
+                      details={"split_fractions": list(fractions), "split_seed": split_seed,
                                "label_coverage": coverage, "labels": "approximate MeSH -> CheXpert table (iuxray.py)"})
