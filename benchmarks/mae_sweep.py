@@ -37,7 +37,7 @@ def run_one(params_path: Path, overrides: list[str], tag: str, prepared: Path, t
     from cxrpipe.config import build, load_params, section
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
-    from cxrpipe.evaluate.finetune import FinetuneConfig, run_finetune
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig, run_finetune
     from cxrpipe.pretrain.train import PretrainConfig, run_pretrain
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
 

@@ -25,7 +25,7 @@ def main(
     """One PNG per study: the latent query's attention over patches (pool.kind latent) or each report
     sentence's (pool.kind cross), upsampled onto the image, one colour scale across panels."""
     from cxrpipe.config import load_params, section
-    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig, run_attention_maps
+    from cxrpipe.evaluate.alignment.attention_maps import AttentionMapsConfig, run_attention_maps
     from cxrpipe.log import setup_logging
     from cxrpipe.pretrain.heads import load_heads
     from cxrpipe.text.embed import EmbedConfig

@@ -34,7 +34,7 @@ def main(
     """Train the head (linear: on frozen features computed once) or all weights (finetune), pick the epoch
     by validate mAUC, and write test metrics with bootstrap intervals, predictions and training curves."""
     from cxrpipe.config import ConfigError, section
-    from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol, run_finetune
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol, run_finetune
     from cxrpipe.log import setup_logging
 
     setup_logging()

@@ -20,8 +20,8 @@ def main(
     """Nested, seeded samples of the labelled training studies (the same for every encoder); validate and
     test whole; protocol `label_efficiency.protocol` (linear, or finetune behind the switch)."""
     from cxrpipe.config import load_params, section
-    from cxrpipe.evaluate.finetune import FinetuneConfig
-    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig, run_label_efficiency
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig
+    from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig, run_label_efficiency
     from cxrpipe.log import setup_logging
 
     setup_logging()

@@ -24,8 +24,8 @@ def main(
     """One plot (mAUC + 95% CI against the fraction, a line per encoder) and one table (paired delta
     candidate - reference per fraction)."""
     from cxrpipe.config import load_params, section
-    from cxrpipe.evaluate.finetune import FinetuneConfig
-    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig, summarize_label_efficiency
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig
+    from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig, summarize_label_efficiency
     from cxrpipe.log import setup_logging
 
     setup_logging()

@@ -23,8 +23,8 @@ def main(
     """One logistic regression per label on standardised size x size pixels (C chosen on validate), scored
     like the encoders' runs (same images, labels, metrics, intervals and predictions format)."""
     from cxrpipe.config import ConfigError, load_params, section
-    from cxrpipe.evaluate.finetune import FinetuneConfig
-    from cxrpipe.evaluate.pixels import PixelsConfig, run_pixels
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig
+    from cxrpipe.evaluate.probe.pixels import PixelsConfig, run_pixels
     from cxrpipe.log import setup_logging
 
     setup_logging()

@@ -23,7 +23,7 @@ def main(
     train it, and export it like the pretrained encoders (config.json variant "random"): the reference a
     pretrained encoder must beat."""
     from cxrpipe.config import ConfigError, load_params, section
-    from cxrpipe.evaluate.references import write_random_encoder
+    from cxrpipe.evaluate.probe.references import write_random_encoder
     from cxrpipe.log import setup_logging
     from cxrpipe.pretrain.train import PretrainConfig
 

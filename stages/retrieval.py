@@ -21,7 +21,7 @@ def main(
     from cxrpipe.config import load_params, section
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
-    from cxrpipe.evaluate.retrieval import RetrievalConfig, run_retrieval
+    from cxrpipe.evaluate.alignment.retrieval import RetrievalConfig, run_retrieval
     from cxrpipe.log import setup_logging
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
 

@@ -27,8 +27,8 @@ def main(
     """Linear probe or LP-FT of the encoder on the dataset's own labels at each `transfer.label_fractions`
     (nested seeded samples of the training studies); labels without a training positive: not estimable."""
     from cxrpipe.config import ConfigError, load_params, section
-    from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol
-    from cxrpipe.evaluate.transfer import TransferConfig, run_transfer
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
+    from cxrpipe.evaluate.transfer.run import TransferConfig, run_transfer
     from cxrpipe.log import setup_logging
 
     setup_logging()

@@ -25,8 +25,8 @@ def main(
     """Every encoder's test mAUC per dataset x protocol x fraction, the paired delta multimodal - mae and the
     deltas against the references (random), all on the same resampled test patients (or studies)."""
     from cxrpipe.config import section
-    from cxrpipe.evaluate.transfer import TransferConfig
-    from cxrpipe.evaluate.transfer_report import run_transfer_compare
+    from cxrpipe.evaluate.transfer.run import TransferConfig
+    from cxrpipe.evaluate.transfer.report import run_transfer_compare
     from cxrpipe.log import setup_logging
 
     setup_logging()

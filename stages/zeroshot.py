@@ -22,7 +22,7 @@ def main(
     """Softmax over each label's (positive, negative) prompt scores (CheXzero's protocol); per-label AUROC,
     mAUC and 5-label mAUC on test with study-level bootstrap intervals. No label is used to fit anything."""
     from cxrpipe.config import load_params, section
-    from cxrpipe.evaluate.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
+    from cxrpipe.evaluate.alignment.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
     from cxrpipe.log import setup_logging
     from cxrpipe.text.embed import EmbedConfig
     from cxrpipe.text.prompts import prompt_fingerprint

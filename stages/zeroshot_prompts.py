@@ -15,7 +15,7 @@ def main(
     """Embed each label's positive and negative prompt (+ embed.prompt) with the same model, quantization and
     layer as the reports; the cache's fingerprint records those params and the prompts' hash."""
     from cxrpipe.config import load_params, section
-    from cxrpipe.evaluate.zeroshot import ZeroShotConfig, prompt_texts
+    from cxrpipe.evaluate.alignment.zeroshot import ZeroShotConfig, prompt_texts
     from cxrpipe.log import setup_logging
     from cxrpipe.text.embed import EmbedConfig
     from cxrpipe.text.prompts import write_prompt_cache

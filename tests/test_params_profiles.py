@@ -14,7 +14,7 @@ from cxrpipe.data.demo.tree import DemoConfig
 from cxrpipe.data.prepare import DataConfig, PrepareConfig
 from cxrpipe.data.transfer_prepare import TransferDataConfig
 from cxrpipe.evaluate.compare import CompareConfig
-from cxrpipe.evaluate.finetune import FinetuneConfig
+from cxrpipe.evaluate.probe.finetune import FinetuneConfig
 from cxrpipe.pretrain.train import PretrainConfig
 from cxrpipe.text.embed import EmbedConfig
 from cxrpipe.text.model import TextModelConfig

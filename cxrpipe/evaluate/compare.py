@@ -1,7 +1,7 @@
 """``compare``: did the text help? multimodal vs mae per protocol, paired on the same test studies.
 
 Reads ``<metrics>/<encoder>-<protocol>.json`` and ``<predictions>/<encoder>-<protocol>.npz`` (written by
-:func:`cxrpipe.evaluate.finetune.run_finetune`) and writes:
+:func:`cxrpipe.evaluate.probe.finetune.run_finetune`) and writes:
 
 * ``comparison.json``  ``{"<protocol>": {"mae": {"mauc": .}, "multimodal": {"mauc": .}, "delta_mauc": .,
   "delta_ci95": [lo, hi], "p_value": .}}`` (the DESIGN.md schema) plus, beside those keys, intervals,
@@ -11,7 +11,7 @@ Reads ``<metrics>/<encoder>-<protocol>.json`` and ``<predictions>/<encoder>-<pro
 * ROC curves per label as PNG (``<plots>/<label>.png``).
 
 The delta is ``multimodal - mae``; its interval and p-value come from
-:func:`cxrpipe.evaluate.bootstrap.paired_bootstrap_mauc` (the SAME resampled studies for both encoders;
+:func:`cxrpipe.evaluate.stats.bootstrap.paired_bootstrap_mauc` (the SAME resampled studies for both encoders;
 two-sided p from the null-centred bootstrap distribution of the delta).
 """
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
-from cxrpipe.evaluate.caveats import caveat_section
-from cxrpipe.evaluate.metrics import EvalLevel, Predictions, jsonable, load_predictions
-from cxrpipe.evaluate.summaries import (
+from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
+from cxrpipe.evaluate.stats.caveats import caveat_section
+from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, jsonable, load_predictions
+from cxrpipe.evaluate.stats.summaries import (
     PIXELS,
     RANDOM,
     fmt_ci,
@@ -133,7 +133,7 @@ def run_compare(
     ``predictions_dir`` defaults to ``<metrics_dir>/../predictions``. Raises FileNotFoundError when no
     protocol has both runs.
     """
-    from cxrpipe.evaluate.plots import plot_roc_per_label
+    from cxrpipe.evaluate.stats.plots import plot_roc_per_label
 
     metrics_dir, out_json = Path(metrics_dir), Path(out_json)
     predictions_dir = Path(predictions_dir) if predictions_dir else metrics_dir.parent / "predictions"
@@ -218,7 +218,7 @@ def run_compare(
 
 def _paired_mauc5(a: Any, b: Any, cfg: CompareConfig) -> dict[str, Any]:
     """The paired delta on the 5 CheXpert competition labels (same replicates as the 14-label delta)."""
-    from cxrpipe.evaluate.metrics import COMPETITION_LABELS
+    from cxrpipe.evaluate.stats.metrics import COMPETITION_LABELS
 
     cols = [CHEXPERT_LABELS.index(n) for n in COMPETITION_LABELS]
     try:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from cxrpipe.evaluate import bootstrap
+from cxrpipe.evaluate.stats import bootstrap
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrpipe.evaluate.caveats import caveat_section, interval_caveats, low_positive_caveat, mauc_entries
-from cxrpipe.evaluate.plots import roc_title
+from cxrpipe.evaluate.stats.caveats import caveat_section, interval_caveats, low_positive_caveat, mauc_entries
+from cxrpipe.evaluate.stats.plots import roc_title
 
 
 def entry(m, lo, hi):

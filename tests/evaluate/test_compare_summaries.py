@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from cxrpipe.evaluate.compare import CompareConfig, run_compare
-from cxrpipe.evaluate.metrics import Predictions, evaluate, jsonable, save_predictions
-from cxrpipe.evaluate.summaries import spread
+from cxrpipe.evaluate.stats.metrics import Predictions, evaluate, jsonable, save_predictions
+from cxrpipe.evaluate.stats.summaries import spread
 
 A, B, R, P = [.9, .2, .5, .1], [.9, .8, .5, .1], [.4, .2, .3, .5], [.6, .55, .5, .7]
 

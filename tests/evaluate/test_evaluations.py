@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from cxrpipe.config import build
-from cxrpipe.evaluate.data import labelled_splits, sample_studies
-from cxrpipe.evaluate.metrics import COMPETITION_LABELS, LevelData
-from cxrpipe.evaluate.retrieval import chance_at_k, hits_at_k, retrieval_both_ways
-from cxrpipe.evaluate.zeroshot import auroc_summary, pair_probabilities
+from cxrpipe.evaluate.probe.data import labelled_splits, sample_studies
+from cxrpipe.evaluate.stats.metrics import COMPETITION_LABELS, LevelData
+from cxrpipe.evaluate.alignment.retrieval import chance_at_k, hits_at_k, retrieval_both_ways
+from cxrpipe.evaluate.alignment.zeroshot import auroc_summary, pair_probabilities
 from cxrpipe.labels import CHEXPERT_LABELS, BlankPolicy, UncertainPolicy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -34,8 +34,8 @@ def test_label_fraction_samples_are_nested_and_seeded():
 
 
 def test_label_efficiency_same_studies_for_every_encoder(synthetic, tmp_path, tiny_params):
-    from cxrpipe.evaluate.finetune import FinetuneConfig
-    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig, run_label_efficiency, summarize_label_efficiency
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig
+    from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig, run_label_efficiency, summarize_label_efficiency
 
     ft = build(FinetuneConfig, tiny_params["finetune"])
     cfg = LabelEfficiencyConfig(n_bootstrap=50)
@@ -72,7 +72,7 @@ def test_label_efficiency_same_studies_for_every_encoder(synthetic, tmp_path, ti
 
 
 def test_metrics_report_the_five_label_competition_mauc(synthetic, tmp_path, tiny_params):
-    from cxrpipe.evaluate.finetune import FinetuneConfig, run_finetune
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig, run_finetune
 
     m = run_finetune(build(FinetuneConfig, tiny_params["finetune"]), synthetic["mae"], "linear",
                      synthetic["prepared"], tmp_path / "m.json")
@@ -235,8 +235,8 @@ def aligned(tmp_path_factory):
 
 
 def test_zeroshot_and_retrieval_stages_run_on_exported_models(aligned, tmp_path):
-    from cxrpipe.evaluate.retrieval import RetrievalConfig, run_retrieval
-    from cxrpipe.evaluate.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
+    from cxrpipe.evaluate.alignment.retrieval import RetrievalConfig, run_retrieval
+    from cxrpipe.evaluate.alignment.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
     from cxrpipe.text.cache import TextCache, write_text_cache
 
     # a prompt cache stand-in: label j's positive = a report of cluster j, negative = one of another cluster
@@ -266,8 +266,8 @@ def test_zeroshot_and_retrieval_stages_run_on_exported_models(aligned, tmp_path)
 
 
 def test_attention_maps_rows_sum_to_one_and_pngs_written(aligned, tmp_path):
-    from cxrpipe.evaluate.alignment import load_aligned
-    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig, run_attention_maps, sentence_attention, sentence_index
+    from cxrpipe.evaluate.alignment.scorer import load_aligned
+    from cxrpipe.evaluate.alignment.attention_maps import AttentionMapsConfig, run_attention_maps, sentence_attention, sentence_index
     from cxrpipe.pretrain.heads import latent_attention
 
     model = load_aligned(aligned["models"]["multimodal"])
@@ -296,11 +296,11 @@ def test_repository_params_build_every_evaluation_section():
     from pathlib import Path
 
     from cxrpipe.config import load_params, section
-    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig
-    from cxrpipe.evaluate.finetune import FinetuneConfig
-    from cxrpipe.evaluate.label_efficiency import LabelEfficiencyConfig
-    from cxrpipe.evaluate.retrieval import RetrievalConfig
-    from cxrpipe.evaluate.zeroshot import DEFAULT_PROMPTS, ZeroShotConfig, prompt_texts
+    from cxrpipe.evaluate.alignment.attention_maps import AttentionMapsConfig
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig
+    from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig
+    from cxrpipe.evaluate.alignment.retrieval import RetrievalConfig
+    from cxrpipe.evaluate.alignment.zeroshot import DEFAULT_PROMPTS, ZeroShotConfig, prompt_texts
 
     raw = load_params(Path(__file__).parents[2] / "params.yaml")
     zs = section(raw, "zeroshot", ZeroShotConfig)
@@ -312,7 +312,7 @@ def test_repository_params_build_every_evaluation_section():
 
 
 def test_attention_maps_cross_pool_one_map_per_sentence(aligned, tmp_path):
-    from cxrpipe.evaluate.attention_maps import AttentionMapsConfig, run_attention_maps
+    from cxrpipe.evaluate.alignment.attention_maps import AttentionMapsConfig, run_attention_maps
     from cxrpipe.pretrain.train import PretrainConfig, run_pretrain
     from tests.pretrain.synthetic import TINY
 

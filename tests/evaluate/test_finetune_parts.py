@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cxrpipe.config import ConfigError, section
-from cxrpipe.evaluate.data import labelled_splits, sample_studies
-from cxrpipe.evaluate.finetune import (
+from cxrpipe.evaluate.probe.data import labelled_splits, sample_studies
+from cxrpipe.evaluate.probe.finetune import (
     Classifier,
     ClassifierHead,
     FinetuneConfig,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from cxrpipe.evaluate import metrics
-from cxrpipe.evaluate.metrics import EvalLevel, Predictions
+from cxrpipe.evaluate.stats import metrics
+from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions
 from cxrpipe.labels import CHEXPERT_LABELS
 
 # One label, four items: pairs (pos, neg) ranked right = (0.35>0.1), (0.8>0.1), (0.8>0.4); wrong = (0.35<0.4)

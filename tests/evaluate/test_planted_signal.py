@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from cxrpipe.config import section
-from cxrpipe.evaluate.finetune import FinetuneConfig, run_finetune
-from cxrpipe.evaluate.metrics import load_predictions
-from cxrpipe.evaluate.pixels import PixelsConfig, run_pixels
+from cxrpipe.evaluate.probe.finetune import FinetuneConfig, run_finetune
+from cxrpipe.evaluate.stats.metrics import load_predictions
+from cxrpipe.evaluate.probe.pixels import PixelsConfig, run_pixels
 
 pytestmark = pytest.mark.slow  # whole runs (seconds each)
 
@@ -98,7 +98,7 @@ def test_lp_ft_starts_from_the_linear_probe_and_never_ends_below_it_on_validate(
 
 
 def test_frozen_input_norm_keeps_its_statistics_in_train_mode():
-    from cxrpipe.evaluate.finetune import Classifier, ClassifierHead, HeadConfig
+    from cxrpipe.evaluate.probe.finetune import Classifier, ClassifierHead, HeadConfig
 
     head = ClassifierHead(8, HeadConfig(hidden=(4,)))
     bn = head.net[0]

@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cxrpipe.encoder import load_encoder
-from cxrpipe.evaluate.references import build_random_encoder, write_random_encoder
+from cxrpipe.evaluate.probe.references import build_random_encoder, write_random_encoder
 from cxrpipe.pretrain.data import PretrainDataConfig
 from cxrpipe.pretrain.mae import MAEConfig, MaskedAutoencoder
 

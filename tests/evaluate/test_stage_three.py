@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from cxrpipe.config import section
-from cxrpipe.evaluate.finetune import FinetuneConfig, run_finetune
+from cxrpipe.evaluate.probe.finetune import FinetuneConfig, run_finetune
 from cxrpipe.labels import CHEXPERT_LABELS
 
 pytestmark = pytest.mark.slow  # whole stages end to end (seconds)
@@ -135,7 +135,7 @@ def test_label_fraction_samples_training_studies(synthetic, tmp_path, tiny_param
 
 def test_compare_refuses_runs_on_different_test_sets(pipeline, tmp_path):
     from cxrpipe.evaluate.compare import CompareConfig, run_compare
-    from cxrpipe.evaluate.metrics import Predictions, load_predictions, save_predictions
+    from cxrpipe.evaluate.stats.metrics import Predictions, load_predictions, save_predictions
 
     metrics, preds = tmp_path / "metrics", tmp_path / "predictions"
     metrics.mkdir()
@@ -161,7 +161,7 @@ def test_bad_protocol_is_a_clear_error(params_file):
 
 
 def test_predictions_are_probabilities(pipeline):
-    from cxrpipe.evaluate.metrics import load_predictions
+    from cxrpipe.evaluate.stats.metrics import load_predictions
 
     p, meta = load_predictions(pipeline / "predictions" / "multimodal-finetune.npz")
     assert meta == {"encoder": "multimodal", "protocol": "finetune"}

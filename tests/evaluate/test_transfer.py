@@ -22,10 +22,10 @@ import yaml
 from cxrpipe.config import section
 from cxrpipe.data.image_cache import ImageCacheWriter
 from cxrpipe.data.manifest import ImageRecord, StudyRecord, write_manifest
-from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol
-from cxrpipe.evaluate.metrics import load_predictions
-from cxrpipe.evaluate.transfer import BootstrapUnit, TransferConfig, run_transfer
-from cxrpipe.evaluate.transfer_report import run_transfer_compare
+from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
+from cxrpipe.evaluate.stats.metrics import load_predictions
+from cxrpipe.evaluate.transfer.run import BootstrapUnit, TransferConfig, run_transfer
+from cxrpipe.evaluate.transfer.report import run_transfer_compare
 from cxrpipe.labels import CHEXPERT_LABELS
 
 from tests.evaluate.conftest import SIZE, TINY_PARAMS, make_encoder
@@ -313,14 +313,15 @@ def test_dvc_yaml_lists_exactly_the_transfer_keys_each_stage_reads():
     assert listed("transfer_compare") == fields - {"uncertain", "blank", "views", "finetune_epochs"}
     assert set(stages["transfer"]["matrix"]) == {"dataset", "encoder", "protocol"}
     deps = set(stages["transfer"]["deps"])
-    assert {"cxrpipe/evaluate/transfer.py", "data/transfer/${item.dataset}", "data/models/${item.encoder}"} <= deps
+    assert {"cxrpipe/evaluate/transfer/run.py", "data/transfer/${item.dataset}", "data/models/${item.encoder}"} <= deps
 
 
 def test_mauc5_interval_is_over_the_five_competition_labels_when_others_are_left_out():
     """With low-positive labels left out of mAUC, mAUC-5's interval must still come from the 5 competition
     labels' replicates (it once read the columns of other labels), and a NIH-like set gets no mAUC-5."""
-    from cxrpipe.evaluate import bootstrap, metrics
-    from cxrpipe.evaluate.metrics import EvalLevel, LevelData
+    from cxrpipe.evaluate.stats import bootstrap
+    from cxrpipe.evaluate.stats import metrics
+    from cxrpipe.evaluate.stats.metrics import EvalLevel, LevelData
 
     rng = np.random.default_rng(0)
     n = 60
@@ -345,8 +346,8 @@ def test_mauc5_interval_is_over_the_five_competition_labels_when_others_are_left
 def test_patient_bootstrap_draws_a_patients_studies_together():
     """Five identical studies per patient: resampling studies treats them as independent evidence; resampling
     patients does not, so its interval is wider (about sqrt(5) here) and the point estimates are the same."""
-    from cxrpipe.evaluate.metrics import LevelData
-    from cxrpipe.evaluate.transfer_report import _paired, patient_groups
+    from cxrpipe.evaluate.stats.metrics import LevelData
+    from cxrpipe.evaluate.transfer.report import _paired, patient_groups
 
     rng = np.random.default_rng(0)
     n_pat, k = 40, 5

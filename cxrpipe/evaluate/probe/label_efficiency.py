@@ -1,15 +1,15 @@
 """Label efficiency: stage three at several fractions of the labelled training studies, per encoder.
 
-:func:`run_label_efficiency` runs :func:`cxrpipe.evaluate.finetune.run_finetune` (protocol
+:func:`run_label_efficiency` runs :func:`cxrpipe.evaluate.probe.finetune.run_finetune` (protocol
 ``label_efficiency.protocol``: ``linear`` by default, ``finetune`` behind the switch) once per fraction in
 ``finetune.label_fractions`` for one encoder. The training studies of a fraction come from
-:func:`cxrpipe.evaluate.data.sample_studies`: by study, seeded by ``finetune.seed``, NESTED (each fraction a
+:func:`cxrpipe.evaluate.probe.data.sample_studies`: by study, seeded by ``finetune.seed``, NESTED (each fraction a
 prefix of one permutation) and independent of the encoder, so every encoder sees the same studies at a given
 fraction and seed; validate (model selection) and test (numbers) are always whole.
 
 :func:`summarize_label_efficiency` then puts the encoders side by side: one plot of test mAUC with its
 interval against the fraction, one line per encoder, and a table of the paired delta multimodal - mae per
-fraction (the same resampled test studies for both; :func:`cxrpipe.evaluate.bootstrap.paired_bootstrap_mauc`).
+fraction (the same resampled test studies for both; :func:`cxrpipe.evaluate.stats.bootstrap.paired_bootstrap_mauc`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol
-from cxrpipe.evaluate.metrics import EvalLevel, jsonable, load_predictions
-from cxrpipe.evaluate.summaries import fmt_ci
+from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
+from cxrpipe.evaluate.stats.metrics import EvalLevel, jsonable, load_predictions
+from cxrpipe.evaluate.stats.summaries import fmt_ci
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def run_label_efficiency(
 ) -> dict[str, Any]:
     """One encoder at every fraction: ``out_dir/<fraction>.json`` (+ ``.config.json``, ``.npz`` predictions)
     and a summary ``{fraction: {mauc, mauc_ci95, mauc5, n_train_studies, train_studies_hash}}``."""
-    from cxrpipe.evaluate.data import labelled_splits
-    from cxrpipe.evaluate.finetune import run_finetune
+    from cxrpipe.evaluate.probe.data import labelled_splits
+    from cxrpipe.evaluate.probe.finetune import run_finetune
     from cxrpipe.io import write_json_atomic, write_metrics_json
 
     out_dir = Path(out_dir)
@@ -107,7 +107,7 @@ def summarize_label_efficiency(
     """Reads ``runs_dir/<encoder>/<fraction>.npz`` and ``runs_dir/<encoder>/summary.json``;
     writes the paired deltas (JSON), the markdown table and the plot. Refuses runs whose training studies
     differ between encoders (the comparison would not be controlled)."""
-    from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
+    from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
     from cxrpipe.io import write_metrics_json, write_text_atomic
 
     runs_dir = Path(runs_dir)
@@ -170,7 +170,7 @@ def _table(result: dict[str, Any], tags: Sequence[str]) -> str:
 
 
 def _plot(per_encoder: dict[str, Any], tags: Sequence[str], path: Path, title: str) -> None:
-    from cxrpipe.evaluate.plots import _pyplot, _save
+    from cxrpipe.evaluate.stats.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))

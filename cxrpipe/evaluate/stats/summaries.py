@@ -1,6 +1,6 @@
 """``compare``'s further sections: the references (``random``, ``pixels``) and the training-seed repeats.
 
-Every delta here is paired exactly as compare's main delta: :func:`cxrpipe.evaluate.bootstrap.paired_bootstrap_mauc`
+Every delta here is paired exactly as compare's main delta: :func:`cxrpipe.evaluate.stats.bootstrap.paired_bootstrap_mauc`
 with ``compare``'s ``n_bootstrap`` and ``seed``, so every comparison of one test set resamples the very same
 studies in every replicate.
 
@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
-from cxrpipe.evaluate.metrics import EvalLevel, Predictions
+from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
+from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ weights are bit-identical to the ``mae`` and ``multimodal`` runs' weights at ste
 
 It is exported like the pretrained encoders (:func:`cxrpipe.encoder.save_encoder`, ``config.json`` with
 ``variant: random``) and goes through the same ``finetune`` matrix (``linear`` and ``finetune``).
-The other reference, logistic regression on raw pixels, is :mod:`cxrpipe.evaluate.pixels`.
+The other reference, logistic regression on raw pixels, is :mod:`cxrpipe.evaluate.probe.pixels`.
 """
 
 from __future__ import annotations

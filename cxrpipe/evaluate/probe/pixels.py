@@ -2,9 +2,9 @@
 
 Why: an encoder whose linear probe does not beat a linear model on the raw pixels has learned nothing a
 linear model could not read off the image itself. The reference sees exactly what the encoders' runs see:
-the same labelled frontal images per split (:func:`cxrpipe.evaluate.data.labelled_splits` with
+the same labelled frontal images per split (:func:`cxrpipe.evaluate.probe.data.labelled_splits` with
 ``finetune``'s views, uncertain/blank policies, label fraction and seed), the same metrics and bootstrap
-(:func:`cxrpipe.evaluate.metrics.evaluate`) and the same predictions format, so ``compare`` pairs it with
+(:func:`cxrpipe.evaluate.stats.metrics.evaluate`) and the same predictions format, so ``compare`` pairs it with
 any run on the same resampled test studies.
 
 Features: uint8 images -> [0, 1] -> ``size x size`` (antialiased bilinear, the encoders' resize path
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from cxrpipe.config import save_config, to_dict
-from cxrpipe.evaluate.data import LabelledImages, labelled_splits, split_counts
-from cxrpipe.evaluate.metrics import Predictions, evaluate, jsonable, macro_auroc, save_predictions
+from cxrpipe.evaluate.probe.data import LabelledImages, labelled_splits, split_counts
+from cxrpipe.evaluate.stats.metrics import Predictions, evaluate, jsonable, macro_auroc, save_predictions
 from cxrpipe.io import write_metrics_json
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def fit_predict(
 
 def run_pixels(
     cfg: PixelsConfig,
-    ft: Any,  # cxrpipe.evaluate.finetune.FinetuneConfig: splits, policies, level, bootstrap
+    ft: Any,  # cxrpipe.evaluate.probe.finetune.FinetuneConfig: splits, policies, level, bootstrap
     prepared: str | Path,
     out_json: str | Path,
     predictions_out: str | Path | None = None,
@@ -97,7 +97,7 @@ def run_pixels(
     beside it) and the test predictions (default ``<out_json dir>/../predictions/<stem>.npz``)."""
     from sklearn.preprocessing import StandardScaler
 
-    from cxrpipe.evaluate.finetune import _dataset_info
+    from cxrpipe.evaluate.probe.finetune import _dataset_info
 
     t0 = time.time()
     prepared, out_json = Path(prepared), Path(out_json)

@@ -88,7 +88,7 @@ def sentence_attention(token_attention: torch.Tensor, sentence: np.ndarray, mask
 def _panels(cfg: AttentionMapsConfig, model_dir: Path, prepared: Path, text_cache: Path, tokenizer_source: Any) -> list[Panel]:
     from cxrpipe.data.image_cache import ImageCache
     from cxrpipe.data.manifest import read_images, read_studies
-    from cxrpipe.evaluate.alignment import load_aligned, pad_texts
+    from cxrpipe.evaluate.alignment.scorer import load_aligned, pad_texts
     from cxrpipe.pretrain.heads import cross_attention, latent_attention
     from cxrpipe.text.cache import TextCache
 
@@ -144,7 +144,7 @@ def upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def draw_panel(panel: Panel, path: Path, vmin: float, vmax: float, alpha: float) -> None:
     """Image(s) with the upsampled map(s) overlaid, the report text beside, one shared colour scale."""
-    from cxrpipe.evaluate.plots import _pyplot, _save
+    from cxrpipe.evaluate.stats.plots import _pyplot, _save
 
     plt = _pyplot()
     n = len(panel.maps)

@@ -2,7 +2,7 @@
 protocol and label fraction, with the reference encoders (``random``) beside them.
 
 Reads ``<runs>/<dataset>/<encoder>-<protocol>/summary.json`` and ``<tag>.npz`` (written by
-:func:`cxrpipe.evaluate.transfer.run_transfer`) and writes
+:func:`cxrpipe.evaluate.transfer.run.run_transfer`) and writes
 
 * ``transfer.json`` (DVC metrics, numbers only): ``{dataset: {protocol: {tag: {"label_fraction",
   "n_train_studies", "n_test_studies", "n_labels_in_mauc", <encoder>: {"mauc", "mauc_ci95", "mauc5",
@@ -15,7 +15,7 @@ Reads ``<runs>/<dataset>/<encoder>-<protocol>/summary.json`` and ``<tag>.npz`` (
 
 Every mAUC and delta of one (dataset, protocol, fraction) comes from the SAME resampled test patients
 (``transfer.bootstrap_unit: patient``, read from the prepared folder's images.csv; or studies)
-(:func:`cxrpipe.evaluate.bootstrap.paired_bootstrap_mauc`, ``transfer.n_bootstrap`` / ``transfer.seed``) and
+(:func:`cxrpipe.evaluate.stats.bootstrap.paired_bootstrap_mauc`, ``transfer.n_bootstrap`` / ``transfer.seed``) and
 averages the same labels: those with >= ``min_test_positives`` test positives and >= ``min_train_positives``
 positive training studies (the sample is the same for every encoder: checked by its hash).
 """
@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from cxrpipe.evaluate.bootstrap import paired_bootstrap_mauc
-from cxrpipe.evaluate.finetune import Protocol
-from cxrpipe.evaluate.label_efficiency import fraction_tag
-from cxrpipe.evaluate.metrics import LevelData, competition_labels_of, jsonable, load_predictions
-from cxrpipe.evaluate.transfer import SUMMARY, BootstrapUnit, TransferConfig
+from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
+from cxrpipe.evaluate.probe.finetune import Protocol
+from cxrpipe.evaluate.probe.label_efficiency import fraction_tag
+from cxrpipe.evaluate.stats.metrics import LevelData, competition_labels_of, jsonable, load_predictions
+from cxrpipe.evaluate.transfer.run import SUMMARY, BootstrapUnit, TransferConfig
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def run_transfer_compare(
 
     ``prepared_root``: the folder of the prepared datasets (``data/transfer``), read for the test studies'
     patients when ``cfg.bootstrap_unit`` is ``patient`` (required then)."""
-    from cxrpipe.evaluate.transfer_markdown import transfer_markdown
+    from cxrpipe.evaluate.transfer.markdown import transfer_markdown
     from cxrpipe.io import write_json_atomic, write_text_atomic
 
     runs_dir, out_json = Path(runs_dir), Path(out_json)

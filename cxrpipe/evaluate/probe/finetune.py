@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm import tqdm
 
 from cxrpipe.config import save_config, to_dict
-from cxrpipe.evaluate.data import ImageRows, LabelledImages, labelled_splits, split_counts
-from cxrpipe.evaluate.metrics import EvalLevel, Predictions, evaluate, jsonable, macro_auroc, save_predictions
+from cxrpipe.evaluate.probe.data import ImageRows, LabelledImages, labelled_splits, split_counts
+from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, evaluate, jsonable, macro_auroc, save_predictions
 from cxrpipe.io import write_json_atomic
 from cxrpipe.labels import N_LABELS, BlankPolicy, UncertainPolicy
 
@@ -474,7 +474,7 @@ def run_finetune(
     )
     save_predictions(test_pred, predictions_out, encoder=variant, protocol=protocol.value)
     if plot_out is not None:
-        from cxrpipe.evaluate.plots import plot_history
+        from cxrpipe.evaluate.stats.plots import plot_history
 
         plot_history(history, plot_out, best_epoch, title=f"{variant}-{protocol.value}")
     s = result[cfg.select_level.value]

@@ -1,7 +1,7 @@
 """Per-run metrics on a label set (the 14 CheXpert labels unless the prepared folder holds another: NIH
 ChestX-ray14, RSNA ...), image- and study-level, with bootstrap intervals over test studies.
 
-Definitions (all point estimates with scikit-learn; intervals with :mod:`cxrpipe.evaluate.bootstrap`):
+Definitions (all point estimates with scikit-learn; intervals with :mod:`cxrpipe.evaluate.stats.bootstrap`):
 
 * AUROC / AUPRC per label over that label's valid entries (``mask``: uncertain labels are masked out under
   the default policy). A label whose valid test entries hold one class only has no AUROC: it is left out
@@ -41,7 +41,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from cxrpipe.evaluate import bootstrap
+from cxrpipe.evaluate.stats import bootstrap
 from cxrpipe.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 

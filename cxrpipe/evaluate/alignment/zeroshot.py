@@ -3,7 +3,7 @@
 For each of the 14 labels a positive and a negative prompt sentence (params ``zeroshot.prompts``) are
 embedded once by stage one's code path (:mod:`cxrpipe.text.prompts`: same LLM, quantization, layer and
 ``embed.prompt`` suffix as the reports), pooled and projected by the exported text side, and compared with
-each test image by the training loss's score (:mod:`cxrpipe.evaluate.alignment`). The label's probability
+each test image by the training loss's score (:mod:`cxrpipe.evaluate.alignment.scorer`). The label's probability
 is the softmax over the (positive, negative) pair of scores, ``p = exp(s+) / (exp(s+) + exp(s-))``; a
 study's probability is the mean over its images. Labels are read only to score: per-label AUROC, mAUC over
 the labels with both classes, the 5-label competition mAUC, all with study-level bootstrap intervals.
@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cxrpipe.evaluate import bootstrap
-from cxrpipe.evaluate.metrics import EvalLevel, LevelData, Predictions, competition_columns, jsonable
+from cxrpipe.evaluate.stats import bootstrap
+from cxrpipe.evaluate.stats.metrics import EvalLevel, LevelData, Predictions, competition_columns, jsonable
 from cxrpipe.labels import CHEXPERT_LABELS, BlankPolicy, UncertainPolicy
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def pair_probabilities(scores: np.ndarray) -> np.ndarray:
 
 def auroc_summary(data: LevelData, n_bootstrap: int, seed: int, labels: Sequence[str] = CHEXPERT_LABELS) -> dict[str, Any]:
     """Per-label AUROC, mAUC and 5-label mAUC with bootstrap 95% intervals over ``data.groups`` (studies)."""
-    from cxrpipe.evaluate.metrics import macro_auroc
+    from cxrpipe.evaluate.stats.metrics import macro_auroc
 
     y, p, m = data.targets, data.probs, data.mask
     mauc, idx = macro_auroc(y, p, m)
@@ -127,8 +127,8 @@ def run_zeroshot(
     import torch
 
     from cxrpipe.data.image_cache import ImageCache
-    from cxrpipe.evaluate.alignment import load_aligned, score_matrix
-    from cxrpipe.evaluate.data import labelled_splits
+    from cxrpipe.evaluate.alignment.scorer import load_aligned, score_matrix
+    from cxrpipe.evaluate.probe.data import labelled_splits
     from cxrpipe.io import write_metrics_json
     from cxrpipe.text.cache import TextCache
 

@@ -8,7 +8,7 @@ random-init, pixels, ...):
 * an encoder whose mAUC sits below a reference of the same protocol (random init, raw pixels): the
   pretraining did not beat a baseline that needs no pretraining;
 * labels with fewer than ``min_test_positives`` test positives: left out of mAUC and reported apart
-  (see :mod:`cxrpipe.evaluate.metrics`), named with their counts.
+  (see :mod:`cxrpipe.evaluate.stats.metrics`), named with their counts.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 The dataset is a prepared folder (``data/transfer/<dataset>``, written by ``transfer_prepare`` in exactly the
 format ``prepare`` writes: manifest, ``images.h5``, ``prepare_report.json``) whose label columns are the
 dataset's own (NIH ChestX-ray14's 14, CheXpert's 14, RSNA's 1: :func:`cxrpipe.data.manifest.read_label_names`).
-:func:`run_transfer` runs stage three (:func:`cxrpipe.evaluate.finetune.run_finetune`, protocol ``linear`` or
+:func:`run_transfer` runs stage three (:func:`cxrpipe.evaluate.probe.finetune.run_finetune`, protocol ``linear`` or
 LP-FT ``finetune``) of one encoder at every fraction of ``transfer.label_fractions``. The training studies of a
-fraction are the label-efficiency sample (:func:`cxrpipe.evaluate.data.sample_studies`): by study, seeded by
+fraction are the label-efficiency sample (:func:`cxrpipe.evaluate.probe.data.sample_studies`): by study, seeded by
 ``transfer.seed``, nested, and the same for every encoder; validate (model selection) and test are whole.
 
 Small fractions: a label with fewer than ``transfer.min_train_positives`` positive studies in the sample was
@@ -14,7 +14,7 @@ as **not estimable**, apart from mAUC. A fraction where no label can be learned 
 images: BatchNorm cannot train) is not run at all and is reported as not estimable (mAUC null), never as 0.5.
 The low-positive rule on test (``transfer.min_test_positives``) applies per dataset as in stage three.
 
-The paired comparison of the runs (``transfer_compare``) is :mod:`cxrpipe.evaluate.transfer_report`.
+The paired comparison of the runs (``transfer_compare``) is :mod:`cxrpipe.evaluate.transfer.report`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cxrpipe.evaluate.finetune import FinetuneConfig, Protocol
-from cxrpipe.evaluate.label_efficiency import fraction_tag, studies_hash
-from cxrpipe.evaluate.metrics import EvalLevel, jsonable
+from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
+from cxrpipe.evaluate.probe.label_efficiency import fraction_tag, studies_hash
+from cxrpipe.evaluate.stats.metrics import EvalLevel, jsonable
 from cxrpipe.labels import BlankPolicy, UncertainPolicy
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ def run_transfer(
     """One dataset x encoder x protocol at every fraction: ``out_dir/<tag>.json`` (metrics), ``.config.json``,
     ``.npz`` (test predictions) per fraction run, and ``out_dir/summary.json`` (returned)."""
     from cxrpipe.data.manifest import read_label_names
-    from cxrpipe.evaluate.data import labelled_splits
-    from cxrpipe.evaluate.finetune import run_finetune
+    from cxrpipe.evaluate.probe.data import labelled_splits
+    from cxrpipe.evaluate.probe.finetune import run_finetune
     from cxrpipe.io import write_json_atomic
 
     protocol, out_dir, prepared = Protocol(protocol), Path(out_dir), Path(prepared)

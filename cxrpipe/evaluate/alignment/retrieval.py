@@ -6,7 +6,7 @@
   study has that text (a study's several images, or the images of studies with the identical text) is
   among the k best.
 
-Scores are the training loss's (:func:`cxrpipe.evaluate.alignment.score_matrix`); rank = number of
+Scores are the training loss's (:func:`cxrpipe.evaluate.alignment.scorer.score_matrix`); rank = number of
 candidates scoring strictly higher than the best positive (ties count in the query's favour). Chance level
 of a query with ``m`` positives among ``C`` candidates: ``1 - C(C - m, k) / C(C, k)``, averaged over queries.
 Intervals: 95% percentile bootstrap over test studies (image -> report) or distinct texts (report -> image).
@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cxrpipe.evaluate import bootstrap
-from cxrpipe.evaluate.metrics import jsonable
+from cxrpipe.evaluate.stats import bootstrap
+from cxrpipe.evaluate.stats.metrics import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def run_retrieval(cfg: RetrievalConfig, model_dir: str | Path, prepared: str | P
 
     from cxrpipe.data.image_cache import ImageCache
     from cxrpipe.data.manifest import read_images
-    from cxrpipe.evaluate.alignment import load_aligned, score_matrix
+    from cxrpipe.evaluate.alignment.scorer import load_aligned, score_matrix
     from cxrpipe.io import write_metrics_json
     from cxrpipe.text.cache import TextCache
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cxrpipe.evaluate.summaries import fmt_ci
-from cxrpipe.evaluate.transfer import TransferConfig
+from cxrpipe.evaluate.stats.summaries import fmt_ci
+from cxrpipe.evaluate.transfer.run import TransferConfig
 
 
 def _p(p: float | None) -> str:
