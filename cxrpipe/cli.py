@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from typing import Annotated
 
 import typer
 
@@ -34,6 +35,7 @@ STAGES = (
     ("retrieval", "retrieval"),
     ("attention-maps", "attention_maps"),
     ("verify", "verify"),  # not a DVC stage: checks the caches' checksums
+    ("launch", "launch"),  # not a stage: dvc.yaml's embed/pretrain command (params `compute`)
 )
 
 app = typer.Typer(
@@ -41,7 +43,25 @@ app = typer.Typer(
     help="Chest X-ray encoder aligned with a frozen LLM's reading of the report: the pipeline's stages.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: `--resume / --no-resume`, not typer's rich `<bool>` type column
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cxrpipe import __version__
+
+        typer.echo(f"cxrpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
 
 for _name, _module in STAGES:
     try:
@@ -52,7 +72,7 @@ for _name, _module in STAGES:
         continue
     # the list shows the docstring's first paragraph on one line; `<stage> --help` shows it all
     _summary = " ".join(inspect.getdoc(_mod.main).split("\n\n")[0].split())
-    app.command(name=_name, short_help=_summary)(_mod.main)
+    app.command(name=_name, short_help=_summary, context_settings=getattr(_mod, "CONTEXT_SETTINGS", None))(_mod.main)
 
 
 def main() -> None:

@@ -405,9 +405,9 @@ def _decode_all(
 
 def _iter_decoded(todo: list[tuple], cfg: PrepareConfig) -> Iterable[tuple[int, np.ndarray | None, str | None]]:
     """Decoded results in completion order; at most ``4 * workers`` chunks in flight (bounded memory)."""
-    from tqdm import tqdm
+    from cxrpipe.progress import progress
 
-    bar = tqdm(total=len(todo), desc="decode", unit="img", mininterval=2.0, disable=None)
+    bar = progress(total=len(todo), desc="decode", unit="img", mininterval=2.0)
     try:
         if cfg.workers == 0 or len(todo) <= 1:
             for task in todo:

@@ -241,7 +241,7 @@ def train_one_epoch(run: TrainRun, epoch: int, max_steps: int | None = None) -> 
 
     Checkpoints every ``checkpoint_every`` steps and at the epoch's end; logs per step and per epoch.
     """
-    from tqdm.auto import tqdm
+    from cxrpipe.progress import progress
 
     cfg, acc, model = run.cfg, run.accelerator, run.model
     rank, world, device = acc.process_index, acc.num_processes, acc.device
@@ -251,7 +251,8 @@ def train_one_epoch(run: TrainRun, epoch: int, max_steps: int | None = None) -> 
                            start=run.step - epoch * run.per_epoch)
     loader = DataLoader(run.train_ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda")
-    bar = tqdm(loader, desc=f"{run.variant} epoch {epoch + 1}/{cfg.epochs}", disable=not acc.is_main_process, leave=False)
+    bar = progress(loader, desc=f"{run.variant} epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   enabled=acc.is_main_process, leave=False)
     model.train()
     for batch in bar:
         gen = torch.Generator().manual_seed(sample_seed(cfg.seed, 1, run.step))

@@ -458,11 +458,11 @@ def _run_parts(model: Any, pad: int, bos: int | None, layer: int, ids: Sequence[
                todo: Sequence[int], folder: Path, progress: bool,
                store: StoreDtype = StoreDtype.float16) -> tuple[float, int]:
     """Compute and write this process's remaining parts; returns (seconds, real tokens done)."""
-    from tqdm.auto import tqdm
+    from cxrpipe.progress import progress as progress_bar
 
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     total = sum(len(ids[r]) for k in todo for r in plan.part_rows(k))
-    bar = tqdm(total=total, unit="tok", unit_scale=True, desc="embed", disable=not progress, smoothing=0.1)
+    bar = progress_bar(total=total, unit="tok", desc="embed", enabled=progress, unit_scale=True, smoothing=0.1)
     t0 = time.perf_counter()
     for k in todo:
         rows, embs, n_clipped = [], [], 0

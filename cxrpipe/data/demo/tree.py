@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from cxrpipe import __version__
 from cxrpipe.config import ConfigError, to_dict
 from cxrpipe.data.demo import dicom, radiograph, report, signs
 from cxrpipe.data.demo.findings import StudyFindings, negbio_variant, sample_findings
 from cxrpipe.labels import CHEXPERT_LABELS
+from cxrpipe.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def write_demo_tree(cfg: DemoConfig, out_dir: str | Path) -> dict:
     anatomy, anatomy_of = None, -1  # studies come grouped by subject: one anatomy at a time
     meta_rows, corruptions = [], []
     with zipfile.ZipFile(tmp / REPORTS_ZIP, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for s in tqdm(studies, desc="demo studies", unit="study", disable=None):
+        for s in progress(studies, desc="demo studies", unit="study"):
             if s.subject_index != anatomy_of:
                 anatomy_of = s.subject_index
                 anatomy = radiograph.sample_anatomy(np.random.default_rng([cfg.seed, 4, s.subject_index]))

@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm import tqdm
 
 from cxrpipe.config import save_config, to_dict
 from cxrpipe.evaluate.probe.data import ImageRows, LabelledImages, labelled_splits, split_counts
 from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, evaluate, jsonable, macro_auroc, save_predictions
 from cxrpipe.io import write_json_atomic
+from cxrpipe.progress import progress
 from cxrpipe.labels import N_LABELS, BlankPolicy, UncertainPolicy
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def _loader(ds: Dataset, batch_size: int, train: bool, seed: int, workers: int) 
 def _predict(model: nn.Module, loader: DataLoader, to_input: Callable) -> np.ndarray:
     """Logits ``[N, out]`` in dataset order."""
     model.eval()
-    out = [model(to_input(x)).float().cpu() for x, *_ in tqdm(loader, leave=False, disable=None)]
+    out = [model(to_input(x)).float().cpu() for x, *_ in progress(loader, desc="predict", unit="batch", leave=False)]
     return torch.cat(out).numpy()
 
 
@@ -267,7 +267,7 @@ def _fit(
     for epoch in range(1, epochs + 1):
         model.train()
         total, n = 0.0, 0
-        for x, y, m in tqdm(train, desc=f"epoch {epoch}", leave=False, disable=None):
+        for x, y, m in progress(train, desc=f"epoch {epoch}", unit="batch", leave=False):
             logits = model(to_input(x))
             loss = masked_bce(logits, y.to(logits.device), m.to(logits.device))
             optimizer.zero_grad(set_to_none=True)
