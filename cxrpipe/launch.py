@@ -11,6 +11,8 @@
 - ``launcher: slurm``: inside an ``sbatch`` allocation of several nodes (``cluster/slurm/multi-node.sbatch``),
   ``srun`` starts ``accelerate launch`` once per node with its ``--machine_rank``; the first node of the
   allocation is the rendezvous host. On one node it is ``accelerate``.
+- ``launcher: auto``: ``slurm`` in a SLURM job of several nodes, else ``accelerate`` when more than one GPU is
+  visible (or a ``config_file`` is set), else ``none``: one params file for a laptop, a node and a cluster.
 
 The result does not depend on the number of processes (embed: the same cache; pretrain: the same encoder up
 to float summation order, tested), which is why ``compute`` is not a DVC param of the stages: moving a
@@ -36,13 +38,14 @@ class Launcher(str, enum.Enum):
     none = "none"
     accelerate = "accelerate"
     slurm = "slurm"
+    auto = "auto"  # slurm in a SLURM job of several nodes, else accelerate with more than one GPU, else none
 
 
 @dataclasses.dataclass(frozen=True)
 class ComputeConfig:
     """params section ``compute`` (read by ``cxrpipe launch``; docs/cluster.md)."""
 
-    launcher: Launcher = Launcher.none  # none | accelerate | slurm
+    launcher: Launcher = Launcher.none  # none | accelerate | slurm | auto
     num_processes: Union[int, Literal["auto"]] = 1  # processes per node; auto = one per visible GPU (1 without)
     config_file: Optional[str] = None  # an accelerate config file; it then decides processes and machines
     main_process_port: int = 29500  # rendezvous port (several jobs on one node need different ones)
@@ -104,10 +107,13 @@ def plan_launch(cfg: ComputeConfig, stage: str, args: Sequence[str], gpus: int,
         raise LaunchError(f"cxrpipe launch runs {' or '.join(LAUNCHABLE)}, not {stage!r}; run `cxrpipe {stage}`")
     env = os.environ if env is None else env
     target = ["-m", "cxrpipe", stage, *args]
+    nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")) or 1) if "SLURM_JOB_ID" in env else 1
+    if cfg.launcher is Launcher.auto:
+        auto = Launcher.slurm if nodes > 1 else Launcher.accelerate if gpus > 1 or cfg.config_file else Launcher.none
+        cfg = dataclasses.replace(cfg, launcher=auto)
     if cfg.launcher is Launcher.none:
         return LaunchPlan(None, 1, _gpu_warning(stage, 1, gpus))
     n = _per_node(cfg, gpus)
-    nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")) or 1)
     if cfg.launcher is Launcher.slurm and "SLURM_JOB_ID" not in env:
         raise LaunchError("compute.launcher is slurm but this is not inside a SLURM job: run it through sbatch "
                           "(cluster/slurm/) or set compute.launcher: accelerate")

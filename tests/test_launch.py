@@ -67,6 +67,19 @@ def test_slurm_starts_one_accelerate_per_node_with_its_rank():
         plan_launch(cfg(launcher="slurm"), "pretrain", ARGS, gpus=0, env={})
 
 
+def test_auto_picks_the_launcher_from_the_machine():
+    auto = cfg(launcher="auto", num_processes="auto")
+    assert plan_launch(auto, "embed", ARGS, gpus=0).argv is None  # a laptop: this process
+    assert plan_launch(auto, "embed", ARGS, gpus=1).argv is None
+    node = plan_launch(auto, "embed", ARGS, gpus=8)
+    assert node.processes == 8 and node.argv[0] != "srun"
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "g[1-4]"}
+    cluster = plan_launch(auto, "embed", ARGS, gpus=8, env=env, hostnames=lambda _: ["g1", "g2", "g3", "g4"])
+    assert cluster.processes == 32 and cluster.argv[0] == "srun"
+    # SLURM variables without a job id (a login shell that sourced them) do not count as a job
+    assert plan_launch(auto, "embed", ARGS, gpus=0, env={"SLURM_JOB_NUM_NODES": "4"}).argv is None
+
+
 def test_bad_settings_are_one_line_errors():
     with pytest.raises(LaunchError, match="runs embed or pretrain"):
         plan_launch(cfg(), "finetune", ARGS, gpus=0)
