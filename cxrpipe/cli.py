@@ -36,6 +36,7 @@ STAGES = (
     ("attention-maps", "attention_maps"),
     ("verify", "verify"),  # not a DVC stage: checks the caches' checksums
     ("launch", "launch"),  # not a stage: dvc.yaml's embed/pretrain command (params `compute`)
+    ("profile", "profile"),  # not a stage: selects params-<name>.yaml
 )
 
 app = typer.Typer(

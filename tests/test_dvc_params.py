@@ -66,4 +66,5 @@ def test_prepare_and_transfer_prepare_list_their_params():
     assert {f"data.{f.name}" for f in dataclasses.fields(DataConfig)} <= set(stages["prepare"]["params"])
     tp = stages["transfer_prepare"]
     assert set(tp["params"]) == {"transfer_data.${item.dataset}", "prepare"}
-    assert tp["matrix"] == {"dataset": "${transfer.datasets}"} and "data/demo-nih" in tp["deps"]
+    # ordered after the demo NIH tree through pipeline.transfer_source (a real profile names its own script)
+    assert tp["matrix"] == {"dataset": "${transfer.datasets}"} and "${pipeline.transfer_source}" in tp["deps"]

@@ -37,9 +37,9 @@ def leaf_keys(node, prefix=""):
     return {prefix.rstrip(".")}
 
 
-@pytest.mark.parametrize("profile", ["params-mimic.yaml", "params-iu.yaml"])
+@pytest.mark.parametrize("profile", sorted(p.name for p in ROOT.glob("params-*.yaml")))
 def test_profile_has_exactly_the_keys_of_params_yaml(profile):
-    """DVC needs every key a stage lists: `cp <profile> params.yaml` must leave none out."""
+    """DVC needs every key a stage lists: `cxrpipe profile <name>` must leave none out."""
     demo = yaml.safe_load((ROOT / "params.yaml").read_text())
     other = yaml.safe_load((ROOT / profile).read_text())
     assert leaf_keys(other) == leaf_keys(demo)

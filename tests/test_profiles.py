@@ -1,0 +1,141 @@
+"""Profiles: `cxrpipe profile <name>` selects params-<name>.yaml reversibly; every profile loads, and DVC's own
+API lists the stages it runs: a real profile runs and reads no demo data."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxrpipe.config import section
+from cxrpipe.profiles import ProfileError, active, available, missing_inputs, select
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ["demo", *sorted(p.name[len("params-"):-len(".yaml")] for p in ROOT.glob("params-*.yaml"))]
+# every section a stage reads -> its dataclass (module, class)
+SECTIONS = {
+    "data": ("cxrpipe.data.prepare", "DataConfig"), "prepare": ("cxrpipe.data.prepare", "PrepareConfig"),
+    "demo": ("cxrpipe.data.demo.tree", "DemoConfig"), "demo_nih": ("cxrpipe.data.demo.nih", "DemoNIHConfig"),
+    "transfer_data": ("cxrpipe.data.transfer_prepare", "TransferDataConfig"),
+    "text_model": ("cxrpipe.text.model", "TextModelConfig"), "embed": ("cxrpipe.text.embed", "EmbedConfig"),
+    "compute": ("cxrpipe.launch", "ComputeConfig"), "pretrain": ("cxrpipe.pretrain.train", "PretrainConfig"),
+    "finetune": ("cxrpipe.evaluate.probe.finetune", "FinetuneConfig"),
+    "pixels": ("cxrpipe.evaluate.probe.pixels", "PixelsConfig"), "compare": ("cxrpipe.evaluate.compare", "CompareConfig"),
+    "label_efficiency": ("cxrpipe.evaluate.probe.label_efficiency", "LabelEfficiencyConfig"),
+    "transfer": ("cxrpipe.evaluate.transfer.run", "TransferConfig"),
+    "zeroshot": ("cxrpipe.evaluate.alignment.zeroshot", "ZeroShotConfig"),
+    "retrieval": ("cxrpipe.evaluate.alignment.retrieval", "RetrievalConfig"),
+    "attention": ("cxrpipe.evaluate.alignment.attention_maps", "AttentionMapsConfig"),
+}
+DVC_ONLY = {"pipeline"}  # read by dvc.yaml alone
+
+
+def profile_path(name: str) -> Path:
+    return ROOT / ("params.yaml" if name == "demo" else f"params-{name}.yaml")
+
+
+def copy_repo(tmp_path: Path) -> Path:
+    for p in [ROOT / "dvc.yaml", ROOT / "params.yaml", *ROOT.glob("params-*.yaml")]:
+        shutil.copy(p, tmp_path / p.name)
+    return tmp_path
+
+
+def test_switching_is_reversible_and_never_overwrites(tmp_path):
+    repo = copy_repo(tmp_path)
+    demo = (repo / "params.yaml").read_bytes()
+    assert available(repo) == PROFILES and active(repo) == "demo"
+    assert select(repo, "mimic") == ("demo", "mimic")
+    assert (repo / "params.yaml").is_symlink() and active(repo) == "mimic"
+    assert (repo / "params-demo.yaml").read_bytes() == demo  # the demo's params, edits and all, kept
+    assert yaml.safe_load((repo / "params.yaml").read_text())["data"]["root"] != "data/demo"  # DVC reads mimic
+    assert select(repo, "iu") == ("mimic", "iu") and active(repo) == "iu"
+    assert select(repo, "demo") == ("iu", "demo")
+    assert not (repo / "params.yaml").is_symlink() and (repo / "params.yaml").read_bytes() == demo
+    assert not (repo / "params-demo.yaml").exists()
+    assert sorted(p.name for p in repo.iterdir()) == sorted(["dvc.yaml", "params.yaml",
+                                                             *(p.name for p in ROOT.glob("params-*.yaml"))])
+
+
+def test_unsafe_or_unknown_switches_refuse_and_change_nothing(tmp_path):
+    repo = copy_repo(tmp_path)
+    with pytest.raises(ProfileError, match="no profile 'mimc'.*mimic"):
+        select(repo, "mimc")
+    (repo / "params-demo.yaml").write_text("a: 1\n")  # would be overwritten by the saved demo params
+    before = {p.name: p.read_bytes() for p in repo.iterdir()}
+    with pytest.raises(ProfileError, match="keeping both would lose one"):
+        select(repo, "mimic")
+    assert {p.name: p.read_bytes() for p in repo.iterdir()} == before and active(repo) == "demo"
+
+
+def test_profile_command_lists_selects_and_names_the_paths_to_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrpipe.cli import app
+
+    repo = copy_repo(tmp_path)
+    res = CliRunner().invoke(app, ["profile", "--root", str(repo)])
+    assert res.exit_code == 0 and "* demo" in res.output and "  mimic" in res.output
+    res = CliRunner().invoke(app, ["profile", "mimic", "--root", str(repo)])
+    assert res.exit_code == 0, res.output
+    assert "set data.root in params-mimic.yaml" in res.output and "cxrpipe profile demo" in res.output
+    assert CliRunner().invoke(app, ["profile", "nope", "--root", str(repo)]).exit_code == 2
+
+
+def test_missing_inputs_are_the_real_paths_not_the_generated_ones(tmp_path):
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert missing_inputs(demo) == []  # data/demo, data/demo-nih: made by stages
+    params = {"data": {"root": str(tmp_path), "reports": str(tmp_path / "r.zip")},
+              "transfer": {"datasets": ["nih_cxr14"]}, "transfer_data": {"nih_cxr14": {"root": "/no/nih"}}}
+    assert missing_inputs(params) == [("data.reports", str(tmp_path / "r.zip")), ("transfer_data.nih_cxr14.root", "/no/nih")]
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_builds_every_section_and_has_the_demos_keys(name):
+    params = yaml.safe_load(profile_path(name).read_text())
+    assert set(params) == set(SECTIONS) | DVC_ONLY, "a section without a dataclass here, or one missing"
+    for key, (module, cls) in SECTIONS.items():
+        section(params, key, getattr(importlib.import_module(module), cls))
+    pipe = params["pipeline"]
+    assert all(isinstance(pipe[k], list) for k in ("demo_data", "demo_nih", "text_model"))
+    assert isinstance(pipe["text_model_dep"], str) and isinstance(pipe["transfer_source"], str)
+
+
+def dvc_stages(repo: Path) -> dict[str, tuple[set[str], set[str]]]:
+    """DVC's own view of the pipeline: stage address -> (dep paths, out paths), relative to the repo."""
+    from dvc.repo import Repo
+
+    if not (repo / ".dvc").exists():
+        Repo.init(str(repo), no_scm=True)
+    with Repo(str(repo)) as r:
+        rel = lambda p: str(Path(p).relative_to(repo)) if Path(p).is_absolute() and repo in Path(p).parents else str(p)  # noqa: E731
+        return {s.name: ({rel(d.fs_path) for d in s.deps if not hasattr(d, "params")},
+                               {rel(o.fs_path) for o in s.outs}) for s in r.index.stages}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PROFILES)
+def test_each_profile_lists_the_stages_it_runs(tmp_path, name):
+    repo = copy_repo(tmp_path)
+    select(repo, name)
+    stages = dvc_stages(repo)
+    core = {"prepare", "embed", "pretrain@mae", "pretrain@multimodal", "random_encoder", "finetune@mae-linear",
+            "compare", "transfer_compare"}
+    assert core <= set(stages), sorted(stages)
+    demo_stages = {s for s in stages if s.startswith(("demo_data", "demo_nih"))}
+    paths = {p for deps, outs in stages.values() for p in deps | outs}
+    if name == "demo":
+        assert {"demo_data@demo", "demo_nih@demo-nih", "text_model@text-model"} <= set(stages)
+        assert {"data/demo", "data/demo-nih"} <= paths
+        return
+    assert demo_stages == set(), "a real profile runs a demo stage"
+    assert not [p for p in paths if p.startswith("data/demo")], "a real profile reads demo data"
+    params = yaml.safe_load(profile_path(name).read_text())
+    if params["embed"]["model"].startswith("data/models/"):  # the demo LM (IU): made by its stage
+        assert "text_model@text-model" in stages
+    else:
+        assert not [s for s in stages if s.startswith("text_model")]
+    seeds = params["compare"]["extra_seeds"]
+    assert len([s for s in stages if s.startswith("pretrain_seeds@")]) == 2 * len(seeds)
