@@ -1,22 +1,27 @@
-"""The exported image encoder: ``encoder.safetensors`` (timm ViT key names) + ``config.json``.
+"""The exported image encoder: ``encoder.safetensors`` (timm ViT key names) + ``config.json`` + ``README.md``.
 
-``config.json``::
+``config.json`` is timm's own ``local-dir:`` format plus cxrpipe's keys::
 
-    {"arch": "vit_base_patch16_224",            # a timm model name
-     "kwargs": {"img_size": 224, "patch_size": 16, "in_chans": 1, "embed_dim": 768, "depth": 12,
-                "num_heads": 12, "num_classes": 0, ...},   # timm.create_model(arch, **kwargs) rebuilds it
+    {"architecture": "vit_base_patch16_224",     # timm: the constructor
+     "num_classes": 0, "num_features": 768,
+     "model_args": {"img_size": 224, "patch_size": 16, "in_chans": 1, ...},   # timm: override its sizes
+     "pretrained_cfg": {"input_size": [1, 224, 224], "mean": [0.5], "std": [0.25], "crop_pct": 1.0,
+                        "interpolation": "lanczos", ...},   # timm.data.resolve_data_config reads these
+     "arch": ..., "kwargs": {...},               # cxrpipe's names for architecture / model_args (kept)
      "pixel_mean": 0.5, "pixel_std": 0.25,       # uint8 image / 255 -> (x - mean) / std
-     "description": "ViT-B/16 ...",              # what the encoder IS: ``arch`` names the timm constructor,
-                                                 # ``kwargs`` override its sizes (written by save_encoder)
+     "description": "ViT, 12 blocks, ...",       # what the encoder IS (the timm name alone misleads)
      "variant": "multimodal", "params": {...}}   # provenance (the resolved pretrain config)
 
-Anyone can rebuild the encoder without cxrpipe::
+so the folder drops into other code as a timm model, with the training preprocessing::
 
-    model = timm.create_model(cfg["arch"], pretrained=False, **cfg["kwargs"])
-    model.load_state_dict(safetensors.torch.load_file("encoder.safetensors"))
+    model = timm.create_model("local-dir:data/models/multimodal", pretrained=True)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    features = model(transform(pil_image_L)[None])   # = cxrpipe's, for an image letterboxed square (below)
 
-With cxrpipe, :func:`load_encoder` + :func:`preprocess` (a PIL image or uint8 array -> the exact input the
-pipeline fed the encoder: letterbox, /255, ``(x - pixel_mean) / pixel_std``).
+timm's transform resizes the shorter side and centre-crops; the pipeline letterboxed (longer side to S,
+padded with 0). On square images (what ``cxrpipe.data.images.letterbox`` returns) the two are the same
+pixels. With cxrpipe, :func:`load_encoder` + :func:`preprocess` (a path, PIL image or uint8 array -> exactly
+the pipeline's input) do all of it. ``README.md`` is the model card (:mod:`cxrpipe.model_card`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,30 @@ def describe_architecture(arch: str, kwargs: dict[str, Any]) -> str:
             "gives the constructor, kwargs override its sizes")
 
 
+def timm_config(config: dict[str, Any], num_features: int) -> dict[str, Any]:
+    """timm's ``local-dir:`` keys for a cxrpipe ``config`` (``arch``, ``kwargs``, ``pixel_mean``/``std``):
+    ``timm.create_model('local-dir:<folder>', pretrained=True)`` rebuilds the encoder from them and
+    ``timm.data.resolve_data_config`` gives the training input: channels and size, mean/std, no crop."""
+    kwargs = config["kwargs"]
+    size = kwargs.get("img_size", 224)
+    size = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
+    chans = int(kwargs.get("in_chans", 3))
+    return {
+        "architecture": config["arch"],
+        "num_classes": 0,
+        "num_features": int(num_features),
+        "model_args": dict(kwargs),
+        "pretrained_cfg": {
+            "input_size": [chans, *size], "fixed_input_size": True,
+            "mean": [float(config["pixel_mean"])] * chans, "std": [float(config["pixel_std"])] * chans,
+            "crop_pct": 1.0, "crop_mode": "center",
+            "interpolation": "lanczos",  # the letterbox's resampling (cxrpipe.data.images.letterbox)
+            "num_classes": 0, "first_conv": "patch_embed.proj", "classifier": "head",
+            "license": "see README.md (the training data's terms)",
+        },
+    }
+
+
 def _group_readable(path: Path) -> None:
     """safetensors creates files 0600; give them the mode every other output gets (0666 minus the umask)."""
     umask = os.umask(0)
@@ -59,14 +88,16 @@ def _group_readable(path: Path) -> None:
 
 
 def save_encoder(model: nn.Module, out_dir: str | Path, config: dict[str, Any]) -> None:
-    """Write the encoder weights and its config atomically; ``config`` needs ``arch`` and ``kwargs``.
-    A ``description`` of the architecture (:func:`describe_architecture`) is added when absent."""
+    """Write the encoder weights and its config atomically; ``config`` needs ``arch``, ``kwargs`` and
+    ``pixel_mean``/``pixel_std``. A ``description`` of the architecture (:func:`describe_architecture`) is
+    added when absent, and timm's ``local-dir:`` keys (:func:`timm_config`)."""
     from safetensors.torch import save_file
 
     for key in ("arch", "kwargs", "pixel_mean", "pixel_std"):
         if key not in config:
             raise ValueError(f"encoder config lacks '{key}'")
-    config = {"description": describe_architecture(config["arch"], config["kwargs"]), **config}
+    config = {"description": describe_architecture(config["arch"], config["kwargs"]), **config,
+              **timm_config(config, getattr(model, "num_features", config["kwargs"].get("embed_dim", 0)))}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -86,6 +117,8 @@ def load_encoder(model_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     model_dir = Path(model_dir)
     config = json.loads((model_dir / CONFIG_FILE).read_text())
+    config.setdefault("arch", config.get("architecture"))  # a timm-only config.json loads too
+    config.setdefault("kwargs", config.get("model_args", {}))
     model = timm.create_model(config["arch"], pretrained=False, **config["kwargs"])
     state = load_file(str(model_dir / ENCODER_FILE))
     model.load_state_dict(state, strict=True)

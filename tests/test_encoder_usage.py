@@ -104,3 +104,35 @@ def test_exported_files_follow_the_umask(tmp_path):
     for name in ("encoder.safetensors", "config.json"):
         mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
         assert mode == 0o664, f"{name}: {oct(mode)}"
+
+
+def test_timm_local_dir_reproduces_the_pipelines_features(tmp_path, caplog):
+    """`timm.create_model('local-dir:<folder>', pretrained=True)` + timm's own data config and transform give
+    exactly cxrpipe's input and features (square images, as the letterbox makes them); before, timm failed
+    (KeyError 'architecture') and its default config said 3 channels, 224 px, std 0.5, crop 0.9."""
+    import timm
+    from PIL import Image
+
+    from cxrpipe.encoder import load_encoder, preprocess
+
+    folder = tmp_path / "multimodal"
+    export_tiny_encoder(folder, img_size=32)
+    (folder / "text_head.safetensors").write_bytes(b"")  # as pretrain writes it: timm must still pick the encoder
+    ours, cfg = load_encoder(folder)
+    theirs = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    data = timm.data.resolve_data_config(model=theirs)
+    assert data == {"input_size": (1, 32, 32), "interpolation": "lanczos", "mean": [0.5], "std": [0.25],
+                     "crop_pct": 1.0, "crop_mode": "center"}
+    transform = timm.data.create_transform(**data)
+    ours.eval(), theirs.eval()
+    rng = np.random.default_rng(0)
+    for side in (32, 48, 96):  # at the input size, and letterboxed larger (Lanczos down to 32, as prepare does)
+        pixels = rng.integers(0, 256, (side, side), dtype=np.uint8)
+        x, y = preprocess(pixels, cfg), transform(Image.fromarray(pixels, mode="L"))[None]
+        torch.testing.assert_close(y, x, rtol=0, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(theirs(y), ours(x), rtol=0, atol=0)
+    # the weights matter: timm's architecture alone, untrained, gives other features
+    fresh = timm.create_model(f"local-dir:{folder}", pretrained=False).eval()
+    with torch.no_grad():
+        assert (fresh(x) - ours(x)).abs().max() > 1e-3

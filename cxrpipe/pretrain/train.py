@@ -449,6 +449,7 @@ def _export_and_check(run: TrainRun, text: Any, prepared: Path, out_dir: Path, t
     check on validate and on as many train pairs; the metrics (numbers only: the variant and config are in
     ``<out>/config.json``)."""
     from cxrpipe.encoder import save_encoder
+    from cxrpipe.model_card import write_model_card
     from cxrpipe.pretrain.heads import save_heads
     from cxrpipe.pretrain.retrieval import evaluate_retrieval
 
@@ -479,6 +480,7 @@ def _export_and_check(run: TrainRun, text: Any, prepared: Path, out_dir: Path, t
     retrieval_train = evaluate_retrieval(
         unwrapped, probe_ds, acc.device, cfg.eval_batch_size, autocast=acc.autocast, split="train probe"
     )
+    write_model_card(out_dir, prepared, {"retrieval": retrieval}, text.fingerprint.model)  # README.md beside it
     return {
         "weight_text": cfg.loss.weight_text,
         "steps": run.step,

@@ -102,7 +102,9 @@ def test_dvc_repro_runs_embed_and_pretrain_under_a_two_process_launcher(tiny_mod
     report_ = json.loads((repo / "data" / "cache" / "text-report.json").read_text())
     metrics = json.loads((repo / "data" / "metrics" / "pretrain-multimodal.json").read_text())
     assert report_["n_processes"] == 2 and metrics["processes"] == 2  # both really ran as 2 ranks
-    assert (repo / "data" / "models" / "multimodal" / "encoder.safetensors").exists()
+    model = repo / "data" / "models" / "multimodal"
+    assert (model / "encoder.safetensors").exists() and "architecture" in json.loads((model / "config.json").read_text())
+    assert "Not for clinical use" in (model / "README.md").read_text()  # the model card beside it
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert {"embed", "pretrain@multimodal"} <= set(lock)
     assert lock["embed"]["cmd"].startswith("cxrpipe launch embed ")

@@ -44,6 +44,7 @@ def write_random_encoder(
 ) -> dict[str, Any]:
     """Export the ``random`` reference to ``out_dir`` (encoder.safetensors + config.json); returns the config."""
     from cxrpipe.encoder import save_encoder
+    from cxrpipe.model_card import write_model_card
 
     encoder = build_random_encoder(model, seed)
     config = {
@@ -56,6 +57,7 @@ def write_random_encoder(
         "params": {"seed": seed, "model": to_dict(model), "trained": False},
     }
     save_encoder(encoder, out_dir, config)
+    write_model_card(out_dir)  # README.md: an untrained reference, not for use
     n = sum(p.numel() for p in encoder.parameters())
     log.info("random reference: %s (%d parameters, seed %d, init %s) -> %s", model.arch, n, seed, model.init, out_dir)
     return config
