@@ -110,18 +110,18 @@ def recode(src: Path, out: Path, store: str) -> Path:
     """A linked cache in form ``store`` from the float16 cache ``src`` (same parts, rows and fingerprint but
     ``store_dtype``), written as the embed stage writes one."""
     import h5py
-    from safetensors.numpy import load_file
 
-    from cxrpipe.text.cache import TextCache, dataset, write_linked_text_cache
-    from cxrpipe.text.embed import part_layout, parts_dir, write_part
+    from cxrpipe.text.cache import TextCache, dataset, read_part, write_linked_text_cache, write_part
+    from cxrpipe.text.embed import parts_dir
     from cxrpipe.text.store import EXTRA_ARRAYS, encode
 
     cache = TextCache(src)
     dst = out / f"text-{store}" / "text.h5"
     parts_dir(dst).mkdir(parents=True, exist_ok=True)
     files = []
-    for f in sorted(parts_dir(src).glob("part-*.safetensors")):
-        t = load_file(str(f))
+    for f in sorted(parts_dir(src).glob("part-*.h5")):
+        with h5py.File(f, "r") as h:
+            t = {k: h[k][:] for k in ("offsets", "embeddings", "token_ids", "rows")}
         offs = t["offsets"]
         embs, extra = [], {n: [] for n in EXTRA_ARRAYS[store]}
         for a, b in zip(offs[:-1], offs[1:]):
@@ -135,7 +135,7 @@ def recode(src: Path, out: Path, store: str) -> Path:
     with h5py.File(src, "r") as f:
         offsets, sids, srows = (dataset(f, k)[:] for k in ("offsets", "study_ids", "study_rows"))
     fp = dataclasses.replace(cache.fingerprint, store_dtype=store)
-    write_linked_text_cache(dst, [part_layout(p)[0] for p in files], offsets, sids, srows, fp, cache.hidden_size)
+    write_linked_text_cache(dst, [read_part(p)[0] for p in files], offsets, sids, srows, fp, cache.hidden_size)
     size = sum(p.stat().st_size for p in files)
     print(f"# wrote {dst}: {size / 1e6:.1f} MB of parts")
     return dst

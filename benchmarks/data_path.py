@@ -66,8 +66,8 @@ def make_image_cache(path: Path, n: int) -> None:
 
 def make_text_cache(path: Path, gib: float, store: str = "float16") -> None:
     """A linked text cache of ~``gib`` GiB of 4096-d tokens, written as the embed stage writes it."""
-    from cxrpipe.text.cache import Fingerprint, write_linked_text_cache
-    from cxrpipe.text.embed import part_layout, part_path, parts_dir, write_part
+    from cxrpipe.text.cache import Fingerprint, read_part, write_linked_text_cache, write_part
+    from cxrpipe.text.embed import part_path, parts_dir
     from cxrpipe.text.store import EXTRA_ARRAYS, bytes_per_token, encode
 
     if path.exists():
@@ -92,7 +92,7 @@ def make_text_cache(path: Path, gib: float, store: str = "float16") -> None:
         write_part(files[-1], list(range(row, row + len(chunk))), embs, ids, 0, extra)
         row += len(chunk)
     fp = Fingerprint("synthetic", "", "bf16", -1, "", ("findings",), 512, "synthetic", store_dtype=store)
-    write_linked_text_cache(path, [part_layout(f)[0] for f in files], np.asarray(offsets), list(range(row)),
+    write_linked_text_cache(path, [read_part(f)[0] for f in files], np.asarray(offsets), list(range(row)),
                             list(range(row)), fp, HIDDEN)
 
 

@@ -12,17 +12,18 @@ chunked with HDF5's fletcher32 checksum (checked whenever a chunk is read):
 
 A *linked* cache (what the embed stage writes, :func:`write_linked_text_cache`) holds the same datasets, but
 ``embeddings`` and ``token_ids`` (and the ``embed.store_dtype`` extras, see :mod:`cxrpipe.text.store`) are
-HDF5 external-storage datasets over the embed stage's part files in ``text.h5.parts/``: nothing is copied, the
-parts ARE the data, and text.h5 is a few MB of index. Rows are in the parts' order. ``linked_parts`` (attr)
-lists each part's name and size; a reader refuses the cache when one is missing or has another size.
-External file names are relative to text.h5's folder: open its datasets with :func:`dataset` (plain
-``h5py.File(path)["embeddings"]`` resolves them against the working directory instead).
+HDF5 *virtual datasets* over the embed stage's part files in ``text.h5.parts/`` (small HDF5 files,
+:func:`write_part`): nothing is copied, the parts ARE the data, and text.h5 is a few MB of index. Rows are
+in the parts' order. The source paths are relative to text.h5's folder, which HDF5 resolves from any working
+directory: plain ``h5py.File("data/cache/text.h5")["embeddings"]`` reads it anywhere.
+
+HDF5 reads a missing source as fill values (NaN, -1) rather than failing, so ``linked_parts`` (attr) lists
+each part's name and size and :class:`TextCache` refuses the cache when one is missing or has another size;
+HDF5 also keeps every source file open, so the reader makes sure the open-file limit covers the parts.
 
 A truncated, bit-flipped or foreign file raises :class:`~cxrpipe.io.CorruptFileError` naming the file and
-``dvc repro -f embed``; a linked cache whose part files changed size or vanished is refused on open, and its
-part bytes are checked against their sha256 by ``cxrpipe verify`` (external storage carries no chunk
-checksums). Readers open the file lazily in the process that reads, read-only (h5py handles must not cross
-fork).
+``dvc repro -f embed``; the part bytes are checked against their sha256 by ``cxrpipe verify``. Readers open
+the file lazily in the process that reads, read-only (h5py handles must not cross fork).
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ import numpy as np
 from cxrpipe.io import SHA_PREFIX, CorruptFileError, corrupt_error, create_h5, verify_checksums  # noqa: F401
 from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, decode
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: linked datasets are virtual datasets over HDF5 parts (2: external storage)
 STAGE = "embed"  # the stage that makes text.h5 (named in every error)
-# HDF5 keeps a dataset's external file list in one object-header message (64 KiB): 2729 files measured
-MAX_LINKED_PARTS = 2700
+# HDF5 keeps every virtual source file open: a reader needs this many files open at once, and the common
+# default limit is 1024 (`ulimit -n`); TextCache raises its soft limit when it can, a plain h5py reader cannot
+MAX_LINKED_PARTS = 900
+PART_SUFFIX = ".h5"
+# what a virtual dataset reads where a part is missing: NaN for floats (bfloat16's bit pattern for uint16)
+FILL = {"f": np.nan, "u": 0x7FC0, "i": -1}
 
 
 class TextCacheError(RuntimeError):
@@ -170,25 +175,51 @@ def write_text_cache(
 
 @dataclasses.dataclass(frozen=True)
 class PartLayout:
-    """Where one part file holds its arrays: ``arrays[name] = (dtype, shape, byte offset, byte count)``,
-    each array C-contiguous little-endian with a leading token axis."""
+    """What one part file holds: ``arrays[name] = (dtype, shape)``, each with a leading token axis."""
 
     file: Path
-    arrays: dict[str, tuple[str, tuple[int, ...], int, int]]
+    arrays: dict[str, tuple[str, tuple[int, ...]]]
 
     @property
     def n_tokens(self) -> int:
         return int(self.arrays["token_ids"][1][0])
 
 
+def write_part(path: Path, rows: Sequence[int], embeddings: Sequence[np.ndarray], ids: Sequence[Sequence[int]],
+               n_clipped: int, extra: dict[str, Sequence[np.ndarray]] | None = None) -> None:
+    """One part of the embed stage, atomically (temp file + fsync + ``os.replace``): HDF5 with ``rows [n]``,
+    ``offsets [n+1]``, ``token_ids [T]``, ``embeddings [T, hidden]`` (float16, or the ``embed.store_dtype``
+    form with its ``extra`` arrays, each ``[T, ...]`` per text), attribute ``n_clipped``. Contiguous, not
+    chunked: a virtual dataset reads its rows as plain byte ranges."""
+    lengths = [len(x) for x in ids]
+    emb = np.concatenate(embeddings)
+    arrays = {
+        "rows": np.asarray(rows, dtype=np.int64),
+        "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        "token_ids": np.concatenate([np.asarray(x, dtype=np.int32) for x in ids]),
+        "embeddings": emb if emb.dtype != np.float32 else emb.astype(np.float16),
+        **{k: np.concatenate(v) for k, v in (extra or {}).items()},
+    }
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with create_h5(tmp) as f:
+        for name, a in arrays.items():
+            f.create_dataset(name, data=np.ascontiguousarray(a))
+        f.attrs["n_clipped"] = int(n_clipped)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_part(path: Path) -> tuple[PartLayout, np.ndarray, np.ndarray, int]:
+    """(layout, rows ``[n]``, offsets ``[n+1]``, values clipped) of a part file."""
+    with h5py.File(path, "r") as f:
+        arrays = {k: (f[k].dtype.str, tuple(f[k].shape)) for k in f if k not in ("rows", "offsets")}
+        return PartLayout(Path(path), arrays), f["rows"][:], f["offsets"][:], int(f.attrs.get("n_clipped", 0))
+
+
 def linked_names(store_dtype: str) -> list[str]:
     """The datasets a linked cache keeps in its part files (the rest live inside text.h5)."""
     return ["embeddings", "token_ids", *EXTRA_ARRAYS[StoreDtype(store_dtype)]]
-
-
-def _attr_str(attrs: Any, key: str, default: str) -> str:
-    v = attrs.get(key, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def write_linked_text_cache(
@@ -213,10 +244,7 @@ def write_linked_text_cache(
     tmp = path.with_name(path.name + ".tmp")
     with create_h5(tmp) as f:
         for name in names:
-            dtype, shape = parts[0].arrays[name][0], parts[0].arrays[name][1]
-            external = [(os.path.relpath(p.file, path.parent), p.arrays[name][2], p.arrays[name][3])
-                        for p in parts if p.n_tokens]
-            f.create_dataset(name, shape=(total, *shape[1:]), dtype=dtype, external=external or None)
+            _link(f, name, parts, total, path.parent)
             f.attrs[SHA_PREFIX + name] = _sha256_of_parts(parts, name)
         _write_checked(f, "offsets", np.asarray(offsets, dtype=np.int64))
         _write_checked(f, "study_ids", np.asarray(study_ids, dtype=np.int64))
@@ -231,44 +259,70 @@ def write_linked_text_cache(
     tmp.replace(path)
 
 
-def _sha256_of_parts(parts: Sequence[PartLayout], name: str, block: int = 1 << 24) -> str:
+def _link(f: h5py.File, name: str, parts: Sequence[PartLayout], total: int, folder: Path) -> None:
+    """Dataset ``name`` of text.h5 as a virtual dataset: the parts' arrays laid end to end, each source named
+    relative to text.h5's folder (HDF5 resolves it from there, whatever the working directory)."""
+    dtype, shape = parts[0].arrays[name]
+    layout = h5py.VirtualLayout(shape=(total, *shape[1:]), dtype=dtype)
+    start = 0
+    for p in parts:
+        if not p.n_tokens:
+            continue
+        part_dtype, part_shape = p.arrays[name]
+        layout[start : start + part_shape[0]] = h5py.VirtualSource(os.path.relpath(p.file, folder), name, part_shape,
+                                                                   dtype=part_dtype)
+        start += part_shape[0]
+    f.create_virtual_dataset(name, layout, fillvalue=FILL[np.dtype(dtype).kind])
+
+
+def _sha256_of_parts(parts: Sequence[PartLayout], name: str, rows: int = 1 << 16) -> str:
     """sha256 of array ``name`` of the parts laid end to end: the bytes the linked dataset reads (one pass)."""
     h = hashlib.sha256()
     for p in parts:
         if not p.n_tokens:
             continue
-        _, _, offset, count = p.arrays[name]
-        with open(p.file, "rb") as fh:
-            fh.seek(offset)
-            while count > 0:
-                chunk = fh.read(min(block, count))
-                if not chunk:
-                    raise ValueError(f"{p.file}: shorter than its layout says")
-                h.update(chunk)
-                count -= len(chunk)
+        with h5py.File(p.file, "r") as f:
+            d = f[name]
+            for a in range(0, d.shape[0], rows):
+                h.update(np.ascontiguousarray(d[a : a + rows]).tobytes())
     return h.hexdigest()
 
 
 def dataset(f: h5py.File, name: str) -> h5py.Dataset:
-    """Dataset ``name`` of an open text cache, external part files resolved relative to the cache's folder
-    (HDF5's ``${ORIGIN}`` prefix), so a linked cache reads the same from any working directory. Datasets
-    stored inside the file open plainly: HDF5 refuses to open one dataset with two different prefixes."""
-    if "linked_parts" not in f.attrs or name not in linked_names(_attr_str(f.attrs, "store_dtype", "float16")):
-        return f[name]
-    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
-    dapl.set_efile_prefix(b"${ORIGIN}")
-    return h5py.Dataset(h5py.h5d.open(f.id, name.encode(), dapl))
+    """Dataset ``name`` of an open text cache (``f[name]``: the virtual datasets resolve their part files
+    against the cache's folder by themselves; kept as the one accessor every reader uses)."""
+    return f[name]
+
+
+def ensure_open_files(n_files: int, path: Path, reserve: int = 64) -> None:
+    """Raise this process's soft open-file limit to cover ``n_files`` part files (HDF5 keeps a virtual
+    dataset's sources open, and past the limit reads them as fill values); refuse when it cannot."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to check
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = n_files + reserve
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise TextCacheError(f"{path} is spread over {n_files} part files but this process may open only {hard} "
+                             "files (`ulimit -Hn`): raise the limit, or rebuild with a larger embed.part_tokens")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def _check_linked_parts(path: Path, attrs: Any) -> None:
-    """A linked cache's part files are all there with their recorded sizes (else TextCacheError)."""
+    """A linked cache's part files are all there with their recorded sizes (else TextCacheError: HDF5 would
+    read a missing one as fill values), and this process may keep them all open."""
     if "linked_parts" not in attrs:
         return
     folder = path.with_name(path.name + ".parts")
-    for name, size in json.loads(attrs["linked_parts"]):
+    parts = json.loads(attrs["linked_parts"])
+    for name, size in parts:
         f = folder / name
         if not f.exists() or f.stat().st_size != size:
             raise TextCacheError(f"{path}: its part file {f} is missing or changed; run the embed stage again")
+    ensure_open_files(len(parts), path)
 
 
 def _checked(n: int, chunk: int) -> dict[str, Any]:

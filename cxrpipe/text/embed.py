@@ -12,10 +12,10 @@ talking):
 3. Plan: length-grouped batches under ``embed.batch_tokens`` padded slots, gathered into parts of about
    ``embed.part_tokens`` tokens. The plan is hashed with everything that changes its result.
 4. Each process takes a token-balanced share of the parts; a finished part is written atomically (temp +
-   ``os.replace``) into ``<out>.parts/`` as safetensors. Parts already there (same plan hash) are skipped:
+   ``os.replace``) into ``<out>.parts/`` (small HDF5 files). Parts already there (same plan hash) are skipped:
    this is what makes a run killed at any moment (SIGKILL too) resumable.
 5. After a barrier, rank 0 writes the final ``text.h5`` with ``write_linked_text_cache`` (atomic): an index
-   whose ``embeddings`` / ``token_ids`` datasets are HDF5 external storage over the part files, which stay
+   whose ``embeddings`` / ``token_ids`` datasets are HDF5 virtual datasets over the part files, which stay
    in ``<out>.parts/`` as the cache's data. Nothing is copied (the demo's cache used to exist twice on disk
    while it was assembled); rows are numbered in the parts' order. HDF5 is never written incrementally.
 
@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +43,8 @@ from cxrpipe.config import to_dict
 from cxrpipe.data.manifest import read_studies
 from cxrpipe.data.reports import apply_prompt
 from cxrpipe.text.batching import Batch, balanced_split, group_into_parts, length_grouped_batches, padding_fraction
-from cxrpipe.text.cache import MAX_LINKED_PARTS, Fingerprint, PartLayout, hash_texts, write_linked_text_cache
+from cxrpipe.text.cache import (MAX_LINKED_PARTS, PART_SUFFIX, Fingerprint, hash_texts, read_part,
+                                write_linked_text_cache, write_part)
 from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, encode
 
 log = logging.getLogger(__name__)
@@ -257,98 +257,19 @@ def parts_dir(out_path: Path) -> Path:
 
 
 def part_path(folder: Path, k: int, plan_hash: str) -> Path:
-    return folder / f"part-{k:06d}-{plan_hash}.safetensors"
-
-
-def write_part(path: Path, rows: Sequence[int], embeddings: Sequence[np.ndarray], ids: Sequence[Sequence[int]],
-               n_clipped: int, extra: dict[str, Sequence[np.ndarray]] | None = None) -> None:
-    """One part, atomically: ``rows [n]``, ``offsets [n+1]``, ``token_ids [T]``, ``embeddings [T, hidden]``
-    (float16, or the ``embed.store_dtype`` form with its ``extra`` arrays, each ``[T, ...]`` per text)."""
-    from safetensors.numpy import save_file
-
-    lengths = [len(x) for x in ids]
-    emb = np.concatenate(embeddings)
-    tensors = {
-        "rows": np.asarray(rows, dtype=np.int64),
-        "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        "token_ids": np.concatenate([np.asarray(x, dtype=np.int32) for x in ids]),
-        "embeddings": emb if emb.dtype != np.float32 else emb.astype(np.float16),
-        **{k: np.concatenate(v) for k, v in (extra or {}).items()},
-    }
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"n_clipped": str(n_clipped)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class _PartRows(Sequence):
-    """Row ``i`` of the final cache (float16 ``[L_i, hidden]``), read lazily from the part files, so the
-    cache is assembled without holding all embeddings in memory. At most ``max_open`` parts are open at
-    once (MIMIC-CXR makes ~1000 parts; the default limit of open files is often 1024)."""
-
-    def __init__(self, files: Sequence[Path], max_open: int = 64):
-        from safetensors import safe_open
-
-        self._open = lambda k: safe_open(str(self._files[k]), framework="numpy")
-        self._files = list(files)
-        self._handles: OrderedDict[int, Any] = OrderedDict()
-        self._max_open = max_open
-        self._where: dict[int, tuple[int, int, int]] = {}  # row -> (part, start, stop)
-        self.n_clipped = 0
-        for k in range(len(self._files)):
-            with self._open(k) as h:
-                rows, offsets = h.get_tensor("rows"), h.get_tensor("offsets")
-                self.n_clipped += int(h.metadata()["n_clipped"])
-            for j, r in enumerate(rows):
-                self._where[int(r)] = (k, int(offsets[j]), int(offsets[j + 1]))
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if not 0 <= i < len(self._where):
-            raise IndexError(i)  # ends iteration (Sequence.__iter__)
-        k, a, b = self._where[int(i)]
-        if k in self._handles:
-            self._handles.move_to_end(k)
-        else:
-            if len(self._handles) >= self._max_open:
-                self._handles.popitem(last=False)
-            self._handles[k] = self._open(k)
-        return self._handles[k].get_slice("embeddings")[a:b]
-
-
-_SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4", "U16": "<u2", "I8": "|i1", "I16": "<i2", "I32": "<i4",
-                       "I64": "<i8"}
-
-
-def part_layout(path: Path) -> tuple[PartLayout, dict[str, str]]:
-    """Where a part file (safetensors: u64 header size, JSON header, then the raw arrays) holds each array,
-    and its metadata. Read from the header alone (a few hundred bytes)."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    meta = header.pop("__metadata__", {})
-    arrays = {k: (_SAFETENSORS_DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + v["data_offsets"][0],
-                  v["data_offsets"][1] - v["data_offsets"][0]) for k, v in header.items()}
-    return PartLayout(path, arrays), meta
+    return folder / f"part-{k:06d}-{plan_hash}{PART_SUFFIX}"
 
 
 def link_parts(out_path: Path, files: Sequence[Path], table: "TextTable", fingerprint: Fingerprint) -> tuple[int, int]:
     """Write ``out_path`` as a linked cache over the part files (rows renumbered in the parts' order, which
     the plan fixes: 1 and N processes give the same file). Returns (values clipped, hidden size)."""
-    from safetensors import safe_open
-
     layouts, new_row, offsets, n_clipped, hidden = [], {}, [0], 0, 0
     for f in files:
-        layout, meta = part_layout(f)
-        with safe_open(str(f), framework="numpy") as h:
-            rows, part_offsets = h.get_tensor("rows"), h.get_tensor("offsets")
+        layout, rows, part_offsets, clipped = read_part(f)
         for r, n in zip(rows, np.diff(part_offsets)):
             new_row[int(r)] = len(new_row)
             offsets.append(offsets[-1] + int(n))
-        n_clipped += int(meta.get("n_clipped", 0))
+        n_clipped += clipped
         hidden = int(layout.arrays["embeddings"][1][1]) if layout.n_tokens else hidden
         layouts.append(layout)
     if sorted(new_row) != list(range(len(table.texts))):
@@ -396,8 +317,8 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
     folder.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
         out_path.unlink(missing_ok=True)  # an index over parts about to change; rewritten at the end
-        for stale in folder.glob("part-*.safetensors"):  # other ranks only ever write this plan's parts
-            if not stale.name.endswith(f"-{plan.hash}.safetensors"):
+        for stale in folder.glob("part-*"):  # other ranks only ever write this plan's parts (and the .safetensors
+            if not stale.name.endswith(f"-{plan.hash}{PART_SUFFIX}"):  # parts of an older cxrpipe are stale too)
                 stale.unlink()
     mine = balanced_split([plan.part_cost(k) for k in range(len(plan.parts))], state.num_processes)
     mine = mine[state.process_index]

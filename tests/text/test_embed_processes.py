@@ -43,13 +43,13 @@ def test_sigkill_part_way_then_rerun_equals_uninterrupted(setup, tmp_path):
     proc = subprocess.Popen(embed_cmd(params, manifest, out, [sys.executable]), env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(parts_dir(out).glob("part-*.safetensors")):
+    while not list(parts_dir(out).glob("part-*.h5")):
         assert proc.poll() is None, "embed ended before writing a part"
         assert time.monotonic() < deadline, "no part written in 120 s"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = list(parts_dir(out).glob("part-*.safetensors"))
+    done = list(parts_dir(out).glob("part-*.h5"))
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and 1 <= len(done) < n_parts  # really killed part-way
 
@@ -57,7 +57,7 @@ def test_sigkill_part_way_then_rerun_equals_uninterrupted(setup, tmp_path):
                            text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert '"n_parts_reused": %d' % len(done) in out.with_suffix(".json").read_text()
-    assert len(list(parts_dir(out).glob("part-*.safetensors"))) == n_parts  # the linked cache's data
+    assert len(list(parts_dir(out).glob("part-*.h5"))) == n_parts  # the linked cache's data
     assert_same_cache(out, ref, atol=1e-3)
 
 
@@ -114,7 +114,7 @@ def test_one_of_two_processes_sigkilled_then_relaunched_equals_one_process(setup
     proc = subprocess.Popen(embed_cmd(params, manifest, out, launcher), env=env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not list(parts_dir(out).glob("part-*.safetensors")):
+    while not list(parts_dir(out).glob("part-*.h5")):
         assert proc.poll() is None, "embed ended before writing a part"
         assert time.monotonic() < deadline, "no part written in 240 s"
         time.sleep(0.05)
@@ -122,7 +122,7 @@ def test_one_of_two_processes_sigkilled_then_relaunched_equals_one_process(setup
     assert len(ranks) == 2, ranks
     os.kill(ranks[-1], signal.SIGKILL)  # one "node" dies
     assert proc.wait(timeout=120) != 0  # the launcher notices and stops the survivor
-    done = list(parts_dir(out).glob("part-*.safetensors"))
+    done = list(parts_dir(out).glob("part-*.h5"))
     assert not out.exists() and 1 <= len(done) < n_parts
 
     res = subprocess.run(embed_cmd(params, manifest, out, launcher), cwd=tmp_path, capture_output=True, text=True)

@@ -81,10 +81,80 @@ def test_linked_cache_reads_from_any_directory_and_refuses_a_missing_part(tiny_m
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # part files resolve relative to text.h5, not to the working directory
     np.testing.assert_array_equal(TextCache(os.path.relpath(out)).for_study(TextCache(out).study_ids[0]), first)
-    part = sorted(parts_dir(out).glob("part-*.safetensors"))[1]
+    part = sorted(parts_dir(out).glob("part-*.h5"))[1]
     part.unlink()
     with pytest.raises(TextCacheError, match="missing or changed"):
         TextCache(out)
+
+
+def test_plain_h5py_reads_the_cache_from_any_directory(tiny_model_dir, manifest_dir, tmp_path, monkeypatch):
+    """A user's notebook: `h5py.File("data/cache/text.h5")["embeddings"]` from the repository root (not the
+    cache's folder) reads the same rows as TextCache; it failed with "unable to open external raw data file"
+    while the parts were HDF5 external storage. A missing part reads as fill values (NaN): TextCache's part
+    check is what refuses it."""
+    import h5py
+
+    out = tmp_path / "data" / "cache" / "text.h5"
+    run_embed(cfg_for(tiny_model_dir), manifest_dir, out, SECTIONS, progress=False)
+    cache = TextCache(out)
+    monkeypatch.chdir(tmp_path)  # the repository root
+    with h5py.File("data/cache/text.h5", "r") as f:
+        emb, offsets = f["embeddings"][:], f["offsets"][:]
+        rows = dict(zip(f["study_ids"][:], f["study_rows"][:]))
+    for sid in cache.study_ids:
+        r = rows[sid]
+        np.testing.assert_array_equal(emb[offsets[r] : offsets[r + 1]], cache.for_study(sid))
+    assert np.isfinite(emb).all()
+    cache.close()  # (an open cache keeps its parts open: HDF5 would still read the deleted file)
+    sorted(parts_dir(out).glob("part-*.h5"))[0].unlink()
+    with h5py.File("data/cache/text.h5", "r") as f:
+        assert np.isnan(f["embeddings"][: offsets[1]]).all()  # silently: why TextCache checks the parts
+    with pytest.raises(TextCacheError, match="missing or changed"):
+        TextCache(out)
+
+
+LIMIT_SCRIPT = """
+import resource, sys
+import numpy as np
+from cxrpipe.text.cache import TextCache, TextCacheError
+soft, hard = int(sys.argv[2]), int(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+try:
+    cache = TextCache(sys.argv[1])
+except TextCacheError as e:
+    print("REFUSED", e)
+    sys.exit(0)
+ok = all(np.isfinite(cache.text_row(r)).all() for r in range(cache.n_texts))
+print("READ", ok, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_the_reader_raises_its_open_file_limit_to_cover_the_parts(tmp_path):
+    """HDF5 keeps every source part open and reads the ones past the open-file limit as fill values: the
+    reader raises its soft limit to fit, or refuses when the hard limit is too low."""
+    import subprocess
+    import sys
+
+    from cxrpipe.text.cache import Fingerprint, read_part, write_linked_text_cache, write_part
+
+    rng = np.random.default_rng(0)
+    out = tmp_path / "text.h5"
+    parts_dir(out).mkdir()
+    files, offsets = [], [0]
+    for k in range(120):  # 120 parts of one 3-token text each
+        files.append(parts_dir(out) / f"part-{k:06d}-test.h5")
+        write_part(files[-1], [k], [rng.normal(size=(3, 8)).astype(np.float16)], [[1, 2, 3]], 0)
+        offsets.append(offsets[-1] + 3)
+    fp = Fingerprint("m", "", "fp32", -1, "", ("findings",), 8, "h")
+    write_linked_text_cache(out, [read_part(f)[0] for f in files], np.asarray(offsets), list(range(120)),
+                            list(range(120)), fp, 8)
+    run = lambda soft, hard: subprocess.run([sys.executable, "-c", LIMIT_SCRIPT, str(out), str(soft), str(hard)],  # noqa: E731
+                                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    res = run(60, 4096)  # soft limit below the 120 parts: raised
+    assert res.stdout.startswith("READ True"), res.stdout + res.stderr[-2000:]
+    assert int(res.stdout.split()[-1]) >= 120
+    res = run(60, 100)  # the hard limit too low: a clear refusal, not NaN rows
+    assert res.stdout.startswith("REFUSED") and "ulimit" in res.stdout, res.stdout + res.stderr[-2000:]
 
 
 def test_too_many_parts_for_a_linked_cache_fail_before_any_forward_pass(tiny_model_dir, manifest_dir, tmp_path,
