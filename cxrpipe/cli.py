@@ -37,6 +37,7 @@ STAGES = (
     ("verify", "verify"),  # not a DVC stage: checks the caches' checksums
     ("launch", "launch"),  # not a stage: dvc.yaml's embed/pretrain command (params `compute`)
     ("profile", "profile"),  # not a stage: selects params-<name>.yaml
+    ("plan", "plan"),  # not a stage: what `dvc repro` will cost
 )
 
 app = typer.Typer(

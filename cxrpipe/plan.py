@@ -1,0 +1,437 @@
+"""``cxrpipe plan``: what ``dvc repro`` will do under the selected profile, before it starts.
+
+From the params, DVC's own list of the stages, and the data's counts it gives, per stage family: the runs,
+the work (images, tokens, epochs), the disk each output takes, and the time, as GPU-hours and as hours on
+this kind of CPU. Every figure says where it comes from:
+
+- *measured*: read from this checkout (the prepared manifest, the source's own tables, a finished run's
+  report or metrics: the file is named), or a throughput this project measured (where, on what);
+- *estimated*: computed from counts and formulas (FLOPs per image or token, bytes per value), with the
+  assumption named: the GPU's sustained throughput above all, which no one has measured for this project.
+
+Times scale by FLOPs: a stage's FLOPs / a device's sustained FLOP/s. The CPU's FLOP/s come from measured
+runs of the demo (this checkout's own metrics when it has them); the GPU's are ``gpu_tflops``, an input.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional
+
+GIB = 2**30
+# Published / recorded image and study counts (used only when neither a prepared manifest nor the source's
+# tables are at hand). MIMIC-CXR: DESIGN.md (the release's own counts).
+MIMIC = {"images": 377_110, "studies": 227_835, "train_images": 368_960, "train_studies": 222_758,
+         "how": "estimated: MIMIC-CXR's published counts (DESIGN.md)"}
+IU = {"images": 7_470, "studies": 3_955, "how": "estimated: IU X-ray's published counts (Demner-Fushman et al. 2016)"}
+TRANSFER_IMAGES = {"nih_cxr14": 112_120, "chexpert": 224_316, "rsna_pneumonia": 26_684}  # published counts
+# frontal share of MIMIC-CXR's images when only totals are known (not recorded by this project: an assumption)
+FRONTAL_SHARE = 0.65
+# the hidden sizes of known hub models (a local folder's config.json is read instead)
+KNOWN_LMS = {"meta-llama/Llama-2-7b-hf": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                                          "num_attention_heads": 32, "num_key_value_heads": 32}}
+# CPU throughputs this project measured (docs/benchmarks.md), used when this checkout has no run of its own
+CPU_EMBED = (1859.0, "SmolLM2-135M nf4", "measured: docs/benchmarks.md, demo embed, 2-core CPU, idle machine")
+CPU_PRETRAIN = (690 * 32 / 111.0, "demo tiny ViT", "measured: docs/benchmarks.md, demo pretrain (690 steps of 32 "
+                "in 111 s), 2-core CPU")
+# what the pipeline keeps per token beside the hidden state (the int32 token id)
+TOKEN_ID_BYTES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    value: float
+    how: str  # "measured: ..." or "estimated: ..."
+
+
+@dataclasses.dataclass
+class Counts:
+    images: Figure           # images prepare selects (all views of data.views)
+    train_frontal: Figure    # train images pretraining reads (pretrain.data.views)
+    studies: Figure          # studies with a report: the texts embed runs over
+    eval_images: Figure      # images stage three reads (every split)
+
+
+@dataclasses.dataclass
+class StagePlan:
+    family: str
+    runs: int
+    work: str
+    disk: Optional[Figure] = None  # bytes, all runs
+    gpu_hours: Optional[Figure] = None  # all runs, on one GPU
+    cpu_hours: Optional[Figure] = None  # all runs, on this kind of CPU
+
+
+# ------------------------------------------------------------------------------------------------ counts
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _from_manifest(prepared: Path, views: set[str]) -> Counts | None:
+    images, studies = prepared / "images.csv", prepared / "studies.csv"
+    if not images.exists() or not studies.exists():
+        return None
+    rows = _read_csv(images)
+    how = f"measured: {images}"
+    with_text = sum(1 for s in _read_csv(studies) if s.get("text", "").strip())
+    train = sum(1 for r in rows if r["split"] == "train" and r["view"] in views)
+    return Counts(Figure(len(rows), how), Figure(train, how), Figure(with_text, f"measured: {studies}"),
+                  Figure(len(rows), how))
+
+
+def _mimic_tables(data: dict[str, Any], views: set[str]) -> Counts | None:
+    """Counts from MIMIC-CXR's own tables (metadata + split CSVs) where data.tables / data.root hold them."""
+    folder = Path(data.get("tables") or data.get("root") or "")
+    meta = next(iter(sorted(folder.glob("mimic-cxr-2.0.0-metadata.csv*"))), None)
+    split = next(iter(sorted(folder.glob("mimic-cxr-2.0.0-split.csv*"))), None)
+    if meta is None or split is None:
+        return None
+    kept = set(data.get("views") or [])
+    view_of = {r["dicom_id"]: r.get("ViewPosition", "") for r in _read_csv(meta)}
+    rows = [(r["split"], view_of.get(r["dicom_id"], "")) for r in _read_csv(split)]
+    selected = [(s, v) for s, v in rows if not kept or v in kept]
+    how = f"measured: {meta.name} + {split.name} in {folder}"
+    studies = len({r["study_id"] for r in _read_csv(split)})
+    train = sum(1 for s, v in selected if s == "train" and v in views)
+    return Counts(Figure(len(selected), how), Figure(train, how), Figure(studies, how + " (studies; some lack a "
+                  "report)"), Figure(len(selected), how))
+
+
+def data_counts(params: dict[str, Any], prepared: Path) -> Counts:
+    """The prepared manifest's counts, else the source's tables, else published counts (marked so)."""
+    views = set(params["pretrain"]["data"]["views"])
+    counts = _from_manifest(prepared, views)
+    data = params["data"]
+    if counts is None and data["source"].startswith("mimic"):
+        counts = _mimic_tables(data, views)
+    if counts is not None:
+        return counts
+    demo_roots = {f"data/{name}" for name in (params.get("pipeline") or {}).get("demo_data") or []}
+    if str(data["root"]).rstrip("/") in demo_roots:  # the demo tree is not generated yet: from its params
+        demo = params["demo"]
+        how = "estimated: demo params (n_studies, view fractions, split)"
+        frontal = demo["n_studies"] * (1 + demo["extra_frontal_fraction"])
+        return Counts(Figure(frontal, how), Figure(frontal * demo["split"][0], how), Figure(demo["n_studies"], how),
+                      Figure(frontal, how))
+    if data["source"] == "iu-xray":
+        how = IU["how"] + "; frontal = one per study (assumed)"
+        return Counts(Figure(IU["images"], IU["how"]), Figure(0.7 * IU["studies"], how),
+                      Figure(IU["studies"], IU["how"]), Figure(IU["studies"], how))
+    share = f"; frontal share {FRONTAL_SHARE} assumed"
+    return Counts(Figure(FRONTAL_SHARE * MIMIC["images"], MIMIC["how"] + share),
+                  Figure(FRONTAL_SHARE * MIMIC["train_images"], MIMIC["how"] + share),
+                  Figure(MIMIC["studies"], MIMIC["how"]), Figure(FRONTAL_SHARE * MIMIC["images"], MIMIC["how"] + share))
+
+
+# -------------------------------------------------------------------------------------- sizes and FLOPs
+
+
+def _blocks(dim: int, depth: int, mlp_ratio: float) -> float:
+    """Weights of ``depth`` transformer blocks (qkv + proj: 4 d^2, MLP: 2 r d^2; biases and norms left out)."""
+    return depth * (4 + 2 * mlp_ratio) * dim**2
+
+
+def vit_sizes(model: dict[str, Any]) -> dict[str, float]:
+    """Parameters and per-image FLOPs of the pretraining model (``pretrain.model``): encoder, decoder, and
+    the training step of one image (6 x params x tokens, MAE: the encoder sees the visible tokens only)."""
+    d, p, chans = model["embed_dim"], model["patch_size"], 1
+    tokens = (model["img_size"] // p) ** 2 + 1
+    visible = round((tokens - 1) * (1 - model["mask_ratio"])) + 1
+    enc = _blocks(d, model["depth"], model["mlp_ratio"]) + p * p * chans * d
+    dd = model["decoder_embed_dim"]
+    dec = _blocks(dd, model["decoder_depth"], 4.0) + d * dd + dd * p * p * chans
+    return {"encoder": enc, "decoder": dec, "tokens": tokens,
+            "train_flops": 6 * (enc * visible + dec * tokens),   # one MAE step, per image
+            "forward_flops": 2 * enc * tokens,                    # features of one image (stage three)
+            "finetune_flops": 6 * enc * tokens}                   # one fine-tuning step, per image
+
+
+def lm_config(model: str) -> dict[str, Any] | None:
+    """The text model's shape: a local folder's config.json, else a known hub model (or the demo's converted
+    SmolLM2, before its stage ran), else None."""
+    path = Path(model) / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if Path(model).name == "text-model":  # data/models/text-model: what the text_model stage will make
+        return SMOLLM2
+    return KNOWN_LMS.get(model)
+
+
+def lm_flops_per_token(cfg: dict[str, Any]) -> float:
+    """2 x the non-embedding weights of a LLaMA-style decoder (attention with grouped KV heads, gated MLP)."""
+    d, layers, inter = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
+    kv = d * cfg.get("num_key_value_heads", cfg["num_attention_heads"]) // cfg["num_attention_heads"]
+    return 2 * layers * (2 * d * d + 2 * d * kv + 3 * d * inter)
+
+
+# ------------------------------------------------------------------------------------------- throughputs
+
+# the models behind the documented CPU measurements (params.yaml's demo settings when they were measured)
+DEMO_VIT = {"img_size": 96, "patch_size": 12, "embed_dim": 192, "depth": 4, "mlp_ratio": 4.0, "decoder_embed_dim": 96,
+            "decoder_depth": 1, "mask_ratio": 0.75}
+SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+           "num_key_value_heads": 3}
+
+
+def cpu_rates(root: Path) -> dict[str, Figure]:
+    """Sustained CPU FLOP/s of the two heavy stages: from this checkout's last demo run when there is one
+    (its report and metrics), else from the project's documented measurements."""
+    rates = {"pretrain": Figure(CPU_PRETRAIN[0] * vit_sizes(DEMO_VIT)["train_flops"], CPU_PRETRAIN[2]),
+             "embed": Figure(CPU_EMBED[0] * lm_flops_per_token(SMOLLM2), CPU_EMBED[2])}
+    for path in sorted((root / "data" / "metrics").glob("pretrain-*.json")):
+        ips = json.loads(path.read_text()).get("images_per_second")
+        model_cfg = root / "data" / "models" / path.stem[len("pretrain-"):] / "config.json"
+        if ips and model_cfg.exists() and json.loads(model_cfg.read_text()).get("params", {}).get("model"):
+            model = json.loads(model_cfg.read_text())["params"]["model"]
+            rates["pretrain"] = Figure(ips * vit_sizes(model)["train_flops"],
+                                       f"measured: {path} ({ips:g} images/s, this checkout's last run)")
+            break
+    report, config = root / "data/cache/text-report.json", root / "data/cache/text-report.config.json"
+    if report.exists() and config.exists():
+        tps, lm = json.loads(report.read_text()).get("tokens_per_second"), lm_config(json.loads(config.read_text())["model"])
+        if tps and lm:
+            rates["embed"] = Figure(tps * lm_flops_per_token(lm), f"measured: {report} ({tps:g} tokens/s, this "
+                                    "checkout's last run)")
+    return rates
+
+
+# ------------------------------------------------------------------------------------------------- plan
+
+# full-size MIMIC-CXR JPEG decoded + letterboxed per CPU core (docs/scale.md 3b: draft mode, loaded machine)
+DECODE_PER_CORE = (13.3, "estimated: decode rate measured in docs/scale.md 3b (full-size JPEG, draft mode, 1 core)")
+# tokens per report when no cache and no manifest text is at hand: DESIGN.md's 27-46 M tokens / 227,835 reports
+TOKENS_PER_REPORT = (36.5e6 / 227_835, "estimated: DESIGN.md's 27-46 M tokens for MIMIC-CXR's reports (midpoint)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    params: dict[str, Any]
+    root: Path
+    counts: Counts
+    runs: Counter
+    gpu_flops: float  # sustained FLOP/s of one GPU (an input: never measured here)
+    cpu: dict[str, Figure]
+
+
+def stage_runs(root: Path, params_file: Path | None = None) -> Counter:
+    """Stage family (the name before '@') -> the number of stages DVC will run for it, from DVC's own
+    parse of dvc.yaml under ``params_file`` (default: the repository's params.yaml; another file is parsed
+    in a scratch copy, as if it were selected)."""
+    import shutil
+    import tempfile
+
+    from dvc.repo import Repo
+
+    if params_file is None or Path(params_file).resolve() == (root / "params.yaml").resolve():
+        with Repo(str(root)) as repo:
+            return Counter(s.name.split("@")[0] for s in repo.index.stages)
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(root / "dvc.yaml", Path(tmp) / "dvc.yaml")
+        shutil.copy(params_file, Path(tmp) / "params.yaml")
+        dvc_log = logging.getLogger("dvc")
+        level, dvc_log.level = dvc_log.level, logging.WARNING  # not "Initialized DVC repository."
+        try:
+            Repo.init(tmp, no_scm=True)
+        finally:
+            dvc_log.setLevel(level)
+        with Repo(tmp) as repo:
+            return Counter(s.name.split("@")[0] for s in repo.index.stages)
+
+
+def _hours(flops: float, rate: Figure | float, how: str) -> Figure:
+    value = rate.value if isinstance(rate, Figure) else rate
+    basis = rate.how if isinstance(rate, Figure) else how
+    return Figure(flops / value / 3600, f"estimated: FLOPs / rate; rate {basis}")
+
+
+def _tokens(x: Inputs) -> Figure:
+    report = x.root / "data/cache/text-report.json"
+    if report.exists():
+        return Figure(json.loads(report.read_text())["n_tokens"], f"measured: {report}")
+    studies = x.root / "data/prepared/studies.csv"
+    if studies.exists():  # ~4 characters per token (English, LLaMA-style BPE) + the prompt's
+        rows = _read_csv(studies)
+        chars = sum(len(r.get("text", "")) + len(x.params["embed"]["prompt"]) + 1 for r in rows if r.get("text", "").strip())
+        return Figure(chars / 4, f"estimated: characters / 4 of {studies}")
+    return Figure(x.counts.studies.value * TOKENS_PER_REPORT[0], TOKENS_PER_REPORT[1])
+
+
+def _embed(x: Inputs) -> StagePlan:
+    from cxrpipe.text.store import bytes_per_token
+
+    cfg = x.params["embed"]
+    model = str(x.root / cfg["model"]) if (x.root / cfg["model"] / "config.json").exists() else cfg["model"]
+    lm, tokens = lm_config(model), _tokens(x)
+    n = f"{tokens.value / 1e6:,.2f} M" if tokens.value >= 1e6 else f"{tokens.value:,.0f}"
+    plan = StagePlan("embed", x.runs["embed"], f"{x.counts.studies.value:,.0f} reports, {n} tokens "
+                     f"({tokens.how.split(':')[0]}), {cfg['model']}")
+    if lm is None:
+        plan.work += " (unknown model shape: no size or time)"
+        return plan
+    per_token = bytes_per_token(cfg["store_dtype"], lm["hidden_size"]) + TOKEN_ID_BYTES
+    plan.disk = Figure(tokens.value * per_token, f"estimated: tokens x {per_token} bytes ({cfg['store_dtype']}, "
+                       f"{lm['hidden_size']} dims + token id)")
+    flops = tokens.value * lm_flops_per_token(lm)
+    plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU (bf16; "
+                            "nf4 dequantises per layer: slower, not measured)")
+    plan.cpu_hours = _hours(flops, x.cpu["embed"], "")
+    return plan
+
+
+def _prepare(x: Inputs, family: str, images: Figure) -> StagePlan:
+    size, workers = x.params["prepare"]["image_size"], max(1, x.params["prepare"]["workers"])
+    runs = x.runs[family]
+    plan = StagePlan(family, runs, f"{images.value:,.0f} images decoded ({images.how.split(':')[0]})")
+    plan.disk = Figure(images.value * size * size, f"estimated: images x {size}^2 bytes (uint8)")
+    plan.cpu_hours = Figure(images.value / (DECODE_PER_CORE[0] * workers) / 3600,
+                            f"{DECODE_PER_CORE[1]}, x {workers} workers (prepare.workers)")
+    plan.gpu_hours = Figure(0.0, "CPU stage")
+    return plan
+
+
+def _transfer_images(x: Inputs) -> Figure:
+    n, hows = 0.0, []
+    for ds in x.params["transfer"]["datasets"]:
+        root = str(x.params["transfer_data"][ds].get("root") or "")
+        if root.rstrip("/") in {f"data/{d}" for d in x.params["pipeline"]["demo_nih"]}:
+            n += x.params["demo_nih"]["n_images"]
+            hows.append("demo_nih.n_images")
+        else:
+            n += TRANSFER_IMAGES.get(ds, 0)
+            hows.append(f"{ds}'s published count")
+    return Figure(n, "estimated: " + " + ".join(hows) if hows else "estimated: none")
+
+
+def _pretrain(x: Inputs) -> StagePlan:
+    cfg, sizes = x.params["pretrain"], vit_sizes(x.params["pretrain"]["model"])
+    runs = x.runs["pretrain"] + x.runs["pretrain_seeds"]
+    train = x.counts.train_frontal
+    steps = cfg["epochs"] * train.value / cfg["batch_size"]
+    plan = StagePlan("pretrain (+ seeds)", runs, f"{runs} x {cfg['epochs']} epochs x {train.value:,.0f} train images "
+                     f"(~{steps:,.0f} steps of {cfg['batch_size']}), ViT {sizes['encoder'] / 1e6:,.1f} M + decoder "
+                     f"{sizes['decoder'] / 1e6:,.1f} M weights")
+    # float32 encoder per run; while running a checkpoint of weights + 2 Adam moments (kept if keep_checkpoint)
+    ckpt = 3 * 4 * (sizes["encoder"] + sizes["decoder"])
+    plan.disk = Figure(runs * (4 * sizes["encoder"] + (ckpt if cfg["keep_checkpoint"] else 0)),
+                       "estimated: 4 bytes per encoder weight per run" + (" + checkpoints (weights + Adam)" if
+                       cfg["keep_checkpoint"] else f"; + {ckpt / GIB:.2f} GiB checkpoint per run while it runs"))
+    flops = runs * cfg["epochs"] * train.value * sizes["train_flops"]
+    # the loader must keep up: images/s one GPU consumes at this rate (docs/scale.md 3: per loader worker)
+    plan.work += f"; the loader must feed ~{x.gpu_flops / sizes['train_flops']:,.0f} images/s per GPU"
+    plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU (bf16)")
+    plan.cpu_hours = _hours(flops, x.cpu["pretrain"], "")
+    return plan
+
+
+def _probe_flops(x: Inputs, protocol: str, images: float, train: float, epochs: float) -> float:
+    """Stage three's FLOPs: features of every image once (linear); LP-FT adds epochs of full training."""
+    sizes = vit_sizes(x.params["pretrain"]["model"])
+    flops = images * sizes["forward_flops"]
+    if protocol == "finetune":
+        flops += epochs * train * (sizes["finetune_flops"] + sizes["forward_flops"] * 0.2)  # + validate each epoch
+    return flops
+
+
+def _finetune(x: Inputs) -> StagePlan:
+    ft = x.params["finetune"]
+    runs = x.runs["finetune"] + x.runs["finetune_seeds"]
+    # the matrix is encoders x protocols (x seeds): half of the runs are each protocol
+    flops = sum(_probe_flops(x, p, x.counts.eval_images.value, x.counts.train_frontal.value, ft["finetune"]["epochs"])
+                for p in ("linear", "finetune")) * runs / 2
+    plan = StagePlan("finetune (+ seeds)", runs, f"{runs} runs (encoders x linear/finetune), LP-FT "
+                     f"{ft['finetune']['epochs']} epochs")
+    plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU")
+    plan.cpu_hours = _hours(flops, x.cpu["pretrain"], "")
+    return plan
+
+
+def _transfer(x: Inputs) -> StagePlan:
+    t, images = x.params["transfer"], _transfer_images(x)
+    runs = x.runs["transfer"]
+    per_dataset = images.value / max(1, len(t["datasets"]))
+    epochs = t["finetune_epochs"] if t["finetune_epochs"] is not None else x.params["finetune"]["finetune"]["epochs"]
+    flops = 0.0
+    for protocol in t["protocols"]:
+        n = runs / max(1, len(t["protocols"]))
+        flops += n * _probe_flops(x, protocol, per_dataset, 0.7 * per_dataset * sum(t["label_fractions"]), epochs)
+    plan = StagePlan("transfer", runs, f"{runs} runs on {images.value:,.0f} images ({images.how}); "
+                     f"fractions {t['label_fractions']}")
+    plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU")
+    plan.cpu_hours = _hours(flops, x.cpu["pretrain"], "")
+    return plan
+
+
+SMALL = ("demo_data", "demo_nih", "text_model", "random_encoder", "random_encoder_seeds", "pixels", "compare",
+         "label_efficiency", "label_efficiency_summary", "zeroshot_prompts", "zeroshot", "retrieval",
+         "attention_maps", "transfer_compare")
+
+
+def make_plan(params_file: str | Path, root: str | Path = ".", gpu_tflops: float = 100.0) -> tuple[list[StagePlan], Counts]:
+    """Every stage family the profile in ``params_file`` runs, with its figures (see the module doc), and
+    the data's counts."""
+    from cxrpipe.config import load_params
+
+    root = Path(root)
+    params = load_params(params_file)
+    counts = data_counts(params, root / "data" / "prepared")
+    x = Inputs(params, root, counts, stage_runs(root, Path(params_file)), gpu_tflops * 1e12, cpu_rates(root))
+    plans = [_prepare(x, "prepare", counts.images)]
+    if x.runs["transfer_prepare"]:
+        plans.append(_prepare(x, "transfer_prepare", _transfer_images(x)))
+    plans += [_embed(x), _pretrain(x), _finetune(x)]
+    if x.runs["transfer"]:
+        plans.append(_transfer(x))
+    small = {f: x.runs[f] for f in SMALL if x.runs[f]}
+    plans.append(StagePlan("others", sum(small.values()), ", ".join(f"{f} {n}" for f, n in small.items())
+                           + " (minutes each on the demo: not estimated)"))
+    return plans, counts
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", GIB), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n / 1024:,.0f} KiB"
+
+
+def _h(f: Figure | None) -> str:
+    """Hours as '12.3' (minutes below one hour: '7 min')."""
+    if f is None:
+        return "-"
+    if f.value == 0:
+        return "0"
+    return f"{f.value:,.1f}" if f.value >= 1 else f"{max(1, round(60 * f.value))} min"
+
+
+def format_plan(plans: list[StagePlan], counts: Counts, header: str, gpus: int) -> str:
+    """The plan as a table, the totals, then where every figure comes from."""
+    lines = [header,
+             f"counts: {counts.images.value:,.0f} images selected ({counts.images.how}); "
+             f"{counts.train_frontal.value:,.0f} pretraining images; {counts.studies.value:,.0f} reports", "",
+             f"{'stage':<20}{'runs':>5}  {'disk':>11}  {'GPU-h':>9}  {'CPU-h':>10}  work"]
+    for p in plans:
+        lines.append(f"{p.family:<20}{p.runs:>5}  {_size(p.disk.value) if p.disk else '-':>11}  {_h(p.gpu_hours):>9}  "
+                     f"{_h(p.cpu_hours):>10}  {p.work}")
+    disk = sum(p.disk.value for p in plans if p.disk)
+    gpu_h = sum(p.gpu_hours.value for p in plans if p.gpu_hours)
+    cpu_h = sum(p.cpu_hours.value for p in plans if p.cpu_hours and p.family not in ("prepare", "transfer_prepare"))
+    lines += [f"{'total':<20}{sum(p.runs for p in plans):>5}  {_size(disk):>11}  {gpu_h:>9,.1f}  {cpu_h:>10,.1f}", "",
+              f"GPU-h: hours on one GPU (estimated). On {gpus} GPU(s) the GPU stages take ~{gpu_h / max(gpus, 1):,.1f} h "
+              "of wall time if they scale linearly; prepare and transfer_prepare run on the CPU (their CPU-h).",
+              "CPU-h: the same work on this project's measured CPU throughput (2 cores), for scale.", "",
+              "where each figure comes from:"]
+    for p in plans:
+        for name, f in (("disk", p.disk), ("GPU-h", p.gpu_hours), ("CPU-h", p.cpu_hours)):
+            if f is not None:
+                lines.append(f"  {p.family} {name}: {f.how}")
+    return "\n".join(lines)

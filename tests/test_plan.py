@@ -1,0 +1,126 @@
+"""`cxrpipe plan` on the demo and the MIMIC profile: runs from DVC's own stage list, counts from the manifest,
+the source's tables or published counts, disk and hours from formulas, each figure marked measured or
+estimated (and measured ones read from the files named)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxrpipe.plan import GIB, MIMIC, data_counts, format_plan, make_plan, vit_sizes
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # DVC parses the pipeline (a few seconds)
+
+
+def repo(tmp_path: Path, profile: str, **override) -> Path:
+    """dvc.yaml and the profile (as p.yaml, with top-level sections replaced by ``override``) in tmp_path."""
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((ROOT / profile).read_text())
+    for key, value in override.items():
+        params[key] = {**params[key], **value}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path
+
+
+def by_family(plans):
+    return {p.family: p for p in plans}
+
+
+def test_mimic_plan_counts_every_run_and_marks_every_figure(tmp_path):
+    root = repo(tmp_path, "params-mimic.yaml")
+    plans, counts = make_plan(root / "p.yaml", root, gpu_tflops=100)
+    p = by_family(plans)
+    assert p["pretrain (+ seeds)"].runs == 6  # 2 variants x 3 seeds (compare.extra_seeds [1, 2])
+    assert p["finetune (+ seeds)"].runs == 18 and "demo_data" not in p["others"].work
+    # published counts, marked estimated (no manifest, no tables at /data/...)
+    assert counts.studies.value == MIMIC["studies"] and counts.studies.how.startswith("estimated")
+    params = yaml.safe_load((root / "p.yaml").read_text())
+    sizes = vit_sizes(params["pretrain"]["model"])
+    want = 6 * 100 * counts.train_frontal.value * sizes["train_flops"] / 100e12 / 3600
+    assert p["pretrain (+ seeds)"].gpu_hours.value == pytest.approx(want)
+    assert "assumed 100 TFLOP/s" in p["pretrain (+ seeds)"].gpu_hours.how
+    # LLaMA-2-7b at float16: 4096 x 2 bytes + the token id per token
+    embed = p["embed"]
+    assert embed.disk.value == pytest.approx(36.5e6 * 8196) and 250 * GIB < embed.disk.value < 300 * GIB
+    text = format_plan(plans, counts, "header", 8)
+    assert "total" in text and "where each figure comes from" in text
+    for line in text.split("where each figure comes from:")[1].strip().splitlines():
+        assert ": estimated" in line or ": measured" in line or "CPU stage" in line, line
+
+
+def test_mimic_tables_give_measured_counts(tmp_path):
+    tables = tmp_path / "mimic"
+    tables.mkdir()
+    views = ["PA", "AP", "LATERAL", "PA", "AP", "LL"]
+    splits = ["train", "train", "train", "validate", "test", "train"]
+    with gzip.open(tables / "mimic-cxr-2.0.0-metadata.csv.gz", "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dicom_id", "study_id", "ViewPosition"])
+        w.writerows([[f"d{i}", 50 + i // 2, v] for i, v in enumerate(views)])
+    with gzip.open(tables / "mimic-cxr-2.0.0-split.csv.gz", "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dicom_id", "study_id", "subject_id", "split"])
+        w.writerows([[f"d{i}", 50 + i // 2, 10, s] for i, s in enumerate(splits)])
+    params = yaml.safe_load((ROOT / "params-mimic.yaml").read_text())
+    params["data"]["root"] = str(tables)
+    counts = data_counts(params, tmp_path / "no-prepared")
+    assert counts.images.value == 4 and counts.train_frontal.value == 2  # AP/PA only; train: d0, d1
+    assert counts.studies.value == 3 and counts.images.how.startswith("measured: mimic-cxr-2.0.0-metadata")
+
+
+def test_demo_plan_reads_this_checkouts_runs_as_measured(tmp_path):
+    root = repo(tmp_path, "params.yaml")
+    plans, counts = make_plan(root / "p.yaml", root)  # nothing run yet: estimated from the demo's params
+    assert counts.images.how.startswith("estimated: demo params")
+    assert by_family(plans)["embed"].disk is not None  # the demo LM's shape is known before text_model ran
+    assert "measured: docs/benchmarks.md" in by_family(plans)["pretrain (+ seeds)"].cpu_hours.how
+    # a finished demo run: its manifest, text report and pretraining metrics are read
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    with open(prepared / "images.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "dicom_id", "study_id", "subject_id", "split", "view", "path"])
+        w.writerows([[i, f"d{i}", i, i, "train" if i < 8 else "test", "PA" if i % 4 else "LATERAL", "x"]
+                     for i in range(10)])
+    with open(prepared / "studies.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["study_id", "subject_id", "split", "text"])
+        w.writerows([[i, i, "train", "" if i == 0 else "No acute process."] for i in range(10)])
+    (root / "data" / "cache").mkdir(parents=True)
+    (root / "data" / "cache" / "text-report.json").write_text(json.dumps({"n_tokens": 1234, "tokens_per_second": 500}))
+    (root / "data" / "cache" / "text-report.config.json").write_text(json.dumps({"model": "data/models/text-model"}))
+    (root / "data" / "metrics").mkdir(parents=True)
+    (root / "data" / "metrics" / "pretrain-mae.json").write_text(json.dumps({"images_per_second": 100.0}))
+    demo = yaml.safe_load((root / "p.yaml").read_text())
+    (root / "data" / "models" / "mae").mkdir(parents=True)
+    (root / "data" / "models" / "mae" / "config.json").write_text(json.dumps({"params": {"model": demo["pretrain"]["model"]}}))
+    plans, counts = make_plan(root / "p.yaml", root)
+    assert counts.images.value == 10 and counts.train_frontal.value == 6 and counts.studies.value == 9
+    assert counts.images.how == f"measured: {prepared / 'images.csv'}"
+    p = by_family(plans)
+    assert "9 reports, 1,234 tokens (measured)" in p["embed"].work
+    pre = p["pretrain (+ seeds)"]
+    # the same model as the measured run: hours = images / measured images per second
+    assert pre.cpu_hours.value == pytest.approx(2 * 30 * 6 / 100.0 / 3600)
+    assert "pretrain-mae.json (100 images/s" in pre.cpu_hours.how
+    assert "text-report.json (500 tokens/s" in p["embed"].cpu_hours.how
+
+
+def test_plan_command_prints_the_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrpipe.cli import app
+
+    root = repo(tmp_path, "params-mimic.yaml")
+    res = CliRunner().invoke(app, ["plan", "--root", str(root), "--params", "p.yaml", "--gpus", "8",
+                                   "--json", str(tmp_path / "plan.json")])
+    assert res.exit_code == 0, res.output
+    assert "pretrain (+ seeds)      6" in res.output and "On 8 GPU(s)" in res.output
+    assert {r["family"] for r in json.loads((tmp_path / "plan.json").read_text())} >= {"embed", "pretrain (+ seeds)"}
