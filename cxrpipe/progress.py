@@ -91,7 +91,8 @@ class LogProgress:
         done = _count(self.n, self.unit)
         if self.total:
             done = f"{_count(self.n, '').strip()}/{_count(self.total, self.unit)} ({100 * self.n / self.total:.0f}%)"
-        text = f"{self.desc}: {done}, {rate:,.3g} {self.unit}/s, {_clock(elapsed)} elapsed"
+        speed = f"{rate:,.0f}" if rate >= 1000 else f"{rate:.3g}"
+        text = f"{self.desc}: {done}, {speed} {self.unit}/s, {_clock(elapsed)} elapsed"
         if self.total and rate > 0:
             text += f", ETA {_clock((self.total - self.n) / rate)}"
         return text + (f" | {self.postfix}" if self.postfix else "")

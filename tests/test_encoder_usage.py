@@ -136,3 +136,46 @@ def test_timm_local_dir_reproduces_the_pipelines_features(tmp_path, caplog):
     fresh = timm.create_model(f"local-dir:{folder}", pretrained=False).eval()
     with torch.no_grad():
         assert (fresh(x) - ours(x)).abs().max() > 1e-3
+
+
+def doc_blocks(heading: str) -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "encoder.md").read_text()
+    assert heading in text, f"docs/encoder.md lost its section {heading!r}"
+    return re.findall(r"```python\n(.*?)```", text.split(heading, 1)[1].split("\n## ", 1)[0], flags=re.S)
+
+
+def test_docs_timm_block_runs_verbatim_and_matches_cxrpipe(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from cxrpipe.encoder import load_encoder, preprocess
+
+    export_tiny_encoder(tmp_path / "data" / "models" / "multimodal")
+    pixels = np.random.default_rng(2).integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(pixels, mode="L").save(tmp_path / "chest.png")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(doc_blocks("## With timm alone")[0], "docs/encoder.md", "exec"), namespace)  # noqa: S102
+    model, cfg = load_encoder("data/models/multimodal")
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["pooled"], model.eval()(preprocess(pixels, cfg)), rtol=0, atol=0)
+    assert tuple(namespace["tokens"].shape) == (1, 1 + 16, 32)
+
+
+def test_docs_text_cache_block_runs_verbatim_from_elsewhere(tmp_path, monkeypatch):
+    from cxrpipe.text.cache import Fingerprint, read_part, write_linked_text_cache, write_part
+
+    out = tmp_path / "data" / "cache" / "text.h5"
+    (tmp_path / "data" / "cache" / "text.h5.parts").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=(n, 8)).astype(np.float16) for n in (3, 5)]
+    files = []
+    for k, e in enumerate(rows):
+        files.append(out.parent / "text.h5.parts" / f"part-{k:06d}-doc.h5")
+        write_part(files[-1], [k], [e], [list(range(len(e)))], 0)
+    write_linked_text_cache(out, [read_part(f)[0] for f in files], np.asarray([0, 3, 8]), [11, 12], [0, 1],
+                            Fingerprint("m", "", "fp32", -1, "", ("findings",), 8, "h"), 8)
+    monkeypatch.chdir(tmp_path)  # the repository root, not the cache's folder
+    namespace: dict = {}
+    exec(compile(doc_blocks("## The text cache from your own code")[0], "docs/encoder.md", "exec"), namespace)  # noqa: S102
+    np.testing.assert_array_equal(namespace["first"], rows[0])
+    assert namespace["row_of"] == {11: 0, 12: 1}
