@@ -114,3 +114,16 @@ def test_launch_command_runs_in_process_and_names_a_bad_section(tmp_path):
     bad.write_text("compute:\n  launcher: none\n")
     res = CliRunner().invoke(app, ["launch", "verify", "--params", str(bad)])
     assert res.exit_code == 2 and "runs embed or pretrain" in res.output
+
+
+def test_launch_none_runs_the_stage_in_this_process_with_its_arguments(tmp_path):
+    """launcher none: the stage's own CLI gets every argument (here its own error for a misspelt variant)."""
+    from typer.testing import CliRunner
+
+    from cxrpipe.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text("compute:\n  launcher: none\n")
+    res = CliRunner().invoke(app, ["launch", "pretrain", "--params", str(params), "--variant", "multimodel"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "'multimodel' is not one of mae, multimodal" in out
