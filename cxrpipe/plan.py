@@ -410,7 +410,9 @@ def _h(f: Figure | None) -> str:
         return "-"
     if f.value == 0:
         return "0"
-    return f"{f.value:,.1f}" if f.value >= 1 else f"{max(1, round(60 * f.value))} min"
+    if f.value >= 1:
+        return f"{f.value:,.1f}"
+    return f"{round(60 * f.value)} min" if 60 * f.value >= 1 else "<1 min"
 
 
 def format_plan(plans: list[StagePlan], counts: Counts, header: str, gpus: int) -> str:
@@ -425,7 +427,8 @@ def format_plan(plans: list[StagePlan], counts: Counts, header: str, gpus: int) 
     disk = sum(p.disk.value for p in plans if p.disk)
     gpu_h = sum(p.gpu_hours.value for p in plans if p.gpu_hours)
     cpu_h = sum(p.cpu_hours.value for p in plans if p.cpu_hours and p.family not in ("prepare", "transfer_prepare"))
-    lines += [f"{'total':<20}{sum(p.runs for p in plans):>5}  {_size(disk):>11}  {gpu_h:>9,.1f}  {cpu_h:>10,.1f}", "",
+    lines += [f"{'total':<20}{sum(p.runs for p in plans):>5}  {_size(disk):>11}  {_h(Figure(gpu_h, '')):>9}  "
+              f"{_h(Figure(cpu_h, '')):>10}", "",
               f"GPU-h: hours on one GPU (estimated). On {gpus} GPU(s) the GPU stages take ~{gpu_h / max(gpus, 1):,.1f} h "
               "of wall time if they scale linearly; prepare and transfer_prepare run on the CPU (their CPU-h).",
               "CPU-h: the same work on this project's measured CPU throughput (2 cores), for scale.", "",
