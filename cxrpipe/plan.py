@@ -77,6 +77,16 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def made_from(prepared: Path, data: dict[str, Any]) -> bool:
+    """Whether ``prepared`` was made from this ``data`` section (its config.json: source, root, views): a
+    manifest of another profile (the demo's, say) says nothing about this one."""
+    try:
+        made = json.loads((prepared / "config.json").read_text())["data"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(str(made.get(k)) == str(data.get(k)) for k in ("source", "root", "views"))
+
+
 def _from_manifest(prepared: Path, views: set[str]) -> Counts | None:
     images, studies = prepared / "images.csv", prepared / "studies.csv"
     if not images.exists() or not studies.exists():
@@ -110,8 +120,8 @@ def _mimic_tables(data: dict[str, Any], views: set[str]) -> Counts | None:
 def data_counts(params: dict[str, Any], prepared: Path) -> Counts:
     """The prepared manifest's counts, else the source's tables, else published counts (marked so)."""
     views = set(params["pretrain"]["data"]["views"])
-    counts = _from_manifest(prepared, views)
     data = params["data"]
+    counts = _from_manifest(prepared, views) if made_from(prepared, data) else None
     if counts is None and data["source"].startswith("mimic"):
         counts = _mimic_tables(data, views)
     if counts is not None:
@@ -255,10 +265,14 @@ def _hours(flops: float, rate: Figure | float, how: str) -> Figure:
 
 
 def _tokens(x: Inputs) -> Figure:
-    report = x.root / "data/cache/text-report.json"
-    if report.exists():
+    prepared = x.root / "data/prepared"
+    if not made_from(prepared, x.params["data"]):  # another profile's outputs
+        return Figure(x.counts.studies.value * TOKENS_PER_REPORT[0], TOKENS_PER_REPORT[1])
+    report, config = x.root / "data/cache/text-report.json", x.root / "data/cache/text-report.config.json"
+    made = json.loads(config.read_text()) if config.exists() else {}
+    if report.exists() and all(made.get(k) == x.params["embed"][k] for k in ("model", "prompt", "max_tokens")):
         return Figure(json.loads(report.read_text())["n_tokens"], f"measured: {report}")
-    studies = x.root / "data/prepared/studies.csv"
+    studies = prepared / "studies.csv"
     if studies.exists():  # ~4 characters per token (English, LLaMA-style BPE) + the prompt's
         rows = _read_csv(studies)
         chars = sum(len(r.get("text", "")) + len(x.params["embed"]["prompt"]) + 1 for r in rows if r.get("text", "").strip())

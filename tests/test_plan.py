@@ -93,12 +93,13 @@ def test_demo_plan_reads_this_checkouts_runs_as_measured(tmp_path):
         w = csv.writer(f)
         w.writerow(["study_id", "subject_id", "split", "text"])
         w.writerows([[i, i, "train", "" if i == 0 else "No acute process."] for i in range(10)])
+    demo = yaml.safe_load((root / "p.yaml").read_text())
+    (prepared / "config.json").write_text(json.dumps({"data": demo["data"]}))  # made from the demo's data section
     (root / "data" / "cache").mkdir(parents=True)
     (root / "data" / "cache" / "text-report.json").write_text(json.dumps({"n_tokens": 1234, "tokens_per_second": 500}))
-    (root / "data" / "cache" / "text-report.config.json").write_text(json.dumps({"model": "data/models/text-model"}))
+    (root / "data" / "cache" / "text-report.config.json").write_text(json.dumps(demo["embed"]))
     (root / "data" / "metrics").mkdir(parents=True)
     (root / "data" / "metrics" / "pretrain-mae.json").write_text(json.dumps({"images_per_second": 100.0}))
-    demo = yaml.safe_load((root / "p.yaml").read_text())
     (root / "data" / "models" / "mae").mkdir(parents=True)
     (root / "data" / "models" / "mae" / "config.json").write_text(json.dumps({"params": {"model": demo["pretrain"]["model"]}}))
     plans, counts = make_plan(root / "p.yaml", root)
@@ -111,6 +112,13 @@ def test_demo_plan_reads_this_checkouts_runs_as_measured(tmp_path):
     assert pre.cpu_hours.value == pytest.approx(2 * 30 * 6 / 100.0 / 3600)
     assert "pretrain-mae.json (100 images/s" in pre.cpu_hours.how
     assert "text-report.json (500 tokens/s" in p["embed"].cpu_hours.how
+    # the same checkout planned for MIMIC-CXR: the demo's manifest and cache say nothing about it
+    mimic = yaml.safe_load((ROOT / "params-mimic.yaml").read_text())
+    (root / "m.yaml").write_text(yaml.safe_dump(mimic, sort_keys=False))
+    plans, counts = make_plan(root / "m.yaml", root)
+    assert counts.studies.value == MIMIC["studies"] and "measured" not in counts.images.how
+    assert "(estimated)" in by_family(plans)["embed"].work
+    assert "pretrain-mae.json (100 images/s" in by_family(plans)["pretrain (+ seeds)"].cpu_hours.how  # a rate: kept
 
 
 def test_plan_command_prints_the_table(tmp_path):
