@@ -19,10 +19,12 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from cxrpipe.io import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params section does not match its dataclass."""
 
 

@@ -18,9 +18,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parent  # .../cxrpipe
 # per stage: files or folders (every *.py below) relative to the package root
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "prepare": (
-        "config.py", "io.py", "labels.py", "provenance.py", "data/prepare.py", "data/mimic.py", "data/images.py",
-        "data/reports.py", "data/manifest.py", "data/image_cache.py", "data/demo_faults.py", "data/records.py",
-        "data/registry.py", "data/splits.py", "data/iuxray.py", "data/nih.py", "data/chexpert.py", "data/rsna.py",
+        "config.py", "io.py", "labels.py", "provenance.py", "data/prepare.py", "data/archives.py", "data/mimic.py",
+        "data/images.py", "data/reports.py", "data/manifest.py", "data/image_cache.py", "data/demo_faults.py",
+        "data/records.py", "data/registry.py", "data/splits.py", "data/iuxray.py", "data/nih.py", "data/chexpert.py",
+        "data/rsna.py",
     ),
     "embed": (
         "config.py", "io.py", "provenance.py", "text", "data/prepare.py", "data/manifest.py", "data/reports.py",

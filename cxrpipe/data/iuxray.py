@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
+from cxrpipe.data.archives import iter_tar
 from cxrpipe.data.records import DatasetFormatError, iter_csv
 from cxrpipe.labels import CHEXPERT_LABELS
 
@@ -166,16 +167,10 @@ def _xml_members(path: Path) -> Iterator[tuple[str, bytes]]:
     if not path.exists():
         raise FileNotFoundError(f"IU X-ray reports not found: {path}")
     # One sequential pass (backward seeks in a gzip stream would re-decompress); ~20 MB in memory.
-    members = []
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for m in tar:
-                if m.isfile() and m.name.endswith(".xml"):
-                    f = tar.extractfile(m)
-                    members.append((m.name, f.read() if f is not None else b""))
-    except tarfile.TarError as e:
-        raise DatasetFormatError(f"{path}: not a tar archive of XML reports ({e}); expected NLMCXR_reports.tgz "
-                            "(ecgen-radiology/<n>.xml) or its extracted folder") from None
+    if not tarfile.is_tarfile(path):
+        raise DatasetFormatError(f"data.reports = {path}: not a tar archive of XML reports; expected "
+                                 "NLMCXR_reports.tgz (ecgen-radiology/<n>.xml) or its extracted folder")
+    members = list(iter_tar(path, lambda name: name.endswith(".xml"), param="data.reports"))
     yield from sorted(members, key=lambda nb: _natural_key(nb[0]))
 
 
@@ -225,11 +220,10 @@ def index_png_source(root: Path) -> tuple[dict[str, str], Path | None]:
         return {image_key(p.name): str(p.relative_to(root)) for p in sorted(root.rglob("*.png"))}, None
     if not root.is_file():
         raise DatasetFormatError(f"data.root = {root}: no such folder or file; {IU_LAYOUT}")
-    try:
-        with tarfile.open(root, "r:*") as tar:
-            return {image_key(m.name): m.name for m in tar if m.isfile() and m.name.lower().endswith(".png")}, root
-    except tarfile.TarError as e:
-        raise DatasetFormatError(f"data.root = {root}: not a tar archive ({e}); {IU_LAYOUT}") from None
+    if not tarfile.is_tarfile(root):
+        raise DatasetFormatError(f"data.root = {root}: not a tar archive; {IU_LAYOUT}")
+    names = iter_tar(root, lambda name: name.lower().endswith(".png"), read=False, param="data.root")
+    return {image_key(name): name for name, _ in names}, root
 
 
 def read_projections(path: Path) -> dict[str, str]:

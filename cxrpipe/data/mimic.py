@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from cxrpipe.data.archives import SafeZip
 from cxrpipe.data.manifest import SPLITS, StudyRecord
 from cxrpipe.data import records
 from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, ImageCandidate, Reject, SourceRead
@@ -145,14 +146,14 @@ class ReportSource:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._zip: zipfile.ZipFile | None = None
+        self._zip: SafeZip | None = None
         self._members: dict[int, str] = {}
         if self.path.is_file():
             try:
-                self._zip = zipfile.ZipFile(self.path)
+                self._zip = SafeZip(self.path, param="data.reports")  # names checked, links skipped, sizes bounded
             except zipfile.BadZipFile as e:
                 raise MimicFormatError(f"data.reports = {self.path}: not a zip file ({e}); {REPORTS_LAYOUT}") from None
-            for name in self._zip.namelist():  # index by study id: tolerant of a leading folder in members
+            for name in self._zip.names():  # index by study id: tolerant of a leading folder in members
                 m = _REPORT_MEMBER.search(name)
                 if m:
                     self._members.setdefault(int(m.group(1)), name)

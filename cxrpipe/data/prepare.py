@@ -46,7 +46,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import tarfile
 import time
 from pathlib import Path
 from typing import Iterable, Literal
@@ -54,8 +53,9 @@ from typing import Iterable, Literal
 import numpy as np
 
 from cxrpipe import __version__, provenance
-from cxrpipe.io import write_json_atomic
+from cxrpipe.io import UserError, write_json_atomic
 from cxrpipe.config import save_config
+from cxrpipe.data.archives import extract_tar_members, safe_target
 from cxrpipe.data.image_cache import ImageCacheWriter
 from cxrpipe.data.images import decode_chunk, decode_task
 from cxrpipe.data.manifest import IMAGES_CSV, SPLITS, STUDIES_CSV, ImageRecord, StudyRecord, write_manifest
@@ -82,7 +82,7 @@ SPLIT_RULE = (
 )
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """prepare cannot produce a usable prepared set (too much lost, unsupported source, nothing selected)."""
 
 
@@ -250,18 +250,10 @@ def _image_root(read: SourceRead, target: Target, out_dir: Path) -> Path:
     if read.image_tar is None:
         return Path(read.image_root or target.root)
     dest = out_dir / EXTRACTED_DIR
-    need = {c.path for c in read.images if not (dest / c.path).is_file()}
+    need = {c.path for c in read.images if not safe_target(dest, c.path).is_file()}
     if need:
         log.info("extracting %d images from %s into %s", len(need), read.image_tar, dest)
-        with tarfile.open(read.image_tar, "r:*") as tar:
-            for m in tar:
-                if m.name in need and m.isfile():
-                    src = tar.extractfile(m)
-                    path = dest / m.name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(path.name + ".tmp")
-                    tmp.write_bytes(src.read() if src is not None else b"")
-                    os.replace(tmp, path)
+        extract_tar_members(read.image_tar, need, dest, param="data.root")
     return dest
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from cxrpipe.data.manifest import StudyRecord
+from cxrpipe.io import UserError
 
 
 UNKNOWN_VIEW = "UNKNOWN"  # a view the source does not record
 
 
-class DatasetFormatError(RuntimeError):
+class DatasetFormatError(UserError, RuntimeError):
     """A dataset's files are absent or not shaped as the dataset ships them (one line: what, where, expected)."""
 
 

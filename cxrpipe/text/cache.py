@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from cxrpipe.io import SHA_PREFIX, CorruptFileError, corrupt_error, create_h5, verify_checksums  # noqa: F401
+from cxrpipe.io import SHA_PREFIX, CorruptFileError, UserError, corrupt_error, create_h5, verify_checksums  # noqa: F401
 from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, decode
 
 SCHEMA_VERSION = 2
@@ -46,7 +46,7 @@ STAGE = "embed"  # the stage that makes text.h5 (named in every error)
 MAX_LINKED_PARTS = 2700
 
 
-class TextCacheError(RuntimeError):
+class TextCacheError(UserError, RuntimeError):
     """The cache is missing, unfinished, or was made with other settings than the ones asked for."""
 
 

