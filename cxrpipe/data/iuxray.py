@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cxrpipe.data.archives import iter_tar
-from cxrpipe.data.records import DatasetFormatError, iter_csv
+from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, iter_csv
 from cxrpipe.labels import CHEXPERT_LABELS
 
 IU_SECTIONS = ("comparison", "indication", "findings", "impression")  # AbstractText labels, XML order
@@ -263,6 +263,20 @@ def summarize_iu_reports(reports: str | Path, sections: tuple[str, ...] = ("find
     }
 
 
+VIEWS = ("FRONTAL", "LATERAL", UNKNOWN_VIEW)  # the views an IU image can get (projections table, else UNKNOWN)
+
+
+def check_source(cfg) -> None:
+    """The files ``prepare`` needs for ``iu-xray`` (``cfg``: prepare's ``DataConfig``), without reading them."""
+    reports, root = Path(cfg.reports), Path(cfg.root)
+    if not reports.exists():
+        raise DatasetFormatError(f"data.reports = {reports}: no such file or folder; {IU_LAYOUT}")
+    if not root.exists():
+        raise DatasetFormatError(f"data.root = {root}: no such folder or file; {IU_LAYOUT}")
+    if cfg.projections and not Path(cfg.projections).is_file():
+        raise DatasetFormatError(f"data.projections = {cfg.projections}: no such file (CSV uid, filename, projection)")
+
+
 def read_iu_xray(cfg):
     """The registry's reader for ``iu-xray``: ``cfg`` is prepare's ``DataConfig`` (reports, root, projections,
     views, sections, split_fractions, split_seed). One report = one study = one subject (IU has no patient
@@ -271,9 +285,8 @@ def read_iu_xray(cfg):
     from cxrpipe.data.splits import check_fractions
 
     fractions = check_fractions(cfg.split_fractions, "data.split_fractions")
+    check_source(cfg)
     reports, root = Path(cfg.reports), Path(cfg.root)
-    if not reports.exists():
-        raise DatasetFormatError(f"data.reports = {reports}: no such file or folder; {IU_LAYOUT}")
     files, tar = index_png_source(root)
     views_of = read_projections(Path(cfg.projections)) if cfg.projections else {}
     read = _read_reports(reports, tuple(cfg.sections), views_of, {v.upper() for v in cfg.views}, fractions,

@@ -104,6 +104,24 @@ class DataConfig:
     # validate / test, seeded by report uid
     split_seed: int = 0  # that split's seed
 
+    def __post_init__(self) -> None:
+        """Names that would silently select nothing are errors listing the allowed values: a misspelt section
+        (``finding``) used to drop that section's text from every report, a view the source never records
+        to keep no image."""
+        from cxrpipe.config import ConfigError
+        from cxrpipe.data import registry
+        from cxrpipe.data.reports import CANONICAL_SECTIONS
+
+        unknown = [s for s in self.sections if s not in CANONICAL_SECTIONS]
+        if unknown:
+            raise ConfigError(f"params 'data.sections': unknown section name(s) {unknown}; allowed: "
+                              f"{list(CANONICAL_SECTIONS)}")
+        allowed = registry.get(self.source).views
+        unknown = [v for v in self.views if v.upper() not in allowed]
+        if unknown:
+            raise ConfigError(f"params 'data.views': {unknown} is not a view of {self.source}; allowed: "
+                              f"{list(allowed)} ([] keeps every view)")
+
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
