@@ -26,10 +26,16 @@ class MissingInputError(UserError, FileNotFoundError):
     """A file or folder a stage reads is not there; the message names the command that makes it."""
 
 
+def cli_name(stage: str) -> str:
+    """The ``cxrpipe`` sub-command of a DVC stage (``pretrain@mae`` -> ``pretrain``, ``zeroshot_prompts`` ->
+    ``zeroshot-prompts``)."""
+    return stage.split("@")[0].replace("_", "-")
+
+
 def missing_input(path: str | Path, what: str, stage: str) -> MissingInputError:
-    """``<path> not found (<what>): it is made by the `<stage>` stage; run `dvc repro <stage>```."""
-    return MissingInputError(f"{path} not found ({what}): it is made by the `{stage.split('@')[0]}` stage; "
-                             f"run `dvc repro {stage}`")
+    """``<path> not found (<what>): it is made by the `<stage>` stage: run `dvc repro <stage>```."""
+    return MissingInputError(f"{path} not found ({what}): it is made by the `{stage.split('@')[0]}` stage: run "
+                             f"`dvc repro {stage}` (or `cxrpipe {cli_name(stage)}`)")
 
 
 # ------------------------------------------------------------------------------------------------ file modes
@@ -116,8 +122,8 @@ class CorruptFileError(UserError, RuntimeError):
 
 def corrupt_error(path: str | Path, stage: str, detail: str) -> CorruptFileError:
     return CorruptFileError(
-        f"{path} is unreadable or corrupt ({detail}). It is made by the `{stage}` stage: rebuild it with "
-        f"`dvc repro -f {stage}` (or delete it and run `cxrpipe {stage}` again)."
+        f"{path} is unreadable or corrupt ({detail}). It is made by the `{stage.split('@')[0]}` stage: rebuild it "
+        f"with `dvc repro -f {stage}` (or delete it and run `cxrpipe {cli_name(stage)}` again)."
     )
 
 

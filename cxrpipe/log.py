@@ -20,14 +20,14 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 @contextlib.contextmanager
-def stage_errors(stage: str) -> Iterator[None]:
-    """Inside it, a :class:`~cxrpipe.io.UserError` (bad params, a missing or damaged input, ...) ends the stage
-    with ``<stage> failed: <message>`` on ONE line of stderr and exit code 1, no traceback. Anything else is
-    a bug and keeps its traceback."""
+def stage_errors(stage: str, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Inside it, a :class:`~cxrpipe.io.UserError` (bad params, a missing or damaged input, ...), or one of
+    ``also`` (a stage's own documented refusals), ends the stage with ``<stage> failed: <message>`` on ONE
+    line of stderr and exit code 1, no traceback. Anything else is a bug and keeps its traceback."""
     from cxrpipe.io import UserError
 
     try:
         yield
-    except UserError as e:
+    except (UserError, *also) as e:
         print(f"{stage} failed: {' '.join(str(e).split())}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -24,10 +24,11 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
         "data/rsna.py",
     ),
     "embed": (
-        "config.py", "io.py", "provenance.py", "text", "data/prepare.py", "data/manifest.py", "data/reports.py",
+        "config.py", "io.py", "inputs.py", "provenance.py", "text", "data/prepare.py", "data/manifest.py",
+        "data/reports.py",
     ),
     "pretrain": (
-        "config.py", "io.py", "provenance.py", "pretrain", "encoder.py", "data/manifest.py",
+        "config.py", "io.py", "inputs.py", "provenance.py", "pretrain", "encoder.py", "data/manifest.py",
         "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "text/store.py", "data/prepare.py",
     ),
 }

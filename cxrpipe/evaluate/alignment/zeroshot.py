@@ -144,7 +144,7 @@ def run_zeroshot(
     t0 = time.time()
     prepared = Path(prepared)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    texts = TextCache(prompt_cache, expect=expect)
+    texts = TextCache(prompt_cache, expect=expect, stage="zeroshot_prompts")
     n_prompts = len(prompt_texts(cfg))
     test = labelled_splits(prepared, cfg.views, cfg.uncertain, cfg.blank)["test"]
     model = load_aligned(model_dir, device)
