@@ -34,8 +34,11 @@ def load_params(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params file not found: {path}")
-    with path.open() as f:
-        params = yaml.safe_load(f) or {}
+    try:
+        with path.open() as f:
+            params = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return params
