@@ -15,6 +15,7 @@ import typer
 
 # (sub-command, module in stages/)
 STAGES = (
+    ("check", "check"),  # the first DVC stage: params and data layout, in seconds
     ("demo-data", "demo_data"),
     ("demo-nih", "demo_nih"),
     ("prepare", "prepare"),

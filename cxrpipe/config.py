@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,10 +20,12 @@ from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from cxrpipe.io import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params section does not match its dataclass."""
 
 
@@ -31,8 +34,11 @@ def load_params(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params file not found: {path}")
-    with path.open() as f:
-        params = yaml.safe_load(f) or {}
+    try:
+        with path.open() as f:
+            params = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return params
@@ -123,13 +129,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 f"params '{key}': {value!r} is not one of {[m.value for m in tp]}"
             ) from None
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number(value)
+        if number is None:
             raise ConfigError(f"params '{key}': expected a number, got {value!r}")
-        return float(value)
+        return float(number)
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _number(value)
+        if number is None or number != int(number):
             raise ConfigError(f"params '{key}': expected an integer, got {value!r}")
-        return value
+        return int(number)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"params '{key}': expected true/false, got {value!r}")
@@ -143,6 +151,27 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"params '{key}': expected a path, got {value!r}")
         return Path(value)
     raise TypeError(f"unsupported config type {tp!r} at '{key}'")
+
+
+def _number(value: Any) -> int | float | None:
+    """A YAML number, or a string that reads as one: YAML 1.1 reads ``1e-3`` (no dot) as the STRING "1e-3",
+    so numbers written by hand that way are accepted. None for anything else (bools, "nan", "inf", words)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
 
 
 def to_dict(cfg: Any) -> Any:

@@ -80,18 +80,13 @@ def timm_config(config: dict[str, Any], num_features: int) -> dict[str, Any]:
     }
 
 
-def _group_readable(path: Path) -> None:
-    """safetensors creates files 0600; give them the mode every other output gets (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def save_encoder(model: nn.Module, out_dir: str | Path, config: dict[str, Any]) -> None:
     """Write the encoder weights and its config atomically; ``config`` needs ``arch``, ``kwargs`` and
     ``pixel_mean``/``pixel_std``. A ``description`` of the architecture (:func:`describe_architecture`) is
     added when absent, and timm's ``local-dir:`` keys (:func:`timm_config`)."""
     from safetensors.torch import save_file
+
+    from cxrpipe.io import respect_umask
 
     for key in ("arch", "kwargs", "pixel_mean", "pixel_std"):
         if key not in config:
@@ -103,7 +98,7 @@ def save_encoder(model: nn.Module, out_dir: str | Path, config: dict[str, Any]) 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = out_dir / (ENCODER_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
-    _group_readable(tmp)
+    respect_umask(tmp)  # safetensors writes 0600
     os.replace(tmp, out_dir / ENCODER_FILE)
     tmpc = out_dir / (CONFIG_FILE + ".tmp")
     tmpc.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,7 +1,9 @@
-"""Atomic small-file writes: a temp file beside the target, then ``os.replace``.
+"""Atomic small-file writes, checked caches, folders a stage may replace, file modes, and the errors a user can
+cause and fix.
 
-A crash or Ctrl-C leaves either the previous file or the new one, never a half-written one, so DVC and
-the next stage never read a truncated JSON / markdown / CSV.
+Writes go to a temp file beside the target, then ``os.replace``: a crash or Ctrl-C leaves either the previous
+file or the new one, never a half-written one, so DVC and the next stage never read a truncated JSON /
+markdown / CSV.
 """
 
 from __future__ import annotations
@@ -10,6 +12,57 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+
+class UserError(Exception):
+    """An error the user can cause and fix (a bad params value, a missing or damaged input, an unsafe archive).
+
+    Its message is one line naming what is wrong and what to do; every stage CLI prints it as
+    ``<stage> failed: <message>`` and exits 1, with no traceback (:func:`cxrpipe.log.stage_errors`).
+    """
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder a stage reads is not there; the message names the command that makes it."""
+
+
+def cli_name(stage: str) -> str:
+    """The ``cxrpipe`` sub-command of a DVC stage (``pretrain@mae`` -> ``pretrain``, ``zeroshot_prompts`` ->
+    ``zeroshot-prompts``)."""
+    return stage.split("@")[0].replace("_", "-")
+
+
+def missing_input(path: str | Path, what: str, stage: str) -> MissingInputError:
+    """``<path> not found (<what>): it is made by the `<stage>` stage: run `dvc repro <stage>```."""
+    return MissingInputError(f"{path} not found ({what}): it is made by the `{stage.split('@')[0]}` stage: run "
+                             f"`dvc repro {stage}` (or `cxrpipe {cli_name(stage)}`)")
+
+
+# ------------------------------------------------------------------------------------------------ file modes
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, so no thread ever sees a changed umask)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: str | Path) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` would: 0666 minus the umask. safetensors (and
+    anything using ``mkstemp``) creates files 0600, which colleagues on a shared file system cannot read."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def respect_umask_tree(folder: str | Path) -> None:
+    """:func:`respect_umask` on every file below ``folder``."""
+    for f in Path(folder).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            respect_umask(f)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -63,14 +116,14 @@ def create_h5(path: str | Path) -> Any:
     return h5py.File(h5py.h5f.create(str(path).encode(), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(UserError, RuntimeError):
     """A cache file is truncated, bit-flipped, or not what it claims to be; the message says how to rebuild it."""
 
 
 def corrupt_error(path: str | Path, stage: str, detail: str) -> CorruptFileError:
     return CorruptFileError(
-        f"{path} is unreadable or corrupt ({detail}). It is made by the `{stage}` stage: rebuild it with "
-        f"`dvc repro -f {stage}` (or delete it and run `cxrpipe {stage}` again)."
+        f"{path} is unreadable or corrupt ({detail}). It is made by the `{stage.split('@')[0]}` stage: rebuild it "
+        f"with `dvc repro -f {stage}` (or delete it and run `cxrpipe {cli_name(stage)}` again)."
     )
 
 
@@ -118,7 +171,7 @@ def verify_checksums(f: Any, path: str | Path, stage: str, open_dataset: Any = N
 MARKER = ".made-by-cxrpipe"  # written into every output folder a stage replaces wholesale
 
 
-class UnsafeRemoveError(RuntimeError):
+class UnsafeRemoveError(UserError, RuntimeError):
     """A stage was asked to replace a folder it did not create."""
 
 

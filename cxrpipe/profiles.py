@@ -14,10 +14,23 @@ Nothing is ever overwritten: a switch that would lose a file refuses, naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 PARAMS = "params.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Params ``pipeline``, read by dvc.yaml itself: which of the demo's own stages a profile runs (real
+    profiles list none) and the two paths later stages depend on in their place."""
+
+    demo_data: tuple[str, ...] = ("demo",)  # demo_data@<name> writes data/<name>; () = none
+    demo_nih: tuple[str, ...] = ("demo-nih",)  # demo_nih@<name> writes data/<name>; () = none
+    text_model: tuple[str, ...] = ("text-model",)  # text_model@<name> converts the demo LM; () = none
+    text_model_dep: str = "data/models/text-model"  # a dep of embed and zeroshot_prompts
+    transfer_source: str = "data/demo-nih"  # a dep of transfer_prepare
 DEMO = "demo"
 
 

@@ -18,15 +18,17 @@ PACKAGE_ROOT = Path(__file__).resolve().parent  # .../cxrpipe
 # per stage: files or folders (every *.py below) relative to the package root
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "prepare": (
-        "config.py", "io.py", "labels.py", "provenance.py", "data/prepare.py", "data/mimic.py", "data/images.py",
-        "data/reports.py", "data/manifest.py", "data/image_cache.py", "data/demo_faults.py", "data/records.py",
-        "data/registry.py", "data/splits.py", "data/iuxray.py", "data/nih.py", "data/chexpert.py", "data/rsna.py",
+        "config.py", "io.py", "labels.py", "provenance.py", "data/prepare.py", "data/archives.py", "data/mimic.py",
+        "data/images.py", "data/reports.py", "data/manifest.py", "data/image_cache.py", "data/demo_faults.py",
+        "data/records.py", "data/registry.py", "data/splits.py", "data/iuxray.py", "data/nih.py", "data/chexpert.py",
+        "data/rsna.py",
     ),
     "embed": (
-        "config.py", "io.py", "provenance.py", "text", "data/prepare.py", "data/manifest.py", "data/reports.py",
+        "config.py", "io.py", "inputs.py", "provenance.py", "text", "data/prepare.py", "data/manifest.py",
+        "data/reports.py",
     ),
     "pretrain": (
-        "config.py", "io.py", "provenance.py", "pretrain", "encoder.py", "model_card.py", "data/manifest.py",
+        "config.py", "io.py", "inputs.py", "provenance.py", "pretrain", "encoder.py", "model_card.py", "data/manifest.py",
         "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "text/store.py", "data/prepare.py",
     ),
 }

@@ -26,21 +26,23 @@ def main(
     sentence's (pool.kind cross), upsampled onto the image, one colour scale across panels."""
     from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.alignment.attention_maps import AttentionMapsConfig, run_attention_maps
-    from cxrpipe.log import setup_logging
-    from cxrpipe.pretrain.heads import load_heads
+    from cxrpipe.inputs import read_json, require_encoder, require_prepared
+    from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.text.embed import EmbedConfig
 
     setup_logging()
-    raw = load_params(params)
-    cfg = section(raw, "attention", AttentionMapsConfig)
-    model_dir = encoder
-    tokenizer = None
-    if load_heads(model_dir)[1]["pool"]["kind"] == "cross":  # sentences need the token ids decoded
-        from cxrpipe.text.model import load_tokenizer
+    with stage_errors("attention_maps"):
+        raw = load_params(params)
+        cfg = section(raw, "attention", AttentionMapsConfig)
+        require_prepared(prepared)
+        require_encoder(encoder, heads=True)
+        tokenizer = None
+        if read_json(encoder / "text_head.json", "the text side", "pretrain")["pool"]["kind"] == "cross":
+            from cxrpipe.text.model import load_tokenizer  # sentences need the token ids decoded
 
-        emb = section(raw, "embed", EmbedConfig)
-        tokenizer = load_tokenizer(emb.model, emb.revision)
-    run_attention_maps(cfg, model_dir, prepared, text_cache, out, index, tokenizer)
+            emb = section(raw, "embed", EmbedConfig)
+            tokenizer = load_tokenizer(emb.model, emb.revision)
+        run_attention_maps(cfg, encoder, prepared, text_cache, out, index, tokenizer)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,14 @@ def main(
 ) -> None:
     """Delta mAUC (multimodal - mae) per protocol with a paired bootstrap 95% interval and p-value; writes
     comparison.json, the markdown report (published numbers quoted for reference) and ROC curves per label."""
-    from cxrpipe.config import ConfigError, section
+    from cxrpipe.config import section
     from cxrpipe.evaluate.compare import CompareConfig, run_compare
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
-    try:
+    with stage_errors("compare", also=(FileNotFoundError, ValueError)):  # no runs; runs that cannot be paired
         cfg = section(params, "compare", CompareConfig)
         run_compare(cfg, metrics, out, predictions_dir=predictions, report_md=report, plots_dir=plots)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        typer.echo(f"compare failed: {e}", err=True)
-        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ def main(
     """Generate the demo data: MIMIC-CXR-JPG's CSVs, image folders (a few DICOMs), reports zip, corruptions."""
     from cxrpipe.config import section
     from cxrpipe.data.demo import DemoConfig, write_demo_tree
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
-    write_demo_tree(section(params, "demo", DemoConfig), out)
+    with stage_errors("demo_data"):
+        write_demo_tree(section(params, "demo", DemoConfig), out)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ def main(
     """Generate the demo NIH ChestX-ray14 tree: Data_Entry_2017_v2020.csv, the two list files, image folders."""
     from cxrpipe.config import section
     from cxrpipe.data.demo.nih import DemoNIHConfig, write_demo_nih
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
-    write_demo_nih(section(params, "demo_nih", DemoNIHConfig), out)
+    with stage_errors("demo_nih"):
+        write_demo_nih(section(params, "demo_nih", DemoNIHConfig), out)
 
 
 if __name__ == "__main__":

@@ -24,22 +24,17 @@ def main(
 
     from cxrpipe.config import load_params, section
     from cxrpipe.data.prepare import DataConfig
+    from cxrpipe.inputs import require_manifest
     from cxrpipe.io import write_json_atomic
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.text.embed import EmbedConfig, process_state, run_embed
 
-    from cxrpipe.io import CorruptFileError, UnsafeRemoveError
-    from cxrpipe.text.model import TextModelError
-
     setup_logging()
-    raw = load_params(params)
-    cfg = section(raw, "embed", EmbedConfig)
-    sections = section(raw, "data", DataConfig).sections  # the cache's fingerprint records them
-    try:
-        summary = run_embed(cfg, manifest, out, list(sections))
-    except (TextModelError, CorruptFileError, UnsafeRemoveError) as e:  # a clear message, not a traceback
-        typer.echo(f"embed failed: {e}", err=True)
-        raise typer.Exit(1) from None
+    with stage_errors("embed"):
+        raw = load_params(params)
+        cfg = section(raw, "embed", EmbedConfig)
+        sections = section(raw, "data", DataConfig).sections  # the cache's fingerprint records them
+        summary = run_embed(cfg, require_manifest(manifest), out, list(sections))
     if process_state().is_main_process:
         numbers = dataclasses.asdict(summary)
         config = numbers.pop("config")  # strings (model, prompt) beside the metrics, not in them

@@ -18,9 +18,11 @@ def main(
         str, typer.Option(help="linear (frozen encoder) | finetune (all weights); the choices of `Protocol`")
     ] = "linear",
     prepared: Annotated[Path, typer.Option(help="prepared folder (manifest + images.h5)")] = Path("data/prepared"),
-    out: Annotated[Path, typer.Option(help="metrics JSON; the resolved config goes beside it")] = Path(
-        "data/metrics/mae-linear.json"
-    ),
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="metrics JSON, the resolved config beside it; default data/metrics/<encoder>-<protocol>"
+                          "[-seed<k>].json, <encoder> the name in the encoder's config.json"),
+    ] = None,
     predictions: Annotated[Path, typer.Option(help="folder for the test predictions <out stem>.npz")] = Path(
         "data/predictions"
     ),
@@ -33,27 +35,24 @@ def main(
 ) -> None:
     """Train the head (linear: on frozen features computed once) or all weights (finetune), pick the epoch
     by validate mAUC, and write test metrics with bootstrap intervals, predictions and training curves."""
-    from cxrpipe.config import ConfigError, section
+    from cxrpipe.config import section
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol, run_finetune
-    from cxrpipe.log import setup_logging
+    from cxrpipe.inputs import require_encoder, require_prepared
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
     choices = [p.value for p in Protocol]
     if protocol not in choices:  # before anything is loaded; the list follows the enum
         raise typer.BadParameter(f"{protocol!r} is not one of {', '.join(choices)}", param_hint="'--protocol'")
-    try:
+    with stage_errors("finetune"):
         cfg = section(params, "finetune", FinetuneConfig)
         if seed is not None:
             cfg = dataclasses.replace(cfg, seed=seed)
-        proto = Protocol(protocol)
-    except (ConfigError, ValueError) as e:
-        typer.echo(f"finetune failed: {e}", err=True)
-        raise typer.Exit(1) from None
-    run_finetune(
-        cfg, encoder, proto, prepared, out,
-        predictions_out=predictions / f"{out.stem}.npz",
-        plot_out=plots / f"{out.stem}.png",
-    )
+        require_prepared(prepared)
+        name = require_encoder(encoder)
+        out = out or Path("data/metrics") / f"{name}-{protocol}{'' if seed is None else f'-seed{seed}'}.json"
+        run_finetune(cfg, encoder, Protocol(protocol), prepared, out,
+                     predictions_out=predictions / f"{out.stem}.npz", plot_out=plots / f"{out.stem}.png")
 
 
 if __name__ == "__main__":

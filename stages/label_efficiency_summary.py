@@ -26,12 +26,18 @@ def main(
     from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig
     from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig, summarize_label_efficiency
-    from cxrpipe.log import setup_logging
+    from cxrpipe.io import missing_input
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
-    raw = load_params(params)
-    summarize_label_efficiency(section(raw, "label_efficiency", LabelEfficiencyConfig),
-                               section(raw, "finetune", FinetuneConfig).label_fractions, runs, out, report, plot)
+    with stage_errors("label_efficiency_summary", also=(ValueError,)):  # runs that cannot be paired
+        raw = load_params(params)
+        cfg = section(raw, "label_efficiency", LabelEfficiencyConfig)
+        fractions = section(raw, "finetune", FinetuneConfig).label_fractions
+        if not any((runs / e / "summary.json").is_file() for e in cfg.encoders):
+            raise missing_input(runs / cfg.encoders[0] / "summary.json", "label-efficiency runs of "
+                                f"{', '.join(cfg.encoders)}", f"label_efficiency@{cfg.encoders[0]}")
+        summarize_label_efficiency(cfg, fractions, runs, out, report, plot)
 
 
 if __name__ == "__main__":

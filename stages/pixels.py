@@ -22,20 +22,18 @@ def main(
 ) -> None:
     """One logistic regression per label on standardised size x size pixels (C chosen on validate), scored
     like the encoders' runs (same images, labels, metrics, intervals and predictions format)."""
-    from cxrpipe.config import ConfigError, load_params, section
+    from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig
     from cxrpipe.evaluate.probe.pixels import PixelsConfig, run_pixels
-    from cxrpipe.log import setup_logging
+    from cxrpipe.inputs import require_prepared
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
-    try:
+    with stage_errors("pixels"):
         raw = load_params(params)
         cfg = section(raw, "pixels", PixelsConfig)
         ft = section(raw, "finetune", FinetuneConfig)
-    except ConfigError as e:
-        typer.echo(f"pixels failed: {e}", err=True)
-        raise typer.Exit(1) from None
-    run_pixels(cfg, ft, prepared, out, predictions_out=predictions / f"{out.stem}.npz")
+        run_pixels(cfg, ft, require_prepared(prepared), out, predictions_out=predictions / f"{out.stem}.npz")
 
 
 if __name__ == "__main__":

@@ -43,37 +43,31 @@ def main(
     write encoder.safetensors + config.json (a plain timm ViT), loss curves, and the validate-split
     image->report retrieval check. `accelerate launch -m cxrpipe pretrain ...` runs it data-parallel."""
     from cxrpipe.config import load_params, section
-    from cxrpipe.data.image_cache import ImageCacheError
-    from cxrpipe.io import CorruptFileError
-    from cxrpipe.text.cache import TextCacheError
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.pretrain.train import VARIANTS, PretrainConfig
-    from cxrpipe.text.model import TextModelError
 
     setup_logging()
     if variant not in VARIANTS:
         raise typer.BadParameter(f"{variant!r} is not one of {', '.join(VARIANTS)}", param_hint="'--variant'")
-    raw = load_params(params)
-    cfg = section(raw, "pretrain", PretrainConfig)
-    if seed is not None:
-        cfg = dataclasses.replace(cfg, seed=seed)
-    try:
+    with stage_errors("pretrain"):
+        raw = load_params(params)
+        cfg = section(raw, "pretrain", PretrainConfig)
+        if seed is not None:
+            cfg = dataclasses.replace(cfg, seed=seed)
         _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps)
-    except (TextModelError, TextCacheError, ImageCacheError, CorruptFileError) as e:  # a message, not a traceback
-        typer.echo(f"pretrain failed: {e}", err=True)
-        raise typer.Exit(1) from None
 
 
 def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps) -> None:
     from cxrpipe.config import section
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
+    from cxrpipe.inputs import require_prepared
     from cxrpipe.pretrain.train import run_pretrain
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
 
     expect = expected_fingerprint(
         section(raw, "embed", EmbedConfig),
-        [s.text for s in read_studies(prepared)],
+        [s.text for s in read_studies(require_prepared(prepared))],
         section(raw, "data", DataConfig).sections,
         strict_identity=False,  # checked when the model is at hand; pretrain never needs it or the network
     )

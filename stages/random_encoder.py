@@ -22,18 +22,15 @@ def main(
     """Build the MAE encoder exactly as pretraining initialises it (same architecture, init and seed), never
     train it, and export it like the pretrained encoders (config.json variant "random"): the reference a
     pretrained encoder must beat."""
-    from cxrpipe.config import ConfigError, load_params, section
+    from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.probe.references import write_random_encoder
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.pretrain.train import PretrainConfig
 
     setup_logging()
-    try:
+    with stage_errors("random_encoder"):
         cfg = section(load_params(params), "pretrain", PretrainConfig)
-    except ConfigError as e:
-        typer.echo(f"random_encoder failed: {e}", err=True)
-        raise typer.Exit(1) from None
-    write_random_encoder(cfg.model, cfg.data, cfg.seed if seed is None else seed, out)
+        write_random_encoder(cfg.model, cfg.data, cfg.seed if seed is None else seed, out)
 
 
 if __name__ == "__main__":

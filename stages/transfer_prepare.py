@@ -15,21 +15,16 @@ def main(
     out: Annotated[Path | None, typer.Option(help="output folder (default data/transfer/<dataset>)")] = None,
 ) -> None:
     """Read one transfer dataset; write its prepared folder in prepare's format."""
-    from cxrpipe.config import ConfigError, load_params, section
-    from cxrpipe.data.image_cache import ImageCacheError
-    from cxrpipe.data.prepare import PrepareConfig, PrepareError
-    from cxrpipe.data.records import DatasetFormatError
+    from cxrpipe.config import load_params, section
+    from cxrpipe.data.prepare import PrepareConfig
     from cxrpipe.data.transfer_prepare import TransferDataConfig, run_transfer_prepare
-    from cxrpipe.log import setup_logging
+    from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
-    try:
+    with stage_errors("transfer_prepare"):
         p = load_params(params)
         run_transfer_prepare(dataset, section(p, "transfer_data", TransferDataConfig), section(p, "prepare", PrepareConfig),
                              out or Path("data/transfer") / dataset)
-    except (ConfigError, DatasetFormatError, PrepareError, ImageCacheError) as e:  # one clear line, no traceback
-        typer.echo(f"transfer-prepare failed: {e}", err=True)
-        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":

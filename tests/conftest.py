@@ -22,3 +22,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (only the developers' checkout has it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """Every stage of dvc.yaml run once, in-process, at test size, on reports carrying a canary
+    (tests/pipeline.py); read-only: tests that change files work on a copy (:func:`pipeline_copy`)."""
+    from tests.pipeline import run_pipeline
+
+    return run_pipeline(tmp_path_factory.mktemp("pipeline") / "run")
+
+
+@pytest.fixture
+def pipeline_copy(pipeline, tmp_path, monkeypatch):
+    """A fresh copy of the finished run's folder as the working directory."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(pipeline.root, root, symlinks=True)
+    monkeypatch.chdir(root)
+    return root

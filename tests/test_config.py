@@ -41,7 +41,10 @@ def test_build_nested_and_coerces():
     [
         ({"name": "x", "sise": 3}, "unknown key(s) ['sise']"),
         ({}, "'name' is required"),
-        ({"name": "x", "size": "3"}, "'size': expected an integer"),
+        ({"name": "x", "size": "three"}, "'size': expected an integer"),
+        ({"name": "x", "size": "2.5"}, "'size': expected an integer"),
+        ({"name": "x", "inner": {"eps": "1e-3x"}}, "'inner.eps': expected a number"),
+        ({"name": "x", "inner": {"eps": "nan"}}, "'inner.eps': expected a number"),
         ({"name": "x", "size": True}, "'size': expected an integer"),
         ({"name": "x", "inner": {"kind": "hinge"}}, "'inner.kind': 'hinge' is not one of"),
         ({"name": "x", "color": "green"}, "'color': 'green' is not one of"),
@@ -52,6 +55,20 @@ def test_build_rejects_bad_params(data, msg):
     with pytest.raises(ConfigError) as e:
         build(Outer, data)
     assert msg in str(e.value)
+
+
+def test_numbers_written_by_hand_as_yaml_strings_are_numbers(tmp_path):
+    """YAML 1.1 reads `1e-3` (no dot) as the string "1e-3": a hand-written learning rate must still work."""
+    p = tmp_path / "params.yaml"
+    p.write_text("stage:\n  name: a\n  size: 1e3\n  inner:\n    eps: 1e-3\n")
+    import yaml
+
+    assert yaml.safe_load(p.read_text())["stage"]["inner"]["eps"] == "1e-3"  # what YAML gives
+    cfg = section(p, "stage", Outer)
+    assert cfg.inner.eps == 0.001 and isinstance(cfg.inner.eps, float)
+    assert cfg.size == 1000 and isinstance(cfg.size, int)
+    assert build(Outer, {"name": "x", "maybe": "7"}).maybe == 7  # inside a union too
+    assert build(Outer, {"name": "1e3"}).name == "1e3"  # a string field stays a string
 
 
 def test_section_from_file_and_round_trip(tmp_path):

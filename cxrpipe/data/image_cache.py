@@ -27,14 +27,14 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from cxrpipe.io import SHA_PREFIX, create_h5, CorruptFileError, corrupt_error, verify_checksums
+from cxrpipe.io import SHA_PREFIX, CorruptFileError, UserError, corrupt_error, create_h5, verify_checksums
 
 SCHEMA_VERSION = 2
 STAGE = "prepare"  # the stage that makes images.h5 (named in every error)
 
 
-class ImageCacheError(RuntimeError):
-    pass
+class ImageCacheError(UserError, RuntimeError):
+    """images.h5 is missing, unfinished or of another schema (the message says how to rebuild it)."""
 
 
 def _read_ids(f: h5py.File) -> list[str]:

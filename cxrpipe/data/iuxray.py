@@ -22,7 +22,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator
 
-from cxrpipe.data.records import DatasetFormatError, iter_csv
+from cxrpipe.data.archives import iter_tar
+from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, iter_csv
 from cxrpipe.labels import CHEXPERT_LABELS
 
 IU_SECTIONS = ("comparison", "indication", "findings", "impression")  # AbstractText labels, XML order
@@ -166,16 +167,10 @@ def _xml_members(path: Path) -> Iterator[tuple[str, bytes]]:
     if not path.exists():
         raise FileNotFoundError(f"IU X-ray reports not found: {path}")
     # One sequential pass (backward seeks in a gzip stream would re-decompress); ~20 MB in memory.
-    members = []
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for m in tar:
-                if m.isfile() and m.name.endswith(".xml"):
-                    f = tar.extractfile(m)
-                    members.append((m.name, f.read() if f is not None else b""))
-    except tarfile.TarError as e:
-        raise DatasetFormatError(f"{path}: not a tar archive of XML reports ({e}); expected NLMCXR_reports.tgz "
-                            "(ecgen-radiology/<n>.xml) or its extracted folder") from None
+    if not tarfile.is_tarfile(path):
+        raise DatasetFormatError(f"data.reports = {path}: not a tar archive of XML reports; expected "
+                                 "NLMCXR_reports.tgz (ecgen-radiology/<n>.xml) or its extracted folder")
+    members = list(iter_tar(path, lambda name: name.endswith(".xml"), param="data.reports"))
     yield from sorted(members, key=lambda nb: _natural_key(nb[0]))
 
 
@@ -225,11 +220,10 @@ def index_png_source(root: Path) -> tuple[dict[str, str], Path | None]:
         return {image_key(p.name): str(p.relative_to(root)) for p in sorted(root.rglob("*.png"))}, None
     if not root.is_file():
         raise DatasetFormatError(f"data.root = {root}: no such folder or file; {IU_LAYOUT}")
-    try:
-        with tarfile.open(root, "r:*") as tar:
-            return {image_key(m.name): m.name for m in tar if m.isfile() and m.name.lower().endswith(".png")}, root
-    except tarfile.TarError as e:
-        raise DatasetFormatError(f"data.root = {root}: not a tar archive ({e}); {IU_LAYOUT}") from None
+    if not tarfile.is_tarfile(root):
+        raise DatasetFormatError(f"data.root = {root}: not a tar archive; {IU_LAYOUT}")
+    names = iter_tar(root, lambda name: name.lower().endswith(".png"), read=False, param="data.root")
+    return {image_key(name): name for name, _ in names}, root
 
 
 def read_projections(path: Path) -> dict[str, str]:
@@ -269,6 +263,20 @@ def summarize_iu_reports(reports: str | Path, sections: tuple[str, ...] = ("find
     }
 
 
+VIEWS = ("FRONTAL", "LATERAL", UNKNOWN_VIEW)  # the views an IU image can get (projections table, else UNKNOWN)
+
+
+def check_source(cfg) -> None:
+    """The files ``prepare`` needs for ``iu-xray`` (``cfg``: prepare's ``DataConfig``), without reading them."""
+    reports, root = Path(cfg.reports), Path(cfg.root)
+    if not reports.exists():
+        raise DatasetFormatError(f"data.reports = {reports}: no such file or folder; {IU_LAYOUT}")
+    if not root.exists():
+        raise DatasetFormatError(f"data.root = {root}: no such folder or file; {IU_LAYOUT}")
+    if cfg.projections and not Path(cfg.projections).is_file():
+        raise DatasetFormatError(f"data.projections = {cfg.projections}: no such file (CSV uid, filename, projection)")
+
+
 def read_iu_xray(cfg):
     """The registry's reader for ``iu-xray``: ``cfg`` is prepare's ``DataConfig`` (reports, root, projections,
     views, sections, split_fractions, split_seed). One report = one study = one subject (IU has no patient
@@ -277,9 +285,8 @@ def read_iu_xray(cfg):
     from cxrpipe.data.splits import check_fractions
 
     fractions = check_fractions(cfg.split_fractions, "data.split_fractions")
+    check_source(cfg)
     reports, root = Path(cfg.reports), Path(cfg.root)
-    if not reports.exists():
-        raise DatasetFormatError(f"data.reports = {reports}: no such file or folder; {IU_LAYOUT}")
     files, tar = index_png_source(root)
     views_of = read_projections(Path(cfg.projections)) if cfg.projections else {}
     read = _read_reports(reports, tuple(cfg.sections), views_of, {v.upper() for v in cfg.views}, fractions,

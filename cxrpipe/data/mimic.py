@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from cxrpipe.data.archives import SafeZip
 from cxrpipe.data.manifest import SPLITS, StudyRecord
 from cxrpipe.data import records
 from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, ImageCandidate, Reject, SourceRead
@@ -40,6 +41,9 @@ from cxrpipe.labels import CHEXPERT_LABELS, parse_label_row
 log = logging.getLogger(__name__)
 
 TABLE_PREFIX = "mimic-cxr-2.0.0-"
+# ViewPosition values of MIMIC-CXR(-JPG)'s metadata table (blank = UNKNOWN); data.views must name some of them
+VIEWS = ("AP", "PA", "LATERAL", "LL", "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "LAO", "RAO", "LPO",
+         "XTABLE LATERAL", "SWIMMERS", UNKNOWN_VIEW)
 IMAGE_EXT = {"mimic-cxr-jpg": "jpg", "mimic-cxr": "dcm"}
 _REPORT_MEMBER = re.compile(r"(?:^|/)s(\d+)\.txt$")
 
@@ -145,14 +149,14 @@ class ReportSource:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._zip: zipfile.ZipFile | None = None
+        self._zip: SafeZip | None = None
         self._members: dict[int, str] = {}
         if self.path.is_file():
             try:
-                self._zip = zipfile.ZipFile(self.path)
+                self._zip = SafeZip(self.path, param="data.reports")  # names checked, links skipped, sizes bounded
             except zipfile.BadZipFile as e:
                 raise MimicFormatError(f"data.reports = {self.path}: not a zip file ({e}); {REPORTS_LAYOUT}") from None
-            for name in self._zip.namelist():  # index by study id: tolerant of a leading folder in members
+            for name in self._zip.names():  # index by study id: tolerant of a leading folder in members
                 m = _REPORT_MEMBER.search(name)
                 if m:
                     self._members.setdefault(int(m.group(1)), name)
@@ -379,6 +383,17 @@ def read_mimic(
         counts["metadata_rows"], counts["selected_images"], sorted(wanted_views) or "all", len(images), len(studies), len(rejects),
     )
     return MimicRead(images=images, studies=studies, rejects=rejects, counts=counts)
+
+
+def check_source(cfg) -> None:
+    """The layout ``prepare`` needs, checked without reading the tables (``cxrpipe check``): the folders, the
+    metadata / split / label tables and the reports source. ``cfg`` is prepare's ``DataConfig``."""
+    tables_param = "data.tables" if cfg.tables is not None else "data.root"
+    tables = Path(cfg.tables) if cfg.tables is not None else Path(cfg.root)
+    check_layout(Path(cfg.root), tables, tables_param)
+    find_table(tables, cfg.labeler)
+    if not Path(cfg.reports).exists():
+        raise MimicFormatError(f"data.reports = {cfg.reports}: no such zip file or folder; {REPORTS_LAYOUT}")
 
 
 def read_mimic_source(cfg) -> SourceRead:

@@ -46,7 +46,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import tarfile
 import time
 from pathlib import Path
 from typing import Iterable, Literal
@@ -54,8 +53,9 @@ from typing import Iterable, Literal
 import numpy as np
 
 from cxrpipe import __version__, provenance
-from cxrpipe.io import write_json_atomic
+from cxrpipe.io import UserError, write_json_atomic
 from cxrpipe.config import save_config
+from cxrpipe.data.archives import extract_tar_members, safe_target
 from cxrpipe.data.image_cache import ImageCacheWriter
 from cxrpipe.data.images import decode_chunk, decode_task
 from cxrpipe.data.manifest import IMAGES_CSV, SPLITS, STUDIES_CSV, ImageRecord, StudyRecord, write_manifest
@@ -82,7 +82,7 @@ SPLIT_RULE = (
 )
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """prepare cannot produce a usable prepared set (too much lost, unsupported source, nothing selected)."""
 
 
@@ -103,6 +103,24 @@ class DataConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # sources without a split (iu-xray): train /
     # validate / test, seeded by report uid
     split_seed: int = 0  # that split's seed
+
+    def __post_init__(self) -> None:
+        """Names that would silently select nothing are errors listing the allowed values: a misspelt section
+        (``finding``) used to drop that section's text from every report, a view the source never records
+        to keep no image."""
+        from cxrpipe.config import ConfigError
+        from cxrpipe.data import registry
+        from cxrpipe.data.reports import CANONICAL_SECTIONS
+
+        unknown = [s for s in self.sections if s not in CANONICAL_SECTIONS]
+        if unknown:
+            raise ConfigError(f"params 'data.sections': unknown section name(s) {unknown}; allowed: "
+                              f"{list(CANONICAL_SECTIONS)}")
+        allowed = registry.get(self.source).views
+        unknown = [v for v in self.views if v.upper() not in allowed]
+        if unknown:
+            raise ConfigError(f"params 'data.views': {unknown} is not a view of {self.source}; allowed: "
+                              f"{list(allowed)} ([] keeps every view)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,18 +268,10 @@ def _image_root(read: SourceRead, target: Target, out_dir: Path) -> Path:
     if read.image_tar is None:
         return Path(read.image_root or target.root)
     dest = out_dir / EXTRACTED_DIR
-    need = {c.path for c in read.images if not (dest / c.path).is_file()}
+    need = {c.path for c in read.images if not safe_target(dest, c.path).is_file()}
     if need:
         log.info("extracting %d images from %s into %s", len(need), read.image_tar, dest)
-        with tarfile.open(read.image_tar, "r:*") as tar:
-            for m in tar:
-                if m.name in need and m.isfile():
-                    src = tar.extractfile(m)
-                    path = dest / m.name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(path.name + ".tmp")
-                    tmp.write_bytes(src.read() if src is not None else b"")
-                    os.replace(tmp, path)
+        extract_tar_members(read.image_tar, need, dest, param="data.root")
     return dest
 
 

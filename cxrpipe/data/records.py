@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from cxrpipe.data.manifest import StudyRecord
+from cxrpipe.io import UserError
 
 
 UNKNOWN_VIEW = "UNKNOWN"  # a view the source does not record
 
 
-class DatasetFormatError(RuntimeError):
+class DatasetFormatError(UserError, RuntimeError):
     """A dataset's files are absent or not shaped as the dataset ships them (one line: what, where, expected)."""
 
 
@@ -29,14 +30,17 @@ def iter_csv(path: str | Path, required: Sequence[str], error: type[DatasetForma
     """Rows of a gzipped or plain CSV as dicts; the header must hold ``required`` (else ``error``, naming
     ``param``, the params key the path came from, when given)."""
     path = Path(path)
+    where = f"{param} = {path}" if param else str(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            where = f"{param} = {path}" if param else str(path)
-            raise error(f"{where}: missing column(s) {missing}; header is {reader.fieldnames}")
-        yield from reader
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise error(f"{where}: missing column(s) {missing}; header is {reader.fieldnames}")
+            yield from reader
+    except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as e:  # a damaged or foreign file
+        raise error(f"{where}: not a readable CSV table ({type(e).__name__}: {e})") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import enum
 from typing import Callable
 
 from cxrpipe.data import chexpert, iuxray, mimic, nih, rsna
-from cxrpipe.data.records import SourceRead
+from cxrpipe.data.records import UNKNOWN_VIEW, SourceRead
 from cxrpipe.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 
@@ -34,25 +34,31 @@ class DatasetSpec:
     split_rule: str  # how train / validate / test are formed
     reader: Callable[..., SourceRead]  # config -> SourceRead
     config: type | None = None  # the params dataclass of transfer_data.<name> (None: prepare's DataConfig)
+    views: tuple[str, ...] = ()  # every view its images.csv rows can hold (the `views` params name some of them)
+    check: Callable[..., None] | None = None  # config -> None: the files the reader needs are there (cheap)
 
     def read(self, cfg) -> SourceRead:
         return self.reader(cfg)
 
 
 _MIMIC_SPLIT = "MIMIC-CXR's own split table (by subject)"
+_FRONTAL_PA_AP = ("PA", "AP", UNKNOWN_VIEW)
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
     DatasetSpec("mimic-cxr-jpg", "MIMIC-CXR-JPG", Role.PRETRAIN, CHEXPERT_LABELS, (), mimic.EXPECTED_LAYOUT,
-                _MIMIC_SPLIT, mimic.read_mimic_source),
+                _MIMIC_SPLIT, mimic.read_mimic_source, views=mimic.VIEWS, check=mimic.check_source),
     DatasetSpec("mimic-cxr", "MIMIC-CXR (DICOM)", Role.PRETRAIN, CHEXPERT_LABELS, (), mimic.EXPECTED_LAYOUT,
-                _MIMIC_SPLIT, mimic.read_mimic_source),
+                _MIMIC_SPLIT, mimic.read_mimic_source, views=mimic.VIEWS, check=mimic.check_source),
     DatasetSpec("iu-xray", "IU X-ray (Open-i)", Role.PRETRAIN, CHEXPERT_LABELS, (), iuxray.IU_LAYOUT,
-                "seeded split by report uid (data.split_fractions, data.split_seed)", iuxray.read_iu_xray),
+                "seeded split by report uid (data.split_fractions, data.split_seed)", iuxray.read_iu_xray,
+                views=iuxray.VIEWS, check=iuxray.check_source),
     DatasetSpec("nih_cxr14", "NIH ChestX-ray14", Role.TRANSFER, nih.NIH_LABELS, (), nih.LAYOUT, nih.SPLIT_RULE,
-                nih.read_nih, nih.NIHConfig),
+                nih.read_nih, nih.NIHConfig, views=_FRONTAL_PA_AP),
     DatasetSpec("chexpert", "CheXpert", Role.TRANSFER, CHEXPERT_LABELS, COMPETITION_LABELS,
-                chexpert.LAYOUT, chexpert.SPLIT_RULE, chexpert.read_chexpert, chexpert.CheXpertConfig),
+                chexpert.LAYOUT, chexpert.SPLIT_RULE, chexpert.read_chexpert, chexpert.CheXpertConfig,
+                views=("AP", "PA", "LL", "RL", UNKNOWN_VIEW)),  # frontal images' AP/PA column (may be blank)
     DatasetSpec("rsna_pneumonia", "RSNA Pneumonia", Role.TRANSFER, rsna.RSNA_LABELS, (), rsna.LAYOUT,
-                "seeded split by patient (split_fractions, seed), or split_file", rsna.read_rsna, rsna.RSNAConfig),
+                "seeded split by patient (split_fractions, seed), or split_file", rsna.read_rsna, rsna.RSNAConfig,
+                views=_FRONTAL_PA_AP),
 )}
 
 

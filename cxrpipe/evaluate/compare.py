@@ -27,7 +27,7 @@ import numpy as np
 
 from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
 from cxrpipe.evaluate.stats.caveats import caveat_section
-from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, jsonable, load_predictions
+from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, jsonable
 from cxrpipe.evaluate.stats.summaries import (
     PIXELS,
     RANDOM,
@@ -38,6 +38,7 @@ from cxrpipe.evaluate.stats.summaries import (
     seeds_markdown,
     seeds_summary,
 )
+from cxrpipe.inputs import load_run_predictions, read_json, run_stage
 from cxrpipe.io import write_json_atomic, write_text_atomic
 from cxrpipe.labels import CHEXPERT_LABELS
 
@@ -84,11 +85,11 @@ def _load_runs(
     for name in names:
         mpath, ppath = metrics_dir / f"{name}.json", predictions_dir / f"{name}.npz"
         if mpath.exists() and ppath.exists():
-            m = json.loads(mpath.read_text())
+            m = read_json(mpath, f"metrics of {name}", run_stage(name))
             cpath = metrics_dir / f"{name}.config.json"  # provenance lives beside the numbers
             if "dataset" not in m and cpath.exists():
-                m["dataset"] = json.loads(cpath.read_text()).get("dataset", {})
-            runs[name] = (m, load_predictions(ppath)[0])
+                m["dataset"] = read_json(cpath, f"config of {name}", run_stage(name)).get("dataset", {})
+            runs[name] = (m, load_run_predictions(ppath, name)[0])  # refused if another encoder made it
         else:
             log.warning("%s: no %s", name, mpath if not mpath.exists() else ppath)
     return runs
@@ -114,7 +115,7 @@ def _seed_predictions(predictions_dir: Path, seeds: tuple[int, ...]) -> dict[str
                 name = f"{encoder}-{protocol}-seed{k}"
                 path = predictions_dir / f"{name}.npz"
                 if path.exists():
-                    out[name] = load_predictions(path)[0]
+                    out[name] = load_run_predictions(path, name)[0]
                 else:
                     log.warning("seed %d: no %s", k, path)
     return out
@@ -185,7 +186,8 @@ def run_compare(
         )
     if not result:
         raise FileNotFoundError(
-            f"no protocol has both mae and multimodal runs in {metrics_dir} (+ predictions in {predictions_dir})"
+            f"no protocol has both mae and multimodal runs in {metrics_dir} (+ predictions in {predictions_dir}): "
+            "they are made by the `finetune` stage: run `dvc repro finetune`"
         )
     # further sections, each from the test predictions, paired on the same resampled studies
     preds = {name: pred for name, (_, pred) in runs.items()}

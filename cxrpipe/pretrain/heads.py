@@ -101,6 +101,8 @@ def save_heads(model: nn.Module, out_dir: str | Path, config: dict[str, Any]) ->
     (needs ``pool``, ``loss``, ``text_hidden``, ``embed_dim``) atomically into ``out_dir``."""
     from safetensors.torch import save_file
 
+    from cxrpipe.io import respect_umask
+
     for key in ("pool", "loss", "text_hidden", "embed_dim"):
         if key not in config:
             raise ValueError(f"text head config lacks '{key}'")
@@ -109,6 +111,7 @@ def save_heads(model: nn.Module, out_dir: str | Path, config: dict[str, Any]) ->
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
     tmp = out_dir / (HEADS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    respect_umask(tmp)  # safetensors writes 0600
     os.replace(tmp, out_dir / HEADS_FILE)
     tmpc = out_dir / (HEADS_CONFIG + ".tmp")
     tmpc.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")

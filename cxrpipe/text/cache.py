@@ -38,8 +38,10 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from cxrpipe.io import SHA_PREFIX, CorruptFileError, corrupt_error, create_h5, verify_checksums  # noqa: F401
-from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, decode
+from cxrpipe.io import (  # noqa: F401
+    SHA_PREFIX, CorruptFileError, UserError, corrupt_error, create_h5, missing_input, verify_checksums,
+)
+from cxrpipe.text.store import EXTRA_ARRAYS, StoreDtype, decode, encode
 
 SCHEMA_VERSION = 3  # 3: linked datasets are virtual datasets over HDF5 parts (2: external storage)
 STAGE = "embed"  # the stage that makes text.h5 (named in every error)
@@ -51,7 +53,7 @@ PART_SUFFIX = ".h5"
 FILL = {"f": np.nan, "u": 0x7FC0, "i": -1}
 
 
-class TextCacheError(RuntimeError):
+class TextCacheError(UserError, RuntimeError):
     """The cache is missing, unfinished, or was made with other settings than the ones asked for."""
 
 
@@ -127,39 +129,42 @@ def write_text_cache(
     study_rows: Sequence[int],
     fingerprint: Fingerprint,
     chunk_tokens: int = 1024,
-) -> None:
-    """Write a complete cache in one go, atomically (temp file + ``os.replace``).
+) -> int:
+    """Write a complete cache in one go, atomically (temp file + ``os.replace``), in the storage form its
+    fingerprint names (``store_dtype``: the form is part of what a reader checks, so it must be the one
+    written). Returns the number of values clipped (float16's range).
 
-    ``embeddings[i]`` is ``[L_i, hidden]`` for text row ``i``; ``token_ids[i]`` is ``[L_i]``.
+    ``embeddings[i]`` is ``[L_i, hidden]`` (float32, or float16) for text row ``i``; ``token_ids[i]`` is ``[L_i]``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    store = StoreDtype(fingerprint.store_dtype)
     lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     total = int(offsets[-1])
     hidden = int(embeddings[0].shape[1]) if len(embeddings) else 0
     tmp = path.with_name(path.name + ".tmp")
+    n_clipped = 0
     with create_h5(tmp) as f:
-        emb = f.create_dataset(
-            "embeddings",
-            shape=(total, hidden),
-            dtype=np.float16,
-            chunks=(max(1, min(chunk_tokens, total)), hidden) if total and hidden else None,
-            fletcher32=bool(total and hidden),
-        )
+        probe, _ = encode(np.zeros((1, max(hidden, 1)), np.float32), store)  # each array's dtype and trailing shape
+        data = {name: f.create_dataset(name, shape=(total, *a.shape[1:]) if hidden else (total, 0), dtype=a.dtype,
+                                       chunks=(max(1, min(chunk_tokens, total)), *a.shape[1:]) if total and hidden
+                                       else None, fletcher32=bool(total and hidden))
+                for name, a in probe.items()}
         ids = f.create_dataset("token_ids", shape=(total,), dtype=np.int32, **_checked(total, chunk_tokens))
-        h_emb, h_ids = hashlib.sha256(), hashlib.sha256()
+        hashes = {name: hashlib.sha256() for name in [*data, "token_ids"]}
         for i, (e, t) in enumerate(zip(embeddings, token_ids)):
             if e.shape[0] != len(t):
                 raise ValueError(f"text row {i}: {e.shape[0]} embeddings for {len(t)} tokens")
             a, b = offsets[i], offsets[i + 1]
-            e16, t32 = np.ascontiguousarray(e, dtype=np.float16), np.ascontiguousarray(t, dtype=np.int32)
-            emb[a:b] = e16
-            ids[a:b] = t32
-            h_emb.update(e16.tobytes())  # rows in order: the dataset's C-order bytes
-            h_ids.update(t32.tobytes())
-        f.attrs[SHA_PREFIX + "embeddings"] = h_emb.hexdigest()
-        f.attrs[SHA_PREFIX + "token_ids"] = h_ids.hexdigest()
+            arrays, clipped = encode(np.asarray(e, dtype=np.float32), store)
+            n_clipped += clipped
+            arrays["token_ids"] = np.ascontiguousarray(t, dtype=np.int32)
+            for name, x in arrays.items():
+                (data.get(name) or ids)[a:b] = x
+                hashes[name].update(np.ascontiguousarray(x).tobytes())  # rows in order: the dataset's C-order bytes
+        for name, h in hashes.items():
+            f.attrs[SHA_PREFIX + name] = h.hexdigest()
         _write_checked(f, "offsets", offsets)
         _write_checked(f, "study_ids", np.asarray(study_ids, dtype=np.int64))
         _write_checked(f, "study_rows", np.asarray(study_rows, dtype=np.int64))
@@ -170,7 +175,7 @@ def write_text_cache(
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     tmp.replace(path)
-
+    return n_clipped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,19 +358,20 @@ class TextCache:
     when the cache was made with other settings; ``expect=None`` skips the check (inspection only).
     """
 
-    def __init__(self, path: str | Path, expect: Fingerprint | None = None):
+    def __init__(self, path: str | Path, expect: Fingerprint | None = None, stage: str = STAGE):
         self.path = Path(path)
+        self.stage = stage  # the stage that makes it: named in every error
         if not self.path.exists():
-            raise TextCacheError(f"text cache not found: {self.path} (run the embed stage)")
+            raise missing_input(self.path, "text cache", stage)
         self._f: h5py.File | None = None
         try:
             with h5py.File(self.path, "r") as f:
                 if not bool(f.attrs.get("complete", False)):
-                    raise TextCacheError(f"{self.path} is not a finished cache (embed was interrupted); run embed again")
+                    raise TextCacheError(f"{self.path} is not a finished cache ({stage} was interrupted); run `dvc repro {stage}`")
                 if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
                     raise TextCacheError(
                         f"{self.path} has schema {f.attrs.get('schema_version')}, this cxrpipe reads {SCHEMA_VERSION}: "
-                        f"rebuild it with `dvc repro -f {STAGE}`"
+                        f"rebuild it with `dvc repro -f {stage}`"
                     )
                 self.fingerprint = Fingerprint.from_attrs(f.attrs)
                 _check_linked_parts(self.path, f.attrs)
@@ -376,16 +382,16 @@ class TextCache:
                 rows = f["study_rows"][:]
                 n_tokens = dataset(f, "embeddings").shape[0]
         except (OSError, KeyError) as e:
-            raise corrupt_error(self.path, STAGE, f"{type(e).__name__}: {e}") from None
+            raise corrupt_error(self.path, stage, f"{type(e).__name__}: {e}") from None
         if len(self.offsets) == 0 or int(self.offsets[-1]) != n_tokens or len(sids) != len(rows):
-            raise corrupt_error(self.path, STAGE, "offsets, embeddings and the study map disagree")
+            raise corrupt_error(self.path, stage, "offsets, embeddings and the study map disagree")
         if expect is not None:
             diff = self.fingerprint.differences(expect)
             if diff:
                 raise TextCacheError(
                     f"{self.path} was made with other settings than these params; differing: "
                     + "; ".join(diff)
-                    + ". Run the embed stage again."
+                    + f". Run `dvc repro {stage}` (or `cxrpipe {stage.replace('_', '-')}`) again."
                 )
         self._row_of = {int(s): int(r) for s, r in zip(sids, rows)}
 
@@ -395,7 +401,7 @@ class TextCache:
             try:
                 self._f = h5py.File(self.path, "r")
             except OSError as e:
-                raise corrupt_error(self.path, STAGE, str(e)) from None
+                raise corrupt_error(self.path, self.stage, str(e)) from None
             self._datasets: dict[str, h5py.Dataset] = {}
         return self._f
 
@@ -410,7 +416,7 @@ class TextCache:
         try:
             return self._data(name)[a:b]
         except OSError as e:  # fletcher32 mismatch, truncated file or part
-            raise corrupt_error(self.path, STAGE, f"{name}[{a}:{b}]: {e}") from None
+            raise corrupt_error(self.path, self.stage, f"{name}[{a}:{b}]: {e}") from None
 
     @property
     def n_texts(self) -> int:

@@ -40,6 +40,7 @@ import numpy as np
 
 from cxrpipe import __version__, provenance
 from cxrpipe.config import to_dict
+from cxrpipe.io import respect_umask
 from cxrpipe.data.manifest import read_studies
 from cxrpipe.data.reports import apply_prompt
 from cxrpipe.text.batching import Batch, balanced_split, group_into_parts, length_grouped_batches, padding_fraction

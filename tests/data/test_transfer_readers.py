@@ -327,7 +327,7 @@ def test_transfer_prepare_cli_writes_the_folder_and_fails_in_one_line(tmp_path):
     assert res.exit_code == 0, res.output
     assert read_label_names(tmp_path / "o") == NIH_LABELS
     res = runner.invoke(app, ["transfer-prepare", "--params", str(params), "--dataset", "chexpert", "--out", str(tmp_path / "c")])
-    assert res.exit_code == 1 and "transfer-prepare failed: transfer_data.chexpert.root is not set" in res.output
+    assert res.exit_code == 1 and "transfer_prepare failed: transfer_data.chexpert.root is not set" in res.output
     res = runner.invoke(app, ["transfer-prepare", "--params", str(params), "--dataset", "iu-xray", "--out", str(tmp_path / "c")])
     assert res.exit_code == 1 and "is a pretraining source" in res.output
 

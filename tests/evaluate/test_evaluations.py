@@ -325,8 +325,12 @@ def test_attention_maps_cross_pool_one_map_per_sentence(aligned, tmp_path):
         def decode(self, ids):
             return " w." if int(ids[0]) % 3 == 2 else " w"
 
-    res = run_attention_maps(AttentionMapsConfig(n_studies=2, max_sentences=3), model, aligned["prepared"],
-                             aligned["text"], tmp_path / "att", tmp_path / "att.json", tokenizer=Pieces())
+    cfg = AttentionMapsConfig(n_studies=2, max_sentences=3, show_report=True)  # captions are report text
+    res = run_attention_maps(cfg, model, aligned["prepared"], aligned["text"], tmp_path / "att", tmp_path / "att.json",
+                             tokenizer=Pieces())
     assert len(list((tmp_path / "att").glob("*.png"))) == 2
     for p in res["panels"]:
         assert 2 <= len(p["captions"]) <= 3 and p["captions"][0] == "w w w."  # tokens 0, 1, 2 form sentence 0
+    hidden = run_attention_maps(dataclasses.replace(cfg, show_report=False), model, aligned["prepared"],
+                                aligned["text"], tmp_path / "att", tmp_path / "att.json", tokenizer=Pieces())
+    assert [p["captions"][:2] for p in hidden["panels"]] == [["sentence 1", "sentence 2"]] * 2  # not a demo source

@@ -110,6 +110,10 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         "nih": make_transfer_set(root / "nih", NIH_LIKE, planted=0, n_studies=120),
         "seeing": make_encoder(root / "models" / "seeing", "seeing", seed=3),
         "blind": make_blind_encoder(root / "models" / "blind", "blind"),
+        # the same two, exported under the names the runs are compared by (a run records its encoder's name)
+        "mae": make_blind_encoder(root / "models" / "mae", "mae"),
+        "multimodal": make_encoder(root / "models" / "multimodal", "multimodal", seed=3),
+        "random": make_blind_encoder(root / "models" / "random", "random"),
     }
 
 
@@ -150,10 +154,10 @@ def test_chexpert_like_set_reports_the_5_label_mauc_nih_like_does_not(inputs, tm
     for name, key in (("chexpert", "chexpert"), ("nih_cxr14", "nih")):
         _rewrite_random_labels(inputs[key], tmp_path / key)
     runs = tmp_path / "runs"
-    for enc, src in (("mae", "blind"), ("multimodal", "seeing")):
-        che = run_transfer(ft, cfg, "chexpert", inputs[src], "linear", tmp_path / "chexpert",
+    for enc in ("mae", "multimodal"):
+        che = run_transfer(ft, cfg, "chexpert", inputs[enc], "linear", tmp_path / "chexpert",
                            runs / "chexpert" / f"{enc}-linear")
-        nih = run_transfer(ft, cfg, "nih_cxr14", inputs[src], "linear", tmp_path / "nih",
+        nih = run_transfer(ft, cfg, "nih_cxr14", inputs[enc], "linear", tmp_path / "nih",
                            runs / "nih_cxr14" / f"{enc}-linear")
     c, n = che["runs"]["f1"], nih["runs"]["f1"]
     five = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
@@ -192,8 +196,8 @@ def test_paired_delta_follows_the_planted_better_encoder(inputs, tmp_path):
     swapped, the sign follows. transfer.json holds numbers only; the names go to transfer.config.json."""
     ft, cfg = _cfg(label_fractions=[0.01, 1.0])
     runs = tmp_path / "runs"
-    for enc, src in (("mae", "blind"), ("multimodal", "seeing"), ("random", "blind")):
-        run_transfer(ft, cfg, "nih_cxr14", inputs[src], "linear", inputs["three"], runs / "nih_cxr14" / f"{enc}-linear")
+    for enc in ("mae", "multimodal", "random"):  # multimodal sees; mae and random are blind
+        run_transfer(ft, cfg, "nih_cxr14", inputs[enc], "linear", inputs["three"], runs / "nih_cxr14" / f"{enc}-linear")
     cfg = TransferConfig(datasets=("nih_cxr14",), protocols=(Protocol.LINEAR,), label_fractions=(0.01, 1.0),
                          n_bootstrap=200, min_test_positives=2)
     prepared = tmp_path / "transfer"
@@ -275,8 +279,8 @@ def test_transfer_stages_through_their_clis(inputs, tmp_path, monkeypatch):
                           "label_fractions": [0.5, 1.0], "min_test_positives": 2, "n_bootstrap": 50}
     Path("params.yaml").write_text(yaml.safe_dump(params))
     runner = CliRunner()
-    for enc, src in (("mae", "blind"), ("multimodal", "seeing")):
-        shutil.copytree(inputs[src], tmp_path / "data" / "models" / enc)
+    for enc in ("mae", "multimodal"):
+        shutil.copytree(inputs[enc], tmp_path / "data" / "models" / enc)
         res = runner.invoke(app, ["transfer", "--dataset", "rsna_pneumonia", "--encoder", f"data/models/{enc}"])
         assert res.exit_code == 0, res.output
     assert (tmp_path / "data/transfer-runs/rsna_pneumonia/multimodal-linear/f0.5.npz").exists()
@@ -286,7 +290,8 @@ def test_transfer_stages_through_their_clis(inputs, tmp_path, monkeypatch):
     assert out["rsna_pneumonia"]["linear"]["f0.5"]["delta_mauc"] > 0.2
     assert "RSNA Pneumonia" in (tmp_path / "data/reports/transfer.md").read_text()
     res = runner.invoke(app, ["transfer", "--dataset", "chexpert"])
-    assert res.exit_code == 1 and "not a prepared folder" in res.output
+    assert res.exit_code == 1 and "data/transfer/chexpert/studies.csv not found" in res.output
+    assert "dvc repro transfer_prepare@chexpert" in res.output
 
 
 ROOT = Path(__file__).resolve().parents[2]

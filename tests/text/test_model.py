@@ -189,7 +189,10 @@ def test_demo_model_is_converted_from_an_installed_package_offline(tmp_path, mon
         a = ref(torch.tensor([ids])).logits
         b = model(torch.tensor([ids])).logits
     assert torch.allclose(a, b, atol=0.02), (a - b).abs().max()
-    with pytest.raises(FileNotFoundError, match="no other.gguf"):
+    with pytest.raises(TextModelError, match="no sha256 pinned for other.gguf"):  # before anything is fetched
+        convert_demo_model("llm-fakepkg==0.1.2", tmp_path / "other", gguf_file="other.gguf")
+    monkeypatch.setitem(model_mod.PINNED_SHA256, "llm-fakepkg==0.1.2", {**pinned, "other.gguf": "0" * 64})
+    with pytest.raises(TextModelError, match="has no other.gguf"):
         convert_demo_model("llm-fakepkg==0.1.2", tmp_path / "other", gguf_file="other.gguf")
 
 

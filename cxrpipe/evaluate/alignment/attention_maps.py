@@ -10,6 +10,14 @@ For a fixed, seeded set of test studies (one frontal image each):
 Each map is a softmax over the ``P`` real patches; it is shown as ``P x attention`` (1 = uniform), the patch
 grid upsampled (bilinear) to the image, with ONE colour scale across all panels of a run (the smallest to
 the largest value of any map), so panels can be compared. Written as ``<out_dir>/<study_id>.png`` plus an index JSON.
+
+Patient text: the report (and, for the cross pool, each sentence as the caption of its map) is drawn and put
+in the index ONLY when the prepared data is the embedded demo (``prepare_report.json``: ``demo: true``) or
+``attention.show_report`` is true, which logs a warning: on MIMIC-CXR these are exactly the images people put
+in slides, and the report text is under the dataset's licence. Otherwise a panel shows the study id, its
+positive labels and the maps ("sentence 1", "sentence 2", ... for the cross pool). The PNGs of an earlier run
+are removed only from a folder this stage made (its marker file, :func:`cxrpipe.io.remove_created_folder`),
+never from a user's ``--out``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from cxrpipe.labels import CHEXPERT_LABELS
 
 log = logging.getLogger(__name__)
 
+STAGE = "attention_maps"  # named in its output folder's marker
+
 
 @dataclasses.dataclass(frozen=True)
 class AttentionMapsConfig:
@@ -41,6 +51,9 @@ class AttentionMapsConfig:
     max_sentences: int = 4  # cross pool: sentences drawn per report (its first ones)
     alpha: float = 0.45  # overlay opacity
     device: str = "auto"  # auto | cpu | cuda
+    # draw the report text and sentence captions for a non-demo source (derived data under its licence: do not
+    # share the PNGs or the index then); the embedded demo's synthetic reports are always shown
+    show_report: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +63,8 @@ class Panel:
     study_id: int
     image: np.ndarray  # [H, W] uint8, the encoder's input size
     maps: np.ndarray  # [S, gh, gw]
-    captions: list[str]  # [S] what each map is for
-    report: str  # the cleaned report
+    captions: list[str]  # [S] what each map is for (a report sentence only when the report may be shown)
+    report: str  # the cleaned report; "" when it may not be shown
     positives: list[str]  # labels positive in the study's label row
 
 
@@ -85,7 +98,8 @@ def sentence_attention(token_attention: torch.Tensor, sentence: np.ndarray, mask
     return torch.stack(rows), ids
 
 
-def _panels(cfg: AttentionMapsConfig, model_dir: Path, prepared: Path, text_cache: Path, tokenizer_source: Any) -> list[Panel]:
+def _panels(cfg: AttentionMapsConfig, model_dir: Path, prepared: Path, text_cache: Path, tokenizer_source: Any,
+            show: bool) -> list[Panel]:
     from cxrpipe.data.image_cache import ImageCache
     from cxrpipe.data.manifest import read_images, read_studies
     from cxrpipe.evaluate.alignment.scorer import load_aligned, pad_texts
@@ -124,7 +138,8 @@ def _panels(cfg: AttentionMapsConfig, model_dir: Path, prepared: Path, text_cach
                 sent = sentence_index(pieces)
                 maps, kept = sentence_attention(att, sent, mask[0])
                 maps, kept = maps[: cfg.max_sentences], kept[: cfg.max_sentences]
-                captions = ["".join(p for p, s in zip(pieces, sent) if s == k).strip() for k in kept]
+                captions = ["".join(p for p, s in zip(pieces, sent) if s == k).strip() if show else f"sentence {k + 1}"
+                            for k in kept]
         size = model.encoder_config["kwargs"].get("img_size") or img.shape[-1]
         from cxrpipe.encoder import to_unit_float
 
@@ -132,7 +147,7 @@ def _panels(cfg: AttentionMapsConfig, model_dir: Path, prepared: Path, text_cach
         st = studies.get(sid)
         positives = [n for n, v in zip(CHEXPERT_LABELS, st.labels) if v == 1.0] if st else []
         panels.append(Panel(sid, shown, (maps.float().cpu().numpy() * gh * gw).reshape(-1, gh, gw), captions,
-                            st.text if st else "", positives))
+                            st.text if st and show else "", positives))
     return panels
 
 
@@ -163,31 +178,48 @@ def draw_panel(panel: Panel, path: Path, vmin: float, vmax: float, alpha: float)
     ax = fig.add_subplot(grid[0, n])
     ax.axis("off")
     labels = ", ".join(panel.positives) or "none (No Finding row empty)"
-    body = f"study {panel.study_id}\npositive labels: {labels}\n\n" + textwrap.fill(panel.report, 52)
+    body = f"study {panel.study_id}\npositive labels: {labels}\n\n" + (
+        textwrap.fill(panel.report, 52) if panel.report else "(report not shown: attention.show_report)")
     ax.text(0, 1, body, va="top", ha="left", fontsize=7, family="monospace", transform=ax.transAxes)
     _save(fig, path)
     plt.close(fig)
+
+
+def show_report(cfg: AttentionMapsConfig, prepared: Path) -> bool:
+    """Whether report text may go into the outputs: the embedded demo's, or opted in (with a warning)."""
+    import json
+
+    report = prepared / "prepare_report.json"
+    demo = report.is_file() and bool(json.loads(report.read_text()).get("demo"))
+    if cfg.show_report and not demo:
+        log.warning("attention.show_report is true: report text of %s goes into the PNGs and the index; they are "
+                    "derived data under the source's licence (MIMIC-CXR: PhysioNet credentialed): do not share them",
+                    prepared)
+    return demo or cfg.show_report
 
 
 def run_attention_maps(cfg: AttentionMapsConfig, model_dir: str | Path, prepared: str | Path,
                        text_cache: str | Path, out_dir: str | Path, index_json: str | Path | None = None,
                        tokenizer: Any = None) -> dict[str, Any]:
     """Draw the panels; ``tokenizer`` (needed for ``pool.kind: cross`` only) decodes the cached token ids."""
-    from cxrpipe.io import write_json_atomic
+    from cxrpipe.inputs import encoder_name
+    from cxrpipe.io import check_replaceable, mark_created, remove_created_folder, write_json_atomic
 
     out_dir = Path(out_dir)
-    panels = _panels(cfg, Path(model_dir), Path(prepared), Path(text_cache), tokenizer)
+    check_replaceable(out_dir, STAGE)  # before any work: a user's folder at --out is never swept
+    show = show_report(cfg, Path(prepared))
+    panels = _panels(cfg, Path(model_dir), Path(prepared), Path(text_cache), tokenizer, show)
     vmin = float(min(p.maps.min() for p in panels)) if panels else 0.0
     vmax = float(max(p.maps.max() for p in panels)) if panels else 1.0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*.png"):
-        old.unlink()
+    remove_created_folder(out_dir, STAGE)  # the previous run's PNGs, from a folder this stage made
+    out_dir.mkdir(parents=True)
+    mark_created(out_dir, STAGE)
     index = []
     for p in panels:
         draw_panel(p, out_dir / f"{p.study_id}.png", vmin, vmax, cfg.alpha)
         index.append({"study_id": p.study_id, "png": f"{p.study_id}.png", "positives": p.positives,
                       "captions": p.captions, "max": float(p.maps.max()), "min": float(p.maps.min())})
-    result = {"encoder": Path(model_dir).name, "vmin": vmin, "vmax": vmax, "panels": index}
+    result = {"encoder": encoder_name(model_dir), "report_shown": show, "vmin": vmin, "vmax": vmax, "panels": index}
     write_json_atomic(Path(index_json) if index_json else out_dir.parent / f"{out_dir.name}.json", result)
     log.info("attention maps: %d panels in %s (colour scale %.2f .. %.2f x uniform)", len(panels), out_dir, vmin, vmax)
     return result

@@ -62,13 +62,22 @@ class ZeroShotConfig:
     batch_size: int = 128  # images (and texts) per forward
     device: str = "auto"  # auto | cpu | cuda
 
+    def __post_init__(self) -> None:
+        from cxrpipe.config import ConfigError
+
+        missing = [n for n in CHEXPERT_LABELS if n not in self.prompts]
+        unknown = [n for n in self.prompts if n not in CHEXPERT_LABELS]
+        if missing or unknown:
+            raise ConfigError(f"params 'zeroshot.prompts': unknown label name(s) {unknown}, missing {missing}; "
+                              f"one [positive, negative] pair for each of {list(CHEXPERT_LABELS)}")
+        empty = [n for n, pair in self.prompts.items() if any(not str(t).strip() for t in pair)]
+        if empty:
+            raise ConfigError(f"params 'zeroshot.prompts': empty prompt for {empty}")
+
 
 def prompt_texts(cfg: ZeroShotConfig) -> list[str]:
-    """``[pos_0, neg_0, pos_1, neg_1, ...]`` in CHEXPERT_LABELS order: text ``2j`` / ``2j + 1`` of label ``j``."""
-    missing = [n for n in CHEXPERT_LABELS if n not in cfg.prompts]
-    unknown = [n for n in cfg.prompts if n not in CHEXPERT_LABELS]
-    if missing or unknown:
-        raise ValueError(f"zeroshot.prompts: missing labels {missing}, unknown labels {unknown}")
+    """``[pos_0, neg_0, pos_1, neg_1, ...]`` in CHEXPERT_LABELS order: text ``2j`` / ``2j + 1`` of label ``j``
+    (as written in params; :func:`cxrpipe.text.prompts.clean_prompts` cleans them as reports are)."""
     return [t for n in CHEXPERT_LABELS for t in cfg.prompts[n]]
 
 
@@ -135,7 +144,7 @@ def run_zeroshot(
     t0 = time.time()
     prepared = Path(prepared)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    texts = TextCache(prompt_cache, expect=expect)
+    texts = TextCache(prompt_cache, expect=expect, stage="zeroshot_prompts")
     n_prompts = len(prompt_texts(cfg))
     test = labelled_splits(prepared, cfg.views, cfg.uncertain, cfg.blank)["test"]
     model = load_aligned(model_dir, device)

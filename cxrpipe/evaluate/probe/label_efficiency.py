@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,8 +66,10 @@ def run_label_efficiency(
     from cxrpipe.evaluate.probe.finetune import run_finetune
     from cxrpipe.io import write_json_atomic, write_metrics_json
 
+    from cxrpipe.inputs import encoder_name
+
     out_dir = Path(out_dir)
-    name = Path(encoder_dir).name
+    name = encoder_name(encoder_dir)  # the encoder's own (config.json), checked by the summary stage
     runs: dict[str, Any] = {}
     for f in sorted(set(float(x) for x in fractions)):
         fcfg = dataclasses.replace(ft, label_fraction=f)
@@ -108,6 +109,7 @@ def summarize_label_efficiency(
     writes the paired deltas (JSON), the markdown table and the plot. Refuses runs whose training studies
     differ between encoders (the comparison would not be controlled)."""
     from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
+    from cxrpipe.inputs import check_recorded_encoder, read_json
     from cxrpipe.io import write_metrics_json, write_text_atomic
 
     runs_dir = Path(runs_dir)
@@ -116,7 +118,9 @@ def summarize_label_efficiency(
     for enc in cfg.encoders:
         path = runs_dir / enc / "summary.json"
         if path.exists():
-            per_encoder[enc] = json.loads(path.read_text())["runs"]
+            summary = read_json(path, f"label-efficiency runs of {enc}", f"label_efficiency@{enc}")
+            check_recorded_encoder(path, summary.get("encoder"), enc, f"label_efficiency@{enc}")
+            per_encoder[enc] = summary["runs"]
         else:
             log.warning("no %s: encoder %s left out", path, enc)
     for tag in tags:

@@ -23,7 +23,6 @@ positive training studies (the sample is the same for every encoder: checked by 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from cxrpipe.evaluate.probe.finetune import Protocol
 from cxrpipe.evaluate.probe.label_efficiency import fraction_tag
 from cxrpipe.evaluate.stats.metrics import LevelData, competition_labels_of, jsonable, load_predictions
 from cxrpipe.evaluate.transfer.run import SUMMARY, BootstrapUnit, TransferConfig
+from cxrpipe.inputs import check_recorded_encoder, read_json
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def _load(runs_dir: Path, dataset: str, protocol: str, encoders: tuple[str, ...]
     for enc in encoders:
         path = runs_dir / dataset / f"{enc}-{protocol}" / SUMMARY
         if path.exists():
-            out[enc] = json.loads(path.read_text())
+            stage = f"transfer@{dataset}-{enc}-{protocol}"
+            out[enc] = read_json(path, f"transfer runs of {enc}", stage)
+            check_recorded_encoder(path, out[enc].get("encoder"), enc, stage)  # not another encoder's runs
         else:
             log.warning("no %s: %s left out of %s %s", path, enc, dataset, protocol)
     return out
@@ -207,7 +209,8 @@ def run_transfer_compare(
                 result.setdefault(dataset, {}).setdefault(protocol.value, {})[tag] = nums
                 ds["protocols"].setdefault(protocol.value, {})[tag] = names
     if not result:
-        raise FileNotFoundError(f"no transfer runs of {list(cfg.datasets)} under {runs_dir}")
+        raise FileNotFoundError(f"no transfer runs of {list(cfg.datasets)} under {runs_dir}: they are made by the "
+                                "`transfer` stage: run `dvc repro transfer`")
     result, config = jsonable(result), jsonable(config)
     write_json_atomic(out_json, result)
     write_json_atomic(out_json.with_name(f"{out_json.stem}.config.json"), config)

@@ -101,7 +101,10 @@ def run_transfer(
     from cxrpipe.evaluate.probe.finetune import run_finetune
     from cxrpipe.io import write_json_atomic
 
+    from cxrpipe.inputs import encoder_name
+
     protocol, out_dir, prepared = Protocol(protocol), Path(out_dir), Path(prepared)
+    name = encoder_name(encoder_dir)  # the encoder's own (config.json), checked by transfer_compare
     out_dir.mkdir(parents=True, exist_ok=True)
     base = transfer_finetune_config(ft, cfg)
     labels = read_label_names(prepared)
@@ -123,7 +126,7 @@ def run_transfer(
             why = (f"{len(train)} training image(s)" if len(train) < 2
                    else f"no label with >= {cfg.min_train_positives} positive training studies")
             log.warning("%s %s-%s at fraction %g (%d training studies): %s: not estimable, not run", dataset,
-                        Path(encoder_dir).name, protocol.value, f, train.n_studies, why)
+                        name, protocol.value, f, train.n_studies, why)
             runs[tag] = {**record, "estimable": False, "mauc": None, "mauc_ci95": [None, None], "mauc5": None,
                          "mauc5_ci95": [None, None], "labels_in_mauc": [], "labels_not_estimable": list(labels)}
             continue
@@ -138,7 +141,7 @@ def run_transfer(
                                        "min_test_positives", "min_train_positives")},
         }
     summary = jsonable({
-        "dataset": dataset_info(prepared, dataset), "encoder": Path(encoder_dir).name, "protocol": protocol.value,
+        "dataset": dataset_info(prepared, dataset), "encoder": name, "protocol": protocol.value,
         "level": cfg.level.value, "seed": cfg.seed, "labels": list(labels), "runs": runs,
     })
     write_json_atomic(out_dir / SUMMARY, summary)
