@@ -79,17 +79,36 @@ def section_schemas() -> dict[str, type]:
     return found
 
 
-def pipeline_outputs(dvc_yaml: Path | None) -> list[Path]:
-    """The (resolved) paths the stages of ``dvc_yaml`` write, templated ones left out: inputs under them do not
-    have to exist before ``dvc repro`` (the demo trees)."""
+def _foreach_items(stage: dict, params: dict) -> list[Any]:
+    """The items of a ``foreach: ${a.b}`` stage (a params list), [] for anything else."""
+    ref = stage.get("foreach")
+    if not (isinstance(ref, str) and ref.startswith("${") and ref.endswith("}")):
+        return []
+    node: Any = params
+    for part in ref[2:-1].split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return list(node) if isinstance(node, (list, tuple)) else []
+
+
+def pipeline_outputs(dvc_yaml: Path | None, params: dict | None = None) -> list[Path]:
+    """The (resolved) paths the stages of ``dvc_yaml`` write: inputs under them do not have to exist before
+    ``dvc repro`` (the demo trees). ``foreach`` stages over a params list (``${pipeline.demo_data}``) are
+    expanded with ``params``; other templated paths are left out."""
     if dvc_yaml is None or not dvc_yaml.is_file():
         return []
     out = []
     for stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
-        for item in stage.get("outs", []) if isinstance(stage, dict) else []:
+        if not isinstance(stage, dict):
+            continue
+        body, items = stage, [None]
+        if "foreach" in stage:
+            body, items = stage.get("do", {}), _foreach_items(stage, params or {})
+        for item in body.get("outs", []):
             path = item if isinstance(item, str) else next(iter(item))
-            if "${" not in path:
-                out.append((dvc_yaml.parent / path).resolve())
+            for value in items:
+                resolved = path if value is None else path.replace("${item}", str(value))
+                if "${" not in resolved:
+                    out.append((dvc_yaml.parent / resolved).resolve())
     return out
 
 
@@ -181,7 +200,7 @@ def run_check(params: str | Path, out: str | Path | None = None, dvc_yaml: str |
             raise ConfigError(f"unknown section(s) {unknown}; allowed: {sorted(schemas)}")
         cfgs = {name: section(raw, name, cls) for name, cls in schemas.items()}
         check_views(cfgs)
-        skipped = check_data(cfgs, pipeline_outputs(Path(dvc_yaml) if dvc_yaml else None)) if data else ["data"]
+        skipped = check_data(cfgs, pipeline_outputs(Path(dvc_yaml) if dvc_yaml else None, raw)) if data else ["data"]
     except UserError as e:
         raise type(e)(f"{params}: {e}") from None
     log.info("%s: %d sections checked (%s)%s", params, len(cfgs), ", ".join(sorted(cfgs)),
