@@ -9,7 +9,7 @@ import typer
 
 
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml; reads `retrieval`, and `embed` + `data.sections`")] = Path(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `retrieval`, `stats`, and `embed` + `data.sections`")] = Path(
         "params.yaml"
     ),
     encoder: Annotated[Path, typer.Option(help="model folder: encoder + text_head")] = Path("data/models/multimodal"),
@@ -22,6 +22,7 @@ def main(
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
     from cxrpipe.evaluate.alignment.retrieval import RetrievalConfig, run_retrieval
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.log import setup_logging
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
 
@@ -29,7 +30,8 @@ def main(
     raw = load_params(params)
     expect = expected_fingerprint(section(raw, "embed", EmbedConfig), [s.text for s in read_studies(prepared)],
                                   section(raw, "data", DataConfig).sections)
-    run_retrieval(section(raw, "retrieval", RetrievalConfig), encoder, prepared, text_cache, expect, out)
+    run_retrieval(section(raw, "retrieval", RetrievalConfig), encoder, prepared, text_cache, expect, out,
+                  stats=section(raw, "stats", StatsConfig))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def main(
     ),
     dataset: Annotated[str, typer.Option(help="dataset name (nih_cxr14, chexpert, rsna_pneumonia)")] = "nih_cxr14",
     encoder: Annotated[Path, typer.Option(help="exported encoder folder")] = Path("data/models/mae"),
-    protocol: Annotated[str, typer.Option(help="linear | finetune (LP-FT)")] = "linear",
+    protocol: Annotated[str, typer.Option(help="fc | linear | finetune (LP-FT)")] = "fc",
     prepared: Annotated[
         Optional[Path], typer.Option(help="the dataset's prepared folder; default data/transfer/<dataset>")
     ] = None,
@@ -24,10 +24,11 @@ def main(
                           "default data/transfer-runs/<dataset>/<encoder>-<protocol>"),
     ] = None,
 ) -> None:
-    """Linear probe or LP-FT of the encoder on the dataset's own labels at each `transfer.label_fractions`
+    """A probe (fc, linear) or LP-FT of the encoder on the dataset's own labels at each `transfer.label_fractions`
     (nested seeded samples of the training studies); labels without a training positive: not estimable."""
     from cxrpipe.config import ConfigError, load_params, section
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.evaluate.transfer.run import TransferConfig, run_transfer
     from cxrpipe.log import setup_logging
 
@@ -38,6 +39,7 @@ def main(
     try:
         raw = load_params(params)
         ft, cfg = section(raw, "finetune", FinetuneConfig), section(raw, "transfer", TransferConfig)
+        stats = section(raw, "stats", StatsConfig)
     except ConfigError as e:
         typer.echo(f"transfer failed: {e}", err=True)
         raise typer.Exit(1) from None
@@ -47,7 +49,7 @@ def main(
                    f"`dvc repro transfer_prepare@{dataset}` or set transfer_data.{dataset}.root", err=True)
         raise typer.Exit(1)
     out = out or Path("data/transfer-runs") / dataset / f"{encoder.name}-{protocol}"
-    run_transfer(ft, cfg, dataset, encoder, protocol, prepared, out)
+    run_transfer(ft, cfg, dataset, encoder, protocol, prepared, out, stats=stats)
 
 
 if __name__ == "__main__":

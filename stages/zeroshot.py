@@ -9,7 +9,7 @@ import typer
 
 
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml; reads `zeroshot` and `embed` (prompt cache check)")] = Path(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `zeroshot`, `stats` and `embed` (prompt cache check)")] = Path(
         "params.yaml"
     ),
     encoder: Annotated[Path, typer.Option(help="model folder: encoder + text_head")] = Path("data/models/multimodal"),
@@ -20,9 +20,10 @@ def main(
     out: Annotated[Path, typer.Option(help="metrics JSON")] = Path("data/metrics/zeroshot-multimodal.json"),
 ) -> None:
     """Softmax over each label's (positive, negative) prompt scores (CheXzero's protocol); per-label AUROC,
-    mAUC and 5-label mAUC on test with study-level bootstrap intervals. No label is used to fit anything."""
+    mAUC and 5-label mAUC on test with bootstrap intervals over patients (`stats`). No label is used to fit anything."""
     from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.alignment.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.log import setup_logging
     from cxrpipe.text.embed import EmbedConfig
     from cxrpipe.text.prompts import prompt_fingerprint
@@ -31,7 +32,7 @@ def main(
     raw = load_params(params)
     cfg = section(raw, "zeroshot", ZeroShotConfig)
     expect = prompt_fingerprint(section(raw, "embed", EmbedConfig), prompt_texts(cfg))
-    run_zeroshot(cfg, encoder, prepared, prompts, expect, out)
+    run_zeroshot(cfg, encoder, prepared, prompts, expect, out, stats=section(raw, "stats", StatsConfig))
 
 
 if __name__ == "__main__":
