@@ -270,8 +270,8 @@ def method_paragraph(n_bootstrap: int, stats: StatsConfig, n_patients: int | Non
         "Every delta is **paired**: both runs are scored on the same resampled test set in every replicate. "
         "Interval and p come from the same replicates: the interval is the 2.5th-97.5th percentile of the "
         "replicated deltas (order statistics), and p is twice the share of replicates on the far side of 0, "
-        "so **the interval excludes 0 exactly when p < 0.05**; p has a resolution of 2/B, and `p < 0.002` (B = "
-        "1000) means no replicate crossed 0. A printed end of `+0.000` or `-0.000` lies on that side of 0. "
+        f"so **the interval excludes 0 exactly when p < 0.05**; p has a resolution of 2/B, and `p < {2 / n_bootstrap:.2g}` "
+        "means no replicate crossed 0. A printed end of `+0.000` or `-0.000` lies on that side of 0. "
         f"{label_rule_sentence(stats.min_test_positives)} The intervals cover test-set sampling only, not the "
         "spread between training seeds (see \"Training seeds\" below; `compare.extra_seeds` adds repeats)."
     )
