@@ -17,7 +17,6 @@ import sys
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 WORLD, N, L, HIDDEN = 2, 8, 6, 24
 # (text row, study): items 1 (rank 0) and 6 (rank 1) share a text row, 3 (rank 0) and 4 (rank 1) one study
@@ -81,21 +80,9 @@ def worker(rank: int, port: str, queue) -> None:
 
 
 def main(path: str) -> None:
-    import socket
+    from dist_worker import run_ranks  # this folder is on sys.path: the script's own
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(r, port, queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=240) for _ in range(WORLD))
-    for p in procs:
-        p.join(timeout=30)
-        if p.exitcode != 0:
-            raise SystemExit(f"worker exited with {p.exitcode}")
+    results = sorted(run_ranks(worker, WORLD))
     ref = single()
     mean_grad = sum(torch.tensor(g) for _, _, g in results) / WORLD  # DDP averages the ranks' gradients
     report = {"world": WORLD, "loss_single": ref["loss"], "loss_no_ids": ref["loss_no_ids"],
