@@ -1,8 +1,8 @@
 """Choose the shared pretraining settings on VALIDATE, for the `mae` variant (issue: a baseline that learns).
 
 For each setting (``--set key=value`` overrides of the ``pretrain`` section, several per run) this trains the `mae` variant (text weight 0) on the train split,
-then fits the `linear` protocol on the frozen encoder and prints its **validate** study-level mAUC (the
-score the linear protocol selects its epoch on). Test numbers are never printed or used: the chosen setting
+then fits the `fc` protocol (the FC head) on the frozen encoder and prints its **validate** study-level mAUC
+(the score the probe selects its step on). Test numbers are never printed or used: the chosen setting
 is then written to params.yaml by hand and the pipeline runs both variants with it.
 
     python benchmarks/mae_sweep.py --tag base
@@ -57,9 +57,9 @@ def run_one(params_path: Path, overrides: list[str], tag: str, prepared: Path, t
         pre_metrics = run_pretrain(cfg, variant, prepared, text_cache, tmp / variant, expect=expect,
                                    metrics_path=tmp / "m.json", plots_dir=tmp / "plots")
         seconds = time.time() - t0
-        res = run_finetune(ft, tmp / variant, "linear", prepared, tmp / "lin.json", predictions_out=tmp / "p.npz")
+        res = run_finetune(ft, tmp / variant, "fc", prepared, tmp / "fc.json", predictions_out=tmp / "p.npz")
     retrieval = {k: v for k, v in (pre_metrics or {}).get("retrieval", {}).items() if k.startswith("recall")}
-    return {"tag": tag, "variant": variant, "set": overrides, "validate_retrieval": retrieval, "validate_mauc": res["validate_mauc"], "best_epoch": res["best_epoch"],
+    return {"tag": tag, "variant": variant, "set": overrides, "validate_retrieval": retrieval, "validate_mauc": res["validate_mauc"], "selected": res["selected"],
             "pretrain_seconds": round(seconds, 1)}
 
 

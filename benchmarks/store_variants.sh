@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo's retrieval (pretrain multimodal) and linear probe (finetune linear) for each embed.store_dtype,
+# The demo's retrieval (pretrain multimodal) and FC probe (finetune fc, the former `linear`) for each embed.store_dtype,
 # against float16. Needs `dvc repro embed` (the float16 cache) first; the other forms are re-encoded from it
 # (benchmarks/cache_size.py --recode; no LM run). Everything goes to data/tmp/. ~5-10 min per form on 2 cores.
 #   bash benchmarks/store_variants.sh [float16,bfloat16,int8] [epochs]   # epochs: override pretrain.epochs
@@ -25,7 +25,7 @@ PY
   [ "$s" = float16 ] || cache=$out/text-$s/text.h5
   cxrpipe pretrain --params "$d/params.yaml" --variant multimodal --prepared data/prepared --text-cache "$cache" \
     --out "$d/model" --metrics "$d/pretrain-multimodal.json" --plots "$d/plots"
-  cxrpipe finetune --params "$d/params.yaml" --encoder "$d/model" --protocol linear --prepared data/prepared \
+  cxrpipe finetune --params "$d/params.yaml" --encoder "$d/model" --protocol fc --prepared data/prepared \
     --out "$d/multimodal-linear.json" --predictions "$d/predictions" --plots "$d/plots"
 done
 python - "$stores" <<'PY'

@@ -1,4 +1,4 @@
-"""DVC stage `compare`: multimodal vs mae per protocol, paired bootstrap on the same test studies."""
+"""DVC stage `compare`: multimodal vs mae per protocol, paired bootstrap on the same test patients."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml; reads the `compare` section")] = Path("params.yaml"),
+    params: Annotated[Path, typer.Option(help="params.yaml; reads the `compare` and `stats` sections")] = Path("params.yaml"),
     metrics: Annotated[Path, typer.Option(help="folder of <encoder>-<protocol>.json metrics")] = Path("data/metrics"),
     predictions: Annotated[Path, typer.Option(help="folder of <encoder>-<protocol>.npz test predictions")] = Path(
         "data/predictions"
@@ -20,14 +20,16 @@ def main(
 ) -> None:
     """Delta mAUC (multimodal - mae) per protocol with a paired bootstrap 95% interval and p-value; writes
     comparison.json, the markdown report (published numbers quoted for reference) and ROC curves per label."""
-    from cxrpipe.config import section
+    from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.compare import CompareConfig, run_compare
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.log import setup_logging, stage_errors
 
     setup_logging()
     with stage_errors("compare", also=(FileNotFoundError, ValueError)):  # no runs; runs that cannot be paired
-        cfg = section(params, "compare", CompareConfig)
-        run_compare(cfg, metrics, out, predictions_dir=predictions, report_md=report, plots_dir=plots)
+        raw = load_params(params)
+        cfg, stats = section(raw, "compare", CompareConfig), section(raw, "stats", StatsConfig)
+        run_compare(cfg, metrics, out, predictions_dir=predictions, report_md=report, plots_dir=plots, stats=stats)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DVC stage `label_efficiency`: one encoder, stage three at every fraction of `finetune.label_fractions`."""
+"""DVC stage `label_efficiency`: one encoder, its probes at every fraction of `finetune.label_fractions`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml; reads `finetune` and `label_efficiency`")] = Path("params.yaml"),
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `finetune`, `label_efficiency`, `stats`")] = Path("params.yaml"),
     encoder: Annotated[Path, typer.Option(help="exported encoder folder")] = Path("data/models/mae"),
     prepared: Annotated[Path, typer.Option(help="prepared folder (manifest + images.h5)")] = Path("data/prepared"),
     runs: Annotated[
@@ -21,10 +21,11 @@ def main(
     ] = None,
 ) -> None:
     """Nested, seeded samples of the labelled training studies (the same for every encoder); validate and
-    test whole; protocol `label_efficiency.protocol` (linear, or finetune behind the switch)."""
+    test whole; the protocols of `label_efficiency.protocols` (fc and linear; finetune behind the switch)."""
     from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig
     from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig, run_label_efficiency
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.inputs import require_encoder, require_prepared
     from cxrpipe.log import setup_logging, stage_errors
 
@@ -33,10 +34,11 @@ def main(
         raw = load_params(params)
         ft = section(raw, "finetune", FinetuneConfig)
         cfg = section(raw, "label_efficiency", LabelEfficiencyConfig)
+        stats = section(raw, "stats", StatsConfig)
         require_prepared(prepared)
         name = require_encoder(encoder)
         run_label_efficiency(ft, cfg, ft.label_fractions, encoder, prepared, runs or Path("data/label-efficiency") / name,
-                             out or Path("data/metrics") / f"label-efficiency-{name}.json")
+                             out or Path("data/metrics") / f"label-efficiency-{name}.json", stats=stats)
 
 
 if __name__ == "__main__":

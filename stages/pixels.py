@@ -10,7 +10,7 @@ import typer
 
 def main(
     params: Annotated[
-        Path, typer.Option(help="params.yaml; reads `pixels` and finetune's splits, policies, level and bootstrap")
+        Path, typer.Option(help="params.yaml; reads `pixels`, `stats` and finetune's splits, policies, level and bootstrap")
     ] = Path("params.yaml"),
     prepared: Annotated[Path, typer.Option(help="prepared folder (manifest + images.h5)")] = Path("data/prepared"),
     out: Annotated[Path, typer.Option(help="metrics JSON; the resolved config goes beside it")] = Path(
@@ -25,6 +25,7 @@ def main(
     from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig
     from cxrpipe.evaluate.probe.pixels import PixelsConfig, run_pixels
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.inputs import require_prepared
     from cxrpipe.log import setup_logging, stage_errors
 
@@ -33,7 +34,9 @@ def main(
         raw = load_params(params)
         cfg = section(raw, "pixels", PixelsConfig)
         ft = section(raw, "finetune", FinetuneConfig)
-        run_pixels(cfg, ft, require_prepared(prepared), out, predictions_out=predictions / f"{out.stem}.npz")
+        stats = section(raw, "stats", StatsConfig)
+        run_pixels(cfg, ft, require_prepared(prepared), out, predictions_out=predictions / f"{out.stem}.npz",
+                   stats=stats)
 
 
 if __name__ == "__main__":

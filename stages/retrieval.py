@@ -9,7 +9,7 @@ import typer
 
 
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml; reads `retrieval`, and `embed` + `data.sections`")] = Path(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `retrieval`, `stats`, and `embed` + `data.sections`")] = Path(
         "params.yaml"
     ),
     encoder: Annotated[Path, typer.Option(help="model folder: encoder + text_head")] = Path("data/models/multimodal"),
@@ -24,6 +24,7 @@ def main(
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
     from cxrpipe.evaluate.alignment.retrieval import RetrievalConfig, run_retrieval
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.inputs import require_encoder, require_prepared
     from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
@@ -31,11 +32,12 @@ def main(
     setup_logging()
     with stage_errors("retrieval"):
         raw = load_params(params)
-        cfg = section(raw, "retrieval", RetrievalConfig)
+        cfg, stats = section(raw, "retrieval", RetrievalConfig), section(raw, "stats", StatsConfig)
         name = require_encoder(encoder, heads=True)
         texts = [s.text for s in read_studies(require_prepared(prepared))]
         expect = expected_fingerprint(section(raw, "embed", EmbedConfig), texts, section(raw, "data", DataConfig).sections)
-        run_retrieval(cfg, encoder, prepared, text_cache, expect, out or Path("data/metrics") / f"retrieval-{name}.json")
+        run_retrieval(cfg, encoder, prepared, text_cache, expect, out or Path("data/metrics") / f"retrieval-{name}.json",
+                      stats=stats)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,12 @@ import typer
 
 
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml; reads `transfer` and `finetune` (head, optimiser)")] = Path(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `transfer`, `stats` and `finetune` (head, optimiser)")] = Path(
         "params.yaml"
     ),
     dataset: Annotated[str, typer.Option(help="dataset name (nih_cxr14, chexpert, rsna_pneumonia)")] = "nih_cxr14",
     encoder: Annotated[Path, typer.Option(help="exported encoder folder")] = Path("data/models/mae"),
-    protocol: Annotated[str, typer.Option(help="linear | finetune (LP-FT)")] = "linear",
+    protocol: Annotated[str, typer.Option(help="fc | linear | finetune (LP-FT)")] = "fc",
     prepared: Annotated[
         Optional[Path], typer.Option(help="the dataset's prepared folder; default data/transfer/<dataset>")
     ] = None,
@@ -24,10 +24,11 @@ def main(
                           "default data/transfer-runs/<dataset>/<encoder>-<protocol>"),
     ] = None,
 ) -> None:
-    """Linear probe or LP-FT of the encoder on the dataset's own labels at each `transfer.label_fractions`
+    """A probe (fc, linear) or LP-FT of the encoder on the dataset's own labels at each `transfer.label_fractions`
     (nested seeded samples of the training studies); labels without a training positive: not estimable."""
     from cxrpipe.config import load_params, section
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.evaluate.transfer.run import TransferConfig, run_transfer
     from cxrpipe.inputs import require_encoder, require_prepared
     from cxrpipe.log import setup_logging, stage_errors
@@ -39,10 +40,11 @@ def main(
     with stage_errors("transfer"):
         raw = load_params(params)
         ft, cfg = section(raw, "finetune", FinetuneConfig), section(raw, "transfer", TransferConfig)
+        stats = section(raw, "stats", StatsConfig)
         prepared = require_prepared(prepared or Path("data/transfer") / dataset, f"transfer_prepare@{dataset}")
         name = require_encoder(encoder)
         out = out or Path("data/transfer-runs") / dataset / f"{name}-{protocol}"
-        run_transfer(ft, cfg, dataset, encoder, protocol, prepared, out)
+        run_transfer(ft, cfg, dataset, encoder, protocol, prepared, out, stats=stats)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import typer
 
 
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml; reads `zeroshot`, `embed` and `data.sections` (prompt cache check)")] = Path(
+    params: Annotated[Path, typer.Option(help="params.yaml; reads `zeroshot`, `stats`, `embed` and `data.sections` (prompt cache check)")] = Path(
         "params.yaml"
     ),
     encoder: Annotated[Path, typer.Option(help="model folder: encoder + text_head")] = Path("data/models/multimodal"),
@@ -22,10 +22,11 @@ def main(
     ] = None,
 ) -> None:
     """Softmax over each label's (positive, negative) prompt scores (CheXzero's protocol); per-label AUROC,
-    mAUC and 5-label mAUC on test with study-level bootstrap intervals. No label is used to fit anything."""
+    mAUC and 5-label mAUC on test with bootstrap intervals over patients (`stats`). No label is used to fit anything."""
     from cxrpipe.config import load_params, section
     from cxrpipe.data.prepare import DataConfig
     from cxrpipe.evaluate.alignment.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
+    from cxrpipe.evaluate.stats.rules import StatsConfig
     from cxrpipe.inputs import require_encoder, require_prepared
     from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.text.embed import EmbedConfig
@@ -34,12 +35,13 @@ def main(
     setup_logging()
     with stage_errors("zeroshot"):
         raw = load_params(params)
-        cfg = section(raw, "zeroshot", ZeroShotConfig)
+        cfg, stats = section(raw, "zeroshot", ZeroShotConfig), section(raw, "stats", StatsConfig)
         expect = prompt_fingerprint(section(raw, "embed", EmbedConfig), prompt_texts(cfg),
                                     section(raw, "data", DataConfig).sections)
         require_prepared(prepared)
         name = require_encoder(encoder, heads=True)
-        run_zeroshot(cfg, encoder, prepared, prompts, expect, out or Path("data/metrics") / f"zeroshot-{name}.json")
+        run_zeroshot(cfg, encoder, prepared, prompts, expect, out or Path("data/metrics") / f"zeroshot-{name}.json",
+                     stats=stats)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def test_a_misspelt_protocol_lists_the_choices(tmp_path):
     result = runner.invoke(app, ["finetune", "--protocol", "lineer", "--params", str(tmp_path / "none.yaml")])
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())
-    assert "'lineer' is not one of linear, finetune" in out and "--protocol" in out
+    assert "'lineer' is not one of fc, linear, finetune" in out and "--protocol" in out
 
 
 def test_a_misspelt_variant_lists_the_choices(tmp_path):

@@ -68,3 +68,15 @@ def test_prepare_and_transfer_prepare_list_their_params():
     assert set(tp["params"]) == {"transfer_data.${item.dataset}", "prepare"}
     # ordered after the demo NIH tree through pipeline.transfer_source (a real profile names its own script)
     assert tp["matrix"] == {"dataset": "${transfer.datasets}"} and "${pipeline.transfer_source}" in tp["deps"]
+
+
+def test_every_stage_that_resamples_or_averages_labels_reads_the_stats_section():
+    """One bootstrap unit and one label rule (params `stats`) for every stage that resamples: each lists it, so
+    a change of `stats.bootstrap_unit` reruns them all."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    resampling = ("finetune", "finetune_seeds", "pixels", "compare", "label_efficiency", "label_efficiency_summary",
+                  "zeroshot", "retrieval", "transfer", "transfer_compare")
+    for name in resampling:
+        stage = stages[name].get("do", stages[name])
+        assert "stats" in stage["params"], name
+    assert stages["finetune"]["matrix"]["protocol"] == ["fc", "linear", "finetune"]

@@ -15,6 +15,7 @@ from cxrpipe.data.prepare import DataConfig, PrepareConfig
 from cxrpipe.data.transfer_prepare import TransferDataConfig
 from cxrpipe.evaluate.compare import CompareConfig
 from cxrpipe.evaluate.probe.finetune import FinetuneConfig
+from cxrpipe.evaluate.stats.rules import StatsConfig
 from cxrpipe.pretrain.train import PretrainConfig
 from cxrpipe.text.embed import EmbedConfig
 from cxrpipe.text.model import TextModelConfig
@@ -22,7 +23,7 @@ from cxrpipe.text.model import TextModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"demo": DemoConfig, "data": DataConfig, "prepare": PrepareConfig, "text_model": TextModelConfig,
             "embed": EmbedConfig, "pretrain": PretrainConfig, "finetune": FinetuneConfig, "compare": CompareConfig,
-            "demo_nih": DemoNIHConfig, "transfer_data": TransferDataConfig}
+            "demo_nih": DemoNIHConfig, "transfer_data": TransferDataConfig, "stats": StatsConfig}
 
 
 def leaf_items(node, prefix=""):

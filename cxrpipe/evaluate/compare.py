@@ -1,4 +1,4 @@
-"""``compare``: did the text help? multimodal vs mae per protocol, paired on the same test studies.
+"""``compare``: did the text help? multimodal vs mae per protocol, paired on the same test patients.
 
 Reads ``<metrics>/<encoder>-<protocol>.json`` and ``<predictions>/<encoder>-<protocol>.npz`` (written by
 :func:`cxrpipe.evaluate.probe.finetune.run_finetune`) and writes:
@@ -11,8 +11,9 @@ Reads ``<metrics>/<encoder>-<protocol>.json`` and ``<predictions>/<encoder>-<pro
 * ROC curves per label as PNG (``<plots>/<label>.png``).
 
 The delta is ``multimodal - mae``; its interval and p-value come from
-:func:`cxrpipe.evaluate.stats.bootstrap.paired_bootstrap_mauc` (the SAME resampled studies for both encoders;
-two-sided p from the null-centred bootstrap distribution of the delta).
+:func:`cxrpipe.evaluate.stats.bootstrap.paired_bootstrap_mauc` (the SAME resampled patients for both encoders,
+``stats.bootstrap_unit``; interval and p from the same replicates, so "interval excludes 0" <=> "p < 0.05").
+Every mean over labels follows ``stats.min_test_positives`` (the 5-label delta too).
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ import numpy as np
 from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
 from cxrpipe.evaluate.stats.caveats import caveat_section
 from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, jsonable
+from cxrpipe.evaluate.stats.rules import StatsConfig, counts, label_rule_sentence, unit_sentence
 from cxrpipe.evaluate.stats.summaries import (
     PIXELS,
     RANDOM,
     fmt_ci,
+    fmt_p,
+    paired_columns,
     paired_runner,
     references_markdown,
     references_summary,
@@ -40,12 +44,12 @@ from cxrpipe.evaluate.stats.summaries import (
 )
 from cxrpipe.inputs import load_run_predictions, read_json, run_stage
 from cxrpipe.io import write_json_atomic, write_text_atomic
-from cxrpipe.labels import CHEXPERT_LABELS
+from cxrpipe.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 log = logging.getLogger(__name__)
 
 ENCODERS = ("mae", "multimodal")  # reference first: delta = multimodal - mae
-PROTOCOLS = ("linear", "finetune")
+PROTOCOLS = ("fc", "linear", "finetune")  # fc: the report's FC head; linear: the field's linear probe
 MIMIC_SOURCES = ("mimic-cxr-jpg", "mimic-cxr")
 
 # "Multi-Modal Integration In Medical Imaging", MIMIC-CXR, frozen encoder + FC head, no intervals given.
@@ -54,7 +58,7 @@ PUBLISHED = {"mae": {"mauc": 0.6801, "accuracy": 0.8512}, "multimodal": {"mauc":
 
 @dataclasses.dataclass(frozen=True)
 class CompareConfig:
-    n_bootstrap: int = 1000  # paired replicates (test studies resampled, the same for both encoders)
+    n_bootstrap: int = 1000  # paired replicates (test patients resampled, the same for both encoders)
     seed: int = 0  # the resampling stream
     level: EvalLevel = EvalLevel.STUDY  # unit scored: study (mean over its images) | image
     extra_seeds: tuple[int, ...] = ()  # training-seed repeats beside the default run: runs <name>-seed<k>
@@ -121,6 +125,53 @@ def _seed_predictions(predictions_dir: Path, seeds: tuple[int, ...]) -> dict[str
     return out
 
 
+def _main_delta(protocol: str, runs: dict[str, tuple[dict, Predictions]], cfg: CompareConfig,
+                stats: StatsConfig) -> dict[str, Any]:
+    """One protocol's multimodal - mae: mAUC of each, the paired delta, the 5-label delta, accuracies, counts."""
+    level = EvalLevel(cfg.level)
+    names = [f"{e}-{protocol}" for e in ENCODERS]
+    (ma, pa), (mb, pb) = runs[names[0]], runs[names[1]]
+    _check_same_test_set(pa, pb, protocol)
+    a, b = pa.at_level(level, stats.bootstrap_unit), pb.at_level(level, stats.bootstrap_unit)
+    paired = paired_bootstrap_mauc(a.targets, a.mask, a.probs, b.probs, a.groups, cfg.n_bootstrap, cfg.seed,
+                                   min_positives=stats.min_test_positives)
+
+    def side(m: dict, mauc: float, ci: tuple[float, float]) -> dict[str, Any]:
+        blk = m[level.value]
+        return {
+            "mauc": mauc,
+            "mauc_ci95": list(ci),
+            "accuracy": blk["accuracy"],
+            "all_negative_accuracy": blk["all_negative_accuracy"],
+            "macro_f1": blk["macro_f1"],
+            "mean_auprc": blk["mean_auprc"],
+        }
+
+    c5 = [CHEXPERT_LABELS.index(n) for n in COMPETITION_LABELS]  # the same label rule, paired the same way
+    d5 = paired_columns(a, b, np.array(c5), stats.min_test_positives, cfg.n_bootstrap, cfg.seed)
+    out = {
+        ENCODERS[0]: {**side(ma, paired.mauc_a, paired.mauc_a_ci95), "mauc5": d5["mauc_a"],
+                      "mauc5_ci95": d5["mauc_a_ci95"]},
+        ENCODERS[1]: {**side(mb, paired.mauc_b, paired.mauc_b_ci95), "mauc5": d5["mauc_b"],
+                      "mauc5_ci95": d5["mauc_b_ci95"]},
+        "delta_mauc": paired.delta,
+        "delta_ci95": list(paired.ci95),
+        "p_value": paired.p_value,
+        "n_bootstrap": paired.n_bootstrap,
+        "n_bootstrap_valid": paired.n_valid,
+        "n_test_images": int(len(pa.image_ids)),
+        **{f"n_test_{k[2:]}": v for k, v in counts(a.study_ids, a.subject_ids).items()},  # patients, studies
+        "labels_in_mauc": [CHEXPERT_LABELS[j] for j in paired.label_idx],
+        "delta_mauc5": d5["delta_mauc"], "delta5_ci95": d5["delta_ci95"], "p_value5": d5["p_value"],
+        "n_bootstrap_valid5": d5["n_bootstrap_valid"],
+        "labels_in_mauc5": [CHEXPERT_LABELS[j] for j in d5["label_idx"]],
+    }
+    log.info("%s: mae %.4f, multimodal %.4f, delta %+.4f [%+.4f, %+.4f], p = %.3f (%s level, %d resamples of %ss)",
+             protocol, paired.mauc_a, paired.mauc_b, paired.delta, *paired.ci95, paired.p_value, level.value,
+             cfg.n_bootstrap, stats.bootstrap_unit.value)
+    return out
+
+
 def run_compare(
     cfg: CompareConfig,
     metrics_dir: str | Path,
@@ -128,11 +179,12 @@ def run_compare(
     predictions_dir: str | Path | None = None,
     report_md: str | Path | None = None,
     plots_dir: str | Path | None = None,
+    stats: StatsConfig = StatsConfig(),
 ) -> dict[str, Any]:
     """Paired comparison per protocol found (both encoders present); writes JSON, markdown and ROC PNGs.
 
-    ``predictions_dir`` defaults to ``<metrics_dir>/../predictions``. Raises FileNotFoundError when no
-    protocol has both runs.
+    ``predictions_dir`` defaults to ``<metrics_dir>/../predictions``; ``stats``: the resampled unit and the label
+    rule. Raises FileNotFoundError when no protocol has both runs.
     """
     from cxrpipe.evaluate.stats.plots import plot_roc_per_label
 
@@ -143,60 +195,20 @@ def run_compare(
     runs = _load_runs(metrics_dir, predictions_dir, [f"{e}-{p}" for p in PROTOCOLS for e in ENCODERS] + references)
     result: dict[str, Any] = {}
     for protocol in PROTOCOLS:
-        names = [f"{e}-{protocol}" for e in ENCODERS]
-        if not all(n in runs for n in names):
-            continue
-        (ma, pa), (mb, pb) = runs[names[0]], runs[names[1]]
-        _check_same_test_set(pa, pb, protocol)
-        a, b = pa.at_level(level), pb.at_level(level)
-        min_pos = int(ma[level.value].get("min_test_positives") or 0)  # finetune.min_test_positives
-        paired = paired_bootstrap_mauc(a.targets, a.mask, a.probs, b.probs, a.groups, cfg.n_bootstrap, cfg.seed,
-                                       min_positives=min_pos)
-
-        def side(m: dict, mauc: float, ci: tuple[float, float]) -> dict[str, Any]:
-            blk = m[level.value]
-            return {
-                "mauc": mauc,
-                "mauc_ci95": list(ci),
-                "accuracy": blk["accuracy"],
-                "all_negative_accuracy": blk["all_negative_accuracy"],
-                "macro_f1": blk["macro_f1"],
-                "mean_auprc": blk["mean_auprc"],
-                "mauc5": blk.get("mauc5"),  # the 5 CheXpert competition labels (unpaired interval)
-                "mauc5_ci95": blk.get("mauc5_ci95"),
-            }
-
-        result[protocol] = {
-            ENCODERS[0]: side(ma, paired.mauc_a, paired.mauc_a_ci95),
-            ENCODERS[1]: side(mb, paired.mauc_b, paired.mauc_b_ci95),
-            "delta_mauc": paired.delta,
-            "delta_ci95": list(paired.ci95),
-            "p_value": paired.p_value,
-            "n_bootstrap": paired.n_bootstrap,
-            "n_bootstrap_valid": paired.n_valid,
-            "n_test_images": int(len(pa.image_ids)),
-            "n_test_studies": int(np.unique(pa.study_ids).size),
-            "labels_in_mauc": [CHEXPERT_LABELS[j] for j in paired.label_idx],
-            **_paired_mauc5(a, b, cfg),
-        }
-        log.info(
-            "%s: mae %.4f, multimodal %.4f, delta %+.4f [%+.4f, %+.4f], p = %.4f (%s level, %d resamples)",
-            protocol, paired.mauc_a, paired.mauc_b, paired.delta, *paired.ci95, paired.p_value,
-            level.value, cfg.n_bootstrap,
-        )
+        if all(f"{e}-{protocol}" in runs for e in ENCODERS):
+            result[protocol] = _main_delta(protocol, runs, cfg, stats)
     if not result:
         raise FileNotFoundError(
             f"no protocol has both mae and multimodal runs in {metrics_dir} (+ predictions in {predictions_dir}): "
             "they are made by the `finetune` stage: run `dvc repro finetune`"
         )
-    # further sections, each from the test predictions, paired on the same resampled studies
+    # further sections, each from the test predictions, paired on the same resampled patients
     preds = {name: pred for name, (_, pred) in runs.items()}
     seed_preds = _seed_predictions(predictions_dir, tuple(cfg.extra_seeds))
     base = next(iter(preds.values()))
     for name, pred in {**preds, **seed_preds}.items():
         _check_same_test_set(base, pred, name)
-    min_pos = max(int(m[level.value].get("min_test_positives") or 0) for m, _ in runs.values())
-    paired = paired_runner(level, cfg.n_bootstrap, cfg.seed, min_pos)
+    paired = paired_runner(level, cfg.n_bootstrap, cfg.seed, stats.min_test_positives, stats.bootstrap_unit)
     protocols = tuple(p for p in PROTOCOLS if p in result)
     references_block = references_summary(preds, protocols, paired)
     if references_block:
@@ -210,25 +222,12 @@ def run_compare(
         for name, (_, pred) in runs.items():
             lv = pred.at_level(level)
             roc_runs[name] = (lv.targets, lv.probs, lv.mask)
-        min_pos = max(int(m[level.value].get("min_test_positives") or 0) for m, _ in runs.values())
-        plot_roc_per_label(roc_runs, plots_dir, title_suffix=f" ({level.value} level, test)", min_positives=min_pos)
+        plot_roc_per_label(roc_runs, plots_dir, title_suffix=f" ({level.value} level, test)",
+                           min_positives=stats.min_test_positives)
     if report_md is not None:
         write_text_atomic(Path(report_md), comparison_markdown(result, {n: m for n, (m, _) in runs.items()}, cfg,
-                                                         plots_dir))
+                                                               plots_dir, stats))
     return result
-
-
-def _paired_mauc5(a: Any, b: Any, cfg: CompareConfig) -> dict[str, Any]:
-    """The paired delta on the 5 CheXpert competition labels (same replicates as the 14-label delta)."""
-    from cxrpipe.evaluate.stats.metrics import COMPETITION_LABELS
-
-    cols = [CHEXPERT_LABELS.index(n) for n in COMPETITION_LABELS]
-    try:
-        p5 = paired_bootstrap_mauc(a.targets[:, cols], a.mask[:, cols], a.probs[:, cols], b.probs[:, cols],
-                                   a.groups, cfg.n_bootstrap, cfg.seed)
-    except ValueError:  # none of the 5 has both classes in test
-        return {"delta_mauc5": None, "delta5_ci95": [None, None], "p_value5": None}
-    return {"delta_mauc5": p5.delta, "delta5_ci95": list(p5.ci95), "p_value5": p5.p_value}
 
 
 # ---------------------------------------------------------------- markdown
@@ -259,29 +258,50 @@ def _dataset_line(metrics: dict[str, dict]) -> tuple[str, bool]:
     return what, same
 
 
+PROTOCOL_NAMES = {
+    "fc": "fc: frozen encoder, fully connected head (the report's baseline)",
+    "linear": "linear: frozen encoder, BatchNorm + one linear layer (MAE's / MGCA's linear probe)",
+    "finetune": "finetune: all weights (LP-FT from the fc probe)",
+}
+
+
+def method_paragraph(n_bootstrap: int, stats: StatsConfig, n_patients: int | None, n_studies: int) -> str:
+    """How every interval and p of comparison.md is computed (the unit, the counts, the p / interval link)."""
+    return (
+        f"Intervals: 95% percentile bootstrap, {unit_sentence(stats.bootstrap_unit, n_bootstrap, n_patients, n_studies)}. "
+        "Every delta is **paired**: both runs are scored on the same resampled test set in every replicate. "
+        "Interval and p come from the same replicates: the interval is the 2.5th-97.5th percentile of the "
+        "replicated deltas (order statistics), and p is twice the share of replicates on the far side of 0, "
+        f"so **the interval excludes 0 exactly when p < 0.05**; p has a resolution of 2/B, and `p < {2 / n_bootstrap:.2g}` "
+        "means no replicate crossed 0. A printed end of `+0.000` or `-0.000` lies on that side of 0. "
+        f"{label_rule_sentence(stats.min_test_positives)} The intervals cover test-set sampling only, not the "
+        "spread between training seeds (see \"Training seeds\" below; `compare.extra_seeds` adds repeats)."
+    )
+
+
 def comparison_markdown(
-    result: dict[str, Any], metrics: dict[str, dict], cfg: CompareConfig, plots_dir: str | Path | None
+    result: dict[str, Any], metrics: dict[str, dict], cfg: CompareConfig, plots_dir: str | Path | None,
+    stats: StatsConfig = StatsConfig(),
 ) -> str:
     """The reviewer-facing report: summary, accuracy beside all-negative, per-label AUROC, published numbers."""
     level = EvalLevel(cfg.level).value
     protocols = {p: result[p] for p in PROTOCOLS if p in result}
     first = next(iter(protocols.values()))
     dataset, same = _dataset_line(metrics)
+    n_pat = first.get("n_test_patients")
     lines = [
         "# Did the text help? multimodal vs mae",
         "",
-        f"Test set: {first['n_test_studies']} studies ({first['n_test_images']} images), {dataset}. "
-        f"Scored at the **{level} level**" + (" (mean probability over a study's images)" if level == "study" else "")
-        + ". Model selection on `validate`, numbers on `test`.",
+        f"Test set: {'?' if n_pat is None else n_pat} patients, {first['n_test_studies']} studies "
+        f"({first['n_test_images']} images), {dataset}. Scored at the **{level} level**"
+        + (" (mean probability over a study's images)" if level == "study" else "")
+        + ". Model selection on `validate`, numbers on `test`. Protocols: "
+        + "; ".join(PROTOCOL_NAMES.get(p, p) for p in protocols) + ".",
         "",
-        f"Intervals: 95% percentile bootstrap, {cfg.n_bootstrap} resamples of test **studies**. The delta "
-        "(multimodal - mae) is **paired**: both encoders are scored on the same resampled studies in every "
-        "replicate. p-value: two-sided, from the bootstrap distribution of the delta centred on the null, "
-        "p = (1 + #{|d_b - d| >= |d|}) / (B + 1). The intervals cover test-set sampling only, not the spread "
-        "between training seeds (see \"Training seeds\" below; `compare.extra_seeds` adds repeats).",
+        method_paragraph(cfg.n_bootstrap, stats, n_pat, first["n_test_studies"]),
         "",
         *caveat_section(result, metrics, level),
-        *_mauc_markdown(protocols, first["labels_in_mauc"]),
+        *_mauc_markdown(protocols, first["labels_in_mauc"], stats.min_test_positives),
         *references_markdown(result),
         *seeds_markdown(result),
         *_accuracy_markdown(metrics, level),
@@ -289,11 +309,12 @@ def comparison_markdown(
         *_published_markdown(result, dataset, same),
     ]
     if plots_dir is not None:
-        lines += ["", f"ROC curves per label: `{Path(plots_dir)}/<label>.png`."]
+        lines += ["", f"ROC curves per label: `{Path(plots_dir)}/<label>.png` (a colour per encoder, a line style "
+                  "per protocol)."]
     return "\n".join(lines) + "\n"
 
 
-def _mauc_markdown(protocols: dict[str, dict], kept: list[str]) -> list[str]:
+def _mauc_markdown(protocols: dict[str, dict], kept: list[str], min_positives: int) -> list[str]:
     """The mAUC and 5-label mAUC tables, multimodal vs mae per protocol, and which labels are in the mean."""
     lines = [
         "## mAUC",
@@ -306,12 +327,15 @@ def _mauc_markdown(protocols: dict[str, dict], kept: list[str]) -> list[str]:
         lines.append(
             f"| {protocol} | {fmt_ci(r['mae']['mauc'], r['mae']['mauc_ci95'])} | "
             f"{fmt_ci(r['multimodal']['mauc'], r['multimodal']['mauc_ci95'])} | "
-            f"{fmt_ci(r['delta_mauc'], r['delta_ci95'], 4)} | {_f(r['p_value'], 4)} | {_verdict(lo, hi)} |"
+            f"{fmt_ci(r['delta_mauc'], r['delta_ci95'], sign=True)} | "
+            f"{fmt_p(r['p_value'], r.get('n_bootstrap_valid'))} | {_verdict(lo, hi)} |"
         )
+    five = next(iter(protocols.values())).get("labels_in_mauc5") or []
     lines += [
         "",
         "5-label CheXpert competition mAUC (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion; "
-        "what CheXpert, GLoRIA and MGCA report), paired the same way:",
+        "what CheXpert, GLoRIA and MGCA report), paired the same way and under the same label rule"
+        + (f" (here: {', '.join(five)})" if five else " (here: none qualifies)") + ":",
         "",
         "| protocol | mae mAUC-5 [95% CI] | multimodal mAUC-5 [95% CI] | delta mAUC-5 [95% CI] | p |",
         "|---|---|---|---|---|",
@@ -320,13 +344,14 @@ def _mauc_markdown(protocols: dict[str, dict], kept: list[str]) -> list[str]:
         lines.append(
             f"| {protocol} | {fmt_ci(r['mae'].get('mauc5'), r['mae'].get('mauc5_ci95'))} | "
             f"{fmt_ci(r['multimodal'].get('mauc5'), r['multimodal'].get('mauc5_ci95'))} | "
-            f"{fmt_ci(r.get('delta_mauc5'), r.get('delta5_ci95'), 4)} | {_f(r.get('p_value5'), 4)} |"
+            f"{fmt_ci(r.get('delta_mauc5'), r.get('delta5_ci95'), sign=True)} | "
+            f"{fmt_p(r.get('p_value5'), r.get('n_bootstrap_valid5'))} |"
         )
     left = [n for n in CHEXPERT_LABELS if n not in kept]
     return lines + [
         "",
         f"mAUC is the macro mean over the {len(kept)} labels with both classes among the valid test entries"
-        " and enough test positives"
+        f" and at least {min_positives} test positives (`stats.min_test_positives`)"
         + (f"; left out (one class only, or too few positives: see Caveats): {', '.join(left)}." if left else "."),
         "",
     ]
@@ -370,12 +395,12 @@ def _per_label_markdown(metrics: dict[str, dict], level: str) -> list[str]:
         pl0 = per_label[names[0]][label]
         lines.append(f"| {label} | {pl0['n_pos']} / {pl0['n_pos'] + pl0['n_neg']} | " + " | ".join(cells) + " |")
     if any(pl.get("low_positive") for pl in per_label[names[0]].values()):
-        lines += ["", "† too few test positives (`finetune.min_test_positives`): reported apart, not in mAUC."]
+        lines += ["", "† too few test positives (`stats.min_test_positives`): reported apart, not in mAUC."]
     return lines
 
 
 def _published_markdown(result: dict[str, Any], dataset: str, same: bool) -> list[str]:
-    """The report's numbers beside this run's linear probes, with whether the datasets are comparable."""
+    """The report's numbers beside this run's fc probes, with whether the datasets are comparable."""
     lines = [
         "",
         "## The report's published numbers, for reference only",
@@ -387,11 +412,11 @@ def _published_markdown(result: dict[str, Any], dataset: str, same: bool) -> lis
         f"| report: multimodal, MIMIC-CXR | {PUBLISHED['multimodal']['mauc']:.4f} | "
         f"{PUBLISHED['multimodal']['accuracy']:.4f} | ~0.87 (not reported) |",
     ]
-    if "linear" in result:
-        r = result["linear"]
+    if "fc" in result:  # the report's protocol: a frozen encoder with FC layers on top
+        r = result["fc"]
         for enc in ("mae", "multimodal"):
             lines.append(
-                f"| this run: {enc}-linear | {fmt_ci(r[enc]['mauc'], r[enc]['mauc_ci95'])} | "
+                f"| this run: {enc}-fc | {fmt_ci(r[enc]['mauc'], r[enc]['mauc_ci95'])} | "
                 f"{_f(r[enc]['accuracy'])} | {_f(r[enc]['all_negative_accuracy'])} |"
             )
     lines += [""]

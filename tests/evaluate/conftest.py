@@ -137,14 +137,16 @@ TINY_PARAMS = {
     "finetune": {
         "seed": 0,
         "n_bootstrap": 50,
-        "min_test_positives": 2,  # 10 test studies: labels with one positive are reported apart
         "eval_batch_size": 16,
         "head": {"hidden": [16], "dropout": 0.1, "input_norm": True},
-        "linear": {"epochs": 3, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0001},
+        "fc": {"steps": 12, "eval_every": 4, "batch_size": 8, "lrs": [0.01], "weight_decays": [0.0001]},
+        "linear": {"steps": 12, "eval_every": 4, "batch_size": 8, "lrs": [0.01, 0.03], "weight_decays": [0.0001]},
         "finetune": {"epochs": 2, "batch_size": 8, "lr": 0.001, "weight_decay": 0.05, "layer_decay": 0.75,
                      "warmup_epochs": 0.5},
     },
     "compare": {"n_bootstrap": 100, "seed": 0, "level": "study"},
+    # 10 test studies: labels with one positive are reported apart; a patient's two studies drawn together
+    "stats": {"bootstrap_unit": "patient", "min_test_positives": 2},
 }
 
 

@@ -64,3 +64,17 @@ def test_roc_title_gives_positive_counts_and_flags_low_ones():
         "Pleural Other (study level, test)\n4 positives / 19: fewer than 10, not in mAUC"
     )
     assert roc_title("Edema", "", runs, 1, 10) == "Edema\n12 positives / 20"
+
+
+def test_roc_plots_one_colour_per_encoder_one_style_per_protocol():
+    """No two runs of a plot are drawn alike (random-fc used to be drawn exactly as mae-fc); an encoder keeps its
+    colour across protocols and a protocol its style across encoders."""
+    from cxrpipe.evaluate.stats.plots import run_style
+
+    runs = [f"{e}-{p}" for e in ("mae", "multimodal", "random") for p in ("fc", "linear", "finetune")] + ["pixels"]
+    styles = {r: run_style(r) for r in runs}
+    assert len(set(styles.values())) == len(runs)
+    for e in ("mae", "multimodal", "random"):
+        assert len({styles[f"{e}-{p}"][0] for p in ("fc", "linear", "finetune")}) == 1
+    for p in ("fc", "linear", "finetune"):
+        assert len({styles[f"{e}-{p}"][1] for e in ("mae", "multimodal", "random")}) == 1

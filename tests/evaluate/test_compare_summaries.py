@@ -11,6 +11,7 @@ is the fraction of (positive, negative) pairs of the pattern ranked right (no po
     P = [.6, .55, .5, .7]      .6>.5 .55>.5    2/4 = 0.50
 
 Seed 0 (default paths): mae A, multimodal B, random R; seed 1: mae B, multimodal A, random R; pixels P.
+Patients: studies 2k and 2k + 1 are one patient's (the bootstrap draws them together; no point estimate moves).
 multimodal - mae: seed 0 +0.25, seed 1 -0.25 -> mean 0, sd (n-1) sqrt(2 x 0.25^2 / 1) = 0.353553, min-max
 -0.25..+0.25. mae - random: seed 0 0.50, seed 1 0.75 -> mean 0.625, sd sqrt(2 x 0.125^2) = 0.176777.
 """
@@ -25,9 +26,11 @@ import pytest
 
 from cxrpipe.evaluate.compare import CompareConfig, run_compare
 from cxrpipe.evaluate.stats.metrics import Predictions, evaluate, jsonable, save_predictions
+from cxrpipe.evaluate.stats.rules import StatsConfig
 from cxrpipe.evaluate.stats.summaries import spread
 
 A, B, R, P = [.9, .2, .5, .1], [.9, .8, .5, .1], [.4, .2, .3, .5], [.6, .55, .5, .7]
+STATS = StatsConfig(min_test_positives=0)  # 4 test positives: the label rule off, resampling patients
 
 
 def _pred(pattern: list[float]) -> Predictions:
@@ -39,7 +42,7 @@ def _pred(pattern: list[float]) -> Predictions:
     mask = np.zeros((n, 14), bool)
     mask[:, 0] = True
     return Predictions(np.array([f"i{k}" for k in range(n)]), np.arange(100, 100 + n, dtype=np.int64), probs,
-                       targets, mask)
+                       targets, mask, subject_ids=np.arange(n) // 2)
 
 
 def _write(metrics, preds, name: str, pattern: list[float], encoder_seed=None) -> None:
@@ -67,7 +70,8 @@ def hand_case(tmp_path):
 def test_references_and_seeds_against_the_hand_worked_case(hand_case):
     metrics, preds, tmp = hand_case
     cfg = CompareConfig(n_bootstrap=200, seed=0, extra_seeds=(1,))
-    comp = run_compare(cfg, metrics, tmp / "comparison.json", predictions_dir=preds, report_md=tmp / "c.md")
+    comp = run_compare(cfg, metrics, tmp / "comparison.json", predictions_dir=preds, report_md=tmp / "c.md",
+                       stats=STATS)
     assert set(comp) == {"linear", "references", "seeds"}  # no finetune runs: that protocol is left out
     lin = comp["linear"]
     assert (lin["mae"]["mauc"], lin["multimodal"]["mauc"], lin["delta_mauc"]) == pytest.approx((0.75, 1.0, 0.25))
@@ -80,7 +84,7 @@ def test_references_and_seeds_against_the_hand_worked_case(hand_case):
     for key, delta in expect.items():
         assert r[key]["delta_mauc"] == pytest.approx(delta), key
         lo, hi = r[key]["delta_ci95"]
-        assert lo <= delta <= hi and 0 < r[key]["p_value"] <= 1
+        assert lo <= delta <= hi and 0 <= r[key]["p_value"] <= 1 and (lo > 0) == (r[key]["p_value"] < 0.05)
 
     s = comp["seeds"]
     assert s["seeds"] == [0, 1]
@@ -97,14 +101,16 @@ def test_references_and_seeds_against_the_hand_worked_case(hand_case):
 
     md = (tmp / "c.md").read_text()
     assert "| linear | 0.500" in md  # side by side: pixels first
-    assert "| linear | 0 | 0.750 | 1.000 | +0.2500" in md and "| linear | 1 | 1.000 | 0.750 | -0.2500" in md
-    assert "+0.0000 (sd 0.3536; min-max -0.2500 to +0.2500)" in md
+    assert "| linear | 0 | 0.750 | 1.000 | +0.250" in md and "| linear | 1 | 1.000 | 0.750 | -0.250" in md
+    assert "+0.000 (sd 0.354; min-max -0.250 to +0.250)" in md
+    assert "4 patients, 8 studies" in md and "resamples of the test patients" in md
 
 
 def test_a_missing_seed_run_is_left_out_not_fatal(hand_case):
     metrics, preds, tmp = hand_case
     (preds / "multimodal-linear-seed1.npz").unlink()
-    comp = run_compare(CompareConfig(n_bootstrap=50, extra_seeds=(1,)), metrics, tmp / "c.json", predictions_dir=preds)
+    comp = run_compare(CompareConfig(n_bootstrap=50, extra_seeds=(1,)), metrics, tmp / "c.json", predictions_dir=preds,
+                       stats=STATS)
     assert comp["seeds"]["seeds"] == [0, 1] and len(comp["seeds"]["linear"]["per_seed"]) == 1
     assert comp["seeds"]["linear"]["delta_mauc"]["sd"] is None  # one seed: no spread
 

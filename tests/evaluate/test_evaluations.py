@@ -16,6 +16,7 @@ from cxrpipe.evaluate.probe.data import labelled_splits, sample_studies
 from cxrpipe.evaluate.stats.metrics import COMPETITION_LABELS, LevelData
 from cxrpipe.evaluate.alignment.retrieval import chance_at_k, hits_at_k, retrieval_both_ways
 from cxrpipe.evaluate.alignment.zeroshot import auroc_summary, pair_probabilities
+from cxrpipe.evaluate.stats.rules import StatsConfig
 from cxrpipe.labels import CHEXPERT_LABELS, BlankPolicy, UncertainPolicy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -38,34 +39,65 @@ def test_label_efficiency_same_studies_for_every_encoder(synthetic, tmp_path, ti
     from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig, run_label_efficiency, summarize_label_efficiency
 
     ft = build(FinetuneConfig, tiny_params["finetune"])
-    cfg = LabelEfficiencyConfig(n_bootstrap=50)
+    cfg, stats = LabelEfficiencyConfig(n_bootstrap=50), StatsConfig(min_test_positives=2)
     fractions = (0.5, 1.0, 0.25)
     out = {}
     for enc in ("mae", "multimodal"):
         out[enc] = run_label_efficiency(ft, cfg, fractions, synthetic[enc], synthetic["prepared"],
-                                        tmp_path / "runs" / enc, tmp_path / f"le-{enc}.json")["runs"]
-    assert list(out["mae"]) == ["f0.25", "f0.5", "f1"]
-    for tag in out["mae"]:
-        assert out["mae"][tag]["train_studies_hash"] == out["multimodal"][tag]["train_studies_hash"]
-    n = [out["mae"][t]["n_train_studies"] for t in ("f0.25", "f0.5", "f1")]
+                                        tmp_path / "runs" / enc, tmp_path / f"le-{enc}.json", stats)["protocols"]
+    assert list(out["mae"]) == ["fc", "linear"] and list(out["mae"]["fc"]) == ["f0.25", "f0.5", "f1"]
+    for protocol in ("fc", "linear"):
+        for tag in out["mae"][protocol]:
+            assert out["mae"][protocol][tag]["train_studies_hash"] == out["multimodal"][protocol][tag]["train_studies_hash"]
+    runs = out["mae"]["linear"]
+    n = [runs[t]["n_train_studies"] for t in ("f0.25", "f0.5", "f1")]
     assert n[0] < n[1] < n[2]
+    # scheduled by optimizer steps: every fraction trains the same number (an epoch of f0.25 is one step)
+    for tag in runs:
+        m = json.loads((tmp_path / "runs" / "mae" / "linear" / f"{tag}.json").read_text())
+        assert max(h["step"] for h in m["history"]) == ft.linear.steps
     train = {f: set(labelled_splits(synthetic["prepared"], ("AP", "PA"), UncertainPolicy.IGNORE, BlankPolicy.ZEROS,
                                     f, ft.seed)["train"].study_ids) for f in (0.25, 0.5)}
     assert train[0.25] <= train[0.5]
     res = summarize_label_efficiency(cfg, fractions, tmp_path / "runs", tmp_path / "le.json", tmp_path / "le.md",
-                                     tmp_path / "le.png")
-    assert set(res["delta"]) == {"f0.25", "f0.5", "f1"}
-    d = res["delta"]["f1"]
-    assert d["delta_mauc"] == pytest.approx(out["multimodal"]["f1"]["mauc"] - out["mae"]["f1"]["mauc"])
-    assert (tmp_path / "le.png").stat().st_size > 0 and "| 0.25 |" in (tmp_path / "le.md").read_text()
+                                     tmp_path / "le.png", stats)
+    assert set(res["delta"]) == {"fc", "linear"} and set(res["delta"]["linear"]) == {"f0.25", "f0.5", "f1"}
+    d = res["delta"]["linear"]["f1"]
+    assert d["delta_mauc"] == pytest.approx(out["multimodal"]["linear"]["f1"]["mauc"] - runs["f1"]["mauc"])
+    assert (d["delta_ci95"][0] > 0 or d["delta_ci95"][1] < 0) == (d["p_value"] < 0.05)
+    md = (tmp_path / "le.md").read_text()
+    assert (tmp_path / "le.png").stat().st_size > 0 and "| 0.25 |" in md and "## fc" in md and "## linear" in md
+    assert "5 patients, 10 studies" in md and "not estimable" in md
     # a run of the same encoder on other studies is refused
     summary = tmp_path / "runs" / "multimodal" / "summary.json"
     s = json.loads(summary.read_text())
-    s["runs"]["f0.5"]["train_studies_hash"] = "other"
+    s["protocols"]["fc"]["f0.5"]["train_studies_hash"] = "other"
     summary.write_text(json.dumps(s))
     with pytest.raises(ValueError, match="different studies"):
         summarize_label_efficiency(cfg, fractions, tmp_path / "runs", tmp_path / "x.json", tmp_path / "x.md",
-                                   tmp_path / "x.png")
+                                   tmp_path / "x.png", stats)
+
+
+def test_label_efficiency_leaves_labels_without_a_training_positive_out(synthetic, tmp_path, tiny_params):
+    """The transfer path's rule: a label no training study of the fraction is positive for is not estimable,
+    out of mAUC and of the delta; with every study (f1) it is back in."""
+    from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
+    from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig, run_label_efficiency, summarize_label_efficiency
+
+    ft = build(FinetuneConfig, tiny_params["finetune"])
+    cfg, stats = LabelEfficiencyConfig(protocols=(Protocol.LINEAR,), n_bootstrap=30), StatsConfig(min_test_positives=2)
+    for enc in ("mae", "multimodal"):
+        runs = run_label_efficiency(ft, cfg, (0.1, 1.0), synthetic[enc], synthetic["prepared"], tmp_path / enc,
+                                    tmp_path / f"{enc}.json", stats)["protocols"]["linear"]
+    small, full = runs["f0.1"], runs["f1"]
+    lacking = [n for n, k in small["train_positives"].items() if k == 0]
+    assert lacking and small["labels_not_estimable"] == lacking  # 3 training studies: most labels lack one
+    assert not set(lacking) & set(small["labels_in_mauc"] or [])
+    assert set(full["labels_in_mauc"]) - set(small["labels_in_mauc"] or [])  # learnable with every study
+    res = summarize_label_efficiency(cfg, (0.1, 1.0), tmp_path, tmp_path / "s.json", tmp_path / "s.md",
+                                     tmp_path / "s.png", stats)
+    learned = [n for n in small["labels_in_mauc"] or []]
+    assert res["delta"]["linear"]["f0.1"]["n_labels"] == len(learned)
 
 
 # ------------------------------------------------------------------------------------------- 5-label mAUC
@@ -75,7 +107,7 @@ def test_metrics_report_the_five_label_competition_mauc(synthetic, tmp_path, tin
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig, run_finetune
 
     m = run_finetune(build(FinetuneConfig, tiny_params["finetune"]), synthetic["mae"], "linear",
-                     synthetic["prepared"], tmp_path / "m.json")
+                     synthetic["prepared"], tmp_path / "m.json", stats=StatsConfig(min_test_positives=2))
     blk = m["study"]
     per = {p["label"]: p for p in blk["per_label"]}
     five = [n for n in COMPETITION_LABELS if per[n]["in_mauc"]]
@@ -203,6 +235,26 @@ def test_auroc_summary_intervals_and_five_labels():
     assert s["mauc5"] == pytest.approx(np.mean(five))
 
 
+def test_zeroshot_mauc_follows_the_label_rule():
+    """A label with 3 test positives (fewer than min_test_positives) keeps its AUROC but leaves mAUC and
+    mAUC-5, as in stage three; with the rule off it is averaged in."""
+    rng = np.random.default_rng(2)
+    n = 200
+    y = (rng.random((n, 14)) < 0.3).astype(np.float32)
+    rare = CHEXPERT_LABELS.index("Edema")  # a competition label
+    y[:, rare] = 0.0
+    y[:3, rare] = 1.0
+    p = y * 0.5 + rng.random((n, 14))
+    data = LevelData(np.arange(n), np.arange(n), p, y, np.ones((n, 14), bool))
+    ruled, every = auroc_summary(data, 50, 0, min_positives=10), auroc_summary(data, 50, 0, min_positives=0)
+    assert "Edema" not in ruled["labels_in_mauc"] and "Edema" not in ruled["labels_in_mauc5"]
+    assert ruled["labels_low_positive"] == ["Edema"] and ruled["per_label"]["Edema"]["auroc"] is not None
+    assert "Edema" in every["labels_in_mauc"] and len(every["labels_in_mauc5"]) == 5
+    others = [ruled["per_label"][k]["auroc"] for k in ruled["labels_in_mauc"]]
+    assert ruled["mauc"] == pytest.approx(np.mean(others)) and ruled["mauc"] != every["mauc"]
+    assert ruled["mauc5"] == pytest.approx(np.mean([ruled["per_label"][k]["auroc"] for k in ruled["labels_in_mauc5"]]))
+
+
 # ------------------------------------------------------------------------------------------- end to end
 
 
@@ -235,15 +287,20 @@ def aligned(tmp_path_factory):
 
 
 def test_zeroshot_and_retrieval_stages_run_on_exported_models(aligned, tmp_path):
+    """The stages' numbers equal the ones recomputed here from the exported model's raw scores (scikit-learn
+    AUROC on study-mean probabilities; recall by brute-force ranking), on the manifest's test images."""
+    from sklearn.metrics import roc_auc_score
+
+    from cxrpipe.data.image_cache import ImageCache
+    from cxrpipe.data.manifest import read_images, read_studies
     from cxrpipe.evaluate.alignment.retrieval import RetrievalConfig, run_retrieval
+    from cxrpipe.evaluate.alignment.scorer import load_aligned, score_matrix
     from cxrpipe.evaluate.alignment.zeroshot import ZeroShotConfig, prompt_texts, run_zeroshot
     from cxrpipe.text.cache import TextCache, write_text_cache
 
     # a prompt cache stand-in: label j's positive = a report of cluster j, negative = one of another cluster
     text = TextCache(aligned["text"])
     studies = {}
-    from cxrpipe.data.manifest import read_studies
-
     for s in read_studies(aligned["prepared"]):
         studies.setdefault(int(re.search(r"cluster (\d)", s.text).group(1)), text.row_of(s.study_id))
     cfg = ZeroShotConfig(n_bootstrap=50, batch_size=4)
@@ -252,17 +309,84 @@ def test_zeroshot_and_retrieval_stages_run_on_exported_models(aligned, tmp_path)
     write_text_cache(tmp_path / "prompts.h5", emb, [text.token_ids(r) for r in rows], list(range(28)),
                      list(range(28)), text.fingerprint)
     assert len(prompt_texts(cfg)) == 28
+    stats = StatsConfig(min_test_positives=1)
     z = run_zeroshot(cfg, aligned["models"]["multimodal"], aligned["prepared"], tmp_path / "prompts.h5", None,
-                     tmp_path / "z.json")
+                     tmp_path / "z.json", stats=stats)
     assert z["n_studies"] == 8 and z["labels_in_mauc"] == list(CHEXPERT_LABELS[:4])
+    assert z["bootstrap_unit"] == "patient" and z["n_patients"] == len(
+        {r.subject_id for r in read_images(aligned["prepared"]) if r.split == "test"})
     written = json.loads((tmp_path / "z.json").read_text())
     assert written["mauc"] == z["mauc"] and "encoder" not in written  # the metrics file holds numbers only
     assert json.loads((tmp_path / "z.config.json").read_text())["labels_in_mauc"] == z["labels_in_mauc"]
+    # the same number from the raw scores: softmax of each (positive, negative) pair, mean over a study's images
+    model = load_aligned(aligned["models"]["multimodal"])
+    test = [r for r in read_images(aligned["prepared"]) if r.split == "test" and r.view in ("AP", "PA")]
+    prompts = TextCache(tmp_path / "prompts.h5")
+    raw = score_matrix(model, ImageCache(aligned["prepared"] / "images.h5"), [r.row for r in test], prompts,
+                       [prompts.row_of(i) for i in range(28)], 4)  # [N, 28]
+    prob = 1 / (1 + np.exp(raw[:, 1::2] - raw[:, 0::2]))  # [N, 14]
+    label_of = {s.study_id: s.labels for s in read_studies(aligned["prepared"])}
+    ids = sorted({r.study_id for r in test})
+    mean = np.array([prob[[k for k, r in enumerate(test) if r.study_id == sid]].mean(0) for sid in ids])
+    y = np.array([label_of[sid] for sid in ids]) > 0.5
+    mine = [roc_auc_score(y[:, j], mean[:, j]) for j in range(4)]
+    assert z["mauc"] == pytest.approx(np.mean(mine), abs=1e-9)
+    assert [z["per_label"][n]["auroc"] for n in CHEXPERT_LABELS[:4]] == pytest.approx(mine, abs=1e-9)
+
     r = run_retrieval(RetrievalConfig(n_bootstrap=50, batch_size=4), aligned["models"]["mae"], aligned["prepared"],
-                      aligned["text"], None, tmp_path / "r.json")
+                      aligned["text"], None, tmp_path / "r.json", stats=stats)
     assert r["n_images"] == 8 and r["n_texts"] == 7  # one duplicated report text: 7 targets
     assert r["image_to_report"]["chance@1"] == pytest.approx(1 / 7)
-    assert r["report_to_image"]["n_queries"] == 7
+    assert r["report_to_image"]["n_queries"] == 7 and r["bootstrap_unit"] == "patient"
+    # brute force: each test image's own text among the distinct test texts, ranked by the raw scores
+    mae = load_aligned(aligned["models"]["mae"])
+    distinct = sorted({text.row_of(x.study_id) for x in test})
+    raw = score_matrix(mae, ImageCache(aligned["prepared"] / "images.h5"), [x.row for x in test], text, distinct, 4)
+    own = np.array([distinct.index(text.row_of(x.study_id)) for x in test])
+    rank = (raw > raw[np.arange(len(test)), own][:, None]).sum(1)
+    for k in (1, 5, 10):
+        assert r["image_to_report"][f"recall@{k}"] == pytest.approx(float((rank < k).mean()))
+
+
+def test_retrieval_resamples_patients_and_links_their_texts():
+    """Image -> report queries of one patient are drawn together; report -> image texts are grouped by the
+    patients whose studies have them (texts 0 and 1 share patient 1; text 2 is patient 2's alone)."""
+    from cxrpipe.evaluate.alignment.retrieval import text_groups
+
+    image_text = np.array([0, 0, 1, 2])
+    np.testing.assert_array_equal(text_groups(image_text, np.array([0, 0, 0, 1]), 3), [0, 0, 1])
+    np.testing.assert_array_equal(text_groups(image_text, np.array([0, 0, 1, 2]), 3), [0, 1, 2])
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 3))
+    r = retrieval_both_ways(scores, image_text, np.array([7, 7, 8, 9]), (1,), 20, 0, np.array([1, 1, 1, 2]),
+                            "patient")
+    assert r["image_to_report"]["n_groups"] == 2 and r["report_to_image"]["n_groups"] == 2
+    by_study = retrieval_both_ways(scores, image_text, np.array([7, 7, 8, 9]), (1,), 20, 0)
+    assert by_study["image_to_report"]["n_groups"] == 3 and by_study["report_to_image"]["n_groups"] == 3
+
+
+def test_attention_pool_weights_find_a_planted_patch():
+    """The latent attention the maps draw: a query that matches a direction puts (nearly) all its weight on
+    the one patch carrying it, and on no particular patch when the direction is reversed."""
+    from cxrpipe.pretrain.heads import latent_attention
+    from cxrpipe.pretrain.pooling import AttentionPool
+
+    dim, n = 16, 12
+    torch.manual_seed(0)
+    pool = AttentionPool(dim, dim, num_heads=2)
+    d = torch.randn(dim)
+    with torch.no_grad():
+        p = pool.pool
+        p.q.weight.zero_()
+        p.q.bias.copy_(4 * d)  # the query is 4 d, whatever the latent
+        p.kv.weight.copy_(torch.cat([torch.eye(dim), torch.eye(dim)]))  # keys = the tokens
+        p.kv.bias.zero_()
+    tokens = 0.1 * torch.randn(1, n, dim)
+    tokens[0, 7] += 4 * d / d.norm()
+    a = latent_attention(pool, tokens)  # [1, H, N]
+    assert a.argmax(-1).tolist() == [[7, 7]] and float(a[0, :, 7].min()) > 0.9
+    reversed_ = latent_attention(pool, tokens * torch.tensor([1.0] * 7 + [-1.0] + [1.0] * 4)[None, :, None])
+    assert float(reversed_[0, :, 7].max()) < 0.01
 
 
 def test_attention_maps_rows_sum_to_one_and_pngs_written(aligned, tmp_path):

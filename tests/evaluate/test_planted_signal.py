@@ -19,6 +19,7 @@ from cxrpipe.config import section
 from cxrpipe.evaluate.probe.finetune import FinetuneConfig, run_finetune
 from cxrpipe.evaluate.stats.metrics import load_predictions
 from cxrpipe.evaluate.probe.pixels import PixelsConfig, run_pixels
+from cxrpipe.evaluate.stats.rules import StatsConfig
 
 pytestmark = pytest.mark.slow  # whole runs (seconds each)
 
@@ -27,7 +28,8 @@ PLANTED = ("Cardiomegaly", "Pleural Effusion")  # conftest.make_planted's labels
 
 def _cfg(tiny_params: dict, **finetune) -> FinetuneConfig:
     params = copy.deepcopy(tiny_params)
-    params["finetune"]["linear"]["epochs"] = 10
+    for probe in ("fc", "linear"):  # 240 training studies: 120 steps of 16 are 8 passes
+        params["finetune"][probe].update({"steps": 120, "eval_every": 20, "batch_size": 16})
     params["finetune"]["finetune"].update({"epochs": 2, **finetune})
     return section(params, "finetune", FinetuneConfig)
 
@@ -41,13 +43,15 @@ def test_fixture_plants_these_labels(planted):
 
 
 RUNS = [
-    ("linear", {}),
+    ("fc", {}),
+    ("linear", {}),  # BatchNorm + one linear layer
     ("finetune", {"init_head": "random"}),  # plain fine-tuning: the encoder and a fresh head learn it
-    ("finetune", {"init_head": "linear_probe", "freeze_input_norm": True}),  # LP-FT
+    ("finetune", {"init_head": "fc_probe", "freeze_input_norm": True}),  # LP-FT
 ]
+IDS = ["fc", "linear", "finetune", "lp-ft"]
 
 
-@pytest.mark.parametrize(("protocol", "options"), RUNS, ids=["linear", "finetune", "lp-ft"])
+@pytest.mark.parametrize(("protocol", "options"), RUNS, ids=IDS)
 def test_protocols_learn_the_planted_signal(planted, tiny_params, tmp_path, protocol, options):
     m = run_finetune(_cfg(tiny_params, **options), planted["encoder"], protocol, planted["signal"], tmp_path / "run.json")
     assert sorted(m["study"]["labels_in_mauc"]) == sorted(PLANTED)  # every other label is negative only
@@ -55,41 +59,43 @@ def test_protocols_learn_the_planted_signal(planted, tiny_params, tmp_path, prot
     assert min(_planted_aurocs(m).values()) > 0.9, _planted_aurocs(m)
 
 
-@pytest.mark.parametrize(("protocol", "options"), RUNS, ids=["linear", "finetune", "lp-ft"])
+@pytest.mark.parametrize(("protocol", "options"), RUNS, ids=IDS)
 def test_protocols_score_chance_with_shuffled_labels(planted, tiny_params, tmp_path, protocol, options):
     m = run_finetune(_cfg(tiny_params, **options), planted["encoder"], protocol, planted["shuffled"], tmp_path / "run.json")
     assert abs(m["study"]["mauc"] - 0.5) < 0.15, m["study"]["mauc"]
 
 
 def test_pixels_reference_learns_the_signal_and_not_shuffled_labels(planted, tiny_params, tmp_path):
-    cfg, ft = PixelsConfig(size=16, c_grid=(0.01, 1.0)), _cfg(tiny_params)
-    m = run_pixels(cfg, ft, planted["signal"], tmp_path / "m" / "pixels.json")
+    cfg, ft, stats = PixelsConfig(size=16, c_grid=(0.01, 1.0)), _cfg(tiny_params), StatsConfig(min_test_positives=2)
+    m = run_pixels(cfg, ft, planted["signal"], tmp_path / "m" / "pixels.json", stats=stats)
     assert m["encoder"] == "pixels" and m["c"] in (0.01, 1.0) and len(m["history"]) == 2
     assert m["study"]["mauc"] > 0.9 and min(_planted_aurocs(m).values()) > 0.9
     p, meta = load_predictions(tmp_path / "predictions" / "pixels.npz")  # default: <out dir>/../predictions
     assert meta == {"encoder": "pixels", "protocol": "reference"} and p.probs.shape == (len(p.image_ids), 14)
     # the low-positive rule of the finetune runs applies to the reference too (same labels in its mean)
-    assert m["study"]["min_test_positives"] == ft.min_test_positives > 0
+    assert m["study"]["min_test_positives"] == stats.min_test_positives > 0
+    assert (m["study"]["n_patients"], m["study"]["n_studies"]) == (100, 100)  # one study per patient here
     written = json.loads((tmp_path / "m" / "pixels.json").read_text())
     assert "encoder" not in written and "dataset" in json.loads((tmp_path / "m" / "pixels.config.json").read_text())
     shuffled = run_pixels(cfg, ft, planted["shuffled"], tmp_path / "s" / "pixels.json")
     assert abs(shuffled["study"]["mauc"] - 0.5) < 0.15, shuffled["study"]["mauc"]
 
 
-def test_lp_ft_starts_from_the_linear_probe_and_never_ends_below_it_on_validate(planted, tiny_params, tmp_path):
-    """LP-FT's epoch 0 is exactly the `linear` protocol's model; selection keeps it unless fine-tuning beats it."""
-    cfg = _cfg(tiny_params, init_head="linear_probe", freeze_input_norm=True, lr=0.0)  # lr 0: nothing can improve
-    lin = run_finetune(cfg, planted["encoder"], "linear", planted["shuffled"], tmp_path / "linear.json",
+def test_lp_ft_starts_from_the_fc_probe_and_never_ends_below_it_on_validate(planted, tiny_params, tmp_path):
+    """LP-FT's epoch 0 is exactly the `fc` protocol's model; selection keeps it unless fine-tuning beats it."""
+    cfg = _cfg(tiny_params, init_head="fc_probe", freeze_input_norm=True, lr=0.0)  # lr 0: nothing can improve
+    lin = run_finetune(cfg, planted["encoder"], "fc", planted["shuffled"], tmp_path / "linear.json",
                        predictions_out=tmp_path / "linear.npz")
     ft = run_finetune(cfg, planted["encoder"], "finetune", planted["shuffled"], tmp_path / "finetune.json",
                       predictions_out=tmp_path / "finetune.npz")
     assert ft["history"][0]["epoch"] == 0 and ft["history"][0]["train_loss"] is None
-    assert ft["linear_probe"]["history"] == lin["history"]  # the very same probe
+    assert ft["fc_probe"]["selected"] == lin["selected"]  # the very same probe
+    assert ft["fc_probe"]["validate_mauc"] == lin["validate_mauc"]
     assert ft["history"][0]["validate_mauc"] == pytest.approx(lin["validate_mauc"], abs=1e-9)
     assert ft["validate_mauc"] >= lin["validate_mauc"] - 1e-9
-    assert ft["linear_probe"]["test_mauc"] == pytest.approx(lin["study"]["mauc"], abs=1e-9)  # reported beside
+    assert ft["fc_probe"]["test_mauc"] == pytest.approx(lin["study"]["mauc"], abs=1e-9)  # reported beside
     # lr 0 + frozen input statistics: the model never changes, so epoch 0 is kept and the test predictions
-    # are the linear run's (computed through the encoder instead of from cached features)
+    # are the fc run's (computed through the encoder instead of from cached features)
     assert ft["best_epoch"] == 0
     a = load_predictions(tmp_path / "linear.npz")[0]
     b = load_predictions(tmp_path / "finetune.npz")[0]

@@ -2,7 +2,7 @@
 
 The folders are synthetic (``write_manifest(label_names=...)`` + the image cache writer, as ``transfer_prepare``
 writes them) with a planted signal: each label is a texture in the image, so a tiny random ViT can read it.
-Tests that can fail: the planted labels must be learned (linear and LP-FT) at every label width, shuffled
+Tests that can fail: the planted labels must be learned (fc, linear and LP-FT) at every label width, shuffled
 labels must score chance, the paired delta must follow an encoder planted to be better, a fraction too small
 to learn from must read "not estimable" (null), never 0.5.
 """
@@ -24,7 +24,8 @@ from cxrpipe.data.image_cache import ImageCacheWriter
 from cxrpipe.data.manifest import ImageRecord, StudyRecord, write_manifest
 from cxrpipe.evaluate.probe.finetune import FinetuneConfig, Protocol
 from cxrpipe.evaluate.stats.metrics import load_predictions
-from cxrpipe.evaluate.transfer.run import BootstrapUnit, TransferConfig, run_transfer
+from cxrpipe.evaluate.stats.rules import BootstrapUnit, StatsConfig
+from cxrpipe.evaluate.transfer.run import TransferConfig, run_transfer
 from cxrpipe.evaluate.transfer.report import run_transfer_compare
 from cxrpipe.labels import CHEXPERT_LABELS
 
@@ -36,6 +37,7 @@ NIH_LIKE = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion",
             "Hernia", "Infiltration", "Mass", "No Finding", "Nodule", "Pleural_Thickening", "Pneumonia",
             "Pneumothorax")
 THREE = ("Effusion", "Nodule", "Mass")  # a non-CheXpert set; the planted labels come first
+STATS = StatsConfig(min_test_positives=2)  # patients (one study each here); labels with 2+ test positives
 
 
 def _texture(img: np.ndarray, k: int) -> None:
@@ -93,9 +95,10 @@ def make_blind_encoder(out: Path, variant: str) -> Path:
 
 def _cfg(**over) -> tuple[FinetuneConfig, TransferConfig]:
     params = copy.deepcopy(TINY_PARAMS)
-    params["finetune"]["linear"]["epochs"] = 10
+    for probe in ("fc", "linear"):  # 120 training studies: 150 steps of 8 are 10 passes
+        params["finetune"][probe].update({"steps": 150, "eval_every": 25, "batch_size": 8})
     params["transfer"] = {"encoders": ["mae", "multimodal", "random"], "label_fractions": [1.0],
-                          "min_test_positives": 2, "finetune_epochs": 2, "n_bootstrap": 100, **over}
+                          "finetune_epochs": 2, "n_bootstrap": 100, **over}
     return section(params, "finetune", FinetuneConfig), section(params, "transfer", TransferConfig)
 
 
@@ -117,10 +120,10 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("protocol", ["linear", "finetune"])
+@pytest.mark.parametrize("protocol", ["fc", "linear", "finetune"])
 def test_planted_three_label_set_is_learned_with_its_own_head(inputs, tmp_path, protocol):
     ft, cfg = _cfg()
-    s = run_transfer(ft, cfg, "three", inputs["seeing"], protocol, inputs["three"], tmp_path / "run")
+    s = run_transfer(ft, cfg, "three", inputs["seeing"], protocol, inputs["three"], tmp_path / "run", STATS)
     r = s["runs"]["f1"]
     assert s["labels"] == list(THREE) and r["labels_in_mauc"] == list(THREE) and r["estimable"]
     assert r["mauc"] > 0.9, r["mauc"]
@@ -136,13 +139,13 @@ def test_planted_three_label_set_is_learned_with_its_own_head(inputs, tmp_path, 
 @pytest.mark.parametrize("protocol", ["linear", "finetune"])
 def test_shuffled_labels_score_chance(inputs, tmp_path, protocol):
     ft, cfg = _cfg()
-    s = run_transfer(ft, cfg, "three", inputs["seeing"], protocol, inputs["shuffled"], tmp_path / "run")
+    s = run_transfer(ft, cfg, "three", inputs["seeing"], protocol, inputs["shuffled"], tmp_path / "run", STATS)
     assert abs(s["runs"]["f1"]["mauc"] - 0.5) < 0.15, s["runs"]["f1"]["mauc"]
 
 
 def test_one_label_set_rsna_like(inputs, tmp_path):
     ft, cfg = _cfg()
-    s = run_transfer(ft, cfg, "rsna_pneumonia", inputs["seeing"], "linear", inputs["rsna"], tmp_path / "run")
+    s = run_transfer(ft, cfg, "rsna_pneumonia", inputs["seeing"], "linear", inputs["rsna"], tmp_path / "run", STATS)
     r = s["runs"]["f1"]
     assert s["labels"] == ["Pneumonia"] and r["labels_in_mauc"] == ["Pneumonia"] and r["mauc"] > 0.9
     assert r["mauc5"] is None and s["dataset"]["title"] == "RSNA Pneumonia"
@@ -156,17 +159,17 @@ def test_chexpert_like_set_reports_the_5_label_mauc_nih_like_does_not(inputs, tm
     runs = tmp_path / "runs"
     for enc in ("mae", "multimodal"):
         che = run_transfer(ft, cfg, "chexpert", inputs[enc], "linear", tmp_path / "chexpert",
-                           runs / "chexpert" / f"{enc}-linear")
+                           runs / "chexpert" / f"{enc}-linear", STATS)
         nih = run_transfer(ft, cfg, "nih_cxr14", inputs[enc], "linear", tmp_path / "nih",
-                           runs / "nih_cxr14" / f"{enc}-linear")
+                           runs / "nih_cxr14" / f"{enc}-linear", STATS)
     c, n = che["runs"]["f1"], nih["runs"]["f1"]
     five = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
     assert c["mauc5"] is not None and sorted(c["labels_in_mauc5"]) == five
     assert n["mauc"] is not None and n["mauc5"] is None and n["labels_in_mauc5"] == []
     assert {"Atelectasis", "Effusion"} <= set(n["labels_in_mauc"])  # NIH's 4 look-alikes are in its own mAUC
-    cfg = dataclasses.replace(cfg, datasets=("chexpert", "nih_cxr14"), protocols=(Protocol.LINEAR,),
-                              bootstrap_unit=BootstrapUnit.STUDY)
-    out = run_transfer_compare(cfg, runs, tmp_path / "transfer.json", tmp_path / "transfer.md")
+    cfg = dataclasses.replace(cfg, datasets=("chexpert", "nih_cxr14"), protocols=(Protocol.LINEAR,))
+    out = run_transfer_compare(cfg, runs, tmp_path / "transfer.json", tmp_path / "transfer.md",
+                               stats=dataclasses.replace(STATS, bootstrap_unit=BootstrapUnit.STUDY))
     rc, rn = out["chexpert"]["linear"]["f1"], out["nih_cxr14"]["linear"]["f1"]
     assert rc["multimodal"]["mauc5"] is not None and rc["delta_mauc5"] is not None and rc["p_value5"] is not None
     assert "mauc5" not in rn["multimodal"] and "delta_mauc5" not in rn and rn["delta_mauc"] is not None
@@ -197,17 +200,19 @@ def test_paired_delta_follows_the_planted_better_encoder(inputs, tmp_path):
     ft, cfg = _cfg(label_fractions=[0.01, 1.0])
     runs = tmp_path / "runs"
     for enc in ("mae", "multimodal", "random"):  # multimodal sees; mae and random are blind
-        run_transfer(ft, cfg, "nih_cxr14", inputs[enc], "linear", inputs["three"], runs / "nih_cxr14" / f"{enc}-linear")
+        run_transfer(ft, cfg, "nih_cxr14", inputs[enc], "linear", inputs["three"], runs / "nih_cxr14" / f"{enc}-linear",
+                     STATS)
     cfg = TransferConfig(datasets=("nih_cxr14",), protocols=(Protocol.LINEAR,), label_fractions=(0.01, 1.0),
-                         n_bootstrap=200, min_test_positives=2)
+                         n_bootstrap=200)
     prepared = tmp_path / "transfer"
     prepared.mkdir()
     (prepared / "nih_cxr14").symlink_to(inputs["three"])
-    out = run_transfer_compare(cfg, runs, tmp_path / "metrics" / "transfer.json", tmp_path / "transfer.md", prepared)
+    out = run_transfer_compare(cfg, runs, tmp_path / "metrics" / "transfer.json", tmp_path / "transfer.md", prepared,
+                               STATS)
     # one study per patient in this set: resampling patients is resampling studies, number for number
-    by_study = run_transfer_compare(dataclasses.replace(cfg, bootstrap_unit=BootstrapUnit.STUDY), runs,
-                                    tmp_path / "study.json", tmp_path / "study.md")
-    assert by_study == out
+    by_study = run_transfer_compare(cfg, runs, tmp_path / "study.json", tmp_path / "study.md",
+                                    stats=dataclasses.replace(STATS, bootstrap_unit=BootstrapUnit.STUDY))
+    assert by_study == out and out["nih_cxr14"]["linear"]["f1"]["n_test_patients"] == 50
     r = out["nih_cxr14"]["linear"]["f1"]
     assert r["delta_mauc"] > 0.3 and r["delta_ci95"][0] > 0 and r["p_value"] < 0.05
     assert r["multimodal"]["mauc"] > 0.9 and abs(r["mae"]["mauc"] - 0.5) < 0.05
@@ -224,9 +229,11 @@ def test_paired_delta_follows_the_planted_better_encoder(inputs, tmp_path):
     assert config["datasets"]["nih_cxr14"]["protocols"]["linear"]["f1"]["labels_in_mauc"] == list(THREE)
     md = (tmp_path / "transfer.md").read_text()
     assert "| 1 | 120 | 3 |" in md and "none: not estimable" in md and "multimodal - mae" in md
+    assert "fraction 1: mAUC over Effusion, Nodule, Mass" in md  # which labels, not only how many
+    assert "(50 test patients, 50 test studies)" in md
     # swapped roles: the delta's sign follows the better encoder
     swapped = run_transfer_compare(dataclasses.replace(cfg, reference="multimodal", candidate="mae"),
-                                   runs, tmp_path / "s.json", tmp_path / "s.md", prepared)
+                                   runs, tmp_path / "s.json", tmp_path / "s.md", prepared, STATS)
     assert swapped["nih_cxr14"]["linear"]["f1"]["delta_ci95"][1] < 0
 
 
@@ -253,7 +260,7 @@ def test_labels_without_a_training_positive_are_not_estimable(inputs, tmp_path):
                for s in read_studies(out)]
     write_manifest(out, read_images(out), studies, label_names=names)
     ft, cfg = _cfg(label_fractions=[0.3, 1.0])
-    s = run_transfer(ft, cfg, "three", inputs["seeing"], "linear", out, tmp_path / "run")
+    s = run_transfer(ft, cfg, "three", inputs["seeing"], "linear", out, tmp_path / "run", STATS)
     for tag in ("f0.3", "f1"):
         r = s["runs"][tag]
         assert r["train_positives"]["Mass"] == 0 and r["labels_not_estimable"] == ["Mass"]
@@ -275,19 +282,19 @@ def test_transfer_stages_through_their_clis(inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(inputs["rsna"], tmp_path / "data" / "transfer" / "rsna_pneumonia")
     params = copy.deepcopy(TINY_PARAMS)
-    params["transfer"] = {"datasets": ["rsna_pneumonia"], "encoders": ["mae", "multimodal"], "protocols": ["linear"],
-                          "label_fractions": [0.5, 1.0], "min_test_positives": 2, "n_bootstrap": 50}
+    params["transfer"] = {"datasets": ["rsna_pneumonia"], "encoders": ["mae", "multimodal"], "protocols": ["fc"],
+                          "label_fractions": [0.5, 1.0], "n_bootstrap": 50}
     Path("params.yaml").write_text(yaml.safe_dump(params))
     runner = CliRunner()
     for enc in ("mae", "multimodal"):
         shutil.copytree(inputs[enc], tmp_path / "data" / "models" / enc)
         res = runner.invoke(app, ["transfer", "--dataset", "rsna_pneumonia", "--encoder", f"data/models/{enc}"])
         assert res.exit_code == 0, res.output
-    assert (tmp_path / "data/transfer-runs/rsna_pneumonia/multimodal-linear/f0.5.npz").exists()
+    assert (tmp_path / "data/transfer-runs/rsna_pneumonia/multimodal-fc/f0.5.npz").exists()  # --protocol: fc
     res = runner.invoke(app, ["transfer-compare"])
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "data/metrics/transfer.json").read_text())
-    assert out["rsna_pneumonia"]["linear"]["f0.5"]["delta_mauc"] > 0.2
+    assert out["rsna_pneumonia"]["fc"]["f0.5"]["delta_mauc"] > 0.2
     assert "RSNA Pneumonia" in (tmp_path / "data/reports/transfer.md").read_text()
     res = runner.invoke(app, ["transfer", "--dataset", "chexpert"])
     assert res.exit_code == 1 and "data/transfer/chexpert/studies.csv not found" in res.output
@@ -314,8 +321,9 @@ def test_dvc_yaml_lists_exactly_the_transfer_keys_each_stage_reads():
     def listed(stage: str) -> set[str]:
         return {p.split(".", 1)[1] for p in stages[stage]["params"] if p.startswith("transfer.")}
 
-    assert listed("transfer") == fields - MATRIX - {"reference", "candidate", "references", "bootstrap_unit"}
+    assert listed("transfer") == fields - MATRIX - {"reference", "candidate", "references"}
     assert listed("transfer_compare") == fields - {"uncertain", "blank", "views", "finetune_epochs"}
+    assert "stats" in stages["transfer"]["params"] and "stats" in stages["transfer_compare"]["params"]
     assert set(stages["transfer"]["matrix"]) == {"dataset", "encoder", "protocol"}
     deps = set(stages["transfer"]["deps"])
     assert {"cxrpipe/evaluate/transfer/run.py", "data/transfer/${item.dataset}", "data/models/${item.encoder}"} <= deps
@@ -350,9 +358,11 @@ def test_mauc5_interval_is_over_the_five_competition_labels_when_others_are_left
 
 def test_patient_bootstrap_draws_a_patients_studies_together():
     """Five identical studies per patient: resampling studies treats them as independent evidence; resampling
-    patients does not, so its interval is wider (about sqrt(5) here) and the point estimates are the same."""
-    from cxrpipe.evaluate.stats.metrics import LevelData
-    from cxrpipe.evaluate.transfer.report import _paired, patient_groups
+    patients does not, so its interval is wider (about sqrt(5) here) and the point estimates are the same.
+    Runs whose predictions did not record the patients take them from the prepared folder's images.csv."""
+    from cxrpipe.evaluate.stats.metrics import Predictions
+    from cxrpipe.evaluate.stats.summaries import paired_columns
+    from cxrpipe.evaluate.transfer.report import _level
 
     rng = np.random.default_rng(0)
     n_pat, k = 40, 5
@@ -361,15 +371,22 @@ def test_patient_bootstrap_draws_a_patients_studies_together():
     pb = np.clip(pa + 0.4 * y, 0, 1)
     studies = np.arange(n_pat * k)
     subject_of = {int(s): 500 + int(s) // k for s in studies}
-    a = LevelData(studies, studies, pa, y, np.ones_like(y, bool), ("A", "B"))
-    b = LevelData(studies, studies, pb, y, np.ones_like(y, bool), ("A", "B"))
-    pat_a, pat_b = patient_groups(a, subject_of), patient_groups(b, subject_of)
-    assert pat_a.groups.max() == n_pat - 1 and np.array_equal(pat_a.groups, studies // k)
     cfg = TransferConfig(n_bootstrap=400)
+
+    def level(probs, unit, recorded=True):
+        pred = Predictions(studies.astype(str), studies, probs, y, np.ones_like(y, bool), ("A", "B"),
+                           np.array([subject_of[int(s)] for s in studies]) if recorded else None)
+        return _level(pred, cfg, unit, None if recorded else subject_of)
+
+    a, b = level(pa, BootstrapUnit.STUDY), level(pb, BootstrapUnit.STUDY)
+    pat_a, pat_b = level(pa, BootstrapUnit.PATIENT), level(pb, BootstrapUnit.PATIENT, recorded=False)
+    assert pat_a.groups.max() == n_pat - 1 and np.array_equal(pat_a.groups, studies // k)
+    assert np.array_equal(pat_b.groups, pat_a.groups)  # from images.csv: the same patients
     cols = np.arange(2)
-    by_study, by_patient = _paired(a, b, cols, 0, cfg), _paired(pat_a, pat_b, cols, 0, cfg)
+    by_study, by_patient = paired_columns(a, b, cols, 0, 400, 0), paired_columns(pat_a, pat_b, cols, 0, 400, 0)
     assert by_patient["delta_mauc"] == pytest.approx(by_study["delta_mauc"])
     width = lambda d: d["delta_ci95"][1] - d["delta_ci95"][0]  # noqa: E731
     assert width(by_patient) > 1.8 * width(by_study), (width(by_patient), width(by_study))
     with pytest.raises(ValueError, match="no patient"):
-        patient_groups(a, {0: 1})
+        _level(Predictions(studies.astype(str), studies, pa, y, np.ones_like(y, bool), ("A", "B")), cfg,
+               BootstrapUnit.PATIENT, {0: 1})

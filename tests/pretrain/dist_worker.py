@@ -107,7 +107,9 @@ def worker(rank: int, port: str, queue) -> None:
     dist.destroy_process_group()
 
 
-def main(path: str) -> None:
+def run_ranks(target, world: int = WORLD) -> list:
+    """Spawn ``world`` processes running ``target(rank, port, queue)`` (each puts one result on the queue and
+    joins a gloo group on ``port``); their results, in arrival order. Raises SystemExit if one fails."""
     import socket
 
     with socket.socket() as s:
@@ -115,14 +117,19 @@ def main(path: str) -> None:
         port = str(s.getsockname()[1])
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(r, port, queue)) for r in range(WORLD)]
+    procs = [ctx.Process(target=target, args=(r, port, queue)) for r in range(world)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=240) for _ in range(WORLD))
+    results = [queue.get(timeout=240) for _ in range(world)]
     for p in procs:
         p.join(timeout=30)
         if p.exitcode != 0:
             raise SystemExit(f"worker exited with {p.exitcode}")
+    return results
+
+
+def main(path: str) -> None:
+    results = dict(run_ranks(worker))
     ref = single()
     report = {}
     for name, (loss, grad, loss_no_ids) in ref.items():

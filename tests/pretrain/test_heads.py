@@ -70,3 +70,45 @@ def test_attention_rows_sum_to_one_over_real_tokens():
     cross, *_ = _model("cross", "margin")
     c = cross_attention(cross.cross_pool, torch.randn(7, 16), torch.randn(16, 32))  # [H, L, P]
     assert c.shape == (2, 7, 16) and torch.allclose(c.sum(-1), torch.ones(2, 7), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,loss", [("latent", "margin"), ("latent", "infonce"), ("cross", "margin")])
+def test_exported_heads_score_what_the_training_forward_fed_its_loss(tmp_path, kind, loss):
+    """Not the evaluation path on both sides: the embeddings `PretrainModel.forward` hands its contrastive loss
+    during training (captured from the loss call; unmasked patches, `visible_tokens: false`) give the same
+    scores as the exported heads reloaded from disk, and the loss on them is the forward's loss."""
+    torch.manual_seed(0)
+    mae = build(MAEConfig, TINY["model"])
+    pool = build(PoolConfig, {**TINY["pool"], "kind": kind})
+    lc = build(LossConfig, {"kind": loss, "temperature": 0.2, "visible_tokens": False})
+    model = PretrainModel(mae, pool, lc, text_hidden=24).train()
+    with torch.no_grad():  # perturb every weight: a load that silently kept the init would not match
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_heads(model, tmp_path, {"pool": pool, "loss": lc, "text_hidden": 24, "embed_dim": mae.embed_dim})
+    heads, _ = load_heads(tmp_path)
+    images, text = torch.randn(4, 1, 32, 32), torch.randn(4, 6, 24)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[2, 3:] = False
+    ids = torch.tensor([[0, 0], [1, 1], [1, 2], [3, 3]])  # a duplicate text
+    seen = {}
+    real = model.contrastive.forward
+
+    def spy(image, text_emb, **kw):
+        seen.update(image=image.detach(), text=text_emb.detach())
+        out = real(image, text_emb, **kw)
+        seen["loss"] = out["contrastive_loss"].detach()
+        return out
+
+    model.contrastive.forward = spy
+    with torch.no_grad():
+        trained = model(images, text, mask, ids=ids)["contrastive_loss"]
+        model.eval()
+        patches = model.patch_tokens(images)
+        exported = heads.scores(patches, text, mask)  # the evaluation path, from the files on disk
+    assert torch.allclose(trained, seen["loss"])
+    # dropout-free heads: training mode changes nothing the scores depend on
+    assert torch.allclose(model.contrastive.scores(seen["image"], seen["text"]), exported, atol=1e-5)
+    if kind == "latent":
+        assert torch.allclose(heads.embed_image(patches), seen["image"], atol=1e-6)
+        assert torch.allclose(heads.embed_text(text, mask), seen["text"], atol=1e-6)

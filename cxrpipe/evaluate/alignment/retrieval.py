@@ -9,8 +9,11 @@
 Scores are the training loss's (:func:`cxrpipe.evaluate.alignment.scorer.score_matrix`); rank = number of
 candidates scoring strictly higher than the best positive (ties count in the query's favour). Chance level
 of a query with ``m`` positives among ``C`` candidates: ``1 - C(C - m, k) / C(C, k)``, averaged over queries.
-Intervals: 95% percentile bootstrap over test studies (image -> report) or distinct texts (report -> image).
-The ``mae`` variant's heads were never trained, so its recall is the measured chance reference.
+Intervals: 95% percentile bootstrap over test patients (``stats.bootstrap_unit``; or studies). Image -> report
+queries are grouped by their patient; report -> image queries (distinct texts) by the patients whose studies
+have them: texts that share a patient are drawn together (connected components, :func:`text_groups`; a text
+several patients share joins their groups). The ``mae`` variant's heads were never trained, so its recall is the
+measured chance reference.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from cxrpipe.evaluate.stats import bootstrap
 from cxrpipe.evaluate.stats.metrics import jsonable
+from cxrpipe.evaluate.stats.rules import BootstrapUnit, StatsConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ class RetrievalConfig:
     encoders: tuple[str, ...] = ("mae", "multimodal")  # data/models/<name> (dvc.yaml's foreach reads this list)
     ks: tuple[int, ...] = (1, 5, 10)  # recall@k
     views: tuple[str, ...] = ("AP", "PA")  # test images used
-    n_bootstrap: int = 1000  # replicates
+    n_bootstrap: int = 1000  # replicates (test patients resampled: stats.bootstrap_unit)
     seed: int = 0  # the resampling stream
     batch_size: int = 128  # images (and texts) per forward
     device: str = "auto"  # auto | cpu | cuda
@@ -78,26 +82,49 @@ def recall_summary(hits: np.ndarray, groups: np.ndarray, chance: np.ndarray, ks:
     return out
 
 
+def text_groups(image_text: np.ndarray, image_group: np.ndarray, n_texts: int) -> np.ndarray:
+    """Each text's resampled group ``[M]`` (0..G-1): texts whose images share a group (a patient) are one group,
+    transitively (union-find over ``image_text [N]`` / ``image_group [N]``)."""
+    parent = np.arange(n_texts)
+
+    def find(t: int) -> int:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    first: dict[int, int] = {}  # group -> a text of it
+    for t, g in zip(image_text.tolist(), image_group.tolist()):
+        root, other = find(t), find(first.setdefault(g, t))
+        parent[max(root, other)] = min(root, other)
+    return bootstrap.group_index(np.array([find(t) for t in range(n_texts)]))[1]
+
+
 def retrieval_both_ways(scores: np.ndarray, image_text: np.ndarray, image_study: np.ndarray,
-                        ks: Sequence[int], n_bootstrap: int, seed: int) -> dict[str, Any]:
+                        ks: Sequence[int], n_bootstrap: int, seed: int, image_subject: np.ndarray | None = None,
+                        unit: BootstrapUnit | str = BootstrapUnit.STUDY) -> dict[str, Any]:
     """scores ``[N images, M texts]``; ``image_text [N]`` each image's text column (duplicates share one);
-    ``image_study [N]`` each image's study -> ``{"image_to_report": ..., "report_to_image": ...}``."""
+    ``image_study [N]`` / ``image_subject [N]`` each image's study and patient; ``unit``: what is resampled
+    -> ``{"image_to_report": ..., "report_to_image": ...}`` (each with ``n_groups``, the resampled groups)."""
     n, m = scores.shape
     positive = np.zeros((n, m), dtype=bool)
     positive[np.arange(n), image_text] = True  # [N, M]
-    _, study_groups = bootstrap.group_index(image_study)
-    i2r = recall_summary(hits_at_k(scores, positive, ks), study_groups, chance_at_k(np.ones(n), m, ks),
+    groups = bootstrap.unit_groups(image_study, image_subject, unit)  # [N]
+    i2r = recall_summary(hits_at_k(scores, positive, ks), groups, chance_at_k(np.ones(n), m, ks),
                          ks, n_bootstrap, seed)
     if not positive.any(axis=0).all():
         raise ValueError("a text column has no image")
-    r2i = recall_summary(hits_at_k(scores.T, positive.T, ks), np.arange(m), chance_at_k(positive.sum(0), n, ks),
+    t_groups = text_groups(image_text, groups, m)
+    r2i = recall_summary(hits_at_k(scores.T, positive.T, ks), t_groups, chance_at_k(positive.sum(0), n, ks),
                          ks, n_bootstrap, seed)
-    return {"image_to_report": {**i2r, "n_candidates": m}, "report_to_image": {**r2i, "n_candidates": n}}
+    return {"image_to_report": {**i2r, "n_candidates": m, "n_groups": int(groups.max()) + 1},
+            "report_to_image": {**r2i, "n_candidates": n, "n_groups": int(t_groups.max()) + 1}}
 
 
 def run_retrieval(cfg: RetrievalConfig, model_dir: str | Path, prepared: str | Path, text_cache: str | Path,
-                  expect: Any, out_json: str | Path) -> dict[str, Any]:
-    """Both directions on the test split's frontal images whose study has a report in the text cache."""
+                  expect: Any, out_json: str | Path, stats: StatsConfig = StatsConfig()) -> dict[str, Any]:
+    """Both directions on the test split's frontal images whose study has a report in the text cache; the
+    intervals resample ``stats.bootstrap_unit``."""
     import torch
 
     from cxrpipe.data.image_cache import ImageCache
@@ -121,10 +148,12 @@ def run_retrieval(cfg: RetrievalConfig, model_dir: str | Path, prepared: str | P
     scores = score_matrix(model, ImageCache(prepared / "images.h5"), [r.row for r in images], text, text_rows,
                           cfg.batch_size)
     result = retrieval_both_ways(scores, np.array([column[text.row_of(r.study_id)] for r in images]),
-                                 np.array([r.study_id for r in images]), cfg.ks, cfg.n_bootstrap, cfg.seed)
+                                 np.array([r.study_id for r in images]), cfg.ks, cfg.n_bootstrap, cfg.seed,
+                                 np.array([r.subject_id for r in images]), stats.bootstrap_unit)
     variant = str(model.encoder_config.get("variant") or Path(model_dir).name)
     result = jsonable({"encoder": variant, "split": "test", "n_images": len(images), "n_texts": len(text_rows),
-                       "n_studies": len({r.study_id for r in images}), "pool_kind": model.heads.pool_kind,
+                       "n_patients": len({r.subject_id for r in images}), "n_studies": len({r.study_id for r in images}),
+                       "bootstrap_unit": stats.bootstrap_unit.value, "pool_kind": model.heads.pool_kind,
                        **result, "seconds": round(time.time() - t0, 1)})
     write_metrics_json(out_json, result)
     for way in ("image_to_report", "report_to_image"):

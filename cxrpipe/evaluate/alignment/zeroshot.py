@@ -5,8 +5,10 @@ embedded once by stage one's code path (:mod:`cxrpipe.text.prompts`: same LLM, q
 ``embed.prompt`` suffix as the reports), pooled and projected by the exported text side, and compared with
 each test image by the training loss's score (:mod:`cxrpipe.evaluate.alignment.scorer`). The label's probability
 is the softmax over the (positive, negative) pair of scores, ``p = exp(s+) / (exp(s+) + exp(s-))``; a
-study's probability is the mean over its images. Labels are read only to score: per-label AUROC, mAUC over
-the labels with both classes, the 5-label competition mAUC, all with study-level bootstrap intervals.
+study's probability is the mean over its images. Labels are read only to score: per-label AUROC, mAUC and the
+5-label competition mAUC over the labels with both classes and ``stats.min_test_positives`` test positives (the
+label rule of every report; the others are reported apart, ``low_positive``), all with bootstrap intervals over
+test patients (``stats.bootstrap_unit``).
 
 The ``mae`` variant's heads were never trained: its numbers are the chance reference (~0.5).
 """
@@ -23,6 +25,7 @@ import numpy as np
 
 from cxrpipe.evaluate.stats import bootstrap
 from cxrpipe.evaluate.stats.metrics import EvalLevel, LevelData, Predictions, competition_columns, jsonable
+from cxrpipe.evaluate.stats.rules import StatsConfig, counts
 from cxrpipe.labels import CHEXPERT_LABELS, BlankPolicy, UncertainPolicy
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ class ZeroShotConfig:
     views: tuple[str, ...] = ("AP", "PA")  # test images used
     uncertain: UncertainPolicy = UncertainPolicy.IGNORE  # for SCORING only (as stage three scores)
     blank: BlankPolicy = BlankPolicy.ZEROS
-    n_bootstrap: int = 1000  # replicates (test studies resampled)
+    n_bootstrap: int = 1000  # replicates (test patients resampled: stats.bootstrap_unit)
     seed: int = 0  # the resampling stream
     batch_size: int = 128  # images (and texts) per forward
     device: str = "auto"  # auto | cpu | cuda
@@ -87,35 +90,45 @@ def pair_probabilities(scores: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(s[:, :, 1] - s[:, :, 0]))
 
 
-def auroc_summary(data: LevelData, n_bootstrap: int, seed: int, labels: Sequence[str] = CHEXPERT_LABELS) -> dict[str, Any]:
-    """Per-label AUROC, mAUC and 5-label mAUC with bootstrap 95% intervals over ``data.groups`` (studies)."""
-    from cxrpipe.evaluate.stats.metrics import macro_auroc
+def auroc_summary(data: LevelData, n_bootstrap: int, seed: int, labels: Sequence[str] = CHEXPERT_LABELS,
+                  min_positives: int = 0) -> dict[str, Any]:
+    """Per-label AUROC, mAUC and 5-label mAUC with bootstrap 95% intervals over ``data.groups`` (patients or
+    studies). The means average the labels with both classes and >= ``min_positives`` test positives; a label
+    with both classes and fewer positives keeps its AUROC and interval, marked ``low_positive``."""
+    from cxrpipe.evaluate.stats.metrics import auroc_per_label, macro_auroc
 
     y, p, m = data.targets, data.probs, data.mask
-    mauc, idx = macro_auroc(y, p, m)
-    ones = np.ones((1, y.shape[0]))
-    auc = bootstrap.auroc_matrix(y, p, m, idx, ones)[0]  # [K]
-    reps = np.concatenate([bootstrap.auroc_matrix(y, p, m, idx, w) for w in bootstrap.resample_weights(data.groups, n_bootstrap, seed)])
-    c5 = competition_columns(idx)
+    mauc, kept = macro_auroc(y, p, m, min_positives)
+    auc_all = auroc_per_label(y, p, m)
+    idx = np.flatnonzero(~np.isnan(auc_all))  # every label with an AUROC gets an interval
+    reps = np.concatenate([bootstrap.auroc_matrix(y, p, m, idx, w)
+                           for w in bootstrap.resample_weights(data.groups, n_bootstrap, seed)])  # [B, K]
+    kept_cols = np.searchsorted(idx, kept)
+    c5 = competition_columns(kept)  # positions within kept
     ci = bootstrap.percentile_ci
     per_label = {}
     for j, name in enumerate(labels):
         k = int(np.searchsorted(idx, j))
-        in_mauc = k < idx.size and idx[k] == j
+        has_auc = k < idx.size and idx[k] == j
         per_label[name] = {
-            "auroc": float(auc[k]) if in_mauc else None,
-            "auroc_ci95": list(ci(reps[:, k])) if in_mauc else None,
+            "auroc": float(auc_all[j]) if has_auc else None,
+            "auroc_ci95": list(ci(reps[:, k])) if has_auc else None,
+            "in_mauc": bool(j in set(kept.tolist())),
+            "low_positive": bool(has_auc and j not in set(kept.tolist())),
             "n_pos": int(((y[:, j] > 0.5) & m[:, j]).sum()),
             "n_neg": int(((y[:, j] <= 0.5) & m[:, j]).sum()),
         }
     return jsonable({
         "mauc": mauc,
-        "mauc_ci95": list(ci(bootstrap.nanmean_rows(reps))),
-        "mauc5": float(auc[c5].mean()) if c5.size else None,
-        "mauc5_ci95": list(ci(bootstrap.nanmean_rows(reps[:, c5]))) if c5.size else None,
-        "labels_in_mauc": [labels[j] for j in idx],
+        "mauc_ci95": list(ci(bootstrap.nanmean_rows(reps[:, kept_cols]))),
+        "mauc5": float(auc_all[kept][c5].mean()) if c5.size else None,
+        "mauc5_ci95": list(ci(bootstrap.nanmean_rows(reps[:, kept_cols[c5]]))) if c5.size else None,
+        "labels_in_mauc": [labels[j] for j in kept],
+        "labels_in_mauc5": [labels[j] for j in kept[c5]],
+        "labels_low_positive": [n for n, e in per_label.items() if e["low_positive"]],
+        "min_test_positives": int(min_positives),
         "n": int(y.shape[0]),
-        "n_studies": int(np.unique(data.study_ids).size),
+        **counts(data.study_ids, data.subject_ids),  # n_patients, n_studies
         "n_bootstrap": int(n_bootstrap),
         "per_label": per_label,
     })
@@ -128,10 +141,12 @@ def run_zeroshot(
     prompt_cache: str | Path,
     expect: Any,
     out_json: str | Path,
+    stats: StatsConfig = StatsConfig(),
 ) -> dict[str, Any]:
     """Score every test image of ``prepared`` against the prompts with the model in ``model_dir``.
 
-    ``expect``: the prompt cache's :class:`~cxrpipe.text.cache.Fingerprint` the params imply (None = unchecked).
+    ``expect``: the prompt cache's :class:`~cxrpipe.text.cache.Fingerprint` the params imply (None = unchecked);
+    ``stats``: the resampled unit and the label rule.
     """
     import torch
 
@@ -151,19 +166,22 @@ def run_zeroshot(
     scores = score_matrix(model, ImageCache(prepared / "images.h5"), test.rows, texts,
                           [texts.row_of(i) for i in range(n_prompts)], cfg.batch_size)  # [N, 28]
     probs = pair_probabilities(scores)  # [N, 14]
-    pred = Predictions(test.image_ids, test.study_ids, probs, test.targets, test.mask)
-    summary = auroc_summary(pred.at_level(cfg.level), cfg.n_bootstrap, cfg.seed)
+    pred = Predictions(test.image_ids, test.study_ids, probs, test.targets, test.mask, subject_ids=test.subject_ids)
+    summary = auroc_summary(pred.at_level(cfg.level, stats.bootstrap_unit), cfg.n_bootstrap, cfg.seed,
+                            min_positives=stats.min_test_positives)
     variant = str(model.encoder_config.get("variant") or Path(model_dir).name)
     result = {
         "encoder": variant,
         "protocol": "zeroshot",
         "level": EvalLevel(cfg.level).value,
+        "bootstrap_unit": stats.bootstrap_unit.value,
         "pool_kind": model.heads.pool_kind,
         **summary,
         "prompts": {n: list(cfg.prompts[n]) for n in CHEXPERT_LABELS},
         "seconds": round(time.time() - t0, 1),
     }
     write_metrics_json(out_json, result)
-    log.info("zero-shot %s: mAUC %s %s, mAUC-5 %s %s (%s level, %d studies)", variant, summary["mauc"],
-             summary["mauc_ci95"], summary["mauc5"], summary["mauc5_ci95"], result["level"], summary["n_studies"])
+    log.info("zero-shot %s: mAUC %s %s, mAUC-5 %s %s (%s level, %s patients, %d studies)", variant, summary["mauc"],
+             summary["mauc_ci95"], summary["mauc5"], summary["mauc5_ci95"], result["level"], summary["n_patients"],
+             summary["n_studies"])
     return result

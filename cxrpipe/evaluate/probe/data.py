@@ -33,6 +33,7 @@ class LabelledImages:
     targets: np.ndarray  # [N, L] float32 in {0, 1}
     mask: np.ndarray  # [N, L] bool (False: left out of the loss and the metrics)
     labels: tuple[str, ...] = CHEXPERT_LABELS  # the L label names (the prepared folder's label columns)
+    subject_ids: np.ndarray | None = None  # [N] int64 each image's patient (images.csv subject_id)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -45,7 +46,7 @@ class LabelledImages:
         """The images of the studies in ``keep``."""
         m = np.isin(self.study_ids, keep)
         return LabelledImages(self.rows[m], self.image_ids[m], self.study_ids[m], self.targets[m], self.mask[m],
-                              self.labels)
+                              self.labels, None if self.subject_ids is None else self.subject_ids[m])
 
     def positives(self) -> np.ndarray:
         """``[L]`` int: valid positive entries per label, counted once per study (a study's images share them)."""
@@ -125,6 +126,7 @@ def labelled_splits(
             targets=targets[st].reshape(-1, targets.shape[1]),
             mask=mask[st].reshape(-1, mask.shape[1]),
             labels=names,
+            subject_ids=np.array([r.subject_id for r in keep], dtype=np.int64),
         )
     for what, n in sorted(dropped.items()):
         log.info("left out of stage three: %d images (%s)", n, what)

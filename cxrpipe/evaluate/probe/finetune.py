@@ -1,17 +1,22 @@
-"""Stage three: an FC head on the labels of the prepared folder (the 14 CheXpert labels on MIMIC-CXR) over an
-exported encoder, two protocols.
+"""Stage three: heads on the labels of the prepared folder (the 14 CheXpert labels on MIMIC-CXR) over an
+exported encoder, three protocols.
 
-* ``linear``   the encoder is frozen (the report's baseline protocol): its pooled features are computed ONCE
-  for every image and the head is trained on them, so each epoch costs a few matrix products.
-* ``finetune`` every weight trains, by default as LP-FT (Kumar et al. 2022): the ``linear`` protocol runs
-  first and its selected head is the starting point and "epoch 0" of the validate-based selection, and the
-  head's input BatchNorm keeps the probe's statistics (``init_head``, ``freeze_input_norm``); timm's
-  layer-wise lr decay (``layer_decay`` < 1; BEiT / MAE fine-tuning
-  recipe) scales the lr of block ``i`` of ``d`` (0-based) by ``layer_decay ** (d - 1 - i)`` and the patch
-  and position embeddings by ``layer_decay ** d``; the last block, the final norm and the head get the full lr.
+* ``fc``       the encoder is frozen (the report's baseline: "fully connected layers" on the encoder): its
+  pooled features are computed ONCE for every image and an FC head (``finetune.head``) is trained on them.
+* ``linear``   the encoder is frozen, the head is BatchNorm without affine + one linear layer: the linear
+  probe of MAE and MGCA (the field's linear-probe tables).
+  Both probes train by optimizer steps with lr / weight decay / step chosen on validate from a small grid
+  (:mod:`cxrpipe.evaluate.probe.frozen`).
+* ``finetune`` every weight trains, by default as LP-FT (Kumar et al. 2022): the ``fc`` probe runs first and
+  its selected head is the starting point and "epoch 0" of the validate-based selection, and the head's
+  input BatchNorm keeps the probe's statistics (``init_head``, ``freeze_input_norm``); timm's layer-wise lr
+  decay (``layer_decay`` < 1; BEiT / MAE fine-tuning recipe) scales the lr of block ``i`` of ``d`` (0-based)
+  by ``layer_decay ** (d - 1 - i)`` and the patch and position embeddings by ``layer_decay ** d``; the last
+  block, the final norm and the head get the full lr. AdamW, warm-up + cosine, the epoch with the best
+  ``validate`` mAUC (at ``select_level``) is kept.
 
-Both: masked BCE (the uncertain/blank policies decide targets and mask), AdamW, cosine schedule, the epoch
-with the best ``validate`` mAUC (at ``select_level``) is kept, numbers are computed once on ``test``.
+All: masked BCE (the uncertain/blank policies decide targets and mask); numbers are computed once on ``test``,
+with intervals over test patients (``stats``: :mod:`cxrpipe.evaluate.stats.rules`).
 Outputs: the metrics JSON, the resolved config beside it (``<stem>.config.json``), the test predictions
 (``.npz``, for ``compare``) and a PNG of the training curves. Same seed and params -> same numbers on CPU.
 """
@@ -29,47 +34,53 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from cxrpipe.config import save_config, to_dict
 from cxrpipe.evaluate.probe.data import ImageRows, LabelledImages, labelled_splits, split_counts
+from cxrpipe.evaluate.probe.frozen import (
+    LINEAR_HEAD,
+    ClassifierHead,
+    HeadConfig,
+    ProbeConfig,
+    ProbeFit,
+    cosine,
+    fit_probe,
+    make_loader,
+    masked_bce,
+    predict_logits,
+    selection_score,
+    sigmoid,
+    validate_scorer,
+)
 from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, evaluate, jsonable, macro_auroc, save_predictions
+from cxrpipe.evaluate.stats.rules import StatsConfig
 from cxrpipe.io import write_json_atomic
+from cxrpipe.labels import BlankPolicy, UncertainPolicy
 from cxrpipe.progress import progress
-from cxrpipe.labels import N_LABELS, BlankPolicy, UncertainPolicy
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ClassifierHead", "HeadConfig", "ProbeConfig", "masked_bce"]  # the heads live in .frozen
+
 
 class Protocol(str, enum.Enum):
-    LINEAR = "linear"  # frozen encoder, FC head on cached features
+    FC = "fc"  # frozen encoder, FC head on cached features (the report's baseline)
+    LINEAR = "linear"  # frozen encoder, BatchNorm (no affine) + one linear layer (MAE's / MGCA's linear probe)
     FINETUNE = "finetune"  # all weights
 
-
-@dataclasses.dataclass(frozen=True)
-class HeadConfig:
-    hidden: tuple[int, ...] = (256,)  # hidden FC widths; () = a single linear layer
-    dropout: float = 0.1  # before each FC layer after the first
-    input_norm: bool = True  # BatchNorm1d(affine=False) on the encoder features (MAE's linear-probe recipe):
-    # frozen features come at whatever scale pretraining left them
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearConfig:
-    epochs: int = 50  # epochs over the cached features (cheap)
-    batch_size: int = 256
-    lr: float = 1e-3  # AdamW peak lr, cosine to 0
-    weight_decay: float = 1e-4
+    @property
+    def frozen(self) -> bool:
+        return self is not Protocol.FINETUNE
 
 
 class HeadInit(str, enum.Enum):
     """How protocol ``finetune`` starts its head."""
 
     RANDOM = "random"  # a fresh head (plain fine-tuning)
-    LINEAR_PROBE = "linear_probe"  # LP-FT (Kumar et al. 2022): the head the `linear` protocol selects, which
-    # also enters the validate-based selection as "epoch 0", so fine-tuning cannot end below it on validate
+    FC_PROBE = "fc_probe"  # LP-FT (Kumar et al. 2022): the head the `fc` protocol selects, which also enters the
+    # validate-based selection as "epoch 0", so fine-tuning cannot end below it on validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +91,9 @@ class FullFinetuneConfig:
     weight_decay: float = 0.05  # not on biases, norms, tokens, position embeddings
     layer_decay: float = 0.75  # lr of block i (0-based) of d: lr * layer_decay**(d - 1 - i); 1.0 = off
     warmup_epochs: float = 1.0  # linear warm-up before the cosine
-    init_head: HeadInit = HeadInit.LINEAR_PROBE  # linear_probe (LP-FT) | random
+    init_head: HeadInit = HeadInit.FC_PROBE  # fc_probe (LP-FT) | random
     freeze_input_norm: bool = True  # keep the head's input BatchNorm in eval mode (its statistics from the
-    # linear probe's features, or measured on the frozen train features) instead of re-estimating them from
+    # fc probe's features, or measured on the frozen train features) instead of re-estimating them from
     # batches while the encoder's features move
     head_lr_scale: float = 1.0  # the head's lr = lr x this (LP-FT: the probed head needs little change)
 
@@ -95,36 +106,19 @@ class FinetuneConfig:
     uncertain: UncertainPolicy = UncertainPolicy.IGNORE  # -1 labels: ignore (masked) | ones | zeros
     blank: BlankPolicy = BlankPolicy.ZEROS  # blank labels: zeros | ignore
     views: tuple[str, ...] = ("AP", "PA")  # views used; () = all (prepare already filters to frontal)
-    select_level: EvalLevel = EvalLevel.STUDY  # level of the validate mAUC that picks the epoch
-    n_bootstrap: int = 1000  # replicates (test studies resampled) for the 95% intervals
-    min_test_positives: int = 10  # labels with fewer test positives: reported apart, left out of mAUC (0 = off)
+    select_level: EvalLevel = EvalLevel.STUDY  # level of the validate mAUC that picks the step / epoch
+    n_bootstrap: int = 1000  # replicates (test patients resampled: stats.bootstrap_unit) for the 95% intervals
     eval_batch_size: int = 256  # batch for feature extraction and prediction
     num_workers: int = 0  # DataLoader workers reading images.h5
     device: str = "auto"  # auto (cuda if present) | cpu | cuda[:i]
-    head: HeadConfig = HeadConfig()
-    linear: LinearConfig = LinearConfig()
+    head: HeadConfig = HeadConfig()  # the fc protocol's layers (and the finetune protocol's head)
+    fc: ProbeConfig = ProbeConfig()  # protocol fc's schedule and grid
+    linear: ProbeConfig = ProbeConfig()  # protocol linear's schedule and grid
     finetune: FullFinetuneConfig = FullFinetuneConfig()
 
-
-class ClassifierHead(nn.Module):
-    """Fully connected layers: features ``[B, D]`` -> logits ``[B, L]`` (L labels)."""
-
-    def __init__(self, in_dim: int, cfg: HeadConfig, n_out: int = N_LABELS):
-        super().__init__()
-        layers: list[nn.Module] = [nn.BatchNorm1d(in_dim, affine=False, eps=1e-6)] if cfg.input_norm else []
-        dim = in_dim
-        for i, width in enumerate(cfg.hidden):
-            if i > 0 and cfg.dropout > 0:
-                layers.append(nn.Dropout(cfg.dropout))
-            layers += [nn.Linear(dim, width), nn.GELU()]
-            dim = width
-        if cfg.hidden and cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
-        layers.append(nn.Linear(dim, n_out))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def probe(self, protocol: "Protocol") -> tuple[HeadConfig, ProbeConfig]:
+        """(head layers, schedule) of a frozen protocol; ``finetune`` (LP-FT) probes with ``fc``."""
+        return (LINEAR_HEAD, self.linear) if Protocol(protocol) is Protocol.LINEAR else (self.head, self.fc)
 
 
 class Classifier(nn.Module):
@@ -148,13 +142,6 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over the valid entries only (masked labels contribute nothing)."""
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    mask = mask.to(loss.dtype)
-    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,37 +162,6 @@ class _Inputs:
 
         # images.h5 made at another size than the encoder saw: resized rather than refused
         return normalize_uint8(images.to(self.device), self.mean, self.std, self.size)
-
-
-def _loader(ds: Dataset, batch_size: int, train: bool, seed: int, workers: int) -> DataLoader:
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=train,
-        generator=gen,
-        num_workers=workers,
-        drop_last=train and len(ds) > batch_size,  # BatchNorm cannot train on a batch of one
-    )
-
-
-@torch.inference_mode()
-def _predict(model: nn.Module, loader: DataLoader, to_input: Callable) -> np.ndarray:
-    """Logits ``[N, out]`` in dataset order."""
-    model.eval()
-    out = [model(to_input(x)).float().cpu() for x, *_ in progress(loader, desc="predict", unit="batch", leave=False)]
-    return torch.cat(out).numpy()
-
-
-def _cosine(total: int, warmup: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-    return factor
 
 
 def _param_groups(model: Classifier, cfg: FullFinetuneConfig) -> list[dict]:
@@ -239,31 +195,20 @@ def _fit(
     level: EvalLevel,
     initial_logits: np.ndarray | None = None,
 ) -> tuple[list[dict], int, dict[str, torch.Tensor], np.ndarray]:
-    """Train; keep the epoch with the best validate mAUC -> (history, best epoch, its state, its logits).
-
-    ``initial_logits``: the validate logits ``[N_val, L]`` of the model as it starts (LP-FT's probed head);
-    the starting state then competes as epoch 0 and wins ties."""
+    """Train all weights; keep the epoch with the best validate mAUC -> (history, best epoch, its state, its
+    logits). ``initial_logits``: the validate logits ``[N_val, L]`` of the model as it starts (LP-FT's probed
+    head); the starting state then competes as epoch 0 and wins ties."""
     steps = epochs * len(train)
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps, int(warmup_epochs * len(train))))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(steps, int(warmup_epochs * len(train))))
     history: list[dict] = []
     best: tuple[float, int, dict[str, torch.Tensor], np.ndarray] | None = None
-    val_t = torch.from_numpy(validate.targets)
-    val_m = torch.from_numpy(validate.mask)
-
-    def score_of(logits: np.ndarray) -> tuple[float, float]:
-        """(validate loss, validate mAUC at ``level``)."""
-        loss = float(masked_bce(torch.from_numpy(logits), val_t, val_m))
-        pred = Predictions(validate.image_ids, validate.study_ids, _sigmoid(logits), validate.targets, validate.mask,
-                           validate.labels)
-        lv = pred.at_level(level)
-        return loss, macro_auroc(lv.targets, lv.probs, lv.mask)[0]
-
+    score_of = validate_scorer(validate, level)
     if initial_logits is not None:
         val_loss, mauc = score_of(initial_logits)
         history.append({"epoch": 0, "train_loss": None, "validate_loss": val_loss, "validate_mauc": mauc})
         log.info("epoch 0 (start): validate loss %.4f, validate mAUC (%s) %.4f", val_loss, level.value, mauc)
-        score = -math.inf if math.isnan(mauc) else round(mauc, 12)
-        best = (score, 0, {k: v.detach().clone() for k, v in model.state_dict().items()}, initial_logits)
+        best = (selection_score(mauc), 0, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                initial_logits)
     for epoch in range(1, epochs + 1):
         model.train()
         total, n = 0.0, 0
@@ -281,55 +226,13 @@ def _fit(
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), "validate_loss": val_loss, "validate_mauc": mauc})
         log.info("epoch %d/%d: train loss %.4f, validate loss %.4f, validate mAUC (%s) %.4f",
                  epoch, epochs, total / max(n, 1), val_loss, level.value, mauc)
-        # rounded: equal AUCs summed in another order differ in the last bits; a tie keeps the earlier epoch
-        score = -math.inf if math.isnan(mauc) else round(mauc, 12)
-        if best is None or score > best[0]:
+        if best is None or selection_score(mauc) > best[0]:  # a tie keeps the earlier epoch
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best = (score, epoch, state, logits)
+            best = (selection_score(mauc), epoch, state, logits)
     assert best is not None, "epochs must be >= 1"
     if best[0] == -math.inf:
         log.warning("validate mAUC undefined (no label with both classes in validate): keeping epoch %d", best[1])
     return history, best[1], best[2], best[3]
-
-
-@dataclasses.dataclass
-class _Probe:
-    """The linear protocol's outcome: the selected head on frozen features."""
-
-    head: ClassifierHead  # the selected epoch's state loaded
-    history: list[dict]
-    best_epoch: int
-    val_logits: np.ndarray  # [N_val, L] of the selected head
-    loader: Callable[[str], DataLoader]  # split -> (features [B, D], targets, mask) batches, in order
-
-
-def _linear_probe(
-    encoder: nn.Module,
-    loaders: dict[str, DataLoader],
-    splits: dict[str, LabelledImages],
-    cfg: FinetuneConfig,
-    to_images: Callable,
-    device: torch.device,
-) -> _Probe:
-    """Protocol ``linear``: pooled features of the frozen encoder computed ONCE per split, then the head."""
-    encoder.requires_grad_(False)
-    feats = {k: torch.from_numpy(_predict(encoder, v, to_images)) for k, v in loaders.items()}  # [N, D] each
-    log.info("frozen features: %s", {k: tuple(v.shape) for k, v in feats.items()})
-    head = ClassifierHead(int(encoder.num_features), cfg.head, n_out=len(splits["train"].labels)).to(device)
-    to_input: Callable = lambda x: x.to(device)  # noqa: E731
-
-    def loader(k: str, train: bool = False) -> DataLoader:
-        t = TensorDataset(feats[k], torch.from_numpy(splits[k].targets), torch.from_numpy(splits[k].mask))
-        return _loader(t, cfg.linear.batch_size if train else cfg.eval_batch_size, train, cfg.seed, 0)
-
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.linear.lr, weight_decay=cfg.linear.weight_decay)
-    val_loader = loader("validate")
-    history, best_epoch, state, val_logits = _fit(
-        head, loader("train", train=True), lambda: _predict(head, val_loader, to_input), splits["validate"],
-        to_input, optimizer, cfg.linear.epochs, 0.0, cfg.select_level,
-    )
-    head.load_state_dict(state)
-    return _Probe(head, history, best_epoch, val_logits, loader)
 
 
 @torch.inference_mode()
@@ -338,7 +241,7 @@ def _set_input_norm(head: ClassifierHead, encoder: nn.Module, loader: DataLoader
     bn = next((m for m in head.modules() if isinstance(m, nn.BatchNorm1d)), None)
     if bn is None:
         return
-    feats = torch.from_numpy(_predict(encoder, loader, to_images)).double()  # [N, D]
+    feats = torch.from_numpy(predict_logits(encoder, loader, to_images)).double()  # [N, D]
     bn.running_mean.copy_(feats.mean(0).to(bn.running_mean))
     bn.running_var.copy_(feats.var(0).to(bn.running_var))
 
@@ -348,12 +251,8 @@ def _mauc(pred: Predictions, level: EvalLevel) -> float:
     return macro_auroc(lv.targets, lv.probs, lv.mask)[0]
 
 
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return torch.sigmoid(torch.from_numpy(logits)).numpy()
-
-
 def _train_all_weights(
-    encoder: nn.Module, head: ClassifierHead, probe: "_Probe | None", ds: dict[str, Dataset],
+    encoder: nn.Module, head: ClassifierHead, probe: ProbeFit | None, ds: dict[str, Dataset],
     splits: dict[str, LabelledImages], cfg: FinetuneConfig, to_images: Callable, eval_loader: Callable,
     device: torch.device,
 ) -> tuple[list[dict], int, np.ndarray, np.ndarray]:
@@ -365,16 +264,62 @@ def _train_all_weights(
         _set_input_norm(head, encoder, eval_loader("train"), to_images)
     encoder.requires_grad_(True)
     model = Classifier(encoder, head, freeze_input_norm=ftc.freeze_input_norm).to(device)
-    train = _loader(ds["train"], ftc.batch_size, True, cfg.seed, cfg.num_workers)
+    train = make_loader(ds["train"], ftc.batch_size, True, cfg.seed, cfg.num_workers)
     val_loader = eval_loader("validate")
     optimizer = torch.optim.AdamW(_param_groups(model, ftc), lr=ftc.lr)
     history, best_epoch, state, val_logits = _fit(
-        model, train, lambda: _predict(model, val_loader, to_images), splits["validate"], to_images,
+        model, train, lambda: predict_logits(model, val_loader, to_images), splits["validate"], to_images,
         optimizer, ftc.epochs, ftc.warmup_epochs, cfg.select_level,
         initial_logits=probe.val_logits if probe is not None else None,
     )
     model.load_state_dict(state)
-    return history, best_epoch, val_logits, _predict(model, eval_loader("test"), to_images)
+    return history, best_epoch, val_logits, predict_logits(model, eval_loader("test"), to_images)
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What a protocol's training hands to the evaluation."""
+
+    history: list[dict]
+    selection: dict[str, Any]  # probes: {"selected": {lr, weight_decay, step}}; finetune: {"best_epoch": .}
+    validate_mauc: float
+    val_logits: np.ndarray  # [N_val, L]
+    test_logits: np.ndarray  # [N_test, L]
+    probe: ProbeFit | None = None  # the probe (LP-FT's start)
+    probe_test: np.ndarray | None = None  # [N_test, L] its test logits
+
+
+def _probe_on_features(encoder: nn.Module, eval_loader: Callable[[str], DataLoader], splits: dict[str, LabelledImages],
+                       cfg: FinetuneConfig, protocol: Protocol, to_images: Callable, device: torch.device,
+                       ) -> tuple[ProbeFit, np.ndarray]:
+    """A frozen protocol's probe: pooled features computed ONCE per split, then the grid -> (fit, test logits)."""
+    encoder.requires_grad_(False)
+    feats = {k: torch.from_numpy(predict_logits(encoder, eval_loader(k), to_images)) for k in splits}  # [N, D]
+    log.info("frozen features: %s", {k: tuple(v.shape) for k, v in feats.items()})
+    head_cfg, probe_cfg = cfg.probe(protocol)
+    fit = fit_probe(feats, splits, head_cfg, probe_cfg, cfg.select_level, cfg.seed, device)
+    with torch.inference_mode():
+        fit.head.eval()
+        test = fit.head(feats["test"].to(device)).float().cpu().numpy()
+    return fit, test
+
+
+def _train(protocol: Protocol, encoder: nn.Module, ds: dict[str, Dataset], splits: dict[str, LabelledImages],
+           cfg: FinetuneConfig, to_images: Callable, eval_loader: Callable, device: torch.device) -> _Outcome:
+    """Run one protocol: a probe on frozen features, or (LP-FT) the fc probe then all weights."""
+    lp_ft = protocol is Protocol.FINETUNE and cfg.finetune.init_head is HeadInit.FC_PROBE
+    probe = probe_test = None
+    if protocol.frozen or lp_ft:
+        probe, probe_test = _probe_on_features(encoder, eval_loader, splits, cfg, protocol, to_images, device)
+    if protocol.frozen:
+        assert probe is not None and probe_test is not None
+        return _Outcome(probe.history, {"selected": probe.selected}, probe.validate_mauc, probe.val_logits, probe_test)
+    n_labels = len(splits["train"].labels)  # the head's width: the prepared folder's label set
+    head = probe.head if probe is not None else ClassifierHead(int(encoder.num_features), cfg.head, n_labels).to(device)
+    history, best_epoch, val_logits, test_logits = _train_all_weights(
+        encoder, head, probe, ds, splits, cfg, to_images, eval_loader, device)
+    mauc = next(h["validate_mauc"] for h in history if h["epoch"] == best_epoch)
+    return _Outcome(history, {"best_epoch": best_epoch}, mauc, val_logits, test_logits, probe, probe_test)
 
 
 def run_finetune(
@@ -386,12 +331,14 @@ def run_finetune(
     predictions_out: str | Path | None = None,
     plot_out: str | Path | None = None,
     min_train_positives: int = 0,
+    stats: StatsConfig = StatsConfig(),
 ) -> dict[str, Any]:
-    """Train the head (``linear``) or everything (``finetune``), evaluate on test, write the outputs.
+    """Train the head (``fc``, ``linear``) or everything (``finetune``), evaluate on test, write the outputs.
 
     The head has one output per label of the prepared folder (``read_label_names``: the 14 CheXpert labels on
-    MIMIC-CXR). ``min_train_positives`` > 0 (transfer at small label fractions): a label with fewer positive
-    training studies is reported as not estimable, apart from mAUC (``metrics.evaluate_level``).
+    MIMIC-CXR). ``min_train_positives`` > 0 (small label fractions): a label with fewer positive training
+    studies is reported as not estimable, apart from mAUC (``metrics.evaluate_level``). ``stats``: the
+    bootstrap unit and the label rule of the intervals and means.
 
     Writes ``out_json`` (metrics), ``<out_json stem>.config.json`` (resolved config), ``predictions_out``
     (test predictions .npz; default ``<out_json dir>/../predictions/<stem>.npz``) and ``plot_out`` (training
@@ -416,52 +363,39 @@ def run_finetune(
     ds = {k: ImageRows(cache, v) for k, v in splits.items()}
 
     def eval_loader(split: str) -> DataLoader:
-        return _loader(ds[split], cfg.eval_batch_size, False, cfg.seed, cfg.num_workers)
+        return make_loader(ds[split], cfg.eval_batch_size, False, cfg.seed, cfg.num_workers)
 
-    in_dim = int(encoder.num_features)
-    n_labels = len(splits["train"].labels)  # the head's width: the prepared folder's label set
-    lp_ft = protocol is Protocol.FINETUNE and cfg.finetune.init_head is HeadInit.LINEAR_PROBE
-    probe: _Probe | None = None
-    if protocol is Protocol.LINEAR or lp_ft:
-        # the linear protocol; LP-FT runs exactly it first (same seed, same steps: the same head)
-        probe = _linear_probe(encoder, {k: eval_loader(k) for k in ds}, splits, cfg, to_images, device)
-    probe_test: np.ndarray | None = None  # [N_test, L] logits of the probed head
-    if probe is not None:
-        probe_test = _predict(probe.head, probe.loader("test"), lambda x: x.to(device))
-    if protocol is Protocol.LINEAR:
-        assert probe is not None and probe_test is not None
-        history, best_epoch, val_logits, test_logits = probe.history, probe.best_epoch, probe.val_logits, probe_test
-    else:
-        head = probe.head if probe is not None else ClassifierHead(in_dim, cfg.head, n_out=n_labels).to(device)
-        history, best_epoch, val_logits, test_logits = _train_all_weights(
-            encoder, head, probe, ds, splits, cfg, to_images, eval_loader, device)
+    out = _train(protocol, encoder, ds, splits, cfg, to_images, eval_loader, device)
 
     def preds(split: str, logits: np.ndarray) -> Predictions:
         d = splits[split]
-        return Predictions(d.image_ids, d.study_ids, _sigmoid(logits), d.targets, d.mask, d.labels)
+        return Predictions(d.image_ids, d.study_ids, sigmoid(logits), d.targets, d.mask, d.labels, d.subject_ids)
 
-    test_pred = preds("test", test_logits)
+    test_pred = preds("test", out.test_logits)
     # numbers only: strings (names, paths, provenance) go to <stem>.config.json, so `dvc metrics show` fits a screen
     result: dict[str, Any] = {
-        "best_epoch": best_epoch,  # 0 = LP-FT kept the probed head (the linear protocol's model)
-        "validate_mauc": next(h["validate_mauc"] for h in history if h["epoch"] == best_epoch),
-        # LP-FT: its starting point, the `linear` protocol's model, with its test mAUC beside (not used to select)
-        **({"linear_probe": {"best_epoch": probe.best_epoch, "history": probe.history,
-                             "test_mauc": _mauc(preds("test", probe_test), cfg.select_level)}}
-           if probe is not None and probe_test is not None and protocol is Protocol.FINETUNE else {}),
+        **out.selection,  # probes: the grid point and step kept; finetune: the epoch (0 = LP-FT kept the fc probe)
+        "validate_mauc": out.validate_mauc,
+        # LP-FT: its starting point, the `fc` protocol's model, with its test mAUC beside (not used to select)
+        **({"fc_probe": {"selected": out.probe.selected, "validate_mauc": out.probe.validate_mauc,
+                         "test_mauc": _mauc(preds("test", out.probe_test), cfg.select_level)}}
+           if out.probe is not None and out.probe_test is not None else {}),
         "label_fraction": cfg.label_fraction,
         **split_counts(splits),
-        **evaluate(test_pred, preds("validate", val_logits), cfg.n_bootstrap, cfg.seed, cfg.min_test_positives,
-                   *((splits["train"].positives(), min_train_positives) if min_train_positives > 0 else ())),
-        "history": history,
+        **evaluate(test_pred, preds("validate", out.val_logits), cfg.n_bootstrap, cfg.seed, stats.min_test_positives,
+                   *((splits["train"].positives(), min_train_positives) if min_train_positives > 0 else (None, 0)),
+                   unit=stats.bootstrap_unit),
+        "history": out.history,
     }
     for block in (result["image"], result["study"]):
         block.pop("level", None)  # the key says it
+        block.pop("bootstrap_unit", None)  # a string: in the config beside
     result = jsonable(result)
     write_json_atomic(out_json, result)
     save_config(
         {
             "finetune": to_dict(cfg),
+            "stats": to_dict(stats),
             "encoder_variant": variant,
             "dataset": _dataset_info(prepared),
             "protocol": protocol.value,
@@ -476,7 +410,7 @@ def run_finetune(
     if plot_out is not None:
         from cxrpipe.evaluate.stats.plots import plot_history
 
-        plot_history(history, plot_out, best_epoch, title=f"{variant}-{protocol.value}")
+        plot_history(out.history, plot_out, out.selection, title=f"{variant}-{protocol.value}")
     s = result[cfg.select_level.value]
     log.info(
         "%s-%s: test mAUC (%s) %s %s, accuracy %s (all-negative %s); %.1f s",
@@ -493,5 +427,3 @@ def _dataset_info(prepared: Path) -> dict[str, Any]:
         return {"source": None, "demo": None, "root": None}
     report = json.loads(path.read_text())
     return {k: report.get(k) for k in ("source", "demo", "root")}
-
-

@@ -12,7 +12,8 @@ Features: uint8 images -> [0, 1] -> ``size x size`` (antialiased bilinear, the e
 mean and std per pixel. One L2-regularised logistic regression per label on that label's valid training
 entries (a label with one class in train predicts its training rate); the inverse regularisation ``C`` is
 one value for all labels, chosen from ``c_grid`` by validate mAUC at ``finetune.select_level`` (as the
-encoders' runs choose their epoch). It does not depend on a protocol: ``compare`` shows it beside both.
+encoders' runs choose their step or epoch). It does not depend on a protocol: ``compare`` shows it beside every
+protocol.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from cxrpipe.config import save_config, to_dict
 from cxrpipe.evaluate.probe.data import LabelledImages, labelled_splits, split_counts
 from cxrpipe.evaluate.stats.metrics import Predictions, evaluate, jsonable, macro_auroc, save_predictions
+from cxrpipe.evaluate.stats.rules import StatsConfig
 from cxrpipe.io import write_metrics_json
 
 log = logging.getLogger(__name__)
@@ -92,9 +94,11 @@ def run_pixels(
     prepared: str | Path,
     out_json: str | Path,
     predictions_out: str | Path | None = None,
+    stats: StatsConfig = StatsConfig(),
 ) -> dict[str, Any]:
-    """Fit on train, choose ``C`` on validate, score test; writes the metrics JSON (``<stem>.config.json``
-    beside it) and the test predictions (default ``<out_json dir>/../predictions/<stem>.npz``)."""
+    """Fit on train, choose ``C`` on validate, score test (intervals and label rule: ``stats``); writes the
+    metrics JSON (``<stem>.config.json`` beside it) and the test predictions (default
+    ``<out_json dir>/../predictions/<stem>.npz``)."""
     from sklearn.preprocessing import StandardScaler
 
     from cxrpipe.evaluate.probe.finetune import _dataset_info
@@ -112,7 +116,7 @@ def run_pixels(
 
     def preds(split: str, probs: np.ndarray) -> Predictions:
         d = splits[split]
-        return Predictions(d.image_ids, d.study_ids, probs, d.targets, d.mask, d.labels)
+        return Predictions(d.image_ids, d.study_ids, probs, d.targets, d.mask, d.labels, d.subject_ids)
 
     history, best = [], None
     for c in cfg.c_grid:
@@ -136,13 +140,16 @@ def run_pixels(
         "size": cfg.size,
         "label_fraction": ft.label_fraction,
         **split_counts(splits),
-        **evaluate(test_pred, preds("validate", val_p), ft.n_bootstrap, ft.seed, ft.min_test_positives),
+        **evaluate(test_pred, preds("validate", val_p), ft.n_bootstrap, ft.seed, stats.min_test_positives,
+                   unit=stats.bootstrap_unit),
         "dataset": _dataset_info(prepared),
         "history": history,
     })
     # numbers only in the metrics file; provenance (dataset) and the names go to the config beside it
-    save_config({"pixels": to_dict(cfg), "finetune": to_dict(ft), "prepared": str(prepared), "dataset": result["dataset"]},
-                out_json.with_name(f"{out_json.stem}.config.json"))
+    save_config({"pixels": to_dict(cfg), "finetune": to_dict(ft), "stats": to_dict(stats), "prepared": str(prepared),
+                 "dataset": result["dataset"]}, out_json.with_name(f"{out_json.stem}.config.json"))
+    for level in ("image", "study"):
+        result[level].pop("bootstrap_unit", None)  # a string: in the config beside
     write_metrics_json(out_json, {k: v for k, v in result.items() if k != "dataset"})
     save_predictions(test_pred, predictions_out, encoder=PIXELS, protocol="reference")
     s = result[ft.select_level.value]

@@ -8,7 +8,7 @@ weights are bit-identical to the ``mae`` and ``multimodal`` runs' weights at ste
 ``pretrain.model.init`` set to a checkpoint, the reference is that checkpoint: the starting point, untouched.
 
 It is exported like the pretrained encoders (:func:`cxrpipe.encoder.save_encoder`, ``config.json`` with
-``variant: random``) and goes through the same ``finetune`` matrix (``linear`` and ``finetune``).
+``variant: random``) and goes through the same ``finetune`` matrix (``fc``, ``linear`` and ``finetune``).
 The other reference, logistic regression on raw pixels, is :mod:`cxrpipe.evaluate.probe.pixels`.
 """
 

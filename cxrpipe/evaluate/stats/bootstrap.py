@@ -1,30 +1,40 @@
-"""Bootstrap over test studies, vectorised with numpy, and the paired bootstrap of delta mAUC.
+"""Bootstrap over test patients (or studies), vectorised with numpy, and the paired bootstrap of delta mAUC.
 
-Why resample studies: a study's frontal images share one report and one label row, so they are not
-independent; the study (not the image) is the unit that is drawn with replacement, for image-level and
-study-level metrics alike.
+What is resampled (``stats.bootstrap_unit``, :class:`BootstrapUnit`): by default the PATIENT (MIMIC-CXR's
+``subject_id``, the manifest's ``subject_id`` column): all of a patient's test studies and images are drawn
+together. A study's frontal images share one report and one label row, and a patient's studies share the
+patient, so neither is independent of its neighbours; resampling them one by one narrows the intervals
+(MIMIC-CXR's test split has several studies per patient). ``study`` resamples studies (the older rule).
 
-How: one replicate is a vector of counts ``c [n_studies]`` (how often each study was drawn). An item's weight
-is its study's count, and every metric is computed with those weights. A weighted metric with integer
+How: one replicate is a vector of counts ``c [n_groups]`` (how often each patient was drawn). An item's
+weight is its group's count, and every metric is computed with those weights. A weighted metric with integer
 weights equals the metric on the data set with the drawn items duplicated, so no data is copied and all
 replicates of a chunk are evaluated at once on a ``[B, n]`` weight matrix. Point estimates elsewhere use
 scikit-learn; the weighted kernels here are checked against ``sklearn.metrics`` (with ``sample_weight``) in
 the tests: calling scikit-learn ``B x 14`` times per metric would take minutes, this takes milliseconds.
 
+Interval and p-value come from the SAME replicates and agree by construction (:func:`percentile_ci`,
+:func:`bootstrap_p`): the 95% interval is the order-statistic percentile interval ``[d_(k), d_(B+1-k)]`` with
+``k = ceil(0.025 B)`` (1-based, over the ``B`` defined replicates), and the two-sided p is twice the share of
+replicates on the far side of 0, ``p = min(1, 2 min(#{d_b <= 0}, #{d_b >= 0}) / B)``: the smallest level at
+which that interval would exclude 0. Hence "the 95% interval excludes 0" <=> "p < 0.05", exactly. Its
+resolution is ``2 / B``: no replicate on the far side gives ``p = 0``, which the reports print as
+``p < 2/B`` (``< 0.002`` for 1000 replicates), never as a number below what B replicates can show.
+
 The paired bootstrap (:func:`paired_bootstrap_mauc`) applies the SAME weight matrix to both models, so the
-spread of the delta reflects only how the models differ on the same studies. Its p-value is two-sided and
-comes from the bootstrap distribution of the delta, centred on the null (Efron & Tibshirani 1993, 16.4;
-Hall & Wilson 1991): ``p = (1 + #{b : |d_b - d| >= |d|}) / (B + 1)`` where ``d`` is the observed delta and
-``d_b`` its replicates. The ``+1`` keeps a finite bootstrap from ever reporting ``p = 0``. Identical models
-give ``d_b = d = 0`` for every ``b`` and so ``p = 1`` and the interval ``[0, 0]``.
+spread of the delta reflects only how the models differ on the same patients. Identical models give
+``d_b = 0`` for every ``b``, hence ``p = 1`` and the interval ``[0, 0]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterator
 
 import numpy as np
+
+from cxrpipe.evaluate.stats.rules import BootstrapUnit, labels_in_mean
 
 # Replicates evaluated together; bounds memory at ~CHUNK x n_items x 8 bytes per array (MIMIC test: 5159
 # images -> ~10 MB). Fixed, so the random stream (and every number) does not depend on the machine.
@@ -35,6 +45,19 @@ def group_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ids ``[n]`` (e.g. study ids) -> (unique ids ``[G]`` sorted, index of each item's group ``[n]``)."""
     unique, inverse = np.unique(np.asarray(ids), return_inverse=True)
     return unique, inverse.reshape(-1)
+
+
+def unit_groups(study_ids: np.ndarray, subject_ids: np.ndarray | None, unit: BootstrapUnit | str) -> np.ndarray:
+    """Each item's resampled group ``[n]`` (0..G-1): its patient (``subject_ids [n]``) or its study.
+
+    Raises ValueError when the unit is the patient and no patient ids are known (predictions written before
+    they were recorded)."""
+    if BootstrapUnit(unit) is BootstrapUnit.STUDY:
+        return group_index(study_ids)[1]
+    if subject_ids is None:
+        raise ValueError("stats.bootstrap_unit is patient but these predictions hold no patient ids (written by "
+                         "an older finetune): rerun the stages that wrote them, or set stats.bootstrap_unit: study")
+    return group_index(subject_ids)[1]
 
 
 def resample_weights(groups: np.ndarray, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:
@@ -130,14 +153,32 @@ def auroc_matrix(
     return out
 
 
+def _order_rank(n: int, level: float) -> int:
+    """``k = ceil((1 - level) / 2 * n)`` (at least 1): the 1-based rank of the interval's lower end."""
+    return max(1, math.ceil(round((1 - level) / 2 * n, 9)))  # round: 0.025 * 1000 is 25.000000000000004
+
+
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates ``[B]`` (nan replicates dropped); (nan, nan) if none left."""
+    """Percentile interval ``[s_(k), s_(B+1-k)]`` of bootstrap replicates ``[B]`` (order statistics, 1-based,
+    ``k = ceil((1 - level) / 2 B)``; nan replicates dropped); (nan, nan) if none left. It excludes 0 exactly
+    when :func:`bootstrap_p` is below ``1 - level``."""
+    samples = np.asarray(samples, dtype=np.float64)
+    samples = np.sort(samples[~np.isnan(samples)])
+    if samples.size == 0:
+        return (float("nan"), float("nan"))
+    k = _order_rank(samples.size, level)
+    return (float(samples[k - 1]), float(samples[samples.size - k]))
+
+
+def bootstrap_p(samples: np.ndarray) -> float:
+    """Two-sided p of "the replicated quantity is 0": ``min(1, 2 min(#{s <= 0}, #{s >= 0}) / B)`` over the
+    defined replicates ``[B]`` (nan if none). 0 means no replicate on the far side: report ``p < 2/B``."""
     samples = np.asarray(samples, dtype=np.float64)
     samples = samples[~np.isnan(samples)]
     if samples.size == 0:
-        return (float("nan"), float("nan"))
-    lo, hi = np.quantile(samples, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return (float(lo), float(hi))
+        return float("nan")
+    far = min(np.count_nonzero(samples <= 0), np.count_nonzero(samples >= 0))
+    return float(min(1.0, 2.0 * far / samples.size))
 
 
 def nanmean_rows(values: np.ndarray) -> np.ndarray:
@@ -157,7 +198,7 @@ class PairedDelta:
     mauc_b: float
     delta: float  # mauc_b - mauc_a
     ci95: tuple[float, float]  # percentile interval of the replicated deltas
-    p_value: float  # two-sided, null-centred bootstrap (module docstring)
+    p_value: float  # two-sided, from the same replicates as ci95 (module docstring): 0 = below 2 / n_valid
     n_bootstrap: int  # replicates drawn
     n_valid: int  # replicates where mAUC was defined for both (a label losing a class is left out of that
     # replicate's mean for both models alike)
@@ -179,7 +220,7 @@ def paired_bootstrap_mauc(
     """Delta mAUC (b - a) with its paired bootstrap 95% interval and p-value.
 
     targets/mask/probs ``[n, L]`` for the same ``n`` items in the same order (images or studies);
-    ``groups [n]`` each item's study index (the resampled unit). mAUC is the macro mean over the labels with
+    ``groups [n]`` each item's resampled unit (patient or study index: :func:`unit_groups`). mAUC is the macro mean over the labels with
     both classes among the valid entries of the full set (and at least ``min_positives`` positives).
     """
     targets = np.asarray(targets)
@@ -190,10 +231,8 @@ def paired_bootstrap_mauc(
         raise ValueError(
             f"shapes differ: targets {targets.shape}, mask {mask.shape}, a {probs_a.shape}, b {probs_b.shape}"
         )
-    pos = (targets > 0.5) & mask
-    neg = (targets <= 0.5) & mask
-    # labels with fewer than min_positives positives are reported apart, not in the mean (see metrics.py)
-    label_idx = np.flatnonzero(pos.any(axis=0) & neg.any(axis=0) & (pos.sum(axis=0) >= min_positives))
+    # labels with fewer than min_positives positives are reported apart, not in the mean (stats.rules)
+    label_idx = labels_in_mean(targets, mask, min_positives)
     if label_idx.size == 0:
         raise ValueError("no label has both classes in the test set: mAUC is undefined")
     ones = np.ones((1, targets.shape[0]))
@@ -209,13 +248,12 @@ def paired_bootstrap_mauc(
     ra, rb = np.concatenate(reps_a), np.concatenate(reps_b)
     deltas = rb - ra  # nan exactly where both are nan (same targets and weights -> same labels defined)
     valid = deltas[~np.isnan(deltas)]
-    p = (1 + np.count_nonzero(np.abs(valid - delta) >= abs(delta))) / (valid.size + 1)
     return PairedDelta(
         mauc_a=mauc_a,
         mauc_b=mauc_b,
         delta=delta,
         ci95=percentile_ci(valid),
-        p_value=float(p),
+        p_value=bootstrap_p(valid),
         n_bootstrap=int(n_bootstrap),
         n_valid=int(valid.size),
         label_idx=tuple(int(i) for i in label_idx),

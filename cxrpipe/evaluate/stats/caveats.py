@@ -90,7 +90,7 @@ def low_positive_caveat(metrics: dict[str, dict], level: str) -> list[str]:
             named = ", ".join(f"{n} ({counts.get(n, '?')} positives)" for n in low)
             return [f"Labels with fewer than {minimum} test positives are **left out of mAUC** (and of macro F1 "
                     f"and mean AUPRC) and reported apart below: {named}. Their AUROCs are too unstable to rank "
-                    "encoders (`finetune.min_test_positives`)."]
+                    "encoders (`stats.min_test_positives`)."]
         if minimum is not None:
             return []
     return []

@@ -7,7 +7,7 @@ Definitions (all point estimates with scikit-learn; intervals with :mod:`cxrpipe
   the default policy). A label whose valid test entries hold one class only has no AUROC: it is left out
   of mAUC and named in ``labels_excluded``.
 * mAUC: macro mean of AUROC over the labels with both classes in the test set AND at least
-  ``min_positives`` positive test entries (``finetune.min_test_positives``, default 10; ``labels_in_mauc``).
+  ``min_positives`` positive test entries (``stats.min_test_positives``, default 10; ``labels_in_mauc``).
   A label with fewer positives is **reported apart**: its AUROC and interval are still computed and listed
   (``labels_low_positive``, ``per_label[...]["low_positive"]``), but it is left out of mAUC, macro F1 and mean
   AUPRC, because an AUROC on 4 positives swings by +-0.2 from one patient (MIMIC-CXR's test split has such
@@ -19,7 +19,9 @@ Definitions (all point estimates with scikit-learn; intervals with :mod:`cxrpipe
   the same entries. With ~13% positives it is already ~0.87: accuracy means little without it.
 * F1: per label at the threshold that maximises F1 on ``validate`` (same level), macro over the mAUC labels.
 * level ``image``: one unit per image; ``study``: the mean of a study's image probabilities, one unit per
-  study. Both levels resample studies in the bootstrap.
+  study. Both levels resample the same unit in the bootstrap: the patient (``stats.bootstrap_unit``, default;
+  a patient's studies and images drawn together) or the study. Each block records ``bootstrap_unit`` and
+  ``n_patients`` beside ``n_studies``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from sklearn.metrics import (
 )
 
 from cxrpipe.evaluate.stats import bootstrap
+from cxrpipe.evaluate.stats.rules import BootstrapUnit, counts, labels_in_mean
 from cxrpipe.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 
@@ -76,24 +79,29 @@ class Predictions:
     targets: np.ndarray  # [N, L] float32 in {0, 1} (the study's labels under the run's policies)
     mask: np.ndarray  # [N, L] bool, False = left out of the metrics
     labels: tuple[str, ...] = CHEXPERT_LABELS  # the label set (the prepared folder's label columns)
+    subject_ids: np.ndarray | None = None  # [N] int64 each image's patient (None: not recorded)
 
     def __post_init__(self) -> None:
         if np.ndim(self.probs) == 2 and np.shape(self.probs)[1] != len(self.labels):
             raise ValueError(f"predictions have {np.shape(self.probs)[1]} columns for {len(self.labels)} labels")
 
-    def at_level(self, level: EvalLevel) -> "LevelData":
-        """The units to score at ``level``; study level averages each study's image probabilities."""
+    def at_level(self, level: EvalLevel, unit: BootstrapUnit | str = BootstrapUnit.STUDY) -> "LevelData":
+        """The units to score at ``level``; study level averages each study's image probabilities. Their
+        bootstrap ``groups`` are the ``unit`` (patient or study: :func:`bootstrap.unit_groups`)."""
         studies, first, groups = np.unique(self.study_ids, return_index=True, return_inverse=True)
-        groups = groups.reshape(-1)
+        subjects = None if self.subject_ids is None else np.asarray(self.subject_ids, dtype=np.int64)
         if EvalLevel(level) is EvalLevel.IMAGE:
-            return LevelData(self.study_ids, groups, self.probs, self.targets, self.mask, self.labels)
+            return LevelData(self.study_ids, bootstrap.unit_groups(self.study_ids, subjects, unit), self.probs,
+                             self.targets, self.mask, self.labels, subjects)
+        groups = groups.reshape(-1)
         n = len(studies)
         count = np.bincount(groups, minlength=n).astype(np.float64)  # images per study [M]
         probs = np.zeros((n, self.probs.shape[1]))
         np.add.at(probs, groups, self.probs)
-        # labels are per study, so the study's first image row holds them
-        return LevelData(studies, np.arange(n), probs / count[:, None], self.targets[first], self.mask[first],
-                         self.labels)
+        # labels (and the patient) are per study, so the study's first image row holds them
+        subjects = None if subjects is None else subjects[first]
+        return LevelData(studies, bootstrap.unit_groups(studies, subjects, unit), probs / count[:, None],
+                         self.targets[first], self.mask[first], self.labels, subjects)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +109,12 @@ class LevelData:
     """Units (images or studies) to score."""
 
     study_ids: np.ndarray  # [n] each unit's study id
-    groups: np.ndarray  # [n] each unit's study index (the bootstrap's resampled unit)
+    groups: np.ndarray  # [n] each unit's patient (or study) index: the bootstrap's resampled unit
     probs: np.ndarray  # [n, L]
     targets: np.ndarray  # [n, L]
     mask: np.ndarray  # [n, L] bool
     labels: tuple[str, ...] = CHEXPERT_LABELS  # names of the L columns
+    subject_ids: np.ndarray | None = None  # [n] each unit's patient (None: not recorded)
 
 
 def save_predictions(pred: Predictions, path: str | Path, **meta: str) -> None:
@@ -121,6 +130,7 @@ def save_predictions(pred: Predictions, path: str | Path, **meta: str) -> None:
         targets=np.asarray(pred.targets, dtype=np.float32),
         mask=np.asarray(pred.mask, dtype=bool),
         labels=np.asarray(pred.labels, dtype=str),
+        **({} if pred.subject_ids is None else {"subject_ids": np.asarray(pred.subject_ids, dtype=np.int64)}),
         **{k: np.asarray(v, dtype=str) for k, v in meta.items()},
     )
     tmp = path.with_name(path.name + ".tmp")
@@ -138,8 +148,11 @@ def load_predictions(
         if labels is not None and stored != tuple(labels):
             what = "the 14 CheXpert labels" if tuple(labels) == CHEXPERT_LABELS else f"{tuple(labels)}"
             raise ValueError(f"{path}: labels {stored} are not {what} in order")
-        pred = Predictions(z["image_ids"], z["study_ids"], z["probs"], z["targets"], z["mask"].astype(bool), stored)
-        meta = {k: str(z[k]) for k in z.files if k not in {"image_ids", "study_ids", "probs", "targets", "mask", "labels"}}
+        subjects = z["subject_ids"] if "subject_ids" in z.files else None  # older files: none recorded
+        pred = Predictions(z["image_ids"], z["study_ids"], z["probs"], z["targets"], z["mask"].astype(bool), stored,
+                           subjects)
+        arrays = {"image_ids", "study_ids", "probs", "targets", "mask", "labels", "subject_ids"}
+        meta = {k: str(z[k]) for k in z.files if k not in arrays}
     return pred, meta
 
 
@@ -174,18 +187,13 @@ def auprc_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) ->
     return out
 
 
-def n_positives(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``[L]`` int: valid positive entries per label."""
-    return ((targets > 0.5) & mask).sum(axis=0)
-
-
 def macro_auroc(
     targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, min_positives: int = 0
 ) -> tuple[float, np.ndarray]:
     """(mAUC over the labels with both classes and >= ``min_positives`` positives, their indices ``[K]``);
     nan if no label qualifies."""
+    idx = labels_in_mean(targets, mask, min_positives)
     auc = auroc_per_label(targets, probs, mask)
-    idx = np.flatnonzero(~np.isnan(auc) & (n_positives(targets, mask) >= min_positives))
     return (float(auc[idx].mean()) if idx.size else float("nan")), idx
 
 
@@ -335,7 +343,6 @@ def evaluate_level(
     r = _replicates(test, thresholds, idx, n_bootstrap, seed)
     ci = bootstrap.percentile_ci
     per_label = _per_label(test, thresholds, auc, auprc, f1, idx, kept_idx, r, train_positives, learned)
-    n_studies = int(np.unique(test.study_ids).size)
     excluded = [n for j, n in enumerate(labels) if j not in set(idx.tolist())]  # one class only
     low = [n for j, n in enumerate(labels) if j in set(idx.tolist()) - set(kept_idx.tolist())]
     idx = kept_idx
@@ -343,7 +350,7 @@ def evaluate_level(
     return {
         "level": EvalLevel(level).value,
         "n": int(y.shape[0]),  # units scored: images or studies
-        "n_studies": n_studies,
+        **counts(test.study_ids, test.subject_ids),  # n_patients, n_studies
         "mauc": jsonable(mauc),
         "mauc_ci95": jsonable(ci(bootstrap.nanmean_rows(r["auroc"][:, kept_cols]))),
         "labels_in_mauc": [labels[j] for j in idx],
@@ -380,14 +387,17 @@ def evaluate(
     min_positives: int = 0,
     train_positives: np.ndarray | None = None,
     min_train_positives: int = 0,
+    unit: BootstrapUnit | str = BootstrapUnit.STUDY,
 ) -> dict[str, Any]:
     """``{"image": block, "study": block}`` for the test predictions; F1 thresholds tuned on validate;
     labels with fewer than ``min_positives`` test positives (at that level) reported apart, and with
-    ``train_positives`` those with fewer than ``min_train_positives`` training positives too."""
+    ``train_positives`` those with fewer than ``min_train_positives`` training positives too. The intervals
+    resample ``unit`` (``stats.bootstrap_unit``: patient or study), recorded in each block."""
     out = {}
     for level in EvalLevel:
         val = validate.at_level(level)
         thresholds = tune_thresholds(val.targets, val.probs, val.mask)
-        out[level.value] = evaluate_level(test.at_level(level), thresholds, n_bootstrap, seed, level, min_positives,
-                                          train_positives, min_train_positives)
+        block = evaluate_level(test.at_level(level, unit), thresholds, n_bootstrap, seed, level, min_positives,
+                               train_positives, min_train_positives)
+        out[level.value] = {**block, "bootstrap_unit": BootstrapUnit(unit).value}
     return out

@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from cxrpipe.labels import CHEXPERT_LABELS
 
-# colour per encoder, line style per protocol: the pair to compare is the same style in two colours
-COLOURS = {"mae": "tab:blue", "multimodal": "tab:orange"}
-STYLES = {"linear": "-", "finetune": "--"}
+# one colour per encoder, one line style per protocol: the pair to compare is the same style in two colours,
+# and no two runs of a plot are drawn alike (an encoder or protocol not named here gets grey / dotted)
+COLOURS = {"mae": "tab:blue", "multimodal": "tab:orange", "random": "tab:gray", "pixels": "tab:green",
+           "shuffled": "tab:purple"}
+STYLES = {"fc": "-", "linear": "-.", "finetune": "--", "": ":"}  # "": a protocol-free reference (pixels)
 
 
 def _pyplot():
@@ -51,6 +53,12 @@ def roc_title(name: str, suffix: str, runs: Mapping[str, tuple], j: int, min_pos
     return title
 
 
+def run_style(run: str) -> tuple[str, str]:
+    """``"<encoder>-<protocol>"`` -> (colour of the encoder, line style of the protocol)."""
+    encoder, _, protocol = run.partition("-")
+    return COLOURS.get(encoder, "0.3"), STYLES.get(protocol, ":")
+
+
 def plot_roc_per_label(
     runs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     out_dir: str | Path,
@@ -59,7 +67,7 @@ def plot_roc_per_label(
     min_positives: int = 0,
 ) -> list[Path]:
     """One PNG per label with a ROC curve per run; the title gives the label's test positives / valid entries
-    and, below ``min_positives`` positives, says the label is left out of mAUC (``finetune.min_test_positives``).
+    and, below ``min_positives`` positives, says the label is left out of mAUC (``stats.min_test_positives``).
 
     ``runs``: ``"<encoder>-<protocol>"`` -> (targets ``[n, L]``, probs ``[n, L]``, mask ``[n, L]``). A label
     whose valid entries hold one class gets a PNG that says so (the set of files stays the same).
@@ -79,9 +87,8 @@ def plot_roc_per_label(
                 continue
             fpr, tpr, _ = roc_curve(y, probs[m, j])
             auc = roc_auc_score(y, probs[m, j])
-            encoder, _, protocol = run.partition("-")
-            ax.plot(fpr, tpr, color=COLOURS.get(encoder), ls=STYLES.get(protocol, "-"), lw=1.4,
-                    label=f"{run} (AUC {auc:.3f})")
+            colour, style = run_style(run)
+            ax.plot(fpr, tpr, color=colour, ls=style, lw=1.4, label=f"{run} (AUC {auc:.3f})")
             drawn += 1
         if drawn:
             ax.legend(loc="lower right", fontsize=7)
@@ -99,24 +106,36 @@ def plot_roc_per_label(
 
 
 def plot_history(
-    history: Sequence[Mapping[str, float]], path: str | Path, best_epoch: int | None = None, title: str = ""
+    history: Sequence[Mapping[str, Any]], path: str | Path, selection: Mapping[str, Any] | None = None,
+    title: str = "",
 ) -> Path:
-    """Train/validate loss and validate mAUC per epoch (``finetune``'s ``history``), the kept epoch marked."""
+    """Train/validate loss and validate mAUC (``finetune``'s ``history``), the kept point marked.
+
+    ``selection``: a probe's ``{"selected": {lr, weight_decay, step}}`` (the curves of that grid point, by
+    step) or the finetune protocol's ``{"best_epoch": e}`` (by epoch)."""
     plt = _pyplot()
-    epochs = [h["epoch"] for h in history]
+    selection = selection or {}
+    chosen = selection.get("selected")
+    if chosen is not None:
+        history = [h for h in history if h["lr"] == chosen["lr"] and h["weight_decay"] == chosen["weight_decay"]]
+        x_key, kept = "step", chosen["step"]
+    else:
+        x_key, kept = "epoch", selection.get("best_epoch")
+    xs = [h[x_key] for h in history]
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8, 3.2))
     # LP-FT's epoch 0 (the probed head) has no train loss of its own
-    ax_loss.plot(epochs, [np.nan if h["train_loss"] is None else h["train_loss"] for h in history], marker=".",
+    ax_loss.plot(xs, [np.nan if h["train_loss"] is None else h["train_loss"] for h in history], marker=".",
                  label="train")
-    ax_loss.plot(epochs, [h["validate_loss"] for h in history], marker=".", label="validate")
-    ax_loss.set(xlabel="epoch", ylabel="masked BCE", title="loss")
+    ax_loss.plot(xs, [h["validate_loss"] for h in history], marker=".", label="validate")
+    ax_loss.set(xlabel=x_key, ylabel="masked BCE", title="loss")
     ax_loss.legend()
     auc = [np.nan if h["validate_mauc"] is None else h["validate_mauc"] for h in history]
-    ax_auc.plot(epochs, auc, marker=".", color="tab:green")
-    if best_epoch is not None:
-        ax_auc.axvline(best_epoch, color="0.6", ls=":", label=f"kept: epoch {best_epoch}")
+    ax_auc.plot(xs, auc, marker=".", color="tab:green")
+    if kept is not None:
+        what = f"lr {chosen['lr']:g}, wd {chosen['weight_decay']:g}, " if chosen else ""
+        ax_auc.axvline(kept, color="0.6", ls=":", label=f"kept: {what}{x_key} {kept}")
         ax_auc.legend()
-    ax_auc.set(xlabel="epoch", ylabel="mAUC", title="validate mAUC")
+    ax_auc.set(xlabel=x_key, ylabel="mAUC", title="validate mAUC")
     fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)

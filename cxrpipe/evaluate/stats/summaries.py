@@ -1,8 +1,9 @@
 """``compare``'s further sections: the references (``random``, ``pixels``) and the training-seed repeats.
 
 Every delta here is paired exactly as compare's main delta: :func:`cxrpipe.evaluate.stats.bootstrap.paired_bootstrap_mauc`
-with ``compare``'s ``n_bootstrap`` and ``seed``, so every comparison of one test set resamples the very same
-studies in every replicate.
+with ``compare``'s ``n_bootstrap`` and ``seed`` and ``stats.bootstrap_unit``, so every comparison of one test set
+resamples the very same patients in every replicate. The markdown cells of every report are formatted here
+(:func:`fmt_ci`, :func:`fmt_p`): one convention, three decimals for mAUC, deltas and p.
 
 * references, per protocol: ``random`` (the pretraining encoder at its init, probed by that protocol) and
   ``pixels`` (logistic regression on raw pixels; protocol-independent, shown beside both) with their mAUC and
@@ -23,7 +24,8 @@ from typing import Any, Callable
 import numpy as np
 
 from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
-from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions
+from cxrpipe.evaluate.stats.metrics import EvalLevel, LevelData, Predictions
+from cxrpipe.evaluate.stats.rules import BootstrapUnit
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +41,42 @@ REFERENCE_DELTAS = (
 Paired = Callable[[Predictions, Predictions], Any]  # (reference a, candidate b) -> PairedDelta of b - a
 
 
-def paired_runner(level: EvalLevel, n_bootstrap: int, seed: int, min_positives: int = 0) -> Paired:
-    """``f(a, b)`` -> the paired bootstrap of ``mAUC(b) - mAUC(a)`` at ``level`` (a and b: same test set);
-    labels with fewer than ``min_positives`` test positives are left out, as in compare's main delta."""
+def paired_runner(level: EvalLevel, n_bootstrap: int, seed: int, min_positives: int = 0,
+                  unit: BootstrapUnit | str = BootstrapUnit.STUDY) -> Paired:
+    """``f(a, b)`` -> the paired bootstrap of ``mAUC(b) - mAUC(a)`` at ``level`` (a and b: same test set),
+    resampling ``unit``; labels with fewer than ``min_positives`` test positives are left out, as in compare's
+    main delta."""
 
     def run(a: Predictions, b: Predictions) -> Any:
-        la, lb = a.at_level(level), b.at_level(level)
+        la, lb = a.at_level(level, unit), b.at_level(level, unit)
         return paired_bootstrap_mauc(la.targets, la.mask, la.probs, lb.probs, la.groups, n_bootstrap, seed,
                                      min_positives=min_positives)
 
     return run
 
 
-def _delta(d: Any) -> dict[str, Any]:
-    return {"delta_mauc": d.delta, "delta_ci95": list(d.ci95), "p_value": d.p_value}
+def paired_columns(a: LevelData, b: LevelData, cols: np.ndarray, min_positives: int, n_bootstrap: int,
+                   seed: int) -> dict[str, Any]:
+    """The paired delta ``b - a`` over the label columns ``cols`` (each side's mAUC from the same replicates);
+    nulls when no label there has both classes and ``min_positives`` test positives. ``label_idx``: the labels
+    averaged, as indices of the full label set."""
+    cols = np.asarray(cols, dtype=np.int64)
+    try:
+        if cols.size == 0:
+            raise ValueError("no label columns")
+        d = paired_bootstrap_mauc(a.targets[:, cols], a.mask[:, cols], a.probs[:, cols], b.probs[:, cols], a.groups,
+                                  n_bootstrap, seed, min_positives=min_positives)
+    except ValueError:  # no label with both classes and enough test positives
+        return {"delta_mauc": None, "delta_ci95": [None, None], "p_value": None, "n_bootstrap_valid": 0,
+                "mauc_a": None, "mauc_b": None, "mauc_a_ci95": [None, None], "mauc_b_ci95": [None, None],
+                "label_idx": []}
+    return {**delta_entry(d), "mauc_a": d.mauc_a, "mauc_b": d.mauc_b, "mauc_a_ci95": list(d.mauc_a_ci95),
+            "mauc_b_ci95": list(d.mauc_b_ci95), "label_idx": [int(cols[k]) for k in d.label_idx]}
+
+
+def delta_entry(d: Any) -> dict[str, Any]:
+    """A :class:`~cxrpipe.evaluate.stats.bootstrap.PairedDelta` as the reports store it."""
+    return {"delta_mauc": d.delta, "delta_ci95": list(d.ci95), "p_value": d.p_value, "n_bootstrap_valid": d.n_valid}
 
 
 def references_summary(
@@ -60,7 +84,7 @@ def references_summary(
 ) -> dict[str, Any]:
     """``{"pixels": {mauc, ci}, "<protocol>": {"random": {..}, "pixels": {..}, "mae_vs_random": {delta..}, ..}}``.
 
-    ``preds``: run name (``mae-linear``, ``random-finetune``, ``pixels``, ...) -> test predictions; pairs
+    ``preds``: run name (``mae-fc``, ``random-finetune``, ``pixels``, ...) -> test predictions; pairs
     whose runs are missing are left out. Empty dict when neither reference ran.
     """
     out: dict[str, Any] = {}
@@ -74,8 +98,8 @@ def references_summary(
                 continue
             d = paired(a, b)
             block.setdefault(ref, {"mauc": d.mauc_a, "mauc_ci95": list(d.mauc_a_ci95)})
-            block[key] = _delta(d)
-            log.info("%s: %s - %s %+.4f [%+.4f, %+.4f], p = %.4f", protocol, cand, ref, d.delta, *d.ci95, d.p_value)
+            block[key] = delta_entry(d)
+            log.info("%s: %s - %s %+.4f [%+.4f, %+.4f], p = %.3f", protocol, cand, ref, d.delta, *d.ci95, d.p_value)
         if block:
             out[protocol] = block
     pixels = next((b[PIXELS] for b in out.values() if PIXELS in b), None)
@@ -117,11 +141,11 @@ def seeds_summary(
                 continue
             d = paired(mae, mm)
             row: dict[str, Any] = {"seed": label, "mae": {"mauc": d.mauc_a}, "multimodal": {"mauc": d.mauc_b},
-                                   **_delta(d)}
+                                   **delta_entry(d)}
             if rnd is not None:
                 r = paired(rnd, mae)
                 row[RANDOM] = {"mauc": r.mauc_a}
-                row["mae_vs_random"] = _delta(r)
+                row["mae_vs_random"] = delta_entry(r)
             per_seed.append(row)
         if not per_seed:
             continue
@@ -141,24 +165,45 @@ def seeds_summary(
 # ---------------------------------------------------------------- markdown
 
 
+ALPHA = 0.05  # the level every "interval excludes 0" / "p < 0.05" reading uses (95% intervals)
+
+
+def _fmt_num(x: float, digits: int, sign: bool) -> str:
+    """``+0.038``; with ``sign`` a value that rounds to zero keeps its sign (``+0.000``, ``-0.000``) and only an
+    exact 0 prints unsigned, so an interval's printed ends say on which side of 0 they lie."""
+    if sign and x == 0:
+        return format(0.0, f".{digits}f")
+    return format(x, f"+.{digits}f" if sign else f".{digits}f")
+
+
 def fmt_ci(x: float | None, ci: list | None, digits: int = 3, sign: bool = False) -> str:
     """``0.657 [0.610, 0.700]`` for the markdown reports (``sign``: ``+0.038 [+0.006, +0.071]``); ``n/a`` for
     None, the value alone when there is no interval."""
     if x is None:
         return "n/a"
-    fmt = f"+.{digits}f" if sign else f".{digits}f"
     if not ci or ci[0] is None:
-        return format(x, fmt)
-    return f"{format(x, fmt)} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
+        return _fmt_num(x, digits, sign)
+    return f"{_fmt_num(x, digits, sign)} [{_fmt_num(ci[0], digits, sign)}, {_fmt_num(ci[1], digits, sign)}]"
 
 
-def _delta_cell(d: dict[str, Any] | None) -> str:
-    """``+0.0123 [-0.0040, +0.0290], p = 0.1234``."""
+def fmt_p(p: float | None, n_valid: int | None, digits: int = 3) -> str:
+    """``p = 0.046``; ``p < 0.002`` when no replicate lay beyond 0 (the floor of the paired bootstrap's p,
+    ``2 / n_valid``: :func:`cxrpipe.evaluate.stats.bootstrap.bootstrap_p`); ``p = n/a`` for None. Digits are
+    added where rounding would carry p across 0.05, so "p < 0.05" reads the same printed as computed."""
+    if p is None:
+        return "p = n/a"
+    if p == 0:
+        return f"p < {2 / n_valid:.2g}" if n_valid else "p < 1/B"
+    while digits < 8 and (float(f"{p:.{digits}f}") < ALPHA) != (p < ALPHA):
+        digits += 1
+    return f"p = {p:.{digits}f}"
+
+
+def delta_cell(d: dict[str, Any] | None) -> str:
+    """``+0.012 [-0.004, +0.029], p = 0.123``."""
     if not d or d.get("delta_mauc") is None:
         return "n/a"
-    lo, hi = d["delta_ci95"]
-    ci = "" if lo is None else f" [{lo:+.4f}, {hi:+.4f}]"
-    return f"{d['delta_mauc']:+.4f}{ci}, p = {d['p_value']:.4f}"
+    return f"{fmt_ci(d['delta_mauc'], d.get('delta_ci95'), sign=True)}, {fmt_p(d.get('p_value'), d.get('n_bootstrap_valid'))}"
 
 
 def references_markdown(result: dict[str, Any]) -> list[str]:
@@ -173,7 +218,7 @@ def references_markdown(result: dict[str, Any]) -> list[str]:
         "`random`: the very encoder pretraining starts from (same architecture, init and seed), never trained, "
         "evaluated by the same protocol. `pixels`: logistic regression on standardised raw pixels (C chosen on "
         "`validate`), protocol-independent. An encoder that does not beat both has learned nothing a linear "
-        "model could not read off the image. All deltas are paired on the same resampled test studies.",
+        "model could not read off the image. All deltas are paired on the same resampled test patients.",
         "",
         "| protocol | pixels | random | mae | multimodal | mae - random [95% CI], p | multimodal - mae [95% CI], p |",
         "|---|---|---|---|---|---|---|",
@@ -182,22 +227,22 @@ def references_markdown(result: dict[str, Any]) -> list[str]:
         r, main = refs[protocol], result.get(protocol, {})
         cell = lambda k: fmt_ci(r[k]["mauc"], r[k]["mauc_ci95"]) if k in r else "n/a"  # noqa: E731
         enc = lambda k: fmt_ci(main[k]["mauc"], main[k]["mauc_ci95"]) if k in main else "n/a"  # noqa: E731
-        mm = {k: main[k] for k in ("delta_mauc", "delta_ci95", "p_value")} if "delta_mauc" in main else None
+        mm = main if "delta_mauc" in main else None
         lines.append(
             f"| {protocol} | {cell(PIXELS)} | {cell(RANDOM)} | {enc('mae')} | {enc('multimodal')} | "
-            f"{_delta_cell(r.get('mae_vs_random'))} | {_delta_cell(mm)} |"
+            f"{delta_cell(r.get('mae_vs_random'))} | {delta_cell(mm)} |"
         )
     lines += ["", "| protocol | multimodal - random | mae - pixels | multimodal - pixels |", "|---|---|---|---|"]
     for protocol in protocols:
         r = refs[protocol]
         lines.append(
-            f"| {protocol} | {_delta_cell(r.get('multimodal_vs_random'))} | {_delta_cell(r.get('mae_vs_pixels'))} "
-            f"| {_delta_cell(r.get('multimodal_vs_pixels'))} |"
+            f"| {protocol} | {delta_cell(r.get('multimodal_vs_random'))} | {delta_cell(r.get('mae_vs_pixels'))} "
+            f"| {delta_cell(r.get('multimodal_vs_pixels'))} |"
         )
     return lines + [""]
 
 
-def _spread_cell(s: dict[str, Any] | None, digits: int = 4) -> str:
+def _spread_cell(s: dict[str, Any] | None, digits: int = 3) -> str:
     if not s or s["mean"] is None:
         return "n/a"
     sd = "n/a (one seed)" if s["sd"] is None else f"{s['sd']:.{digits}f}"
@@ -227,7 +272,7 @@ def seeds_markdown(result: dict[str, Any]) -> list[str]:
             rnd = f"{r[RANDOM]['mauc']:.3f}" if RANDOM in r else "n/a"
             lines.append(
                 f"| {protocol} | {r['seed']} | {r['mae']['mauc']:.3f} | {r['multimodal']['mauc']:.3f} | "
-                f"{_delta_cell(r)} | {rnd} | {_delta_cell(r.get('mae_vs_random'))} |"
+                f"{delta_cell(r)} | {rnd} | {delta_cell(r.get('mae_vs_random'))} |"
             )
     lines += ["", "| protocol | multimodal - mae over seeds: mean (sd; min-max) | mae - random over seeds |",
               "|---|---|---|"]

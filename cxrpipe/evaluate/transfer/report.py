@@ -14,10 +14,11 @@ Reads ``<runs>/<dataset>/<encoder>-<protocol>/summary.json`` and ``<tag>.npz`` (
 * ``transfer.md``: one table per dataset and protocol.
 
 Every mAUC and delta of one (dataset, protocol, fraction) comes from the SAME resampled test patients
-(``transfer.bootstrap_unit: patient``, read from the prepared folder's images.csv; or studies)
-(:func:`cxrpipe.evaluate.stats.bootstrap.paired_bootstrap_mauc`, ``transfer.n_bootstrap`` / ``transfer.seed``) and
-averages the same labels: those with >= ``min_test_positives`` test positives and >= ``min_train_positives``
-positive training studies (the sample is the same for every encoder: checked by its hash).
+(``stats.bootstrap_unit: patient``, the patients the predictions recorded, or for older runs the prepared
+folder's images.csv; or studies) (:func:`cxrpipe.evaluate.stats.summaries.paired_columns`,
+``transfer.n_bootstrap`` / ``transfer.seed``) and averages the same labels: those with >=
+``stats.min_test_positives`` test positives and >= ``transfer.min_train_positives`` positive training studies
+(the sample is the same for every encoder: checked by its hash).
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
 from cxrpipe.evaluate.probe.finetune import Protocol
-from cxrpipe.evaluate.probe.label_efficiency import fraction_tag
-from cxrpipe.evaluate.stats.metrics import LevelData, competition_labels_of, jsonable, load_predictions
-from cxrpipe.evaluate.transfer.run import SUMMARY, BootstrapUnit, TransferConfig
+from cxrpipe.evaluate.probe.label_efficiency import SUMMARY, fraction_tag
+from cxrpipe.evaluate.stats.metrics import LevelData, Predictions, competition_labels_of, jsonable, load_predictions
+from cxrpipe.evaluate.stats.rules import BootstrapUnit, StatsConfig, counts
+from cxrpipe.evaluate.stats.summaries import paired_columns
+from cxrpipe.evaluate.transfer.run import TransferConfig
 from cxrpipe.inputs import check_recorded_encoder, read_json
 
 log = logging.getLogger(__name__)
@@ -70,28 +72,16 @@ def _same_test_set(a: LevelData, b: LevelData, what: str) -> None:
                          "needs the same test set")
 
 
-def _paired(a: LevelData, b: LevelData, cols: np.ndarray, min_pos: int, cfg: TransferConfig) -> dict[str, Any]:
-    """Paired delta b - a over the label columns ``cols``; nulls when no label qualifies."""
-    if cols.size == 0:
-        return {"delta_mauc": None, "delta_ci95": [None, None], "p_value": None, "mauc_a": None, "mauc_b": None,
-                "mauc_a_ci95": [None, None], "mauc_b_ci95": [None, None], "label_idx": []}
-    try:
-        d = paired_bootstrap_mauc(a.targets[:, cols], a.mask[:, cols], a.probs[:, cols], b.probs[:, cols], a.groups,
-                                  cfg.n_bootstrap, cfg.seed, min_positives=min_pos)
-    except ValueError:  # no label with both classes and enough test positives
-        return _paired(a, b, np.array([], dtype=np.int64), min_pos, cfg)
-    return {"delta_mauc": d.delta, "delta_ci95": list(d.ci95), "p_value": d.p_value, "mauc_a": d.mauc_a,
-            "mauc_b": d.mauc_b, "mauc_a_ci95": list(d.mauc_a_ci95), "mauc_b_ci95": list(d.mauc_b_ci95),
-            "label_idx": [int(cols[k]) for k in d.label_idx]}
-
-
-def patient_groups(lv: LevelData, subject_of: dict[int, int]) -> LevelData:
-    """``lv`` with each unit's bootstrap group = its patient (``subject_of``: study id -> subject id)."""
-    missing = sorted({int(s) for s in lv.study_ids} - set(subject_of))
-    if missing:
-        raise ValueError(f"{len(missing)} test studies have no patient in images.csv (e.g. {missing[:3]})")
-    _, groups = np.unique([subject_of[int(s)] for s in lv.study_ids], return_inverse=True)
-    return dataclasses.replace(lv, groups=groups.reshape(-1))
+def _level(pred: Predictions, cfg: TransferConfig, unit: BootstrapUnit,
+           subject_of: dict[int, int] | None) -> LevelData:
+    """The scored units of one run, grouped by ``unit``; predictions written before they recorded the patients
+    take them from the prepared folder (``subject_of``: study id -> subject id)."""
+    if pred.subject_ids is None and subject_of is not None:
+        missing = sorted({int(s) for s in pred.study_ids} - set(subject_of))
+        if missing:
+            raise ValueError(f"{len(missing)} test studies have no patient in images.csv (e.g. {missing[:3]})")
+        pred = dataclasses.replace(pred, subject_ids=np.array([subject_of[int(s)] for s in pred.study_ids]))
+    return pred.at_level(cfg.level, unit)
 
 
 def _subjects(prepared: Path) -> dict[int, int]:
@@ -102,8 +92,9 @@ def _subjects(prepared: Path) -> dict[int, int]:
 
 
 def _fraction(cfg: TransferConfig, runs_dir: Path, dataset: str, protocol: str, tag: str,
-              summaries: dict[str, dict], subject_of: dict[int, int] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(numbers, names) of one dataset x protocol x fraction; ``subject_of``: resample patients."""
+              summaries: dict[str, dict], subject_of: dict[int, int] | None,
+              stats: StatsConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(numbers, names) of one dataset x protocol x fraction; ``subject_of``: the patients of older runs."""
     recs = {e: s["runs"][tag] for e, s in summaries.items() if tag in s["runs"]}
     hashes = {r["train_studies_hash"] for r in recs.values()}
     if len(hashes) > 1:
@@ -112,10 +103,8 @@ def _fraction(cfg: TransferConfig, runs_dir: Path, dataset: str, protocol: str, 
     nums: dict[str, Any] = {k: first[k] for k in ("label_fraction", "n_train_studies", "n_test_studies")}
     names: dict[str, Any] = {"labels_in_mauc": [], "labels_not_estimable": first.get("labels_not_estimable") or []}
     run = {e: r for e, r in recs.items() if r.get("estimable")}
-    preds = {e: load_predictions(runs_dir / dataset / f"{e}-{protocol}" / f"{tag}.npz", labels=None)[0]
-             .at_level(cfg.level) for e in run}
-    if subject_of is not None:
-        preds = {e: patient_groups(p, subject_of) for e, p in preds.items()}
+    preds = {e: _level(load_predictions(runs_dir / dataset / f"{e}-{protocol}" / f"{tag}.npz", labels=None)[0], cfg,
+                       stats.bootstrap_unit, subject_of) for e in run}
     labels = tuple(next(iter(summaries.values()))["labels"])
     c5 = [labels.index(n) for n in competition_labels_of(labels)]  # CheXpert's set only: else no mAUC-5 keys
     for e in recs:
@@ -133,35 +122,37 @@ def _fraction(cfg: TransferConfig, runs_dir: Path, dataset: str, protocol: str, 
     base = next(iter(preds.values()))
     for e, p in preds.items():
         _same_test_set(base, p, f"{dataset} {protocol} {tag} {e}")
+    nums.update({f"n_test_{k[2:]}": v for k, v in counts(base.study_ids, base.subject_ids).items()})
     if base.labels != labels:
         raise ValueError(f"{dataset} {protocol} {tag}: predictions hold labels {base.labels}, the runs {labels}")
     learned = np.array([first["train_positives"][n] >= (first.get("min_train_positives") or 0) for n in labels])
     cols = np.flatnonzero(learned)
-    min_pos = int(first.get("min_test_positives") or 0)
+    min_pos = stats.min_test_positives
     cols5 = np.array([j for j in c5 if learned[j]], dtype=np.int64)
     pairs = [(cfg.reference, cfg.candidate)] + [(r, e) for r in cfg.references for e in (cfg.reference, cfg.candidate)]
     for a, b in pairs:
         if a not in preds or b not in preds:
             continue
-        d = _paired(preds[a], preds[b], cols, min_pos, cfg)
+        d = paired_columns(preds[a], preds[b], cols, min_pos, cfg.n_bootstrap, cfg.seed)
         for enc, side in ((a, "a"), (b, "b")):  # every encoder's mAUC from the same replicates
             nums[enc].update(mauc=d[f"mauc_{side}"], mauc_ci95=d[f"mauc_{side}_ci95"])
         names["labels_in_mauc"] = [labels[j] for j in d["label_idx"]]
-        delta = {k: d[k] for k in ("delta_mauc", "delta_ci95", "p_value")}
-        d5 = _paired(preds[a], preds[b], cols5, min_pos, cfg) if c5 else None
+        delta = {k: d[k] for k in ("delta_mauc", "delta_ci95", "p_value", "n_bootstrap_valid")}
+        d5 = paired_columns(preds[a], preds[b], cols5, min_pos, cfg.n_bootstrap, cfg.seed) if c5 else None
         for enc, side in ((a, "a"), (b, "b")):
             if d5 is not None:
                 nums[enc].update(mauc5=d5[f"mauc_{side}"], mauc5_ci95=d5[f"mauc_{side}_ci95"])
         if (a, b) == (cfg.reference, cfg.candidate):
             nums.update(delta)
             if d5 is not None:
-                nums.update(delta_mauc5=d5["delta_mauc"], delta5_ci95=d5["delta_ci95"], p_value5=d5["p_value"])
+                nums.update(delta_mauc5=d5["delta_mauc"], delta5_ci95=d5["delta_ci95"], p_value5=d5["p_value"],
+                            n_bootstrap_valid5=d5["n_bootstrap_valid"])
                 names["labels_in_mauc5"] = [labels[j] for j in d5["label_idx"]]
         else:
             nums["references"][f"{b}_vs_{a}"] = delta
     for e, p in preds.items():  # an encoder in no pair (its partner's run missing): its own mAUC, same rules
         if nums[e]["mauc"] is None:
-            d = _paired(p, p, cols, min_pos, cfg)
+            d = paired_columns(p, p, cols, min_pos, cfg.n_bootstrap, cfg.seed)
             nums[e].update(mauc=d["mauc_a"], mauc_ci95=d["mauc_a_ci95"])
             names["labels_in_mauc"] = names["labels_in_mauc"] or [labels[j] for j in d["label_idx"]]
     nums["n_labels_in_mauc"] = len(names["labels_in_mauc"])
@@ -170,12 +161,12 @@ def _fraction(cfg: TransferConfig, runs_dir: Path, dataset: str, protocol: str, 
 
 def run_transfer_compare(
     cfg: TransferConfig, runs_dir: str | Path, out_json: str | Path, report_md: str | Path,
-    prepared_root: str | Path | None = None,
+    prepared_root: str | Path | None = None, stats: StatsConfig = StatsConfig(),
 ) -> dict[str, Any]:
     """All datasets x protocols x fractions found under ``runs_dir``; writes the JSON pair and the markdown.
 
     ``prepared_root``: the folder of the prepared datasets (``data/transfer``), read for the test studies'
-    patients when ``cfg.bootstrap_unit`` is ``patient`` (required then)."""
+    patients when ``stats.bootstrap_unit`` is ``patient`` and a run's predictions did not record them."""
     from cxrpipe.evaluate.transfer.markdown import transfer_markdown
     from cxrpipe.io import write_json_atomic, write_text_atomic
 
@@ -186,13 +177,13 @@ def run_transfer_compare(
                      if e in cfg.encoders)
     result: dict[str, Any] = {}
     config: dict[str, Any] = {"level": cfg.level.value, "reference": cfg.reference, "candidate": cfg.candidate,
-                              "references": list(cfg.references), "n_bootstrap": cfg.n_bootstrap, "datasets": {}}
-    patients = BootstrapUnit(cfg.bootstrap_unit) is BootstrapUnit.PATIENT
-    if patients and prepared_root is None:
-        raise ValueError("transfer.bootstrap_unit is patient: the prepared folders (data/transfer) are needed")
-    config["bootstrap_unit"] = BootstrapUnit(cfg.bootstrap_unit).value
+                              "references": list(cfg.references), "n_bootstrap": cfg.n_bootstrap, "datasets": {},
+                              "bootstrap_unit": stats.bootstrap_unit.value,
+                              "min_test_positives": stats.min_test_positives}
+    patients = stats.bootstrap_unit is BootstrapUnit.PATIENT
     for dataset in cfg.datasets:
-        subject_of = _subjects(Path(prepared_root) / dataset) if prepared_root is not None and patients else None
+        folder = None if prepared_root is None else Path(prepared_root) / dataset
+        subject_of = _subjects(folder) if patients and folder is not None and folder.exists() else None
         for protocol in (Protocol(p) for p in cfg.protocols):
             summaries = _load(runs_dir, dataset, protocol.value, encoders)
             if not summaries:
@@ -205,7 +196,7 @@ def run_transfer_compare(
             for tag in tags:
                 if not any(tag in s["runs"] for s in summaries.values()):
                     continue
-                nums, names = _fraction(cfg, runs_dir, dataset, protocol.value, tag, summaries, subject_of)
+                nums, names = _fraction(cfg, runs_dir, dataset, protocol.value, tag, summaries, subject_of, stats)
                 result.setdefault(dataset, {}).setdefault(protocol.value, {})[tag] = nums
                 ds["protocols"].setdefault(protocol.value, {})[tag] = names
     if not result:
