@@ -31,7 +31,7 @@ def _write(tmp_path: Path, params: dict, name: str = "params.yaml") -> Path:
 
 
 def _edited(**changes) -> dict:
-    """params.yaml with dotted keys set (``"finetune.linear.lr": "1e-3"``); a value None deletes the key."""
+    """params.yaml with dotted keys set (``"finetune.finetune.lr": "1e-3"``); a value None deletes the key."""
     params = copy.deepcopy(DEMO)
     for key, value in changes.items():
         *path, last = key.split(".")
@@ -94,7 +94,7 @@ def test_the_schemas_come_from_the_stage_scripts(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("changes, expected", [
     ({"finetune.linear.lrr": 0.1}, ("finetune.linear", "unknown key(s) ['lrr']", "allowed:")),
-    ({"finetune.linear.lr": "fast"}, ("finetune.linear.lr", "expected a number")),
+    ({"finetune.finetune.lr": "fast"}, ("finetune.finetune.lr", "expected a number")),
     ({"attention.n_studies": "six"}, ("attention.n_studies", "expected an integer")),
     ({"data.sections": ["finding", "impression"]}, ("data.sections", "['finding']", "'findings'", "'impression'")),
     ({"data.views": ["PA", "AP ", "FRONT"]}, ("data.views", "FRONT", "mimic-cxr-jpg", "'LATERAL'")),
@@ -124,10 +124,10 @@ def test_unknown_and_missing_sections(tmp_path):
 def test_numbers_written_as_yaml_strings_pass(tmp_path):
     """`lr: 1e-3` by hand is a YAML string: accepted as the number it says."""
     path = tmp_path / "params.yaml"
-    text = (ROOT / "params.yaml").read_text().replace("lr: 0.001 ", "lr: 1e-3  ", 1)
-    assert "lr: 1e-3" in text
+    text = (ROOT / "params.yaml").read_text().replace("lr: 0.00025 ", "lr: 25e-5   ", 1)
+    assert "lr: 25e-5" in text
     path.write_text(text)
-    assert yaml.safe_load(text)["finetune"]["linear"]["lr"] == "1e-3"
+    assert yaml.safe_load(text)["finetune"]["finetune"]["lr"] == "25e-5"
     run_check(path, dvc_yaml=ROOT / "dvc.yaml")
 
 

@@ -72,12 +72,12 @@ CASES = {
     "label_efficiency_summary": (
         (lambda: _remove("data/label-efficiency"), "data/label-efficiency/mae/summary.json not found"),
         (lambda: _garble("data/label-efficiency/mae/summary.json"), "summary.json is unreadable or corrupt")),
-    "transfer@nih_cxr14-mae-linear": (
+    "transfer@nih_cxr14-mae-fc": (
         (lambda: _remove("data/transfer/nih_cxr14"), "data/transfer/nih_cxr14/studies.csv not found"),
         (lambda: _truncate("data/models/mae/encoder.safetensors"), "encoder.safetensors is unreadable or corrupt")),
     "transfer_compare": (
         (lambda: _remove("data/transfer-runs"), "no transfer runs"),
-        (lambda: _garble("data/transfer-runs/nih_cxr14/mae-linear/summary.json"), "is unreadable or corrupt")),
+        (lambda: _garble("data/transfer-runs/nih_cxr14/mae-fc/summary.json"), "is unreadable or corrupt")),
     "zeroshot_prompts": ((lambda: _remove("tiny-llama/tokenizer.json"), "its tokenizer did not load"),
                          (lambda: _garble("tiny-llama/config.json"), "did not load")),
     "zeroshot@mae": ((lambda: _remove("data/cache/prompts.h5"), "data/cache/prompts.h5 not found"),
@@ -135,8 +135,9 @@ def test_a_stage_run_by_hand_names_its_output_after_the_encoder(pipeline_copy):
         Path(out).unlink()
         assert invoke(argv).exit_code == 0 and Path(out).exists()
     shutil.copytree("data/models/multimodal", "data/models/mae-copy")  # a multimodal encoder in an odd folder
-    assert invoke(["finetune", "--encoder", "data/models/mae-copy"]).exit_code == 0
-    assert not Path("data/metrics/mae-copy-linear.json").exists()
+    Path("data/metrics/multimodal-fc.json").unlink()
+    assert invoke(["finetune", "--encoder", "data/models/mae-copy"]).exit_code == 0  # protocol fc by default
+    assert not Path("data/metrics/mae-copy-fc.json").exists() and Path("data/metrics/multimodal-fc.json").exists()
 
 
 def test_runs_of_another_encoder_are_refused_by_the_stages_that_gather_them(pipeline_copy, pipeline):
@@ -151,7 +152,7 @@ def test_runs_of_another_encoder_are_refused_by_the_stages_that_gather_them(pipe
     assert res.exit_code == 0
     res = invoke(pipeline.commands["label_efficiency_summary"])
     assert res.exit_code == 1 and "was made by encoder 'multimodal' but is read as 'mae'" in res.output
-    res = invoke(["transfer", "--encoder", "data/models/multimodal", "--out", "data/transfer-runs/nih_cxr14/mae-linear"])
+    res = invoke(["transfer", "--encoder", "data/models/multimodal", "--out", "data/transfer-runs/nih_cxr14/mae-fc"])
     assert res.exit_code == 0
     res = invoke(pipeline.commands["transfer_compare"])
     assert res.exit_code == 1 and "was made by encoder 'multimodal' but is read as 'mae'" in res.output
