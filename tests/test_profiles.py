@@ -29,6 +29,7 @@ SECTIONS = {
     "zeroshot": ("cxrpipe.evaluate.alignment.zeroshot", "ZeroShotConfig"),
     "retrieval": ("cxrpipe.evaluate.alignment.retrieval", "RetrievalConfig"),
     "attention": ("cxrpipe.evaluate.alignment.attention_maps", "AttentionMapsConfig"),
+    "stats": ("cxrpipe.evaluate.stats.rules", "StatsConfig"),
 }
 DVC_ONLY = {"pipeline"}  # read by dvc.yaml alone
 
