@@ -24,6 +24,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 GIB = 2**30
 # Published / recorded image and study counts (used only when neither a prepared manifest nor the source's
 # tables are at hand). MIMIC-CXR: DESIGN.md (the release's own counts).
@@ -348,7 +350,8 @@ def _pretrain(x: Inputs) -> StagePlan:
 
 
 def _probe_flops(x: Inputs, protocol: str, images: float, train: float, epochs: float) -> float:
-    """Stage three's FLOPs: features of every image once (linear); LP-FT adds epochs of full training."""
+    """Stage three's FLOPs: features of every image once (the probes fc, linear); LP-FT adds epochs of full
+    training."""
     sizes = vit_sizes(x.params["pretrain"]["model"])
     flops = images * sizes["forward_flops"]
     if protocol == "finetune":
@@ -359,10 +362,11 @@ def _probe_flops(x: Inputs, protocol: str, images: float, train: float, epochs: 
 def _finetune(x: Inputs) -> StagePlan:
     ft = x.params["finetune"]
     runs = x.runs["finetune"] + x.runs["finetune_seeds"]
-    # the matrix is encoders x protocols (x seeds): half of the runs are each protocol
+    # the matrix is encoders x protocols (x seeds): each protocol of dvc.yaml's matrix runs an equal share
+    protocols = yaml.safe_load((x.root / "dvc.yaml").read_text())["stages"]["finetune"]["matrix"]["protocol"]
     flops = sum(_probe_flops(x, p, x.counts.eval_images.value, x.counts.train_frontal.value, ft["finetune"]["epochs"])
-                for p in ("linear", "finetune")) * runs / 2
-    plan = StagePlan("finetune (+ seeds)", runs, f"{runs} runs (encoders x linear/finetune), LP-FT "
+                for p in protocols) * runs / len(protocols)
+    plan = StagePlan("finetune (+ seeds)", runs, f"{runs} runs (encoders x {'/'.join(protocols)}), LP-FT "
                      f"{ft['finetune']['epochs']} epochs")
     plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU")
     plan.cpu_hours = _hours(flops, x.cpu["pretrain"], "")

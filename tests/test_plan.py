@@ -38,7 +38,9 @@ def test_mimic_plan_counts_every_run_and_marks_every_figure(tmp_path):
     plans, counts = make_plan(root / "p.yaml", root, gpu_tflops=100)
     p = by_family(plans)
     assert p["pretrain (+ seeds)"].runs == 6  # 2 variants x 3 seeds (compare.extra_seeds [1, 2])
-    assert p["finetune (+ seeds)"].runs == 18 and "demo_data" not in p["others"].work
+    # 3 encoders x 3 protocols x 3 seeds; the work names dvc.yaml's protocols
+    assert p["finetune (+ seeds)"].runs == 27 and "demo_data" not in p["others"].work
+    assert "encoders x fc/linear/finetune" in p["finetune (+ seeds)"].work
     # published counts, marked estimated (no manifest, no tables at /data/...)
     assert counts.studies.value == MIMIC["studies"] and counts.studies.how.startswith("estimated")
     params = yaml.safe_load((root / "p.yaml").read_text())
