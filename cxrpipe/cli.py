@@ -34,6 +34,7 @@ STAGES = (
     ("retrieval", "retrieval"),
     ("attention-maps", "attention_maps"),
     ("verify", "verify"),  # not a DVC stage: checks the caches' checksums
+    ("results", "results"),  # not a DVC stage: writes the results blocks of README.md and docs/
 )
 
 app = typer.Typer(
