@@ -7,8 +7,10 @@ are the same command.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+from typing import Any, Callable
 
 import typer
 
@@ -44,6 +46,23 @@ app = typer.Typer(
     add_completion=False,
 )
 
+def with_cpu_isa(stage: Callable[..., Any]) -> Callable[..., Any]:
+    """``stage`` preceded by its params' ``cpu.isa`` (cxrpipe.cpu), before it imports torch; the signature
+    (Typer's options) is kept. Stages without a ``params`` option run as they are."""
+    if "params" not in inspect.signature(stage).parameters:
+        return stage
+
+    @functools.wraps(stage)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from cxrpipe.cpu import apply_params_cpu_isa
+
+        params = kwargs.get("params", inspect.signature(stage).parameters["params"].default)
+        apply_params_cpu_isa(params)
+        return stage(*args, **kwargs)
+
+    return run
+
+
 for _name, _module in STAGES:
     try:
         _mod = importlib.import_module(f"stages.{_module}")
@@ -53,7 +72,7 @@ for _name, _module in STAGES:
         continue
     # the list shows the docstring's first paragraph on one line; `<stage> --help` shows it all
     _summary = " ".join(inspect.getdoc(_mod.main).split("\n\n")[0].split())
-    app.command(name=_name, short_help=_summary)(_mod.main)
+    app.command(name=_name, short_help=_summary)(with_cpu_isa(_mod.main))
 
 
 def main() -> None:

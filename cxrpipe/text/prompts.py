@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cxrpipe.text.cache import Fingerprint, TextCache, write_text_cache
-from cxrpipe.text.embed import EmbedConfig, distinct_texts, embed_batch, expected_fingerprint, to_float16, tokenize
+from cxrpipe.text.embed import (
+    EmbedConfig,
+    distinct_texts,
+    embed_batch,
+    expected_fingerprint,
+    recorded_fingerprint,
+    to_float16,
+    tokenize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ def write_prompt_cache(cfg: EmbedConfig, texts: Sequence[str], out_path: str | P
     bos = bos_added(tokenizer)
     ids, n_truncated = tokenize(tokenizer, table.texts, cfg.max_tokens, cfg.prompt)
     model, _ = load_text_model(cfg.model, cfg.quantization, cfg.revision)
+    fingerprint = recorded_fingerprint(fingerprint, model.device)
     embeddings = []
     for a in range(0, len(ids), batch_size):
         for h in embed_batch(model, ids[a : a + batch_size], cfg.layer, bos, tokenizer.pad_token_id):
