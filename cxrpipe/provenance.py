@@ -23,10 +23,11 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
         "data/registry.py", "data/splits.py", "data/iuxray.py", "data/nih.py", "data/chexpert.py", "data/rsna.py",
     ),
     "embed": (
-        "config.py", "io.py", "provenance.py", "text", "data/prepare.py", "data/manifest.py", "data/reports.py",
+        "config.py", "io.py", "provenance.py", "cpu.py", "text", "data/prepare.py", "data/manifest.py",
+        "data/reports.py",
     ),
     "pretrain": (
-        "config.py", "io.py", "provenance.py", "pretrain", "encoder.py", "data/manifest.py",
+        "config.py", "io.py", "provenance.py", "cpu.py", "pretrain", "encoder.py", "data/manifest.py",
         "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "text/store.py", "data/prepare.py",
     ),
 }
