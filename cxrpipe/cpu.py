@@ -42,8 +42,9 @@ ISA_ENV: dict[str, dict[str, str]] = {
 class CpuConfig:
     """params section ``cpu``."""
 
-    # avx2: the same kernels on every x86 CPU (bit-identical runs) | native: each CPU's widest (faster)
-    isa: Literal["avx2", "native"] = "avx2"
+    # avx2: the same kernels on every x86 CPU (bit-identical runs) | native: each CPU's widest (faster). The
+    # default (also for a params file without the section) leaves the libraries alone; params.yaml sets avx2
+    isa: Literal["avx2", "native"] = "native"
 
 
 def apply_cpu_isa(isa: str) -> bool:
@@ -64,7 +65,7 @@ def apply_cpu_isa(isa: str) -> bool:
 
 
 def apply_params_cpu_isa(params_path: str | os.PathLike) -> None:
-    """:func:`apply_cpu_isa` of the ``cpu`` section of a params file (absent section or file: the default)."""
+    """:func:`apply_cpu_isa` of the ``cpu`` section of a params file (absent section or file: ``native``)."""
     from pathlib import Path
 
     from cxrpipe.config import load_params, section
