@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 # Stages run single-threaded BLAS per worker unless told otherwise; keep tokenizers quiet under fork.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-min bench clean-demo
+.PHONY: setup demo test test-min bench results clean-demo
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ demo: setup
 
 test: setup
 	pytest -q
+
+# the results blocks of README.md and docs/*.md, written from data/metrics (the committed reference run);
+# `make test` fails while one differs. After a new reference run: `make results`, commit the pages with it.
+results: setup
+	cxrpipe results
 
 # the stage-one benchmarks read the demo's texts and model: build those stages first (no-op when done)
 bench: setup

@@ -7,9 +7,10 @@ are the same command.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
-from typing import Annotated
+from typing import Annotated, Any, Callable
 
 import typer
 
@@ -39,6 +40,7 @@ STAGES = (
     ("launch", "launch"),  # not a stage: dvc.yaml's embed/pretrain command (params `compute`)
     ("profile", "profile"),  # not a stage: selects params-<name>.yaml
     ("plan", "plan"),  # not a stage: what `dvc repro` will cost
+    ("results", "results"),  # not a DVC stage: writes the results blocks of README.md and docs/
 )
 
 app = typer.Typer(
@@ -66,6 +68,27 @@ def _root(
 ) -> None:
     pass
 
+
+def with_cpu_isa(stage: Callable[..., Any]) -> Callable[..., Any]:
+    """``stage`` preceded by its params' ``cpu.isa`` (cxrpipe.cpu), before it imports torch; the signature
+    (Typer's options) is kept; a bad ``cpu`` section is one line naming the stage (its script's name). Stages
+    without a ``params`` option run as they are (``launch`` applies it itself, from the stage's arguments)."""
+    if "params" not in inspect.signature(stage).parameters:
+        return stage
+
+    @functools.wraps(stage)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from cxrpipe.cpu import apply_params_cpu_isa
+        from cxrpipe.log import stage_errors
+
+        params = kwargs.get("params", inspect.signature(stage).parameters["params"].default)
+        with stage_errors(stage.__module__.rsplit(".", 1)[-1]):
+            apply_params_cpu_isa(params)
+        return stage(*args, **kwargs)
+
+    return run
+
+
 for _name, _module in STAGES:
     try:
         _mod = importlib.import_module(f"stages.{_module}")
@@ -75,7 +98,9 @@ for _name, _module in STAGES:
         continue
     # the list shows the docstring's first paragraph on one line; `<stage> --help` shows it all
     _summary = " ".join(inspect.getdoc(_mod.main).split("\n\n")[0].split())
-    app.command(name=_name, short_help=_summary, context_settings=getattr(_mod, "CONTEXT_SETTINGS", None))(_mod.main)
+    app.command(name=_name, short_help=_summary, context_settings=getattr(_mod, "CONTEXT_SETTINGS", None))(
+        with_cpu_isa(_mod.main)
+    )
 
 
 def main() -> None:

@@ -24,12 +24,13 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
         "data/rsna.py",
     ),
     "embed": (
-        "config.py", "io.py", "inputs.py", "provenance.py", "text", "data/prepare.py", "data/manifest.py",
-        "data/reports.py",
+        "config.py", "io.py", "inputs.py", "provenance.py", "cpu.py", "text", "data/prepare.py",
+        "data/manifest.py", "data/reports.py",
     ),
     "pretrain": (
-        "config.py", "io.py", "inputs.py", "provenance.py", "pretrain", "encoder.py", "model_card.py", "data/manifest.py",
-        "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "text/store.py", "data/prepare.py",
+        "config.py", "io.py", "inputs.py", "provenance.py", "cpu.py", "pretrain", "encoder.py", "model_card.py",
+        "data/manifest.py", "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "text/store.py",
+        "data/prepare.py",
     ),
 }
 

@@ -23,12 +23,15 @@ def main(
     seconds; one line naming the key when anything is wrong."""
     from cxrpipe.check import run_check
     from cxrpipe.config import load_params, section
+    from cxrpipe.cpu import CpuConfig
     from cxrpipe.log import setup_logging, stage_errors
     from cxrpipe.profiles import PipelineConfig
 
     setup_logging()
     with stage_errors("check"):
-        section(load_params(params), "pipeline", PipelineConfig)  # read by dvc.yaml alone: checked here
+        raw = load_params(params)
+        section(raw, "pipeline", PipelineConfig)  # read by dvc.yaml alone: checked here
+        section(raw, "cpu", CpuConfig)  # read by the cxrpipe CLI before every stage (cxrpipe.cli): checked here
         run_check(params, out, dvc_yaml, data=data)
 
 

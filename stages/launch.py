@@ -19,10 +19,13 @@ def main(
     of a SLURM job, as params `compute` says (launcher, num_processes, config_file; docs/cluster.md). Warns
     when more GPUs are visible than the stage uses."""
     from cxrpipe.config import ConfigError, load_params, section
+    from cxrpipe.cpu import apply_params_cpu_isa
     from cxrpipe.launch import ComputeConfig, LaunchError, params_path, plan_launch, visible_gpus
 
     args = list(ctx.args)
     try:
+        # cpu.isa before visible_gpus imports torch; the processes accelerate / srun start inherit it
+        apply_params_cpu_isa(params_path(args))
         cfg = section(load_params(params_path(args)), "compute", ComputeConfig)
         plan = plan_launch(cfg, stage, args, visible_gpus())
     except (ConfigError, LaunchError) as e:

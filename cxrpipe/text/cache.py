@@ -60,7 +60,7 @@ class TextCacheError(UserError, RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Fingerprint:
     """What a text cache was made from. A reader refuses a cache whose fingerprint differs (but for
-    ``package_version``, which is recorded, not enforced)."""
+    ``package_version`` and ``cpu_kernels``, which are recorded, not enforced)."""
 
     model: str
     revision: str
@@ -74,6 +74,9 @@ class Fingerprint:
     package_version: str = ""
     schema_version: int = SCHEMA_VERSION
     store_dtype: str = StoreDtype.float16.value  # embed.store_dtype (a cache without the attr is float16)
+    # the CPU code that computed it (cxrpipe.cpu.kernels_in_use: "ATen AVX2, MKL_CBWR=AVX2, ..."); "" = not
+    # recorded (a GPU run, or a cache made before this field)
+    cpu_kernels: str = ""
 
     def to_attrs(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -84,7 +87,7 @@ class Fingerprint:
     def from_attrs(cls, attrs: Any) -> "Fingerprint":
         kw = {}
         for f in dataclasses.fields(cls):
-            if f.name not in attrs and f.name == "store_dtype":
+            if f.name not in attrs and f.name in ("store_dtype", "cpu_kernels"):
                 continue
             if f.name not in attrs:
                 raise TextCacheError(f"text cache has no '{f.name}' attribute (not a cxrpipe text cache?)")
@@ -98,11 +101,12 @@ class Fingerprint:
         return cls(**kw)
 
     def differences(self, other: "Fingerprint") -> list[str]:
-        """Fields (but ``package_version``, and ``model_identity`` when ``other``'s is unknown "") that differ,
+        """Fields (but ``package_version``, ``cpu_kernels``, and ``model_identity`` when ``other``'s is unknown "")
+        that differ,
         as readable ``name: cache=... params=...`` lines."""
         out = []
         for f in dataclasses.fields(self):
-            if f.name == "package_version":
+            if f.name in ("package_version", "cpu_kernels"):
                 continue
             if f.name == "model_identity" and not other.model_identity:
                 continue  # not known to the reader (model not at hand offline): the cache's is kept
@@ -349,6 +353,25 @@ def verify_text_cache(path: str | Path) -> dict[str, str]:
             return verify_checksums(f, path, STAGE, open_dataset=dataset)
     except OSError as e:
         raise corrupt_error(path, STAGE, str(e)) from None
+
+
+CONTENT_DATASETS = ("offsets", "study_ids", "study_rows", "token_ids")  # + embeddings and the store's extras
+
+
+def content_hash(path: str | Path, block_tokens: int = 1 << 14) -> str:
+    """sha256 of what the cache holds, not of its file's bytes: every dataset's name, dtype, shape and
+    values (embeddings and the ``store_dtype`` extras, token ids, offsets, the study map), read back through
+    :func:`dataset`. Two caches with the same hash give every reader the same numbers, whether linked or
+    not and whatever their HDF5 layout, attributes or part file names."""
+    h = hashlib.sha256()
+    with h5py.File(path, "r") as f:
+        store = StoreDtype(Fingerprint.from_attrs(f.attrs).store_dtype)
+        for name in ("embeddings", *EXTRA_ARRAYS[store], *CONTENT_DATASETS):
+            d = dataset(f, name)
+            h.update(f"{name}\0{d.dtype.str}\0{d.shape}\0".encode())
+            for a in range(0, d.shape[0], block_tokens):
+                h.update(np.ascontiguousarray(d[a : a + block_tokens]).tobytes())
+    return h.hexdigest()
 
 
 class TextCache:

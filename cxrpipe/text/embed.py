@@ -125,6 +125,17 @@ def expected_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Seque
     )
 
 
+def recorded_fingerprint(expected: Fingerprint, device: Any) -> Fingerprint:
+    """``expected`` plus what a writer records beside the params: the CPU kernels, on a CPU run (the numbers
+    depend on them: cxrpipe.cpu, docs/benchmarks.md)."""
+    import torch
+
+    from cxrpipe.cpu import kernels_in_use
+
+    on_cpu = torch.device(device).type == "cpu"
+    return dataclasses.replace(expected, cpu_kernels=kernels_in_use() if on_cpu else "")
+
+
 @dataclasses.dataclass(frozen=True)
 class TextTable:
     """Distinct prompted texts in canonical order and the study -> row map."""
@@ -302,7 +313,7 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
     state = process_state()
     out_path = Path(out_path)
     studies = read_studies(manifest_dir)
-    fingerprint = expected_fingerprint(cfg, [s.text for s in studies], sections)
+    fingerprint = recorded_fingerprint(expected_fingerprint(cfg, [s.text for s in studies], sections), state.device)
     table = distinct_texts([s.study_id for s in studies], [s.text for s in studies], cfg.prompt)
     if not table.texts:
         raise ValueError(f"{manifest_dir}: no study has a non-empty report text")

@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cxrpipe.config import ConfigError
-from cxrpipe.io import CorruptFileError
 from cxrpipe.data.reports import clean_report
+from cxrpipe.io import CorruptFileError
 from cxrpipe.text.cache import Fingerprint, TextCache, TextCacheError, write_text_cache
-from cxrpipe.text.embed import EmbedConfig, distinct_texts, embed_batch, expected_fingerprint, tokenize
+from cxrpipe.text.embed import (
+    EmbedConfig,
+    distinct_texts,
+    embed_batch,
+    expected_fingerprint,
+    recorded_fingerprint,
+    tokenize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,7 @@ def write_prompt_cache(cfg: EmbedConfig, texts: Sequence[str], out_path: str | P
     bos = bos_added(tokenizer)
     ids, n_truncated = tokenize(tokenizer, table.texts, cfg.max_tokens, cfg.prompt)
     model, _ = load_text_model(cfg.model, cfg.quantization, cfg.revision)
+    fingerprint = recorded_fingerprint(fingerprint, model.device)
     embeddings = []  # float32 [L_i, hidden]; stored in the fingerprint's form
     for a in range(0, len(ids), batch_size):
         embeddings += [h.numpy() for h in embed_batch(model, ids[a : a + batch_size], cfg.layer, bos, tokenizer.pad_token_id)]

@@ -1,0 +1,431 @@
+"""``cxrpipe results``: every result README.md and docs/ quote, written from the metrics the pipeline wrote.
+
+A page marks each generated block::
+
+    <!-- results:comparison (make results: written from data/metrics, edits are overwritten) -->
+    ...generated Markdown...
+    <!-- /results -->
+
+:func:`update_pages` rewrites what lies between the markers from ``data/metrics/*.json`` (the committed
+reference run); ``check=True`` only lists the blocks that differ, which is what the test in ``make test``
+does, so a number typed by hand or left from an older run fails it.
+
+The metrics' layout is known in ONE place, the :class:`Metrics` accessors below: they turn the JSON files into
+small records (:class:`Est`, :class:`Delta`, ...) and the block builders only format those. When a stage's
+JSON changes (a protocol renamed, a field added), adapt the accessor; a protocol, encoder or dataset is
+found in the data, never listed here. A block whose files are missing says so in one line instead of
+failing: a page stays renderable before the reference run is committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from cxrpipe.labels import CHEXPERT_LABELS
+
+MARKER = re.compile(r"(<!-- results:([a-z0-9_]+)\b[^>]*-->\n)(.*?)(<!-- /results -->)", re.S)
+DEFAULT_PAGES = ("README.md", "docs/*.md")
+# how a protocol key of the metrics is named in a table (an unknown key is shown as it is)
+PROTOCOL_NAMES = {"linear": "linear probe", "fc": "FC head (frozen)", "finetune": "finetune (LP-FT)"}
+CANDIDATE, REFERENCE, RANDOM, PIXELS = "multimodal", "mae", "random", "pixels"
+UNITS = {"patient": "patients", "study": "studies", "image": "images"}  # bootstrap_unit -> what is resampled
+
+
+class ResultsError(ValueError):
+    """A page names a block that does not exist, or its markers do not pair up."""
+
+
+class MissingMetrics(LookupError):
+    """A metrics file a block needs is not there (the block then says so instead of failing)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Est:
+    """A value with its 95% interval (None where there is none)."""
+
+    value: float | None
+    lo: float | None = None
+    hi: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta(Est):
+    """A paired difference with its interval and two-sided p."""
+
+    p: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """A value over training seeds: mean, sd (n - 1; None for one seed), min, max."""
+
+    n: int
+    mean: float | None
+    sd: float | None
+    lo: float | None
+    hi: float | None
+
+
+def _est(d: dict | None, key: str = "mauc") -> Est:
+    d = d or {}
+    lo, hi = (d.get(f"{key}_ci95") or [None, None])[:2]
+    return Est(d.get(key), lo, hi)
+
+
+def _delta(d: dict | None, key: str = "delta_mauc", ci: str = "delta_ci95", p: str = "p_value") -> Delta:
+    d = d or {}
+    lo, hi = (d.get(ci) or [None, None])[:2]
+    return Delta(d.get(key), lo, hi, d.get(p))
+
+
+class Metrics:
+    """Accessors over a metrics folder (``data/metrics``): the only code that knows the JSON layouts."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._cache: dict[str, dict] = {}
+
+    def read(self, name: str) -> dict:
+        """``<name>.json`` with ``<name>.config.json`` (the strings the stage put beside its numbers) merged in."""
+        if name not in self._cache:
+            path = self.folder / f"{name}.json"
+            if not path.is_file():
+                raise MissingMetrics(f"{self.folder.name}/{path.name} is missing")  # the same text from any cwd
+            cfg = self.folder / f"{name}.config.json"
+            data = json.loads(cfg.read_text()) if cfg.is_file() else {}
+            data.update(json.loads(path.read_text()))
+            self._cache[name] = data
+        return self._cache[name]
+
+    # ---- compare (comparison.json)
+    def protocols(self) -> list[str]:
+        return [k for k, v in self.read("comparison").items() if isinstance(v, dict) and "delta_mauc" in v]
+
+    def mauc(self, protocol: str, encoder: str) -> Est:
+        """An encoder's mAUC under a protocol; the references (random, pixels) from the references block."""
+        c = self.read("comparison")
+        if encoder in c.get(protocol, {}):
+            return _est(c[protocol][encoder])
+        refs = c.get("references") or {}
+        return _est((refs.get(protocol) or {}).get(encoder) or refs.get(encoder))
+
+    def delta(self, protocol: str, candidate: str = CANDIDATE, reference: str = REFERENCE) -> Delta:
+        c = self.read("comparison")
+        if (candidate, reference) == (CANDIDATE, REFERENCE):
+            return _delta(c.get(protocol))
+        return _delta(((c.get("references") or {}).get(protocol) or {}).get(f"{candidate}_vs_{reference}"))
+
+    def accuracy(self, protocol: str, encoder: str) -> tuple[float | None, float | None]:
+        """(accuracy at 0.5, the all-negative classifier's accuracy on the same entries) of a compared encoder."""
+        d = self.read("comparison").get(protocol, {}).get(encoder) or {}
+        return d.get("accuracy"), d.get("all_negative_accuracy")
+
+    def test_set(self) -> dict[str, Any]:
+        """n_studies, n_images, n_patients (None when not recorded), n_bootstrap, unit, labels_in_mauc."""
+        c = self.read("comparison")
+        first = c[self.protocols()[0]]
+        return {"n_studies": first.get("n_test_studies"), "n_images": first.get("n_test_images"),
+                "n_patients": first.get("n_test_patients", first.get("n_patients")),
+                "n_bootstrap": first.get("n_bootstrap"), "unit": first.get("bootstrap_unit") or c.get("bootstrap_unit"),
+                "labels_in_mauc": list(first.get("labels_in_mauc") or [])}
+
+    def seeds(self) -> list[Any]:
+        return list((self.read("comparison").get("seeds") or {}).get("seeds") or [])
+
+    def seed_deltas(self, protocol: str, key: str = "") -> list[tuple[Any, Delta]]:
+        """Per seed: multimodal - mae (``key`` "") or the named reference delta (``mae_vs_random``)."""
+        rows = ((self.read("comparison").get("seeds") or {}).get(protocol) or {}).get("per_seed") or []
+        return [(r["seed"], _delta(r.get(key) if key else r)) for r in rows if not key or key in r]
+
+    def seed_spread(self, protocol: str, key: str = "delta_mauc") -> Spread | None:
+        s = ((self.read("comparison").get("seeds") or {}).get(protocol) or {}).get(key)
+        return Spread(s["n"], s["mean"], s.get("sd"), s.get("min"), s.get("max")) if s else None
+
+    # ---- label efficiency (label_efficiency.json)
+    def label_efficiency(self) -> dict[str, Any]:
+        le = self.read("label_efficiency")
+        encoders = le.get("encoders") or {}
+        tags = sorted({t for runs in encoders.values() for t in runs},
+                      key=lambda t: next(r[t]["label_fraction"] for r in encoders.values() if t in r))
+        rows = []
+        for t in tags:
+            first = next(r[t] for r in encoders.values() if t in r)
+            rows.append({"fraction": first["label_fraction"], "n_train": first.get("n_train_studies"),
+                         "mauc": {e: _est(r.get(t)) for e, r in encoders.items()},
+                         "delta": _delta((le.get("delta") or {}).get(t))})
+        return {"protocol": le.get("protocol"), "level": le.get("level"), "reference": le.get("reference", REFERENCE),
+                "candidate": le.get("candidate", CANDIDATE), "encoders": list(encoders), "rows": rows}
+
+    # ---- zero-shot (zeroshot-<encoder>.json)
+    def zeroshot(self, encoder: str) -> dict[str, Any]:
+        z = self.read(f"zeroshot-{encoder}")
+        per_label = {n: (_est(v, "auroc"), v.get("n_pos")) for n, v in (z.get("per_label") or {}).items()}
+        return {"mauc": _est(z), "mauc5": _est(z, "mauc5"), "labels_in_mauc": list(z.get("labels_in_mauc") or []),
+                "n_studies": z.get("n_studies"), "per_label": per_label}
+
+    # ---- retrieval (retrieval-<encoder>.json on test; pretrain-<variant>.json: the validate check)
+    def retrieval(self, encoder: str) -> dict[str, Any]:
+        r = self.read(f"retrieval-{encoder}")
+        ways = {w: {int(k.split("@")[1]): (_est(r[w], k), r[w].get(f"chance@{k.split('@')[1]}"))
+                    for k in r[w] if re.fullmatch(r"recall@\d+", k)} for w in ("image_to_report", "report_to_image")}
+        return {"n_images": r.get("n_images"), "n_texts": r.get("n_texts"), "n_studies": r.get("n_studies"), **ways}
+
+    def alignment_check(self, variant: str) -> dict[str, Any]:
+        r = self.read(f"pretrain-{variant}").get("retrieval") or {}
+        ks = sorted(int(k.split("@")[1]) for k in r if re.fullmatch(r"recall@\d+", k))
+        return {"n_images": r.get("n_images"), "n_reports": r.get("n_reports"),
+                "recall": {k: r[f"recall@{k}"] for k in ks}, "chance": {k: r.get(f"chance@{k}") for k in ks}}
+
+    # ---- transfer (transfer.json + transfer.config.json)
+    def transfer(self) -> list[dict[str, Any]]:
+        """One record per dataset: title, reference / candidate / references names, rows per protocol x fraction."""
+        t = self.read("transfer")
+        out = []
+        for name, info in (t.get("datasets") or {}).items():
+            rows = []
+            for protocol, fractions in (t.get(name) or {}).items():
+                for tag, f in sorted(fractions.items(), key=lambda kv: kv[1]["label_fraction"]):
+                    encs = [k for k, v in f.items() if isinstance(v, dict) and "mauc" in v]
+                    rows.append({"protocol": protocol, "fraction": f["label_fraction"], "n_train": f.get("n_train_studies"),
+                                 "n_labels": f.get("n_labels_in_mauc"), "mauc": {e: _est(f[e]) for e in encs},
+                                 "delta": _delta(f),
+                                 "references": {k: _delta(v) for k, v in (f.get("references") or {}).items()}})
+            out.append({"dataset": name, "title": info.get("title", name), "reference": t.get("reference", REFERENCE),
+                        "candidate": t.get("candidate", CANDIDATE), "unit": t.get("bootstrap_unit"),
+                        "n_bootstrap": t.get("n_bootstrap"), "rows": rows})
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ format
+# One convention for every generated table: 3 decimals for AUCs, recalls and deltas (deltas signed), p with
+# 3 decimals and "p < 0.001" below that (1000 bootstrap replicates cannot resolve smaller p).
+
+
+def num(x: float | None, sign: bool = False) -> str:
+    return "n/a" if x is None else format(x, "+.3f" if sign else ".3f")
+
+
+def est(e: Est, sign: bool = False) -> str:
+    if e.value is None:
+        return "n/a"
+    return num(e.value, sign) + ("" if e.lo is None else f" [{num(e.lo, sign)}, {num(e.hi, sign)}]")
+
+
+def pval(p: float | None) -> str:
+    return "n/a" if p is None else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+
+
+def delta(d: Delta, bold_if_excludes_zero: bool = False) -> str:
+    if d.value is None:
+        return "n/a"
+    cell = est(d, sign=True)
+    if bold_if_excludes_zero and d.lo is not None and (d.lo > 0 or d.hi < 0):
+        cell = f"**{cell}**"
+    return cell + ("" if d.p is None else f", {pval(d.p)}")
+
+
+def spread(s: Spread | None) -> str:
+    if s is None or s.mean is None:
+        return "n/a"
+    sd = "one seed" if s.sd is None else f"sd {s.sd:.3f}"
+    return f"{num(s.mean, True)} ({sd}; {num(s.lo, True)} to {num(s.hi, True)})"
+
+
+def frac(x: float) -> str:
+    return f"{100 * x:g}%"
+
+
+def table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
+    header = list(header)
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def protocol_name(key: str) -> str:
+    return PROTOCOL_NAMES.get(key, key)
+
+
+# ------------------------------------------------------------------------------------------------ blocks
+
+
+def _test_line(m: Metrics) -> str:
+    t = m.test_set()
+    who = f"{t['n_studies']} test studies" + (f" of {t['n_patients']} patients" if t["n_patients"] else "")
+    unit = UNITS.get(t["unit"] or "study", t["unit"])
+    left_out = [n for n in CHEXPERT_LABELS if n not in t["labels_in_mauc"]]
+    return (f"{who}; 95% bootstrap intervals over test {unit} ({t['n_bootstrap']} resamples), every delta paired on "
+            f"the same resamples; mAUC over the {len(t['labels_in_mauc'])} labels with enough test positives"
+            + (f" ({', '.join(left_out)} reported apart)" if left_out else "") + ".")
+
+
+def block_comparison(m: Metrics) -> list[str]:
+    """The headline table: the seed spread first when seed repeats exist, then seed 0 beside the references."""
+    protocols, seeds = m.protocols(), m.seeds()
+    lines = [_test_line(m), ""]
+    if len(seeds) > 1:
+        lines += table(
+            ["protocol", f"multimodal - mae, seeds {' / '.join(map(str, seeds))}", "mean (sd; min to max)",
+             "mae - random: mean (sd; min to max)"],
+            [[protocol_name(p), " / ".join(num(d.value, True) for _, d in m.seed_deltas(p)),
+              spread(m.seed_spread(p)), spread(m.seed_spread(p, "mae_vs_random"))] for p in protocols])
+        lines += ["", f"Seed {seeds[0]} with its intervals:", ""]
+    lines += table(
+        ["protocol", "pixels", "random", "mae", "multimodal", "mae - random", "multimodal - mae"],
+        [[protocol_name(p), est(m.mauc(p, PIXELS)), est(m.mauc(p, RANDOM)), est(m.mauc(p, REFERENCE)),
+          est(m.mauc(p, CANDIDATE)), delta(m.delta(p, REFERENCE, RANDOM)), delta(m.delta(p), True)] for p in protocols])
+    if len(seeds) <= 1:
+        lines += ["", "One training seed: the intervals cover test-set sampling, not training randomness "
+                      "(`dvc exp run -S 'compare.extra_seeds=[1,2]'` adds two seeds)."]
+    return lines
+
+
+def block_references(m: Metrics) -> list[str]:
+    return table(["protocol", "multimodal - random", "mae - pixels", "multimodal - pixels"],
+                 [[protocol_name(p), delta(m.delta(p, CANDIDATE, RANDOM)), delta(m.delta(p, REFERENCE, PIXELS)),
+                   delta(m.delta(p, CANDIDATE, PIXELS))] for p in m.protocols()])
+
+
+def block_seeds(m: Metrics) -> list[str]:
+    rows = []
+    for p in m.protocols():
+        to_random = dict(m.seed_deltas(p, "mae_vs_random"))
+        rows += [[protocol_name(p), str(s), delta(d), delta(to_random[s]) if s in to_random else "n/a"]
+                 for s, d in m.seed_deltas(p)]
+    return table(["protocol", "seed", "multimodal - mae", "mae - random"], rows)
+
+
+def block_label_efficiency(m: Metrics) -> list[str]:
+    le = m.label_efficiency()
+    head = ["fraction", "train studies", *(f"{e} mAUC" for e in le["encoders"]), f"{le['candidate']} - {le['reference']}"]
+    rows = [[frac(r["fraction"]), str(r["n_train"]), *(est(r["mauc"][e]) for e in le["encoders"]), delta(r["delta"])]
+            for r in le["rows"]]
+    return [f"{protocol_name(le['protocol'] or '')}, {le['level']} level, test:", "", *table(head, rows)]
+
+
+def block_zeroshot(m: Metrics) -> list[str]:
+    z = {e: m.zeroshot(e) for e in (REFERENCE, CANDIDATE)}
+    n = len(z[CANDIDATE]["labels_in_mauc"])
+    lines = table(["encoder", f"mAUC ({n} labels)", "mAUC-5 (CheXpert competition labels)"],
+                  [[e + (" (untrained heads: chance reference)" if e == REFERENCE else ""), est(v["mauc"]),
+                    est(v["mauc5"])] for e, v in z.items()])
+    labels = list(z[CANDIDATE]["per_label"])
+    rows = [[name, str(z[CANDIDATE]["per_label"][name][1]), est(z[REFERENCE]["per_label"].get(name, (Est(None),))[0]),
+             est(z[CANDIDATE]["per_label"][name][0])] for name in labels]
+    return [*lines, "", *table(["label", "test positives", "mae AUROC", "multimodal AUROC"], rows)]
+
+
+def block_retrieval(m: Metrics) -> list[str]:
+    a = {v: m.alignment_check(v) for v in (REFERENCE, CANDIDATE)}
+    ks = list(a[CANDIDATE]["recall"])
+    first = a[CANDIDATE]
+    lines = [f"Validate (the pretraining check, {first['n_images']} images x {first['n_reports']} reports), image -> "
+             "report:", "",
+             *table(["", *(f"R@{k}" for k in ks)],
+                    [["chance", *(num(first["chance"][k]) for k in ks)],
+                     *([f"{v}" + (" (untrained heads)" if v == REFERENCE else ""), *(num(a[v]["recall"].get(k)) for k in ks)]
+                       for v in a)])]
+    r = {e: m.retrieval(e) for e in (REFERENCE, CANDIDATE)}
+    t = r[CANDIDATE]
+    ks = sorted(t["image_to_report"])
+    lines += ["", f"Test ({t['n_images']} images of {t['n_studies']} studies, {t['n_texts']} distinct report texts):", ""]
+    rows = []
+    for way, title in (("image_to_report", "image -> report"), ("report_to_image", "report -> image")):
+        rows.append(["chance", title, *(num(t[way][k][1]) for k in ks)])
+        rows += [[e, title, *(est(r[e][way][k][0]) for k in ks)] for e in r]
+    return [*lines, *table(["", "direction", *(f"R@{k}" for k in ks)], rows)]
+
+
+def block_transfer(m: Metrics) -> list[str]:
+    lines: list[str] = []
+    for ds in m.transfer():
+        encs = list(dict.fromkeys(e for r in ds["rows"] for e in r["mauc"]))
+        refs = list(dict.fromkeys(k for r in ds["rows"] for k in r["references"]))
+        head = ["protocol", "fraction", "train studies", "labels in mAUC", *encs,
+                f"{ds['candidate']} - {ds['reference']}", *(k.replace("_vs_", " - ") for k in refs)]
+        rows = [[protocol_name(r["protocol"]), frac(r["fraction"]), str(r["n_train"]), str(r["n_labels"]),
+                 *(est(r["mauc"][e]) if e in r["mauc"] else "n/a" for e in encs), delta(r["delta"]),
+                 *(delta(r["references"][k]) if k in r["references"] else "n/a" for k in refs)] for r in ds["rows"]]
+        unit = UNITS.get(ds["unit"] or "study", ds["unit"])
+        lines += [f"{ds['title']}: 95% intervals over test {unit} ({ds['n_bootstrap']} resamples).",
+                  "", *table(head, rows), ""]
+    return lines[:-1]
+
+
+def block_summary(m: Metrics) -> list[str]:
+    """The README's one-line-each view of the further evaluations."""
+    a = {v: m.alignment_check(v) for v in (REFERENCE, CANDIDATE)}
+    k = max(a[CANDIDATE]["recall"])
+    z = {e: m.zeroshot(e)["mauc"] for e in (REFERENCE, CANDIDATE)}
+    le = m.label_efficiency()
+    acc = [m.accuracy(p, e) for p in m.protocols() for e in (REFERENCE, CANDIDATE)]
+    runs = [a for a, _ in acc if a is not None]
+    return [
+        f"- accuracy at 0.5: predicting negative everywhere {num(acc[0][1])}, the runs {num(min(runs, default=None))} "
+        f"to {num(max(runs, default=None))};",
+        f"- validate image -> report R@{k}: multimodal {num(a[CANDIDATE]['recall'][k])}, mae's untrained heads "
+        f"{num(a[REFERENCE]['recall'][k])}, chance {num(a[CANDIDATE]['chance'][k])};",
+        f"- zero-shot mAUC: multimodal {est(z[CANDIDATE])}, mae (untrained heads) {est(z[REFERENCE])};",
+        f"- label efficiency, {le['candidate']} - {le['reference']} at "
+        + ", ".join(f"{frac(r['fraction'])}: {delta(r['delta'])}" for r in le["rows"]) + ".",
+    ]
+
+
+BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
+    "comparison": block_comparison,
+    "references": block_references,
+    "seeds": block_seeds,
+    "label_efficiency": block_label_efficiency,
+    "zeroshot": block_zeroshot,
+    "retrieval": block_retrieval,
+    "transfer": block_transfer,
+    "summary": block_summary,
+}
+
+
+def build_block(name: str, m: Metrics) -> str:
+    """The Markdown of block ``name`` (ending with a newline); one line saying what is missing when a metrics
+    file it needs is not there."""
+    if name not in BLOCKS:
+        raise ResultsError(f"unknown results block {name!r}; known: {sorted(BLOCKS)}")
+    try:
+        return "\n".join(BLOCKS[name](m)) + "\n"
+    except MissingMetrics as e:
+        return f"_Not in the committed metrics ({e}): run `dvc repro`, then `make results`._\n"
+
+
+# ------------------------------------------------------------------------------------------------ pages
+
+
+def render(text: str, m: Metrics) -> str:
+    """``text`` with every results block rewritten from ``m``."""
+    if text.count("<!-- results:") != text.count("<!-- /results -->"):
+        raise ResultsError("a results block has no closing <!-- /results --> (or a closing marker no opening)")
+    return MARKER.sub(lambda g: g.group(1) + build_block(g.group(2), m) + g.group(4), text)
+
+
+def stale_blocks(text: str, m: Metrics) -> list[str]:
+    """Names of the blocks of ``text`` whose content is not what ``m`` gives."""
+    return [g.group(2) for g in MARKER.finditer(text) if g.group(3) != build_block(g.group(2), m)]
+
+
+def find_pages(root: str | Path, patterns: Iterable[str] = DEFAULT_PAGES) -> list[Path]:
+    root = Path(root)
+    return sorted({p for pat in patterns for p in root.glob(pat) if p.is_file()})
+
+
+def update_pages(pages: Iterable[str | Path], metrics_dir: str | Path, check: bool = False) -> list[str]:
+    """Rewrite the results blocks of ``pages`` from ``metrics_dir`` (``check``: write nothing). Returns
+    ``"<page>: <block>"`` for every block that was (or, checking, would be) changed."""
+    m = Metrics(metrics_dir)
+    changed = []
+    for page in map(Path, pages):
+        text = page.read_text()
+        stale = stale_blocks(text, m)
+        changed += [f"{page}: {b}" for b in stale]
+        if stale and not check:
+            page.write_text(render(text, m))
+    return changed

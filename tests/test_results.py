@@ -1,0 +1,200 @@
+"""`cxrpipe results`: the generated blocks hold what the metrics say, a typed or stale number fails the check,
+and the committed README/docs agree with the committed metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cxrpipe.cli import app
+from cxrpipe.results import (
+    BLOCKS,
+    Metrics,
+    ResultsError,
+    build_block,
+    find_pages,
+    pval,
+    render,
+    stale_blocks,
+    update_pages,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ci(x: float, w: float = 0.05) -> list[float]:
+    return [round(x - w, 4), round(x + w, 4)]
+
+
+def _delta(d: float, p: float) -> dict:
+    return {"delta_mauc": d, "delta_ci95": _ci(d, 0.03), "p_value": p}
+
+
+def _recalls(scale: float, n_candidates: int) -> dict:
+    out: dict = {}
+    for k in (1, 5, 10):
+        out.update({f"recall@{k}": scale * k, f"recall@{k}_ci95": _ci(scale * k, 0.01), f"chance@{k}": k / n_candidates})
+    return out
+
+
+def write_metrics(folder: Path, seeds: tuple[int, ...] = (0,), protocols: tuple[str, ...] = ("linear", "finetune")) -> Path:
+    """Metrics JSONs shaped as the stages write them, every number distinct so a test can find it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dump = lambda name, d: (folder / f"{name}.json").write_text(json.dumps(d))  # noqa: E731
+    labels = ["Atelectasis", "Cardiomegaly", "Edema", "Lung Opacity"]
+    comparison: dict = {}
+    for i, p in enumerate(protocols):
+        acc = {"all_negative_accuracy": 0.868}
+        comparison[p] = {"mae": {"mauc": 0.611 + i / 100, "mauc_ci95": _ci(0.611 + i / 100), "accuracy": 0.871, **acc},
+                         "multimodal": {"mauc": 0.657 + i / 100, "mauc_ci95": _ci(0.657 + i / 100),
+                                        "accuracy": 0.884 + i / 1000, **acc},
+                         **_delta(0.046 + i / 1000, 0.0009 if i == 0 else 0.2468), "n_bootstrap": 1000,
+                         "n_test_images": 204, "n_test_studies": 193, "labels_in_mauc": labels}
+    comparison["references"] = {"pixels": {"mauc": 0.777, "mauc_ci95": _ci(0.777)}}
+    for i, p in enumerate(protocols):
+        comparison["references"][p] = {"random": {"mauc": 0.593 + i / 100, "mauc_ci95": _ci(0.593 + i / 100)},
+                                       "pixels": {"mauc": 0.777, "mauc_ci95": _ci(0.777)},
+                                       "mae_vs_random": _delta(0.018 + i / 1000, 0.31),
+                                       "multimodal_vs_random": _delta(0.064 + i / 1000, 0.002),
+                                       "mae_vs_pixels": _delta(-0.166 - i / 1000, 0.0005),
+                                       "multimodal_vs_pixels": _delta(-0.12 - i / 1000, 0.0005)}
+    comparison["seeds"] = {"seeds": list(seeds)}
+    for i, p in enumerate(protocols):
+        per_seed = [{"seed": s, "mae": {"mauc": 0.6}, "multimodal": {"mauc": 0.65}, **_delta(0.041 + s / 100 + i / 1000, 0.01),
+                     "random": {"mauc": 0.59}, "mae_vs_random": _delta(0.003 + s / 100, 0.5)} for s in seeds]
+        ds = [r["delta_mauc"] for r in per_seed]
+        comparison["seeds"][p] = {"per_seed": per_seed,
+                                  "delta_mauc": {"n": len(ds), "mean": sum(ds) / len(ds), "sd": 0.0123 if len(ds) > 1 else None,
+                                                 "min": min(ds), "max": max(ds)},
+                                  "mae_vs_random": {"n": len(ds), "mean": 0.0135, "sd": 0.0101 if len(ds) > 1 else None,
+                                                    "min": 0.003, "max": 0.003 + (len(ds) - 1) / 100}}
+    dump("comparison", comparison)
+    runs = {e: {f"f{t}": {"label_fraction": f, "n_train_studies": n, "mauc": m + j, "mauc_ci95": _ci(m + j)}
+                for t, f, n, m in ((5, 0.05, 34, 0.524), (100, 1.0, 688, 0.619))} for e, j in (("mae", 0), ("multimodal", 0.058))}
+    dump("label_efficiency", {"encoders": runs, "delta": {"f5": {"label_fraction": 0.05, **_delta(0.0581, 0.004)},
+                                                          "f100": {"label_fraction": 1.0, **_delta(0.0382, 0.025)}}})
+    (folder / "label_efficiency.config.json").write_text(json.dumps(
+        {"protocol": "linear", "level": "study", "reference": "mae", "candidate": "multimodal"}))
+    for e, m in (("mae", 0.472), ("multimodal", 0.505)):
+        dump(f"zeroshot-{e}", {"mauc": m, "mauc_ci95": _ci(m), "mauc5": m + 0.01, "mauc5_ci95": _ci(m + 0.01),
+                               "labels_in_mauc": labels, "n_studies": 193,
+                               "per_label": {n: {"auroc": m + k / 100, "auroc_ci95": _ci(m + k / 100), "n_pos": 20 + k}
+                                             for k, n in enumerate(labels)}})
+        scale = 0.01 if e == "mae" else 0.02
+        dump(f"retrieval-{e}", {"n_images": 204, "n_texts": 197, "n_studies": 197,
+                                "image_to_report": _recalls(scale, 197), "report_to_image": _recalls(scale + 0.001, 197)})
+        check = _recalls((0.121 if e == "mae" else 0.212) / 10, 97)
+        dump(f"pretrain-{e}", {"retrieval": {"n_images": 99, "n_reports": 97, **check}})
+    dump("transfer", {"nih_cxr14": {"linear": {"f1": {
+        "label_fraction": 0.01, "n_train_studies": 2, "n_test_studies": 66, "n_labels_in_mauc": 2,
+        "mae": {"mauc": 0.595, "mauc_ci95": _ci(0.595)}, "multimodal": {"mauc": 0.549, "mauc_ci95": _ci(0.549)},
+        "random": {"mauc": 0.529, "mauc_ci95": _ci(0.529)}, **_delta(-0.046, 0.44),
+        "references": {"mae_vs_random": _delta(0.065, 0.12), "multimodal_vs_random": _delta(0.02, 0.7)}}}}})
+    (folder / "transfer.config.json").write_text(json.dumps(
+        {"reference": "mae", "candidate": "multimodal", "references": ["random"], "n_bootstrap": 1000,
+         "bootstrap_unit": "patient", "datasets": {"nih_cxr14": {"title": "NIH ChestX-ray14 (official lists)"}}}))
+    return folder
+
+
+def page(*names: str) -> str:
+    return "# results\n\n" + "".join(f"<!-- results:{n} (make results) -->\nold\n<!-- /results -->\n\ntext\n" for n in names)
+
+
+def test_blocks_hold_the_planted_numbers(tmp_path):
+    m = Metrics(write_metrics(tmp_path / "metrics"))
+    cmp = build_block("comparison", m)
+    assert "| linear probe | 0.777 [0.727, 0.827] | 0.593 [0.543, 0.643] | 0.611 [0.561, 0.661] | 0.657 [0.607, 0.707] |" in cmp
+    assert "**+0.046 [+0.016, +0.076]**, p < 0.001" in cmp  # interval above 0: bold; p at the floor
+    assert "+0.047 [+0.017, +0.077]**, p = 0.247" in cmp  # finetune: p printed to 3 decimals
+    assert "193 test studies" in cmp and "over the 4 labels" in cmp and "Consolidation" in cmp  # left out, named
+    assert "One training seed" in cmp
+    le = build_block("label_efficiency", m)
+    assert "| 5% | 34 | 0.524 [0.474, 0.574] | 0.582 [0.532, 0.632] | +0.058 [+0.028, +0.088], p = 0.004 |" in le
+    zs = build_block("zeroshot", m)
+    assert "| multimodal | 0.505 [0.455, 0.555] | 0.515 [0.465, 0.565] |" in zs and "| Edema | 22 | 0.492" in zs
+    rt = build_block("retrieval", m)
+    assert "| multimodal | 0.021 | 0.106 | 0.212 |" in rt and "| chance | 0.010 | 0.052 | 0.103 |" in rt
+    tr = build_block("transfer", m)
+    assert "NIH ChestX-ray14 (official lists): 95% intervals over test patients" in tr
+    assert "| linear probe | 1% | 2 | 2 | 0.595 [0.545, 0.645] | 0.549" in tr and "+0.065 [+0.035, +0.095], p = 0.120" in tr
+    sm = build_block("summary", m)
+    assert "R@10: multimodal 0.212, mae's untrained heads 0.121, chance 0.103" in sm and "5%: +0.058" in sm
+    assert "negative everywhere 0.868, the runs 0.871 to 0.885" in sm
+
+
+def test_three_seeds_lead_with_the_spread(tmp_path):
+    one = build_block("comparison", Metrics(write_metrics(tmp_path / "one")))
+    three = build_block("comparison", Metrics(write_metrics(tmp_path / "three", seeds=(0, 1, 2))))
+    assert "multimodal - mae, seeds" not in one
+    lines = three.splitlines()
+    spread_at = next(i for i, ln in enumerate(lines) if "seeds 0 / 1 / 2" in ln)
+    seed0_at = next(i for i, ln in enumerate(lines) if ln.startswith("| protocol | pixels"))
+    assert spread_at < seed0_at and "One training seed" not in three
+    assert "| linear probe | +0.041 / +0.051 / +0.061 | +0.051 (sd 0.012; +0.041 to +0.061) |" in three
+
+
+def test_protocols_come_from_the_data(tmp_path):
+    """A protocol renamed or added (fc beside a true linear probe) needs no change here."""
+    m = Metrics(write_metrics(tmp_path / "m", protocols=("fc", "linear", "finetune")))
+    cmp = build_block("comparison", m)
+    assert [ln.split(" | ")[0] for ln in cmp.splitlines() if ln.startswith("| ") and "[" in ln] == [
+        "| FC head (frozen)", "| linear probe", "| finetune (LP-FT)"]
+
+
+def test_a_typed_or_stale_number_fails_the_check(tmp_path):
+    metrics = write_metrics(tmp_path / "metrics")
+    m = Metrics(metrics)
+    fresh = render(page(*BLOCKS), m)
+    assert stale_blocks(fresh, m) == []
+    assert stale_blocks(page("comparison"), m) == ["comparison"]  # never written
+    typed = fresh.replace("0.657 [0.607, 0.707]", "0.667 [0.607, 0.707]", 1)
+    assert typed != fresh and stale_blocks(typed, m) == ["comparison"]
+    # the metrics move (another run): every block quoting them is stale
+    cmp = json.loads((metrics / "comparison.json").read_text())
+    cmp["linear"]["delta_mauc"] = 0.031
+    (metrics / "comparison.json").write_text(json.dumps(cmp))
+    assert stale_blocks(fresh, Metrics(metrics)) == ["comparison"]
+    assert "outside" in render(page("summary") + "outside 0.123\n", m)  # text outside blocks is left alone
+
+
+def test_update_pages_rewrites_then_checks_clean(tmp_path):
+    metrics = write_metrics(tmp_path / "metrics")
+    doc = tmp_path / "doc.md"
+    doc.write_text(page("comparison", "transfer"))
+    assert update_pages([doc], metrics, check=True) == [f"{doc}: comparison", f"{doc}: transfer"]
+    assert "old" in doc.read_text()  # check writes nothing
+    assert len(update_pages([doc], metrics)) == 2 and "old" not in doc.read_text()
+    assert update_pages([doc], metrics, check=True) == []
+
+
+def test_missing_metrics_say_so_and_bad_markers_fail(tmp_path):
+    m = Metrics(tmp_path / "nothing")
+    assert "Not in the committed metrics" in build_block("comparison", m) and "comparison.json" in build_block("comparison", m)
+    with pytest.raises(ResultsError, match="unknown results block"):
+        render(page("no_such_block"), m)
+    with pytest.raises(ResultsError, match="closing"):
+        render("<!-- results:comparison -->\nx\n", m)
+
+
+def test_p_values_never_print_below_their_resolution():
+    assert pval(0.000999) == "p < 0.001" and pval(0.001) == "p = 0.001" and pval(0.0254) == "p = 0.025"
+
+
+def test_cli_check_exits_1_on_a_stale_block(tmp_path):
+    metrics = write_metrics(tmp_path / "metrics")
+    doc = tmp_path / "doc.md"
+    doc.write_text(page("zeroshot"))
+    res = CliRunner().invoke(app, ["results", "--metrics", str(metrics), "--check", str(doc)])
+    assert res.exit_code == 1 and "stale" in res.output and "zeroshot" in res.output
+    assert CliRunner().invoke(app, ["results", "--metrics", str(metrics), str(doc)]).exit_code == 0
+    assert CliRunner().invoke(app, ["results", "--metrics", str(metrics), "--check", str(doc)]).exit_code == 0
+
+
+def test_committed_pages_agree_with_the_committed_metrics():
+    """README.md and docs/*.md quote exactly what data/metrics holds (run `make results` after a new run)."""
+    pages = find_pages(ROOT)
+    assert any("<!-- results:" in p.read_text() for p in pages)
+    assert update_pages(pages, ROOT / "data" / "metrics", check=True) == []
