@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from cxrpipe.evaluate.stats.summaries import fmt_p
 from cxrpipe.labels import CHEXPERT_LABELS
 
 MARKER = re.compile(r"(<!-- results:([a-z0-9_]+)\b[^>]*-->\n)(.*?)(<!-- /results -->)", re.S)
@@ -58,6 +59,7 @@ class Delta(Est):
     """A paired difference with its interval and two-sided p."""
 
     p: float | None = None
+    n_valid: int | None = None  # replicates where the delta was defined: p's floor is 2 / n_valid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,7 @@ def _est(d: dict | None, key: str = "mauc") -> Est:
 def _delta(d: dict | None, key: str = "delta_mauc", ci: str = "delta_ci95", p: str = "p_value") -> Delta:
     d = d or {}
     lo, hi = (d.get(ci) or [None, None])[:2]
-    return Delta(d.get(key), lo, hi, d.get(p))
+    return Delta(d.get(key), lo, hi, d.get(p), d.get("n_bootstrap_valid", d.get("n_bootstrap")))
 
 
 class Metrics:
@@ -146,20 +148,28 @@ class Metrics:
         s = ((self.read("comparison").get("seeds") or {}).get(protocol) or {}).get(key)
         return Spread(s["n"], s["mean"], s.get("sd"), s.get("min"), s.get("max")) if s else None
 
-    # ---- label efficiency (label_efficiency.json)
+    # ---- label efficiency (label_efficiency.json: encoders -> protocol -> fraction tag; delta -> protocol -> tag)
     def label_efficiency(self) -> dict[str, Any]:
+        """Per protocol (found in the data), a row per fraction: train studies, each encoder's mAUC (absent: no
+        run; value None: not estimable at that fraction), the paired delta and the labels it covers."""
         le = self.read("label_efficiency")
         encoders = le.get("encoders") or {}
-        tags = sorted({t for runs in encoders.values() for t in runs},
-                      key=lambda t: next(r[t]["label_fraction"] for r in encoders.values() if t in r))
-        rows = []
-        for t in tags:
-            first = next(r[t] for r in encoders.values() if t in r)
-            rows.append({"fraction": first["label_fraction"], "n_train": first.get("n_train_studies"),
-                         "mauc": {e: _est(r.get(t)) for e, r in encoders.items()},
-                         "delta": _delta((le.get("delta") or {}).get(t))})
-        return {"protocol": le.get("protocol"), "level": le.get("level"), "reference": le.get("reference", REFERENCE),
-                "candidate": le.get("candidate", CANDIDATE), "encoders": list(encoders), "rows": rows}
+        protocols: dict[str, list[dict[str, Any]]] = {}
+        for p in dict.fromkeys(p for runs in encoders.values() for p in runs):
+            recs = {e: runs.get(p) or {} for e, runs in encoders.items()}
+            tags = sorted({t for r in recs.values() for t in r},
+                          key=lambda t: next(r[t]["label_fraction"] for r in recs.values() if t in r))
+            rows = []
+            for t in tags:
+                first = next(r[t] for r in recs.values() if t in r)
+                d = ((le.get("delta") or {}).get(p) or {}).get(t)
+                rows.append({"fraction": first["label_fraction"], "n_train": first.get("n_train_studies"),
+                             "mauc": {e: _est(r[t]) for e, r in recs.items() if t in r}, "delta": _delta(d),
+                             "n_labels": (d or {}).get("n_labels")})
+            protocols[p] = rows
+        return {"level": le.get("level"), "reference": le.get("reference", REFERENCE),
+                "candidate": le.get("candidate", CANDIDATE), "unit": le.get("bootstrap_unit"),
+                "n_bootstrap": le.get("n_bootstrap"), "encoders": list(encoders), "protocols": protocols}
 
     # ---- zero-shot (zeroshot-<encoder>.json)
     def zeroshot(self, encoder: str) -> dict[str, Any]:
@@ -202,8 +212,9 @@ class Metrics:
 
 
 # ------------------------------------------------------------------------------------------------ format
-# One convention for every generated table: 3 decimals for AUCs, recalls and deltas (deltas signed), p with
-# 3 decimals and "p < 0.001" below that (1000 bootstrap replicates cannot resolve smaller p).
+# One convention for every generated table: 3 decimals for AUCs, recalls and deltas (deltas signed), p as the
+# stages' reports print it (cxrpipe.evaluate.stats.summaries.fmt_p: 3 decimals, more where rounding would carry
+# it across 0.05, and "p < 0.002" for 1000 replicates none of which lay beyond 0: the paired bootstrap's floor).
 
 
 def num(x: float | None, sign: bool = False) -> str:
@@ -216,8 +227,8 @@ def est(e: Est, sign: bool = False) -> str:
     return num(e.value, sign) + ("" if e.lo is None else f" [{num(e.lo, sign)}, {num(e.hi, sign)}]")
 
 
-def pval(p: float | None) -> str:
-    return "n/a" if p is None else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+def pval(p: float | None, n_valid: int | None = None) -> str:
+    return "n/a" if p is None else fmt_p(p, n_valid)
 
 
 def delta(d: Delta, bold_if_excludes_zero: bool = False) -> str:
@@ -226,7 +237,7 @@ def delta(d: Delta, bold_if_excludes_zero: bool = False) -> str:
     cell = est(d, sign=True)
     if bold_if_excludes_zero and d.lo is not None and (d.lo > 0 or d.hi < 0):
         cell = f"**{cell}**"
-    return cell + ("" if d.p is None else f", {pval(d.p)}")
+    return cell + ("" if d.p is None else f", {pval(d.p, d.n_valid)}")
 
 
 def spread(s: Spread | None) -> str:
@@ -300,10 +311,17 @@ def block_seeds(m: Metrics) -> list[str]:
 
 def block_label_efficiency(m: Metrics) -> list[str]:
     le = m.label_efficiency()
-    head = ["fraction", "train studies", *(f"{e} mAUC" for e in le["encoders"]), f"{le['candidate']} - {le['reference']}"]
-    rows = [[frac(r["fraction"]), str(r["n_train"]), *(est(r["mauc"][e]) for e in le["encoders"]), delta(r["delta"])]
-            for r in le["rows"]]
-    return [f"{protocol_name(le['protocol'] or '')}, {le['level']} level, test:", "", *table(head, rows)]
+    unit = UNITS.get(le["unit"] or "study", le["unit"])
+    head = ["fraction", "train studies", "labels in delta", *(f"{e} mAUC" for e in le["encoders"]),
+            f"{le['candidate']} - {le['reference']}"]
+    lines = [f"{le['level']} level, test; 95% intervals over test {unit} ({le['n_bootstrap']} resamples), the delta "
+             "paired over the labels both encoders could learn (not estimable: too few positive training studies)."]
+    for p, rows in le["protocols"].items():
+        cells = [[frac(r["fraction"]), str(r["n_train"]), str(r["n_labels"] if r["n_labels"] is not None else "n/a"),
+                  *(("not estimable" if r["mauc"][e].value is None else est(r["mauc"][e])) if e in r["mauc"] else "n/a"
+                    for e in le["encoders"]), delta(r["delta"])] for r in rows]
+        lines += ["", f"{protocol_name(p)}:", "", *table(head, cells)]
+    return lines
 
 
 def block_zeroshot(m: Metrics) -> list[str]:
@@ -369,8 +387,9 @@ def block_summary(m: Metrics) -> list[str]:
         f"- validate image -> report R@{k}: multimodal {num(a[CANDIDATE]['recall'][k])}, mae's untrained heads "
         f"{num(a[REFERENCE]['recall'][k])}, chance {num(a[CANDIDATE]['chance'][k])};",
         f"- zero-shot mAUC: multimodal {est(z[CANDIDATE])}, mae (untrained heads) {est(z[REFERENCE])};",
-        f"- label efficiency, {le['candidate']} - {le['reference']} at "
-        + ", ".join(f"{frac(r['fraction'])}: {delta(r['delta'])}" for r in le["rows"]) + ".",
+        f"- label efficiency, {le['candidate']} - {le['reference']}: "
+        + "; ".join(f"{protocol_name(p)} " + ", ".join(f"{frac(r['fraction'])}: {delta(r['delta'])}" for r in rows)
+                    for p, rows in le["protocols"].items()) + ".",
     ]
 
 

@@ -30,6 +30,7 @@ SECTIONS = {
     "retrieval": ("cxrpipe.evaluate.alignment.retrieval", "RetrievalConfig"),
     "attention": ("cxrpipe.evaluate.alignment.attention_maps", "AttentionMapsConfig"),
     "stats": ("cxrpipe.evaluate.stats.rules", "StatsConfig"),
+    "cpu": ("cxrpipe.cpu", "CpuConfig"),  # read by the cxrpipe CLI before each stage
 }
 DVC_ONLY = {"pipeline"}  # read by dvc.yaml alone
 

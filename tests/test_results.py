@@ -30,7 +30,7 @@ def _ci(x: float, w: float = 0.05) -> list[float]:
 
 
 def _delta(d: float, p: float) -> dict:
-    return {"delta_mauc": d, "delta_ci95": _ci(d, 0.03), "p_value": p}
+    return {"delta_mauc": d, "delta_ci95": _ci(d, 0.03), "p_value": p, "n_bootstrap_valid": 1000}
 
 
 def _recalls(scale: float, n_candidates: int) -> dict:
@@ -40,7 +40,8 @@ def _recalls(scale: float, n_candidates: int) -> dict:
     return out
 
 
-def write_metrics(folder: Path, seeds: tuple[int, ...] = (0,), protocols: tuple[str, ...] = ("linear", "finetune")) -> Path:
+def write_metrics(folder: Path, seeds: tuple[int, ...] = (0,),
+                  protocols: tuple[str, ...] = ("fc", "linear", "finetune")) -> Path:
     """Metrics JSONs shaped as the stages write them, every number distinct so a test can find it."""
     folder.mkdir(parents=True, exist_ok=True)
     dump = lambda name, d: (folder / f"{name}.json").write_text(json.dumps(d))  # noqa: E731
@@ -51,8 +52,9 @@ def write_metrics(folder: Path, seeds: tuple[int, ...] = (0,), protocols: tuple[
         comparison[p] = {"mae": {"mauc": 0.611 + i / 100, "mauc_ci95": _ci(0.611 + i / 100), "accuracy": 0.871, **acc},
                          "multimodal": {"mauc": 0.657 + i / 100, "mauc_ci95": _ci(0.657 + i / 100),
                                         "accuracy": 0.884 + i / 1000, **acc},
-                         **_delta(0.046 + i / 1000, 0.0009 if i == 0 else 0.2468), "n_bootstrap": 1000,
-                         "n_test_images": 204, "n_test_studies": 193, "labels_in_mauc": labels}
+                         **_delta(0.046 + i / 1000, 0.0 if i == 0 else 0.2468), "n_bootstrap": 1000,
+                         "bootstrap_unit": "patient", "n_test_images": 204, "n_test_studies": 193,
+                         "n_test_patients": 121, "labels_in_mauc": labels}
     comparison["references"] = {"pixels": {"mauc": 0.777, "mauc_ci95": _ci(0.777)}}
     for i, p in enumerate(protocols):
         comparison["references"][p] = {"random": {"mauc": 0.593 + i / 100, "mauc_ci95": _ci(0.593 + i / 100)},
@@ -72,12 +74,20 @@ def write_metrics(folder: Path, seeds: tuple[int, ...] = (0,), protocols: tuple[
                                   "mae_vs_random": {"n": len(ds), "mean": 0.0135, "sd": 0.0101 if len(ds) > 1 else None,
                                                     "min": 0.003, "max": 0.003 + (len(ds) - 1) / 100}}
     dump("comparison", comparison)
-    runs = {e: {f"f{t}": {"label_fraction": f, "n_train_studies": n, "mauc": m + j, "mauc_ci95": _ci(m + j)}
-                for t, f, n, m in ((5, 0.05, 34, 0.524), (100, 1.0, 688, 0.619))} for e, j in (("mae", 0), ("multimodal", 0.058))}
-    dump("label_efficiency", {"encoders": runs, "delta": {"f5": {"label_fraction": 0.05, **_delta(0.0581, 0.004)},
-                                                          "f100": {"label_fraction": 1.0, **_delta(0.0382, 0.025)}}})
+    # encoders -> protocol -> fraction tag; the mae fc probe could learn no label at 5%: not estimable (null)
+    runs = {e: {p: {f"f{t}": {"label_fraction": f, "n_train_studies": n, "estimable": (e, p, t) != ("mae", "fc", 0.05),
+                               "mauc": None if (e, p, t) == ("mae", "fc", 0.05) else m + j + k / 1000,
+                               "mauc_ci95": _ci(m + j + k / 1000)}
+                    for t, f, n, m in ((0.05, 0.05, 34, 0.524), (1, 1.0, 688, 0.619))}
+                for k, p in enumerate(("fc", "linear"))} for e, j in (("mae", 0), ("multimodal", 0.058))}
+    deltas = {"fc": {"f0.05": {"label_fraction": 0.05, "delta_mauc": None, "delta_ci95": [None, None], "p_value": None,
+                               "n_labels": 0},
+                     "f1": {"label_fraction": 1.0, **_delta(0.0392, 0.0), "n_labels": 10}},
+              "linear": {"f0.05": {"label_fraction": 0.05, **_delta(0.0581, 0.004), "n_labels": 7},
+                         "f1": {"label_fraction": 1.0, **_delta(0.0382, 0.025), "n_labels": 10}}}
+    dump("label_efficiency", {"n_bootstrap": 1000, "min_test_positives": 10, "encoders": runs, "delta": deltas})
     (folder / "label_efficiency.config.json").write_text(json.dumps(
-        {"protocol": "linear", "level": "study", "reference": "mae", "candidate": "multimodal"}))
+        {"level": "study", "reference": "mae", "candidate": "multimodal", "bootstrap_unit": "patient"}))
     for e, m in (("mae", 0.472), ("multimodal", 0.505)):
         dump(f"zeroshot-{e}", {"mauc": m, "mauc_ci95": _ci(m), "mauc5": m + 0.01, "mauc5_ci95": _ci(m + 0.01),
                                "labels_in_mauc": labels, "n_studies": 193,
@@ -106,13 +116,19 @@ def page(*names: str) -> str:
 def test_blocks_hold_the_planted_numbers(tmp_path):
     m = Metrics(write_metrics(tmp_path / "metrics"))
     cmp = build_block("comparison", m)
-    assert "| linear probe | 0.777 [0.727, 0.827] | 0.593 [0.543, 0.643] | 0.611 [0.561, 0.661] | 0.657 [0.607, 0.707] |" in cmp
-    assert "**+0.046 [+0.016, +0.076]**, p < 0.001" in cmp  # interval above 0: bold; p at the floor
-    assert "+0.047 [+0.017, +0.077]**, p = 0.247" in cmp  # finetune: p printed to 3 decimals
-    assert "193 test studies" in cmp and "over the 4 labels" in cmp and "Consolidation" in cmp  # left out, named
+    assert "| FC head (frozen) | 0.777 [0.727, 0.827] | 0.593 [0.543, 0.643] | 0.611 [0.561, 0.661] | 0.657 [0.607, 0.707] |" in cmp
+    # interval above 0: bold; p = 0 of 1000 valid replicates is the paired bootstrap's floor, 2 / 1000
+    assert "**+0.046 [+0.016, +0.076]**, p < 0.002" in cmp
+    assert "+0.047 [+0.017, +0.077]**, p = 0.247" in cmp  # linear: p printed to 3 decimals
+    assert "193 test studies of 121 patients; 95% bootstrap intervals over test patients" in cmp
+    assert "over the 4 labels" in cmp and "Consolidation" in cmp  # left out, named
     assert "One training seed" in cmp
     le = build_block("label_efficiency", m)
-    assert "| 5% | 34 | 0.524 [0.474, 0.574] | 0.582 [0.532, 0.632] | +0.058 [+0.028, +0.088], p = 0.004 |" in le
+    assert "over test patients (1000 resamples)" in le
+    assert le.index("FC head (frozen):") < le.index("linear probe:")  # a table per protocol
+    assert "| 5% | 34 | 0 | not estimable | 0.582 [0.532, 0.632] | n/a |" in le  # fc at 5%: mae learned no label
+    assert "| 100% | 688 | 10 | 0.619 [0.569, 0.669] | 0.677 [0.627, 0.727] | +0.039 [+0.009, +0.069], p < 0.002 |" in le
+    assert "| 5% | 34 | 7 | 0.525 [0.475, 0.575] | 0.583 [0.533, 0.633] | +0.058 [+0.028, +0.088], p = 0.004 |" in le
     zs = build_block("zeroshot", m)
     assert "| multimodal | 0.505 [0.455, 0.555] | 0.515 [0.465, 0.565] |" in zs and "| Edema | 22 | 0.492" in zs
     rt = build_block("retrieval", m)
@@ -122,7 +138,8 @@ def test_blocks_hold_the_planted_numbers(tmp_path):
     assert "| linear probe | 1% | 2 | 2 | 0.595 [0.545, 0.645] | 0.549" in tr and "+0.065 [+0.035, +0.095], p = 0.120" in tr
     sm = build_block("summary", m)
     assert "R@10: multimodal 0.212, mae's untrained heads 0.121, chance 0.103" in sm and "5%: +0.058" in sm
-    assert "negative everywhere 0.868, the runs 0.871 to 0.885" in sm
+    assert "FC head (frozen) 5%: n/a, 100%: +0.039" in sm
+    assert "negative everywhere 0.868, the runs 0.871 to 0.886" in sm
 
 
 def test_three_seeds_lead_with_the_spread(tmp_path):
@@ -133,15 +150,15 @@ def test_three_seeds_lead_with_the_spread(tmp_path):
     spread_at = next(i for i, ln in enumerate(lines) if "seeds 0 / 1 / 2" in ln)
     seed0_at = next(i for i, ln in enumerate(lines) if ln.startswith("| protocol | pixels"))
     assert spread_at < seed0_at and "One training seed" not in three
-    assert "| linear probe | +0.041 / +0.051 / +0.061 | +0.051 (sd 0.012; +0.041 to +0.061) |" in three
+    assert "| FC head (frozen) | +0.041 / +0.051 / +0.061 | +0.051 (sd 0.012; +0.041 to +0.061) |" in three
 
 
 def test_protocols_come_from_the_data(tmp_path):
     """A protocol renamed or added (fc beside a true linear probe) needs no change here."""
-    m = Metrics(write_metrics(tmp_path / "m", protocols=("fc", "linear", "finetune")))
+    m = Metrics(write_metrics(tmp_path / "m", protocols=("fc", "linear", "finetune", "mlp")))
     cmp = build_block("comparison", m)
     assert [ln.split(" | ")[0] for ln in cmp.splitlines() if ln.startswith("| ") and "[" in ln] == [
-        "| FC head (frozen)", "| linear probe", "| finetune (LP-FT)"]
+        "| FC head (frozen)", "| linear probe", "| finetune (LP-FT)", "| mlp"]
 
 
 def test_a_typed_or_stale_number_fails_the_check(tmp_path):
@@ -180,7 +197,9 @@ def test_missing_metrics_say_so_and_bad_markers_fail(tmp_path):
 
 
 def test_p_values_never_print_below_their_resolution():
-    assert pval(0.000999) == "p < 0.001" and pval(0.001) == "p = 0.001" and pval(0.0254) == "p = 0.025"
+    """As the stages' reports print p (fmt_p): the floor of B valid replicates is 2 / B."""
+    assert pval(0.0, 1000) == "p < 0.002" and pval(0.002, 1000) == "p = 0.002" and pval(0.0254) == "p = 0.025"
+    assert pval(0.0496, 1000) == "p = 0.0496"  # not "0.050": rounding never carries p across 0.05
 
 
 def test_cli_check_exits_1_on_a_stale_block(tmp_path):

@@ -159,6 +159,7 @@ def _main_delta(protocol: str, runs: dict[str, tuple[dict, Predictions]], cfg: C
         "p_value": paired.p_value,
         "n_bootstrap": paired.n_bootstrap,
         "n_bootstrap_valid": paired.n_valid,
+        "bootstrap_unit": stats.bootstrap_unit.value,  # what the replicates resampled (patient / study)
         "n_test_images": int(len(pa.image_ids)),
         **{f"n_test_{k[2:]}": v for k, v in counts(a.study_ids, a.subject_ids).items()},  # patients, studies
         "labels_in_mauc": [CHEXPERT_LABELS[j] for j in paired.label_idx],

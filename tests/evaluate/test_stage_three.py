@@ -205,6 +205,7 @@ def test_compare_schema_report_and_roc_pngs(pipeline):
         lo, hi = r["delta_ci95"]
         assert lo <= hi and 0 <= r["p_value"] <= 1 and (lo > 0 or hi < 0) == (r["p_value"] < 0.05)
         assert (r["n_test_patients"], r["n_test_studies"]) == (5, 10)
+        assert r["bootstrap_unit"] == "patient"  # what the replicates resampled (cxrpipe results quotes it)
         # compare's mAUC (numpy kernel) equals finetune's (scikit-learn) at the same level, on the same labels
         m = json.loads((pipeline / "metrics" / f"mae-{protocol}.json").read_text())
         assert r["mae"]["mauc"] == pytest.approx(m["study"]["mauc"], abs=1e-12)
