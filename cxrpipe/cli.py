@@ -16,6 +16,7 @@ import typer
 STAGES = (
     ("demo-data", "demo_data"),
     ("demo-nih", "demo_nih"),
+    ("bench-data", "bench_data"),
     ("prepare", "prepare"),
     ("transfer-prepare", "transfer_prepare"),
     ("text-model", "text_model"),

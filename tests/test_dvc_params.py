@@ -67,3 +67,14 @@ def test_prepare_and_transfer_prepare_list_their_params():
     tp = stages["transfer_prepare"]
     assert set(tp["params"]) == {"transfer_data.${item.dataset}", "prepare"}
     assert tp["matrix"] == {"dataset": "${transfer.datasets}"} and "data/demo-nih" in tp["deps"]
+
+
+def test_bench_data_lists_every_bench_key_that_changes_its_tree():
+    """Every bench key but the matrix (trees) and where a download is cached (download_dir) reruns bench_data."""
+    from cxrpipe.data.bench import BenchConfig
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["bench_data"]
+    keys = {f"bench.{f.name}" for f in dataclasses.fields(BenchConfig)} - {"bench.trees", "bench.download_dir"}
+    assert set(stage["params"]) == keys
+    assert stage["matrix"] == {"tree": "${bench.trees}"} and stage["outs"] == ["data/${item.tree}"]
+    assert "cxrpipe/data/bench.py" in stage["deps"] and "cxrpipe/data/demo" in stage["deps"]
