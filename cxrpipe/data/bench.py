@@ -218,7 +218,8 @@ def mesh_hints(mesh_major: Iterable[str]) -> dict[str, dict[str, str]]:
     for tag in mesh_major:
         term, *quals = [p.strip() for p in tag.split("/")]
         quals = [q.lower() for q in quals]
-        labels = [MESH_TO_CHEXPERT.get(term), MESH_EXTRA.get(term)] + [MESH_TO_CHEXPERT.get(f"{term}/{q}") for q in quals]
+        labels = [MESH_TO_CHEXPERT.get(term), MESH_EXTRA.get(term)]  # as mesh_to_chexpert looks a tag up
+        labels += [MESH_TO_CHEXPERT.get(f"{term}/{q}") for q in quals]
         for label in dict.fromkeys(filter(None, labels)):
             hint = hints.setdefault(label, {})
             if label in SIDED:

@@ -54,7 +54,8 @@ def test_findings_from_labels_draws_exactly_the_labelled_findings():
 
 def test_hints_replace_only_the_fields_a_label_has():
     labels = _labels(Pleural_Effusion=1.0, Cardiomegaly=1.0)
-    hints = {"Pleural Effusion": {"side": "left", "severity": "large"}, "Cardiomegaly": {"side": "left", "zone": "upper"}}
+    hints = {"Pleural Effusion": {"side": "left", "severity": "large"},
+             "Cardiomegaly": {"side": "left", "zone": "upper"}}
     for seed in range(10):
         study = findings_from_labels(labels, np.random.default_rng(seed), hints=hints)
         eff, heart = study.get("Pleural Effusion"), study.get("Cardiomegaly")
@@ -125,9 +126,11 @@ def test_the_sign_is_drawn_on_the_side_the_report_codes(tmp_path):
 
 
 def test_without_mesh_details_the_side_is_drawn():
-    rep = lambda n: IUReport(f"CXR{n}", {"findings": "x"}, ("Pleural Effusion/left",), (), (f"CXR{n}_IM-1",))  # noqa: E731
-    sides = {m: {B.plan_study(rep(n), n, {}, 0, m).findings.get("Pleural Effusion").side for n in range(1, 40)}
-             for m in (True, False)}
+    def side(n: int, mesh_details: bool) -> str:
+        rep = IUReport(f"CXR{n}", {"findings": "x"}, ("Pleural Effusion/left",), (), (f"CXR{n}_IM-1",))
+        return B.plan_study(rep, n, {}, 0, mesh_details).findings.get("Pleural Effusion").side
+
+    sides = {m: {side(n, m) for n in range(1, 40)} for m in (True, False)}
     assert sides[True] == {"left"} and len(sides[False]) > 1
 
 
@@ -157,7 +160,8 @@ def tiny_sources(tmp: Path) -> tuple[Path, Path]:
     text = {"FINDINGS": "The heart is normal in size.", "IMPRESSION": "No acute disease."}
     xmls = {
         "1": _xml("CXR1", text, major=("normal",), images=("CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001")),
-        "2": _xml("CXR2", text, major=("Pleural Effusion/left/small",), images=("CXR2_IM-0002-1001", "CXR2_IM-0002-2001")),
+        "2": _xml("CXR2", text, major=("Pleural Effusion/left/small",),
+                  images=("CXR2_IM-0002-1001", "CXR2_IM-0002-2001")),
         "3": _xml("CXR3", text, major=("Cardiomegaly/borderline",), images=("CXR3_IM-0003-1001",)),
         "4": _xml("CXR4", text, major=("No Indexing",), images=("CXR4_IM-0004-1001", "CXR4_IM-0004-2001")),
         "5": _xml("CXR5", text, major=("normal",), images=()),
@@ -239,7 +243,8 @@ def test_sources_from_the_installed_package_are_checked_against_their_pins(tmp_p
     cfg = B.BenchConfig(package="fakexray==1.0", reports_member="data/r.tgz", metadata_member="data/m.csv.gz")
     _fake_package(tmp_path, monkeypatch, reports, meta)
     got = B.resolve_sources(cfg)
-    assert got["reports"]["origin"] == "fakexray==1.0:data/r.tgz" and got["reports"]["path"].read_bytes() == reports.read_bytes()
+    assert got["reports"]["origin"] == "fakexray==1.0:data/r.tgz"
+    assert got["reports"]["path"].read_bytes() == reports.read_bytes()
     with pytest.raises(B.BenchDataError, match="bench.metadata_member"):
         B.resolve_sources(B.BenchConfig(package="fakexray==1.0", reports_member="data/r.tgz", metadata_member="data/x"))
     _fake_package(tmp_path / "b", monkeypatch, reports, meta, pins={"data/r.tgz": "0" * 64, "data/m.csv.gz": "0" * 64})
@@ -263,7 +268,8 @@ def test_a_download_is_made_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(model_mod, "find_installed_package", lambda spec: None)
     monkeypatch.setattr(model_mod, "download_package", fake_download)
     first = B.package_folder("fakexray==1.0", tmp_path / "dl")
-    assert B.package_folder("fakexray==1.0", tmp_path / "dl") == first == tmp_path / "dl" / "fakexray-1.0" / "unpacked" / "fakexray"
+    assert first == tmp_path / "dl" / "fakexray-1.0" / "unpacked" / "fakexray"
+    assert B.package_folder("fakexray==1.0", tmp_path / "dl") == first
     assert calls == ["fakexray==1.0"]
 
 
@@ -302,11 +308,13 @@ def test_every_real_report_plans_with_renderable_detail(shared_data, tmp_path):
     assert all(np.array_equal(s.labels, reports[s.uid].labels, equal_nan=True) for s in studies)
     assert sum(bool(B.mesh_hints(r.mesh_major)) for r in reports.values()) > 800  # most findings carry detail
     valid = {"Pleural Effusion": set(signs.EFFUSION_HEIGHT), "Pneumothorax": set(signs.PTX_DEPTH),
-             "Cardiomegaly": set(signs.HEART_RATIO), "Edema": set(signs.EDEMA_HAZE), "Atelectasis": {"mild", "moderate"},
+             "Cardiomegaly": set(signs.HEART_RATIO), "Edema": set(signs.EDEMA_HAZE),
+             "Atelectasis": {"mild", "moderate"},
              "Lung Opacity": {"patchy", "hazy", ""}, "Fracture": {"displaced", "nondisplaced"}}
     for s in studies:
         for f in s.findings.findings:
-            assert f.side in ("", "left", "right", "bilateral") and f.zone in ("", "upper", "middle", "lower", "apical", "lateral")
+            assert f.side in ("", "left", "right", "bilateral")
+            assert f.zone in ("", "upper", "middle", "lower", "apical", "lateral")
             assert f.label not in valid or f.severity in valid[f.label], (s.uid, f)
     coded = [s for s in studies if any(f.label == "Pleural Effusion" for f in s.findings.findings)]
     assert len(coded) > 150
