@@ -79,9 +79,10 @@ def section_schemas() -> dict[str, type]:
     return found
 
 
-def _foreach_items(stage: dict, params: dict) -> list[Any]:
-    """The items of a ``foreach: ${a.b}`` stage (a params list), [] for anything else."""
-    ref = stage.get("foreach")
+def _params_list(ref: Any, params: dict) -> list[Any]:
+    """A ``${a.b}`` reference to a params list, resolved ([] for anything else); a literal list as it is."""
+    if isinstance(ref, list):
+        return ref
     if not (isinstance(ref, str) and ref.startswith("${") and ref.endswith("}")):
         return []
     node: Any = params
@@ -90,23 +91,38 @@ def _foreach_items(stage: dict, params: dict) -> list[Any]:
     return list(node) if isinstance(node, (list, tuple)) else []
 
 
+def _stage_items(stage: dict, params: dict) -> tuple[dict, list[dict[str, str]]]:
+    """(the stage body, ``{placeholder: value}`` per instance): one empty mapping for a plain stage, a
+    ``${item}`` per item of a ``foreach`` over a params list, a ``${item.<key>}`` per key of every combination
+    of a ``matrix`` (``bench_data``'s ``tree: ${bench.trees}``)."""
+    if "foreach" in stage:
+        return stage.get("do", {}), [{"${item}": str(v)} for v in _params_list(stage["foreach"], params)]
+    if isinstance(stage.get("matrix"), dict):
+        combos: list[dict[str, str]] = [{}]
+        for key, ref in stage["matrix"].items():
+            combos = [{**c, f"${{item.{key}}}": str(v)} for c in combos for v in _params_list(ref, params)]
+        return stage, combos
+    return stage, [{}]
+
+
 def pipeline_outputs(dvc_yaml: Path | None, params: dict | None = None) -> list[Path]:
     """The (resolved) paths the stages of ``dvc_yaml`` write: inputs under them do not have to exist before
-    ``dvc repro`` (the demo trees). ``foreach`` stages over a params list (``${pipeline.demo_data}``) are
-    expanded with ``params``; other templated paths are left out."""
+    ``dvc repro`` (the demo and bench trees). ``foreach`` and ``matrix`` stages over params lists
+    (``${pipeline.demo_data}``, ``${bench.trees}``) are expanded with ``params``; other templated paths are
+    left out."""
     if dvc_yaml is None or not dvc_yaml.is_file():
         return []
     out = []
     for stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
         if not isinstance(stage, dict):
             continue
-        body, items = stage, [None]
-        if "foreach" in stage:
-            body, items = stage.get("do", {}), _foreach_items(stage, params or {})
+        body, instances = _stage_items(stage, params or {})
         for item in body.get("outs", []):
             path = item if isinstance(item, str) else next(iter(item))
-            for value in items:
-                resolved = path if value is None else path.replace("${item}", str(value))
+            for values in instances:
+                resolved = path
+                for placeholder, value in values.items():
+                    resolved = resolved.replace(placeholder, value)
                 if "${" not in resolved:
                     out.append((dvc_yaml.parent / resolved).resolve())
     return out

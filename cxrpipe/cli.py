@@ -19,6 +19,7 @@ STAGES = (
     ("check", "check"),  # the first DVC stage: params and data layout, in seconds
     ("demo-data", "demo_data"),
     ("demo-nih", "demo_nih"),
+    ("bench-data", "bench_data"),
     ("prepare", "prepare"),
     ("transfer-prepare", "transfer_prepare"),
     ("text-model", "text_model"),

@@ -389,8 +389,8 @@ def _transfer(x: Inputs) -> StagePlan:
     return plan
 
 
-SMALL = ("demo_data", "demo_nih", "text_model", "random_encoder", "random_encoder_seeds", "pixels", "compare",
-         "label_efficiency", "label_efficiency_summary", "zeroshot_prompts", "zeroshot", "retrieval",
+SMALL = ("demo_data", "demo_nih", "bench_data", "text_model", "random_encoder", "random_encoder_seeds", "pixels",
+         "compare", "label_efficiency", "label_efficiency_summary", "zeroshot_prompts", "zeroshot", "retrieval",
          "attention_maps", "transfer_compare")
 
 

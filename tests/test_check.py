@@ -55,14 +55,25 @@ def _fails(tmp_path: Path, params: dict, *expected: str) -> str:
     return msg
 
 
-@pytest.mark.parametrize("profile", ["params.yaml", "params-mimic.yaml", "params-iu.yaml"])
+MADE_HERE = ("params.yaml", "params-bench.yaml")  # profiles whose data dvc.yaml's own stages make
+
+
+@pytest.mark.parametrize("profile", sorted(p.name for p in ROOT.glob("params*.yaml")))
 def test_every_shipped_profile_passes(tmp_path, profile):
-    """The demo with its data check (its trees are made by dvc.yaml's demo stages); the real profiles without it
-    (their data is not on this machine)."""
+    """The demo and bench with their data check (their trees are made by dvc.yaml's demo_data / demo_nih foreach
+    stages and the bench_data matrix); the real profiles without it (their data is not on this machine)."""
     out = tmp_path / "check.json"
-    res = run_check(ROOT / profile, out, dvc_yaml=ROOT / "dvc.yaml", data=profile == "params.yaml")
+    res = run_check(ROOT / profile, out, dvc_yaml=ROOT / "dvc.yaml", data=profile in MADE_HERE)
     assert yaml.safe_load(out.read_text()) == CHECK_JSON
     assert set(res["sections"]) == set(yaml.safe_load((ROOT / profile).read_text()))
+
+
+def test_a_tree_no_stage_makes_is_missing_data(tmp_path):
+    """bench.trees is the bench_data matrix: data/bench counts as made only while it lists the tree."""
+    bench = yaml.safe_load((ROOT / "params-bench.yaml").read_text())
+    bench["bench"]["trees"] = []
+    with pytest.raises(UserError, match="data.reports = data/bench/NLMCXR_reports.tgz: no such file"):
+        run_check(_write(tmp_path, bench), dvc_yaml=ROOT / "dvc.yaml")
 
 
 def test_the_schemas_come_from_the_stage_scripts(tmp_path, monkeypatch):

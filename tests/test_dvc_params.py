@@ -80,3 +80,14 @@ def test_every_stage_that_resamples_or_averages_labels_reads_the_stats_section()
         stage = stages[name].get("do", stages[name])
         assert "stats" in stage["params"], name
     assert stages["finetune"]["matrix"]["protocol"] == ["fc", "linear", "finetune"]
+
+
+def test_bench_data_lists_every_bench_key_that_changes_its_tree():
+    """Every bench key but the matrix (trees) and where a download is cached (download_dir) reruns bench_data."""
+    from cxrpipe.data.bench import BenchConfig
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["bench_data"]
+    keys = {f"bench.{f.name}" for f in dataclasses.fields(BenchConfig)} - {"bench.trees", "bench.download_dir"}
+    assert set(stage["params"]) == keys
+    assert stage["matrix"] == {"tree": "${bench.trees}"} and stage["outs"] == ["data/${item.tree}"]
+    assert "cxrpipe/data/bench.py" in stage["deps"] and "cxrpipe/data/demo" in stage["deps"]

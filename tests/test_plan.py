@@ -57,6 +57,12 @@ def test_mimic_plan_counts_every_run_and_marks_every_figure(tmp_path):
         assert ": estimated" in line or ": measured" in line or "CPU stage" in line, line
 
 
+def test_bench_plan_counts_the_stage_that_draws_its_tree(tmp_path):
+    root = repo(tmp_path, "params-bench.yaml")
+    others = by_family(make_plan(root / "p.yaml", root)[0])["others"].work
+    assert "bench_data 1" in others and "demo_data" not in others and "demo_nih 1" in others
+
+
 def test_mimic_tables_give_measured_counts(tmp_path):
     tables = tmp_path / "mimic"
     tables.mkdir()

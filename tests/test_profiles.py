@@ -31,6 +31,7 @@ SECTIONS = {
     "attention": ("cxrpipe.evaluate.alignment.attention_maps", "AttentionMapsConfig"),
     "stats": ("cxrpipe.evaluate.stats.rules", "StatsConfig"),
     "cpu": ("cxrpipe.cpu", "CpuConfig"),  # read by the cxrpipe CLI before each stage
+    "bench": ("cxrpipe.data.bench", "BenchConfig"),
 }
 DVC_ONLY = {"pipeline"}  # read by dvc.yaml alone
 
@@ -128,13 +129,20 @@ def test_each_profile_lists_the_stages_it_runs(tmp_path, name):
     assert core <= set(stages), sorted(stages)
     demo_stages = {s for s in stages if s.startswith(("demo_data", "demo_nih"))}
     paths = {p for deps, outs in stages.values() for p in deps | outs}
+    params = yaml.safe_load(profile_path(name).read_text())
+    # the bench tree (bench_data's matrix over bench.trees) only where the profile lists it: the bench profile
+    assert {s for s in stages if s.startswith("bench_data")} == {f"bench_data@{t}" for t in params["bench"]["trees"]}
     if name == "demo":
         assert {"demo_data@demo", "demo_nih@demo-nih", "text_model@text-model"} <= set(stages)
         assert {"data/demo", "data/demo-nih"} <= paths
         return
+    if name == "bench":  # real IU X-ray reports on drawn images; transfer on the demo's NIH tree
+        assert "bench_data@bench" in stages and "data/bench" in paths
+        assert demo_stages == {"demo_nih@demo-nih"} and "data/demo" not in paths
+        assert stages["prepare"][0] >= {"data/bench"}
+        return
     assert demo_stages == set(), "a real profile runs a demo stage"
     assert not [p for p in paths if p.startswith("data/demo")], "a real profile reads demo data"
-    params = yaml.safe_load(profile_path(name).read_text())
     if params["embed"]["model"].startswith("data/models/"):  # the demo LM (IU): made by its stage
         assert "text_model@text-model" in stages
     else:

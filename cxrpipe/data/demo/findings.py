@@ -17,11 +17,15 @@ Prevalences follow MIMIC-CXR's CheXpert labels (Lung Opacity, Pleural Effusion, 
 Support Devices ~20-30%), except that the rare labels (Fracture, Pleural Other, Lung Lesion, Enlarged
 Cardiomediastinum; 1-3% in MIMIC) are raised to ~4-7% so that the demo's ~200 test studies still hold
 enough positives for an AUC.
+
+:func:`findings_from_labels` gives the same detail to a study whose labels come from elsewhere (the bench
+profile's real IU X-ray reports, :mod:`cxrpipe.data.bench`), so the renderer can draw it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import numpy as np
 
@@ -82,6 +86,7 @@ NEGATION_RATE: dict[str, float] = {
     "Support Devices": 0.0,
 }
 # Devices and how likely each is, given that the study has support devices and is (not) an ICU film.
+HINT_FIELDS = ("side", "zone", "severity")  # what :func:`findings_from_labels` may take from a report
 DEVICES = ("ett", "ngt", "cvc_rij", "cvc_lsc", "picc", "pacemaker", "chest_tube")
 DEVICE_RATE_ICU = {"ett": 0.65, "ngt": 0.55, "cvc_rij": 0.40, "cvc_lsc": 0.12, "picc": 0.18,
                    "pacemaker": 0.08, "chest_tube": 0.10}
@@ -195,6 +200,22 @@ def _devices(rng: np.random.Generator, contexts: set[str], present: set[str]) ->
     return tuple(chosen)
 
 
+def _focus(rng: np.random.Generator) -> tuple[str, str]:
+    """(side, zone) of the one infectious focus that consolidation, pneumonia and opacity share."""
+    side = _choice(rng, {"left": 0.4, "right": 0.45, "bilateral": 0.15})
+    return side, _zone(rng, side)
+
+
+def _describe(label: str, rng: np.random.Generator, focus: tuple[str, str], contexts: set[str],
+              present: set[str]) -> dict:
+    """The :class:`Finding` fields of a present label but ``certain``: detail, and the devices of Support Devices."""
+    detail = _detail(label, rng, focus, contexts)
+    if label == SUPPORT_DEVICES:
+        detail["devices"] = _devices(rng, contexts, present)
+        detail["size_cm"] = float(rng.integers(3, 7)) if "ett" in detail["devices"] else 0.0
+    return detail
+
+
 def sample_findings(rng: np.random.Generator) -> StudyFindings:
     """Draw one study's findings (deterministic given ``rng``'s state)."""
     contexts = {c for c in CONTEXTS if rng.random() < CONTEXT_RATE[c]}
@@ -204,14 +225,10 @@ def sample_findings(rng: np.random.Generator) -> StudyFindings:
         p_absent = (1 - base) * np.prod([1 - b for c, b in zip(CONTEXTS, boost) if c in contexts])
         if rng.random() > p_absent:
             present.append(label)
-    focus_side = _choice(rng, {"left": 0.4, "right": 0.45, "bilateral": 0.15})
-    focus = (focus_side, _zone(rng, focus_side))
+    focus = _focus(rng)
     findings = []
     for label in present:
-        detail = _detail(label, rng, focus, contexts)
-        if label == SUPPORT_DEVICES:
-            detail["devices"] = _devices(rng, contexts, set(present))
-            detail["size_cm"] = float(rng.integers(3, 7)) if "ett" in detail["devices"] else 0.0
+        detail = _describe(label, rng, focus, contexts, set(present))
         certain = bool(rng.random() >= UNCERTAIN_RATE[label])
         findings.append(Finding(label=label, certain=certain, **detail))
     # A report that describes an airspace opacity does not also deny consolidation or pneumonia.
@@ -222,6 +239,31 @@ def sample_findings(rng: np.random.Generator) -> StudyFindings:
         if label not in present and label not in never and rng.random() < NEGATION_RATE[label]
     )
     return StudyFindings(findings=tuple(findings), negated=negated, contexts=tuple(sorted(contexts)))
+
+
+def findings_from_labels(
+    labels: Mapping[str, float],
+    rng: np.random.Generator,
+    contexts: tuple[str, ...] = (),
+    hints: Mapping[str, Mapping[str, str]] | None = None,
+) -> StudyFindings:
+    """The findings of a study whose labels are given (a real report's), for drawing its images.
+
+    ``labels``: CheXpert name -> raw value; 1.0 is a finding, -1.0 an uncertain one (drawn faintly), anything
+    else (0.0, blank, a missing name) absent. "No Finding" draws nothing. Laterality, severity, location and
+    devices are drawn from ``rng`` as :func:`sample_findings` draws them under ``contexts`` (from
+    :data:`CONTEXTS`); ``hints`` (label -> {"side" | "zone" | "severity": value}) replace the drawn value of
+    a field the label has, where the report states it. Nothing is negated: no report is written from these.
+    """
+    present = [label for label in FINDING_ORDER if labels.get(label) in (1.0, -1.0)]
+    ctx = set(contexts)
+    focus = _focus(rng)
+    findings = []
+    for label in present:
+        detail = _describe(label, rng, focus, ctx, set(present))
+        detail.update({k: v for k, v in (hints or {}).get(label, {}).items() if k in detail and k in HINT_FIELDS})
+        findings.append(Finding(label=label, certain=labels[label] == 1.0, **detail))
+    return StudyFindings(findings=tuple(findings), negated=(), contexts=tuple(sorted(ctx)))
 
 
 def negbio_variant(labels: tuple[float, ...], rng: np.random.Generator) -> tuple[float, ...]:
