@@ -1,9 +1,10 @@
 """The stage-two model: MAE + text projection + attention pooling + contrastive loss, one forward.
 
 ``PretrainModel.forward`` returns the named losses of one batch: ``loss = weight_mae * mae_loss +
-weight_text * contrastive_loss``. The contrastive term is always computed, also for the ``mae`` variant (weight 0): both
-variants then build the same modules, consume the same random numbers and do the same work, so the only
-difference between them is whether the text gradient reaches the encoder.
+weight_text * contrastive_loss``. Every variant builds the same modules from the same random numbers (the
+heads too) and sees the same batches, masks and augmentations; with ``weight_text = 0`` (``mae``,
+``continued``) the contrastive pass is skipped (it would only log an untrained head's loss), so the only
+difference in what reaches the encoder is the text gradient.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ class PretrainModel(nn.Module):
         noise2 ``[B, num_patches]``: the contrastive pass's own mask (``visible_tokens`` false and
         ``contrastive_mask_ratio`` > 0)."""
         out = self.mae(images, noise=noise)
+        if self.weight_text == 0:  # mae / continued: no text term, so no contrastive pass (its heads stay at init)
+            zero = out.loss.new_zeros(())
+            return {"loss": self.weight_mae * out.loss, "mae_loss": out.loss, "contrastive_loss": zero}
         if self.visible_tokens:
             patches = out.latent[:, 1:, :]  # [B, K, D], FLIP: the visible tokens of the masked image
         else:  # a second pass: unmasked (ratio 0) or with its own, lighter mask
