@@ -246,7 +246,7 @@ def stage_runs(root: Path, params_file: Path | None = None) -> Counter:
 
     if params_file is None or Path(params_file).resolve() == (root / "params.yaml").resolve():
         with Repo(str(root)) as repo:
-            return Counter(s.name.split("@")[0] for s in repo.index.stages)
+            return _count(repo.index.stages)
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(root / "dvc.yaml", Path(tmp) / "dvc.yaml")
         shutil.copy(params_file, Path(tmp) / "params.yaml")
@@ -257,7 +257,15 @@ def stage_runs(root: Path, params_file: Path | None = None) -> Counter:
         finally:
             dvc_log.setLevel(level)
         with Repo(tmp) as repo:
-            return Counter(s.name.split("@")[0] for s in repo.index.stages)
+            return _count(repo.index.stages)
+
+
+def _count(stages) -> Counter:
+    """Stages per family, and ``pretrain_text``: the pretraining runs that read the text (not ``mae``)."""
+    out = Counter(s.name.split("@")[0] for s in stages)
+    out["pretrain_text"] = sum(1 for s in stages if s.name.split("@")[0] in ("pretrain", "pretrain_seeds")
+                               and not s.name.split("@", 1)[-1].startswith("mae"))
+    return out
 
 
 def _hours(flops: float, rate: Figure | float, how: str) -> Figure:
@@ -342,6 +350,11 @@ def _pretrain(x: Inputs) -> StagePlan:
                        "estimated: 4 bytes per encoder weight per run" + (" + checkpoints (weights + Adam)" if
                        cfg["keep_checkpoint"] else f"; + {ckpt / GIB:.2f} GiB checkpoint per run while it runs"))
     flops = runs * cfg["epochs"] * train.value * sizes["train_flops"]
+    loss = cfg.get("loss", {})
+    if not loss.get("visible_tokens", True):  # the text variants' second, (un)masked encoder pass
+        seen = round((sizes["tokens"] - 1) * (1 - loss.get("contrastive_mask_ratio", 0.0))) + 1
+        flops += x.runs["pretrain_text"] * cfg["epochs"] * train.value * 6 * sizes["encoder"] * seen
+        plan.work += f"; {x.runs['pretrain_text']} text run(s) add an encoder pass over {seen} tokens"
     # the loader must keep up: images/s one GPU consumes at this rate (docs/scale.md 3: per loader worker)
     plan.work += f"; the loader must feed ~{x.gpu_flops / sizes['train_flops']:,.0f} images/s per GPU"
     plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU (bf16)")

@@ -13,7 +13,9 @@ def main(
     params: Annotated[
         Path, typer.Option(help="params.yaml; reads `pretrain`, and `embed` + `data.sections` to check the text cache")
     ] = Path("params.yaml"),
-    variant: Annotated[str, typer.Option(help="mae (pretrain.loss.weight_text forced to 0) or multimodal")] = "multimodal",
+    variant: Annotated[str, typer.Option(
+        help="mae | multimodal | shuffled (another study's report: the control) | continued (two-step flow: mae "
+             "continued without text)")] = "multimodal",
     prepared: Annotated[Path, typer.Option(help="prepared folder: images.csv, studies.csv, images.h5")] = Path(
         "data/prepared"
     ),
@@ -38,6 +40,9 @@ def main(
     seed: Annotated[
         Optional[int], typer.Option(help="overrides pretrain.seed (the seed repeats of compare.extra_seeds)")
     ] = None,
+    init: Annotated[
+        Optional[Path], typer.Option(help="pretrain.flow two_step: the exported mae folder this variant continues")
+    ] = None,
 ) -> None:
     """Train the ViT MAE (+ attention pooling and contrastive loss against the text cache) on the train split;
     write encoder.safetensors + config.json (a plain timm ViT), loss curves, and the validate-split
@@ -54,10 +59,10 @@ def main(
         cfg = section(raw, "pretrain", PretrainConfig)
         if seed is not None:
             cfg = dataclasses.replace(cfg, seed=seed)
-        _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps)
+        _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps, init)
 
 
-def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps) -> None:
+def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps, init) -> None:
     from cxrpipe.config import section
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
@@ -82,6 +87,7 @@ def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, m
         metrics_path=metrics or Path("data/metrics") / f"pretrain-{variant}.json",
         plots_dir=plots or Path("data/plots") / f"pretrain-{variant}",
         max_steps=max_steps,
+        init_from=init,
     )
 
 

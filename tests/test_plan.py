@@ -37,15 +37,18 @@ def test_mimic_plan_counts_every_run_and_marks_every_figure(tmp_path):
     root = repo(tmp_path, "params-mimic.yaml")
     plans, counts = make_plan(root / "p.yaml", root, gpu_tflops=100)
     p = by_family(plans)
-    assert p["pretrain (+ seeds)"].runs == 6  # 2 variants x 3 seeds (compare.extra_seeds [1, 2])
-    # 3 encoders x 3 protocols x 3 seeds; the work names dvc.yaml's protocols
-    assert p["finetune (+ seeds)"].runs == 27 and "demo_data" not in p["others"].work
+    # mae, multimodal, shuffled + 2 variants x 2 more seeds (compare.extra_seeds [1, 2]); 4 of them read the text
+    assert p["pretrain (+ seeds)"].runs == 7
+    # 4 encoders x 3 protocols + 3 encoders x 3 protocols x 2 more seeds; the work names dvc.yaml's protocols
+    assert p["finetune (+ seeds)"].runs == 30 and "demo_data" not in p["others"].work
     assert "encoders x fc/linear/finetune" in p["finetune (+ seeds)"].work
     # published counts, marked estimated (no manifest, no tables at /data/...)
     assert counts.studies.value == MIMIC["studies"] and counts.studies.how.startswith("estimated")
     params = yaml.safe_load((root / "p.yaml").read_text())
     sizes = vit_sizes(params["pretrain"]["model"])
-    want = 6 * 100 * counts.train_frontal.value * sizes["train_flops"] / 100e12 / 3600
+    # the text runs' second, unmasked encoder pass (loss.visible_tokens false) over every token
+    per_image = 7 * sizes["train_flops"] + 4 * 6 * sizes["encoder"] * sizes["tokens"]
+    want = 100 * counts.train_frontal.value * per_image / 100e12 / 3600
     assert p["pretrain (+ seeds)"].gpu_hours.value == pytest.approx(want)
     assert "assumed 100 TFLOP/s" in p["pretrain (+ seeds)"].gpu_hours.how
     # LLaMA-2-7b at float16: 4096 x 2 bytes + the token id per token
@@ -117,7 +120,9 @@ def test_demo_plan_reads_this_checkouts_runs_as_measured(tmp_path):
     assert "9 reports, 1,234 tokens (measured)" in p["embed"].work
     pre = p["pretrain (+ seeds)"]
     # the same model as the measured run: hours = images / measured images per second
-    assert pre.cpu_hours.value == pytest.approx(2 * 30 * 6 / 100.0 / 3600)
+    sizes = vit_sizes(demo["pretrain"]["model"])  # mae, multimodal, shuffled; the 2 text runs' unmasked pass
+    per_image = 3 + 2 * 6 * sizes["encoder"] * sizes["tokens"] / sizes["train_flops"]
+    assert pre.cpu_hours.value == pytest.approx(per_image * 30 * 6 / 100.0 / 3600)
     assert "pretrain-mae.json (100 images/s" in pre.cpu_hours.how
     assert "text-report.json (500 tokens/s" in p["embed"].cpu_hours.how
     # the same checkout planned for MIMIC-CXR: the demo's manifest and cache say nothing about it
@@ -138,5 +143,5 @@ def test_plan_command_prints_the_table(tmp_path):
     res = CliRunner().invoke(app, ["plan", "--root", str(root), "--params", "p.yaml", "--gpus", "8",
                                    "--json", str(tmp_path / "plan.json")])
     assert res.exit_code == 0, res.output
-    assert "pretrain (+ seeds)      6" in res.output and "On 8 GPU(s)" in res.output
+    assert "pretrain (+ seeds)      7" in res.output and "On 8 GPU(s)" in res.output
     assert {r["family"] for r in json.loads((tmp_path / "plan.json").read_text())} >= {"embed", "pretrain (+ seeds)"}

@@ -33,6 +33,7 @@ from cxrpipe.evaluate.stats.rules import StatsConfig, counts, label_rule_sentenc
 from cxrpipe.evaluate.stats.summaries import (
     PIXELS,
     RANDOM,
+    SHUFFLED,
     fmt_ci,
     fmt_p,
     paired_columns,
@@ -192,7 +193,7 @@ def run_compare(
     metrics_dir, out_json = Path(metrics_dir), Path(out_json)
     predictions_dir = Path(predictions_dir) if predictions_dir else metrics_dir.parent / "predictions"
     level = EvalLevel(cfg.level)
-    references = [f"{RANDOM}-{protocol}" for protocol in PROTOCOLS] + [PIXELS]
+    references = [f"{ref}-{protocol}" for ref in (RANDOM, SHUFFLED) for protocol in PROTOCOLS] + [PIXELS]
     runs = _load_runs(metrics_dir, predictions_dir, [f"{e}-{p}" for p in PROTOCOLS for e in ENCODERS] + references)
     result: dict[str, Any] = {}
     for protocol in PROTOCOLS:

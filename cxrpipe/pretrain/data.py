@@ -74,6 +74,33 @@ def find_pairs(prepared: str | Path, text_cache: TextCache, split: str, views: S
     return pairs
 
 
+def derange_texts(pairs: Sequence[Pair], seed: int) -> tuple[list[Pair], dict[str, Any]]:
+    """The ``shuffled`` control's pairs: every study's images get the report of ANOTHER study, a fixed
+    derangement seeded by ``seed`` that respects duplicates (no study gets its own text row back, nor a
+    study whose report is the identical text).
+
+    Studies are put in a seeded random order grouped by their text row (largest group first), and study
+    k takes the text of study ``(k + m) mod n``, with ``m`` the largest group's size: a shift by at least a
+    whole group never lands inside the same group, as long as no one text holds more than half the
+    studies. Otherwise the remaining fixed points are counted (``own_text``) and logged. The images of one
+    study keep sharing one (borrowed) report, and the text-row multiset is unchanged.
+    """
+    text_of = {p.study_id: p.text_row for p in pairs}
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+    groups: dict[int, list[int]] = collections.defaultdict(list)
+    for sid in rng.permutation(sorted(text_of)).tolist():
+        groups[text_of[sid]].append(sid)
+    ordered = sorted(groups.values(), key=len, reverse=True)  # stable: ties keep the seeded order
+    order = [sid for g in ordered for sid in g]
+    n, shift = len(order), len(ordered[0]) if ordered else 0
+    borrowed = {order[k]: text_of[order[(k + shift) % n]] for k in range(n)}
+    own = sum(borrowed[sid] == text_of[sid] for sid in order)
+    if own:
+        log.warning("shuffled: %d of %d studies keep an identical report (one text holds over half the studies)", own, n)
+    out = [dataclasses.replace(p, text_row=borrowed[p.study_id]) for p in pairs]
+    return out, {"studies": n, "own_text": own, "seed": seed}
+
+
 def sample_seed(*key: int) -> int:
     """A 62-bit seed from non-negative ints. Streams used: (seed, 0, epoch) the epoch's order; (seed, 1, step)
     the step's masks; (seed, 2, epoch, index) one sample's augmentation."""

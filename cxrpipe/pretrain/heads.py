@@ -28,11 +28,32 @@ from torch import nn
 
 from cxrpipe.config import build, to_dict
 from cxrpipe.pretrain.losses import LossConfig, build_contrastive_loss
-from cxrpipe.pretrain.pooling import AttentionPool, CrossAttentionPool, PoolConfig, TextProjection, additive_mask
+from cxrpipe.pretrain.pooling import (
+    AttentionPool,
+    CrossAttentionPool,
+    PoolConfig,
+    TextProjection,
+    additive_mask,
+    build_pool,
+)
 
 HEADS_FILE = "text_head.safetensors"
 HEADS_CONFIG = "text_head.json"
 HEAD_PREFIXES = ("text_proj.", "text_pool.", "image_pool.", "cross_pool.", "contrastive.")
+
+
+def add_alignment_modules(module: nn.Module, pool: PoolConfig, loss: LossConfig, text_hidden: int,
+                          embed_dim: int) -> None:
+    """Give ``module`` the alignment heads under their exported names: ``text_proj``, ``text_pool``,
+    ``image_pool`` (``pool.kind: latent``) or ``cross_pool`` (cross), ``contrastive`` (the loss)."""
+    module.pool_kind = pool.kind
+    module.text_proj = TextProjection(text_hidden, pool.dim)
+    module.text_pool = build_pool(pool.dim, pool.dim, pool.text, pool)
+    if pool.kind == "latent":
+        module.image_pool = build_pool(embed_dim, pool.dim, pool.image, pool)
+    else:
+        module.cross_pool = CrossAttentionPool(embed_dim, pool.dim, pool.num_heads, pool.mlp_ratio)
+    module.contrastive = build_contrastive_loss(loss)
 
 
 class AlignmentHeads(nn.Module):
@@ -40,14 +61,7 @@ class AlignmentHeads(nn.Module):
 
     def __init__(self, pool: PoolConfig, loss: LossConfig, text_hidden: int, embed_dim: int):
         super().__init__()
-        self.pool_kind = pool.kind
-        self.text_proj = TextProjection(text_hidden, pool.dim)
-        self.text_pool = AttentionPool(pool.dim, pool.dim, pool.num_heads, pool.mlp_ratio)
-        if pool.kind == "latent":
-            self.image_pool = AttentionPool(embed_dim, pool.dim, pool.num_heads, pool.mlp_ratio)
-        else:
-            self.cross_pool = CrossAttentionPool(embed_dim, pool.dim, pool.num_heads, pool.mlp_ratio)
-        self.contrastive = build_contrastive_loss(loss)
+        add_alignment_modules(self, pool, loss, text_hidden, embed_dim)
 
     def embed_text(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Raw hidden states ``[M, L, hidden]`` + mask ``[M, L]`` -> pooled text embeddings ``[M, dim]``."""

@@ -23,7 +23,12 @@ Margin loss, the report's Eq. 1 (``kind: margin``, the default). With ``u``, ``v
 
 over the N x N pairs of the (global) batch, P = the positive pairs (the diagonal and every duplicate pair), Q =
 the rest (the negatives): the mean over positive pairs plus the mean over negative pairs, so the two terms keep
-equal weight whatever the batch size and however many duplicates it holds (an empty Q adds 0).
+equal weight whatever the batch size and however many duplicates it holds (an empty Q adds 0). Eq. 1 itself is a
+plain sum over pairs; the two means are this project's normalisation (docs/pretrain-loss.md).
+``positive_weighting: anchor`` replaces the first mean by the mean over images i of (1 / k_i) sum_{j in P_i}
+D_ij^2 (k_i = |P_i|): an image with k duplicate reports in the batch is pulled once, not k times.
+``negatives: hardest`` replaces the second mean by VSE++'s hardest negative, per image and per report:
+(1 / 2N) sum_i [max_{j in Q_i} h_ij + max_{j in Q^i} h_ji], h = the hinge.
 ``kind: margin_sqdist`` is this project's earlier form, kept as a named option for comparison only: the hinge
 is on the SQUARED distance, ``max(0, eps - D^2)^2``. It has the same zero set as Eq. 1 when ``eps`` is
 squared, but its gradient vanishes as a negative collapses onto its anchor (d/dD of ``(eps - D^2)^2`` is
@@ -53,16 +58,26 @@ from torch import nn
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Params ``pretrain.loss``: total = MAE loss + weight_text x contrastive loss."""
+    """Params ``pretrain.loss``: total = weight_mae x MAE loss + weight_text x contrastive loss."""
 
-    weight_text: float = 1.0  # the `mae` variant forces 0 (same modules and compute, no text gradient)
+    weight_text: float = 1.0  # the `mae` and `continued` variants force 0 (same modules and compute)
+    weight_mae: float = 1.0  # the MAE reconstruction term's weight (0 = contrastive only; not for mae/continued)
     # margin: the report's Eq. 1 | margin_sqdist: the earlier hinge on D^2 (comparison only) | infonce: CLIP's
-    kind: Literal["margin", "margin_sqdist", "infonce"] = "margin"
+    # symmetric InfoNCE | sigmoid: SigLIP's pairwise sigmoid (every pair its own binary term)
+    kind: Literal["margin", "margin_sqdist", "infonce", "sigmoid"] = "margin"
     normalize: bool = True  # L2-normalise both embeddings before comparing them (then D in [0, 2])
     margin: float = 1.0  # eps of Eq. 1 on the distance D (margin_sqdist: on D^2); 1.0 = cos <= 0.5 for both
-    temperature: float = 0.07  # InfoNCE initial temperature (CLIP's)
-    learn_temperature: bool = True  # InfoNCE: learn log(1/T), clamped to T >= 0.01
+    # margin losses: the negative term over all negatives (mean) or, per anchor and direction, only the
+    # hardest one (VSE++'s max of hinges, Faghri et al. 2018)
+    negatives: Literal["mean", "hardest"] = "mean"
+    # margin losses' positive term: `pair` = mean over positive pairs (an image in a group of k duplicate
+    # reports is pulled k times); `anchor` = each image's positives weighted 1/k, then the mean over images
+    positive_weighting: Literal["pair", "anchor"] = "pair"
+    temperature: float = 0.07  # InfoNCE / sigmoid initial temperature (CLIP's 0.07; SigLIP's 0.1)
+    learn_temperature: bool = True  # InfoNCE / sigmoid: learn log(1/T), clamped to T >= 0.01
+    sigmoid_bias: float = -10.0  # sigmoid: initial logit bias (SigLIP's -10; learned)
     visible_tokens: bool = True  # FLIP: contrast the masked image's visible tokens (no second encoder pass)
+    contrastive_mask_ratio: float = 0.0  # visible_tokens false: the second pass's own mask (0 = unmasked)
 
 
 # --------------------------------------------------------------------------------------- distributed
@@ -173,11 +188,16 @@ class MarginContrastiveLoss(nn.Module):
     """The report's Eq. 1 (``squared_hinge=False``, the default) or the earlier hinge on D^2 (``True``); see
     the module docstring for the exact normalisation and the positive pairs."""
 
-    def __init__(self, margin: float = 1.0, normalize: bool = True, squared_hinge: bool = False):
+    def __init__(self, margin: float = 1.0, normalize: bool = True, squared_hinge: bool = False,
+                 negatives: str = "mean", positive_weighting: str = "pair"):
         super().__init__()
+        if negatives not in ("mean", "hardest") or positive_weighting not in ("pair", "anchor"):
+            raise ValueError(f"negatives {negatives!r} / positive_weighting {positive_weighting!r} not known")
         self.margin = margin
         self.normalize = normalize
         self.squared_hinge = squared_hinge
+        self.negatives = negatives
+        self.positive_weighting = positive_weighting
 
     def scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Retrieval scores ``[N, M]``, higher = closer: minus the distance D (the same ranking as -D^2)."""
@@ -196,8 +216,15 @@ class MarginContrastiveLoss(nn.Module):
         else:
             # D = sqrt(D^2); clamped so that the (masked) gradient of a collapsed pair stays finite
             hinge = F.relu(self.margin - sq.clamp_min(1e-12).sqrt()).pow(2)
-        positive = torch.where(pos, sq, 0.0).sum() / pos.sum()
-        negative = torch.where(neg, hinge, 0.0).sum() / neg.sum().clamp_min(1)
+        if self.positive_weighting == "anchor":  # each image's k positives weighted 1/k, mean over images
+            positive = (torch.where(pos, sq, 0.0).sum(1) / pos.sum(1)).mean()
+        else:
+            positive = torch.where(pos, sq, 0.0).sum() / pos.sum()
+        if self.negatives == "hardest":  # VSE++: per image and per report, the hardest negative's hinge
+            masked = torch.where(neg, hinge, 0.0)
+            negative = (masked.max(dim=1).values.mean() + masked.max(dim=0).values.mean()) / 2
+        else:
+            negative = torch.where(neg, hinge, 0.0).sum() / neg.sum().clamp_min(1)
         d = sq.detach().sqrt()  # [N, N] D, for the logs
         return {
             "contrastive_loss": positive + negative,
@@ -242,7 +269,44 @@ class InfoNCELoss(nn.Module):
         return {"contrastive_loss": loss, "temperature": temperature, **duplicate_counts(ids, n, sim.device)}
 
 
+class SigmoidLoss(nn.Module):
+    """SigLIP's pairwise sigmoid loss (Zhai et al., 2023): every pair (i, j) of the batch is one binary term,
+    ``-log sigmoid(z_ij (t sim_ij + b))`` with z = +1 for positives (the diagonal and every duplicate pair,
+    see ``ids``) and -1 otherwise, summed over pairs and divided by N. ``t = exp(logit_scale)`` (clamped to
+    at most 100) and ``b`` are learned. No softmax over the batch: it suits small batches, and duplicates
+    are simply more positives."""
+
+    def __init__(self, temperature: float = 0.1, learn_temperature: bool = True, bias: float = -10.0,
+                 normalize: bool = True):
+        super().__init__()
+        self.normalize = normalize
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+    def scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Retrieval scores ``[N, M]``: the pair logits (the ranking of the similarities)."""
+        return self.scale().detach() * pairwise(image, text, self.normalize)[0] + self.logit_bias.detach()
+
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor | None = None, gather: bool = True
+    ) -> dict[str, torch.Tensor]:
+        image, text, ids = _gather_pair(image, text, ids, gather)
+        sim, _ = pairwise(image, text, self.normalize)
+        n = _square(sim)
+        sign = positive_mask(ids, n, sim.device).float() * 2 - 1  # [N, N] +1 positive, -1 negative
+        logits = self.scale() * sim + self.logit_bias
+        loss = -F.logsigmoid(sign * logits).sum() / n
+        return {"contrastive_loss": loss, "temperature": (1.0 / self.scale()).detach(),
+                "bias": self.logit_bias.detach(), **duplicate_counts(ids, n, sim.device)}
+
+
 def build_contrastive_loss(cfg: LossConfig) -> nn.Module:
     if cfg.kind in ("margin", "margin_sqdist"):
-        return MarginContrastiveLoss(cfg.margin, cfg.normalize, squared_hinge=cfg.kind == "margin_sqdist")
+        return MarginContrastiveLoss(cfg.margin, cfg.normalize, squared_hinge=cfg.kind == "margin_sqdist",
+                                     negatives=cfg.negatives, positive_weighting=cfg.positive_weighting)
+    if cfg.kind == "sigmoid":
+        return SigmoidLoss(cfg.temperature, cfg.learn_temperature, cfg.sigmoid_bias, cfg.normalize)
     return InfoNCELoss(cfg.temperature, cfg.learn_temperature, cfg.normalize)

@@ -291,3 +291,50 @@ def load_pretrained_encoder(encoder: nn.Module, source: str) -> None:
             f"pretrain.model.init {source!r} does not fit pretrain.model: missing {sorted(set(missing) - {'pos_embed'})}, "
             f"unexpected {sorted(unexpected)}"
         )
+
+
+# ------------------------------------------------------------------------- the two-step flow's hand-over
+
+DECODER_FILE = "decoder.safetensors"
+
+
+def save_decoder(mae: MaskedAutoencoder, out_dir: str | Path) -> None:
+    """The MAE's decoder side (everything but the encoder: decoder blocks, mask token, ...) beside the
+    exported encoder, atomically, so that a later step can continue the whole MAE (:func:`load_mae_export`)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from cxrpipe.io import respect_umask
+
+    state = {k: v.detach().cpu().contiguous() for k, v in mae.state_dict().items() if not k.startswith("encoder.")}
+    out = Path(out_dir) / DECODER_FILE
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    respect_umask(tmp)  # safetensors writes 0600
+    os.replace(tmp, out)
+
+
+def load_mae_export(mae: MaskedAutoencoder, folder: Path) -> str:
+    """Load an exported pretraining folder (``encoder.safetensors`` + ``decoder.safetensors``) into ``mae``,
+    strictly (the model sizes must match); returns the two files' content hash (a resume key)."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from cxrpipe.encoder import ENCODER_FILE
+
+    files = [folder / ENCODER_FILE, folder / DECODER_FILE]
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found: the two-step flow continues an exported mae (dvc repro pretrain@mae)")
+    state = {f"encoder.{k}": v for k, v in load_file(str(files[0])).items()}
+    state.update(load_file(str(files[1])))
+    missing, unexpected = mae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder} does not fit pretrain.model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    log.info("continuing the MAE exported in %s", folder)
+    return digest.hexdigest()[:16]

@@ -1,9 +1,10 @@
 """The stage-two model: MAE + text projection + attention pooling + contrastive loss, one forward.
 
-``PretrainModel.forward`` returns the named losses of one batch: ``loss = mae_loss + weight_text *
-contrastive_loss``. The contrastive term is always computed, also for the ``mae`` variant (weight 0): both
-variants then build the same modules, consume the same random numbers and do the same work, so the only
-difference between them is whether the text gradient reaches the encoder.
+``PretrainModel.forward`` returns the named losses of one batch: ``loss = weight_mae * mae_loss +
+weight_text * contrastive_loss``. Every variant builds the same modules from the same random numbers (the
+heads too) and sees the same batches, masks and augmentations; with ``weight_text = 0`` (``mae``,
+``continued``) the contrastive pass is skipped (it would only log an untrained head's loss), so the only
+difference in what reaches the encoder is the text gradient.
 """
 
 from __future__ import annotations
@@ -11,41 +12,38 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cxrpipe.pretrain.heads import add_alignment_modules
 from cxrpipe.pretrain.losses import (
     LossConfig,
-    build_contrastive_loss,
     gather_ids,
     gather_padded,
     gather_with_grad,
     world_size,
 )
 from cxrpipe.pretrain.mae import MAEConfig, MaskedAutoencoder
-from cxrpipe.pretrain.pooling import AttentionPool, CrossAttentionPool, PoolConfig, TextProjection
+from cxrpipe.pretrain.pooling import PoolConfig
 
 
 class PretrainModel(nn.Module):
     def __init__(self, model: MAEConfig, pool: PoolConfig, loss: LossConfig, text_hidden: int):
         super().__init__()
         self.mae = MaskedAutoencoder(model)
-        self.pool_kind = pool.kind
         self.weight_text = loss.weight_text
+        self.weight_mae = loss.weight_mae
         self.visible_tokens = loss.visible_tokens
-        self.text_proj = TextProjection(text_hidden, pool.dim)
-        self.text_pool = AttentionPool(pool.dim, pool.dim, pool.num_heads, pool.mlp_ratio)
-        if pool.kind == "latent":
-            self.image_pool = AttentionPool(model.embed_dim, pool.dim, pool.num_heads, pool.mlp_ratio)
-        else:
-            self.cross_pool = CrossAttentionPool(model.embed_dim, pool.dim, pool.num_heads, pool.mlp_ratio)
-        self.contrastive = build_contrastive_loss(loss)
+        self.contrastive_mask_ratio = loss.contrastive_mask_ratio
+        add_alignment_modules(self, pool, loss, text_hidden, model.embed_dim)
 
     @property
     def encoder(self) -> nn.Module:
         """The plain timm ViT that is exported."""
         return self.mae.encoder
 
-    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Every patch token of unmasked images: ``[N, 1, H, W] -> [N, L, D]`` (cls dropped)."""
-        latent, _, _ = self.mae.forward_encoder(images, mask_ratio=0.0)
+    def patch_tokens(self, images: torch.Tensor, mask_ratio: float = 0.0,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch tokens of the images, ``[N, 1, H, W] -> [N, K, D]`` (cls dropped): every patch in order
+        (``mask_ratio`` 0), else the ``1 - mask_ratio`` kept by ``noise`` ``[N, L]``."""
+        latent, _, _ = self.mae.forward_encoder(images, mask_ratio=mask_ratio, noise=noise)
         return latent[:, 1:, :]
 
     def embed_pairs(
@@ -79,19 +77,26 @@ class PretrainModel(nn.Module):
         text_mask: torch.Tensor,
         noise: torch.Tensor | None = None,
         ids: torch.Tensor | None = None,
+        noise2: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """images ``[B, 1, H, W]``, text ``[B, L, hidden]``, mask ``[B, L]`` bool, noise ``[B, num_patches]``,
-        ids ``[B, 2]`` int64 (text row, study id: pairs sharing either are positives; None = diagonal only)."""
+        ids ``[B, 2]`` int64 (text row, study id: pairs sharing either are positives; None = diagonal only),
+        noise2 ``[B, num_patches]``: the contrastive pass's own mask (``visible_tokens`` false and
+        ``contrastive_mask_ratio`` > 0)."""
         out = self.mae(images, noise=noise)
+        if self.weight_text == 0:  # mae / continued: no text term, so no contrastive pass (its heads stay at init)
+            zero = out.loss.new_zeros(())
+            return {"loss": self.weight_mae * out.loss, "mae_loss": out.loss, "contrastive_loss": zero}
         if self.visible_tokens:
             patches = out.latent[:, 1:, :]  # [B, K, D], FLIP: the visible tokens of the masked image
-        else:
-            patches = self.patch_tokens(images)  # [B, L, D], a second, unmasked pass
+        else:  # a second pass: unmasked (ratio 0) or with its own, lighter mask
+            patches = self.patch_tokens(images, self.contrastive_mask_ratio, noise2)
         image_emb, text_emb = self.embed_pairs(patches, text, text_mask, gather=True)
         latent = self.pool_kind == "latent"
         if ids is not None and not latent and world_size() > 1:
             ids = gather_ids(ids)  # the cross pool's pair features are already global (embed_pairs)
         con = self.contrastive(image_emb, text_emb, ids=ids, gather=latent)
-        losses = {"loss": out.loss + self.weight_text * con["contrastive_loss"], "mae_loss": out.loss}
+        total = self.weight_mae * out.loss + self.weight_text * con["contrastive_loss"]
+        losses = {"loss": total, "mae_loss": out.loss}
         losses.update(con)
         return losses

@@ -31,6 +31,12 @@ class PoolConfig:
     dim: int = 128  # width of the shared embedding space (text tokens are projected to it)
     num_heads: int = 4  # attention heads of the pools (must divide the encoder width and `dim`)
     mlp_ratio: float = 2.0  # hidden width of the residual MLP after each pool, x dim
+    # how a report's tokens become one vector: attention (a learned query over the tokens) | last (the
+    # prompt's last token: the "in one word, means:" sentence vector) | mean (of the real tokens)
+    text: Literal["attention", "last", "mean"] = "attention"
+    # how an image's patch tokens become one vector (pool.kind latent): attention | mean
+    image: Literal["attention", "mean"] = "attention"
+    dropout: float = 0.0  # dropout in each pool's MLP (and its output projection)
 
 
 def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -51,7 +57,7 @@ class AttentionPool(nn.Module):
     residual MLP) that takes a key padding mask.
     """
 
-    def __init__(self, in_dim: int, dim: int, num_heads: int, mlp_ratio: float = 2.0):
+    def __init__(self, in_dim: int, dim: int, num_heads: int, mlp_ratio: float = 2.0, dropout: float = 0.0):
         super().__init__()
         from timm.layers import AttentionPoolLatent
 
@@ -61,6 +67,7 @@ class AttentionPool(nn.Module):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             norm_layer=nn.LayerNorm,
+            drop=dropout,
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,6 +75,42 @@ class AttentionPool(nn.Module):
         if torch.is_autocast_enabled(x.device.type):  # q/k are in the autocast dtype inside the pool
             dtype = torch.get_autocast_dtype(x.device.type)
         return self.pool(x, attn_mask=additive_mask(mask, dtype))
+
+
+class TokenPool(nn.Module):
+    """Parameter-light pooling: the last real token or the mean of the real tokens ``[B, N, in_dim]`` (+ mask
+    ``[B, N]``, True = real; padding is on the right) -> linear map to ``dim`` -> residual MLP, as
+    :class:`AttentionPool` ends: ``[B, dim]``."""
+
+    def __init__(self, in_dim: int, dim: int, how: str, mlp_ratio: float = 2.0, dropout: float = 0.0):
+        super().__init__()
+        from timm.layers import Mlp
+
+        if how not in ("last", "mean"):
+            raise ValueError(f"TokenPool pools by 'last' or 'mean', got {how!r}")
+        self.how = how
+        self.proj = nn.Linear(in_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, drop=dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        if self.how == "last":
+            last = mask.long().sum(dim=1).clamp_min(1) - 1  # [B] index of the last real token
+            x = x[torch.arange(x.shape[0], device=x.device), last]  # [B, in_dim]
+        else:
+            w = mask.to(x.dtype)[..., None]
+            x = (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+        x = self.proj(x)
+        return x + self.mlp(self.norm(x))
+
+
+def build_pool(in_dim: int, dim: int, how: str, cfg: PoolConfig) -> nn.Module:
+    """The pool of one side: :class:`AttentionPool` (``how`` attention) or :class:`TokenPool` (last / mean)."""
+    if how == "attention":
+        return AttentionPool(in_dim, dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+    return TokenPool(in_dim, dim, how, cfg.mlp_ratio, cfg.dropout)
 
 
 class CrossAttentionPool(nn.Module):

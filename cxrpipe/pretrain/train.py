@@ -17,6 +17,7 @@ the running epoch sums and the RNG states.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -38,15 +39,19 @@ from cxrpipe.encoder import normalize
 from cxrpipe.io import write_json_atomic
 from cxrpipe.pretrain.batch_augment import augment_batch
 from cxrpipe.pretrain.data import EpochBatches, PairDataset, PretrainDataConfig, collate, find_pairs, sample_seed
-from cxrpipe.pretrain.data import batch_duplicate_pairs
+from cxrpipe.pretrain.data import batch_duplicate_pairs, derange_texts
 from cxrpipe.pretrain.losses import LossConfig
-from cxrpipe.pretrain.mae import MAEConfig
+from cxrpipe.pretrain.mae import MAEConfig, load_mae_export
 from cxrpipe.pretrain.model import PretrainModel
 from cxrpipe.pretrain.pooling import PoolConfig
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("mae", "multimodal")
+# mae: images only | multimodal: + the contrastive loss against the report | shuffled: the same against
+# ANOTHER study's report (a fixed derangement: the control for the report's content) | continued: the
+# two-step flow's image-only continuation of `mae` (as many steps as multimodal's continuation)
+VARIANTS = ("mae", "multimodal", "shuffled", "continued")
+TEXT_FREE = ("mae", "continued")  # variants whose text weight is forced to 0
 CHECKPOINT = "checkpoint.pt"
 STEP_LOG = "loss.csv"
 EPOCH_LOG = "epochs.csv"
@@ -61,7 +66,23 @@ class OptimConfig:
     warmup_epochs: float = 3.0  # linear warmup length
     weight_decay: float = 0.05  # not on biases, norms, tokens, the temperature
     betas: tuple[float, float] = (0.9, 0.95)  # MAE's
-    clip_grad: float = 1.0  # max global gradient norm (0 = no clipping)
+    clip_grad: float = 1.0  # max gradient norm (0 = no clipping)
+    # total: clip the summed gradient (then text changes how much of the MAE gradient survives a clip) |
+    # separate: clip the MAE term's and the contrastive term's gradients each on its own, then add them,
+    # so the MAE update is the same with and without text
+    clip_mode: Literal["total", "separate"] = "total"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignConfig:
+    """Params ``pretrain.align``: step 2 of the two-step flow (``pretrain.flow: two_step``): ``multimodal``,
+    ``shuffled`` and ``continued`` start from the exported ``mae`` (encoder and MAE decoder) and train this
+    many more epochs; the alignment heads start fresh."""
+
+    epochs: int = 10
+    lr: float = 5.0e-4  # peak lr of the step (heads, decoder)
+    encoder_lr_scale: float = 1.0  # the image encoder's lr = lr x this (how far the tower may move; 0 freezes it)
+    warmup_epochs: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,19 +96,36 @@ class PretrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (also at every epoch end)
     keep_checkpoint: bool = False  # keep checkpoint.pt after a finished run (ViT-B: ~1 GB with Adam state)
     eval_batch_size: int = 128  # retrieval check batch
+    # joint: every variant from scratch (or model.init) for `epochs` | two_step: `mae` for `epochs`, then
+    # multimodal / shuffled / continued continue it for align.epochs (the seed report's flow)
+    flow: Literal["joint", "two_step"] = "joint"
     model: MAEConfig = MAEConfig()
     pool: PoolConfig = PoolConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     data: PretrainDataConfig = PretrainDataConfig()
+    align: AlignConfig = AlignConfig()
+
+
+def continues_mae(cfg: PretrainConfig, variant: str) -> bool:
+    """Whether ``variant`` starts from the exported ``mae`` (the two-step flow's step 2)."""
+    return cfg.flow == "two_step" and variant != "mae"
 
 
 def for_variant(cfg: PretrainConfig, variant: str) -> PretrainConfig:
-    """``mae`` = the same config with ``loss.weight_text = 0``; ``multimodal`` = the config as given."""
+    """The config a variant trains with: ``mae`` / ``continued`` force ``loss.weight_text = 0`` (and the MAE
+    term on); ``multimodal`` / ``shuffled`` are the config as given. In the two-step flow every variant but
+    ``mae`` takes ``align``'s epochs, lr and warmup."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if variant == "mae":
-        return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, weight_text=0.0))
+    if variant == "continued" and cfg.flow != "two_step":
+        raise ValueError("variant 'continued' exists in the two-step flow only (pretrain.flow: two_step)")
+    if variant in TEXT_FREE:
+        cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, weight_text=0.0, weight_mae=1.0))
+    if continues_mae(cfg, variant):
+        optim = dataclasses.replace(cfg.optim, lr=cfg.align.lr, warmup_epochs=cfg.align.warmup_epochs,
+                                    min_lr=min(cfg.optim.min_lr, cfg.align.lr))
+        cfg = dataclasses.replace(cfg, epochs=cfg.align.epochs, optim=optim)
     return cfg
 
 
@@ -201,6 +239,7 @@ class TrainRun:
     sums: dict[str, float] = dataclasses.field(default_factory=dict)  # running loss sums of the epoch
     count: int = 0  # steps in ``sums``
     means: dict[str, float] = dataclasses.field(default_factory=dict)  # the last finished epoch's means
+    clipped: dict[str, int] = dataclasses.field(default_factory=dict)  # steps whose gradient was clipped, per term
     step_log: CsvLog | None = None  # rank 0 only
     epoch_log: CsvLog | None = None
 
@@ -218,6 +257,7 @@ class TrainRun:
                 "step": self.step,
                 "epoch_sums": self.sums,
                 "epoch_count": self.count,
+                "clipped": self.clipped,
                 "rng": _rng_state(),
                 "config": self.config_dict,
             })
@@ -254,20 +294,23 @@ def train_one_epoch(run: TrainRun, epoch: int, max_steps: int | None = None) -> 
     bar = progress(loader, desc=f"{run.variant} epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    enabled=acc.is_main_process, leave=False)
     model.train()
+    second_mask = not cfg.loss.visible_tokens and cfg.loss.contrastive_mask_ratio > 0
+    separate = cfg.optim.clip_mode == "separate" and cfg.optim.clip_grad > 0
     for batch in bar:
         gen = torch.Generator().manual_seed(sample_seed(cfg.seed, 1, run.step))
         noise = torch.rand(cfg.batch_size, num_patches, generator=gen)[rank * local : (rank + 1) * local]
-        losses = model(
-            device_batch(run, batch, epoch),
-            batch["text"].to(device),
-            batch["text_mask"].to(device),
-            noise=noise.to(device),
-            ids=run.train_ds.pair_ids(batch["index"]).to(device),  # [local, 2]: duplicates are positives
-        )
-        acc.backward(losses["loss"])
-        grad_norm = torch.tensor(0.0)
-        if cfg.optim.clip_grad > 0:
-            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+        noise2 = torch.rand(cfg.batch_size, num_patches, generator=gen)[rank * local : (rank + 1) * local] if second_mask else None
+        # separate clipping syncs the gradients by hand: DDP must skip its own sync from the forward on
+        with acc.no_sync(model) if separate else contextlib.nullcontext():
+            losses = model(
+                device_batch(run, batch, epoch),
+                batch["text"].to(device),
+                batch["text_mask"].to(device),
+                noise=noise.to(device),
+                ids=run.train_ds.pair_ids(batch["index"]).to(device),  # [local, 2]: duplicates are positives
+                noise2=None if noise2 is None else noise2.to(device),
+            )
+            grad_norms = backward_and_clip(run, losses)
         lr = run.optimizer.param_groups[0]["lr"]
         run.optimizer.step()
         run.scheduler.step()
@@ -281,7 +324,7 @@ def train_one_epoch(run: TrainRun, epoch: int, max_steps: int | None = None) -> 
             run.sums[k] = run.sums.get(k, 0.0) + v
         run.count += 1
         if run.step_log is not None:
-            run.step_log.write({"step": run.step, "epoch": epoch + 1, "lr": lr, "grad_norm": float(grad_norm), **row})
+            run.step_log.write({"step": run.step, "epoch": epoch + 1, "lr": lr, **grad_norms, **row})
             bar.set_postfix(loss=f"{row['loss']:.4f}", mae=f"{row['mae_loss']:.4f}", con=f"{row['contrastive_loss']:.4f}")
         if run.step % run.per_epoch == 0:  # end of the epoch: its means, then a checkpoint
             _end_epoch(run, epoch)
@@ -293,6 +336,48 @@ def train_one_epoch(run: TrainRun, epoch: int, max_steps: int | None = None) -> 
     return False
 
 
+def backward_and_clip(run: TrainRun, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Gradients of the step's loss into ``.grad``, clipped as ``optim.clip_mode`` says; returns the norms
+    before clipping (``grad_norm`` or ``grad_norm_mae`` / ``grad_norm_contrastive``) and counts the clipped
+    steps in ``run.clipped``.
+
+    ``separate``: each weighted term's gradient is computed on its own (the caller runs the forward and this
+    under ``no_sync``), averaged over
+    processes by hand (so each norm is the global one, as one process computes it), clipped to
+    ``clip_grad``, and the clipped terms are added. The MAE term's update then does not depend on whether a
+    text term exists. A zero-weight term is skipped.
+    """
+    cfg, acc, model = run.cfg.optim, run.accelerator, run.model
+    if cfg.clip_mode == "total" or cfg.clip_grad <= 0:
+        acc.backward(losses["loss"])
+        norm = torch.tensor(0.0)
+        if cfg.clip_grad > 0:
+            norm = acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            run.clipped["total"] = run.clipped.get("total", 0) + int(float(norm) > cfg.clip_grad)
+        return {"grad_norm": float(norm)}
+    loss_cfg = run.cfg.loss
+    terms = {name: w * losses[key] for name, key, w in (
+        ("mae", "mae_loss", loss_cfg.weight_mae), ("contrastive", "contrastive_loss", loss_cfg.weight_text)) if w}
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    norms = {}
+    for k, (name, term) in enumerate(terms.items()):  # the caller runs forward and this under no_sync
+        acc.backward(term, retain_graph=k < len(terms) - 1)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        for p in params:
+            p.grad = None
+        flat = acc.reduce(flat, "mean")  # the global gradient of this term
+        norm = float(flat.norm())
+        norms[f"grad_norm_{name}"] = norm
+        scale = min(1.0, cfg.clip_grad / (norm + 1e-6))
+        run.clipped[name] = run.clipped.get(name, 0) + int(norm > cfg.clip_grad)
+        for t, g in zip(total, torch.split(flat, [p.numel() for p in params])):
+            t.add_(g.view_as(t), alpha=scale)
+    for p, t in zip(params, total):
+        p.grad = t
+    return norms
+
+
 def _end_epoch(run: TrainRun, epoch: int) -> None:
     run.means = {k: v / max(1, run.count) for k, v in run.sums.items()}
     if run.epoch_log is not None:
@@ -301,16 +386,23 @@ def _end_epoch(run: TrainRun, epoch: int) -> None:
     run.sums, run.count = {}, 0
 
 
-def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, total: int, warmup: int) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW (no decay on biases, norms, tokens, the temperature) + per-step warmup/cosine schedule."""
+def _optimizer(model: torch.nn.Module, cfg: PretrainConfig, total: int, warmup: int,
+               encoder_lr_scale: float = 1.0) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (no decay on biases, norms, tokens, the temperature) + per-step warmup/cosine schedule; the
+    image encoder's groups at ``lr x encoder_lr_scale`` (0: the encoder is frozen)."""
     from timm.optim import param_groups_weight_decay
 
+    if encoder_lr_scale == 0:
+        model.mae.encoder.requires_grad_(False)
     no_decay = ["mae.encoder.cls_token", "mae.mask_token", "contrastive.logit_scale"]
-    optimizer = torch.optim.AdamW(
-        param_groups_weight_decay(model, cfg.optim.weight_decay, no_weight_decay_list=no_decay),
-        lr=cfg.optim.lr,
-        betas=cfg.optim.betas,
-    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for group in param_groups_weight_decay(model, cfg.optim.weight_decay, no_weight_decay_list=no_decay):
+        enc = [p for p in group["params"] if names[id(p)].startswith("mae.encoder.")]
+        rest = [p for p in group["params"] if not names[id(p)].startswith("mae.encoder.")]
+        groups += [g for g in (dict(group, params=rest), dict(group, params=enc, lr=cfg.optim.lr * encoder_lr_scale))
+                   if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas)
     min_ratio = cfg.optim.min_lr / cfg.optim.lr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, min_ratio))
     return optimizer, scheduler
@@ -346,6 +438,7 @@ def _restore(run: TrainRun, resume: bool) -> None:
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
         run.step, run.sums, run.count = ckpt["step"], dict(ckpt["epoch_sums"]), ckpt["epoch_count"]
+        run.clipped = dict(ckpt.get("clipped", {}))
         _set_rng_state(ckpt["rng"])
         log.info("resuming %s from step %d of %d", run.variant, run.step, run.total)
     elif resume:
@@ -364,6 +457,7 @@ def run_pretrain(
     metrics_path: str | Path | None = None,
     plots_dir: str | Path | None = None,
     max_steps: int | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """Pretrain one variant; returns the metrics (also written to ``metrics_path``).
 
@@ -372,14 +466,19 @@ def run_pretrain(
     settings (variant and resolved config); otherwise (none, or other settings: warned) start from scratch.
     ``max_steps``: stop after that many optimizer steps with a checkpoint and return None (a crash stand-in
     for tests and smoke runs; ``resume=True`` later continues as if nothing happened).
+    ``init_from``: the exported ``mae`` folder the two-step flow's step 2 starts from (encoder and decoder).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from cxrpipe.text.cache import TextCache
 
+    step2 = continues_mae(cfg, variant)
     cfg = for_variant(cfg, variant)
     prepared, out_dir = Path(prepared), Path(out_dir)
+    if step2 and init_from is None:
+        raise ValueError(f"pretrain.flow two_step: {variant} continues the exported mae; pass its folder "
+                         "(--init data/models/mae, made by `dvc repro pretrain@mae`)")
     plots_dir = Path(plots_dir) if plots_dir else out_dir / "plots"
     metrics_path = Path(metrics_path) if metrics_path else out_dir / "metrics.json"
     if cfg.model.img_size % cfg.model.patch_size:
@@ -394,6 +493,9 @@ def run_pretrain(
     text = TextCache(text_cache, expect=expect)
     train_pairs = find_pairs(prepared, text, "train", cfg.data.views)
     val_pairs = find_pairs(prepared, text, "validate", cfg.data.views)
+    shuffle_report = None
+    if variant == "shuffled":  # each study's images get another study's report (validate keeps the truth)
+        train_pairs, shuffle_report = derange_texts(train_pairs, cfg.seed)
     if len(train_pairs) < cfg.batch_size:
         raise ValueError(f"{len(train_pairs)} train image-report pairs, fewer than pretrain.batch_size {cfg.batch_size}")
     # augment_on device: the loader sends [0, 1] images, train_one_epoch augments the batch on the device
@@ -404,8 +506,12 @@ def run_pretrain(
     per_epoch = len(train_pairs) // cfg.batch_size
     warmup = max(1, round(cfg.optim.warmup_epochs * per_epoch))
     model = PretrainModel(cfg.model, cfg.pool, cfg.loss, text.hidden_size)
-    optimizer, scheduler = _optimizer(model, cfg, cfg.epochs * per_epoch, warmup)
-    config_dict = {"variant": variant, **to_dict(cfg), "inputs": to_dict(_inputs_key(prepared, train_pairs, text))}
+    inputs = _inputs_key(prepared, train_pairs, text)
+    if step2:
+        inputs["init_from"] = load_mae_export(model.mae, Path(init_from))
+    optimizer, scheduler = _optimizer(model, cfg, cfg.epochs * per_epoch, warmup,
+                                      cfg.align.encoder_lr_scale if step2 else 1.0)
+    config_dict = {"variant": variant, **to_dict(cfg), "inputs": to_dict(inputs)}
     run = TrainRun(cfg, variant, accelerator, model, optimizer, scheduler, train_ds, per_epoch,
                    out_dir / CHECKPOINT, config_dict)
     _restore(run, resume)
@@ -431,6 +537,9 @@ def run_pretrain(
     metrics: dict[str, Any] = {}
     if accelerator.is_main_process:
         metrics = _export_and_check(run, text, prepared, out_dir, train_pairs, val_ds)
+        metrics["clipped_share"] = {k: v / max(1, run.step) for k, v in sorted(run.clipped.items())}
+        if shuffle_report is not None:
+            metrics["shuffled"] = shuffle_report
         metrics.update({
             "train_seconds": round(seconds, 1),
             "images_per_second": round((run.step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
@@ -451,6 +560,7 @@ def _export_and_check(run: TrainRun, text: Any, prepared: Path, out_dir: Path, t
     from cxrpipe.encoder import save_encoder
     from cxrpipe.model_card import write_model_card
     from cxrpipe.pretrain.heads import save_heads
+    from cxrpipe.pretrain.mae import save_decoder
     from cxrpipe.pretrain.retrieval import evaluate_retrieval
 
     cfg, acc = run.cfg, run.accelerator
@@ -463,6 +573,7 @@ def _export_and_check(run: TrainRun, text: Any, prepared: Path, out_dir: Path, t
         "variant": run.variant,
         "params": to_dict(cfg),
     })
+    save_decoder(unwrapped.mae, out_dir)  # what the two-step flow's step 2 continues from
     # the text side and the image pool beside the encoder, for zero-shot, retrieval and attention maps
     save_heads(unwrapped, out_dir, {
         "pool": cfg.pool, "loss": cfg.loss, "text_hidden": text.hidden_size, "embed_dim": cfg.model.embed_dim,

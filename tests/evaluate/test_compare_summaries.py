@@ -121,3 +121,19 @@ def test_spread_by_hand():
     assert (s["min"], s["max"], s["n"]) == (0.1, 0.6, 3)
     assert spread([]) == {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
     assert spread([0.4])["sd"] is None
+
+
+def test_the_shuffled_control_is_paired_with_multimodal(hand_case):
+    """shuffled-<protocol> runs (issue 19's control) give multimodal - shuffled; without them, no such key."""
+    metrics, preds, tmp = hand_case
+    cfg = CompareConfig(n_bootstrap=200, seed=0)
+    comp = run_compare(cfg, metrics, tmp / "c.json", predictions_dir=preds, report_md=tmp / "c.md", stats=STATS)
+    assert "shuffled" not in comp["references"]["linear"] and "shuffled-report control" not in (tmp / "c.md").read_text()
+    _write(metrics, preds, "shuffled-linear", R)  # shuffled 0.25, multimodal (B) 1.00
+    comp = run_compare(cfg, metrics, tmp / "c.json", predictions_dir=preds, report_md=tmp / "c.md", stats=STATS)
+    r = comp["references"]["linear"]
+    assert r["shuffled"]["mauc"] == pytest.approx(0.25)
+    assert r["multimodal_vs_shuffled"]["delta_mauc"] == pytest.approx(0.75)
+    assert (r["multimodal_vs_shuffled"]["delta_ci95"][0] > 0) == (r["multimodal_vs_shuffled"]["p_value"] < 0.05)
+    md = (tmp / "c.md").read_text()
+    assert "### The shuffled-report control" in md and "| linear | 0.250" in md and "+0.750" in md

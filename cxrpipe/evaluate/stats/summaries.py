@@ -29,13 +29,15 @@ from cxrpipe.evaluate.stats.rules import BootstrapUnit
 
 log = logging.getLogger(__name__)
 
-RANDOM, PIXELS = "random", "pixels"
+RANDOM, PIXELS, SHUFFLED = "random", "pixels", "shuffled"
 # (name in comparison.json, candidate, reference): delta = candidate - reference
 REFERENCE_DELTAS = (
     ("mae_vs_random", "mae", RANDOM),
     ("multimodal_vs_random", "multimodal", RANDOM),
     ("mae_vs_pixels", "mae", PIXELS),
     ("multimodal_vs_pixels", "multimodal", PIXELS),
+    # the control: the same pretraining with each image paired with another study's report (issue 19)
+    ("multimodal_vs_shuffled", "multimodal", SHUFFLED),
 )
 
 Paired = Callable[[Predictions, Predictions], Any]  # (reference a, candidate b) -> PairedDelta of b - a
@@ -89,7 +91,7 @@ def references_summary(
     """
     out: dict[str, Any] = {}
     for protocol in protocols:
-        runs = {e: preds.get(f"{e}-{protocol}") for e in ("mae", "multimodal", RANDOM)}
+        runs = {e: preds.get(f"{e}-{protocol}") for e in ("mae", "multimodal", RANDOM, SHUFFLED)}
         runs[PIXELS] = preds.get(PIXELS)
         block: dict[str, Any] = {}
         for key, cand, ref in REFERENCE_DELTAS:
@@ -239,6 +241,16 @@ def references_markdown(result: dict[str, Any]) -> list[str]:
             f"| {protocol} | {delta_cell(r.get('multimodal_vs_random'))} | {delta_cell(r.get('mae_vs_pixels'))} "
             f"| {delta_cell(r.get('multimodal_vs_pixels'))} |"
         )
+    if any(SHUFFLED in refs[p] for p in protocols):
+        lines += ["", "### The shuffled-report control", "",
+                  "`shuffled`: pretraining identical to `multimodal` except that each training image is paired with "
+                  "another study's report (a fixed, seeded derangement). multimodal - shuffled is the effect of the "
+                  "report's content; multimodal - mae mixes it with the effect of having a second loss at all.", "",
+                  "| protocol | shuffled | multimodal - shuffled [95% CI], p |", "|---|---|---|"]
+        for protocol in protocols:
+            r = refs[protocol]
+            cell = fmt_ci(r[SHUFFLED]["mauc"], r[SHUFFLED]["mauc_ci95"]) if SHUFFLED in r else "n/a"
+            lines.append(f"| {protocol} | {cell} | {delta_cell(r.get('multimodal_vs_shuffled'))} |")
     return lines + [""]
 
 
