@@ -33,7 +33,9 @@ MARKER = re.compile(r"(<!-- results:([a-z0-9_]+)\b[^>]*-->\n)(.*?)(<!-- /results
 DEFAULT_PAGES = ("README.md", "docs/*.md")
 # how a protocol key of the metrics is named in a table (an unknown key is shown as it is)
 PROTOCOL_NAMES = {"linear": "linear probe", "fc": "FC head (frozen)", "finetune": "finetune (LP-FT)"}
-CANDIDATE, REFERENCE, RANDOM, PIXELS = "multimodal", "mae", "random", "pixels"
+CANDIDATE, REFERENCE, RANDOM, PIXELS, SHUFFLED = "multimodal", "mae", "random", "pixels", "shuffled"
+# committed benchmark outputs a block may read, beside the metrics (benchmarks/results/ of the repository)
+BENCH_RESULTS = Path("benchmarks") / "results"
 UNITS = {"patient": "patients", "study": "studies", "image": "images"}  # bootstrap_unit -> what is resampled
 
 
@@ -88,9 +90,24 @@ def _delta(d: dict | None, key: str = "delta_mauc", ci: str = "delta_ci95", p: s
 class Metrics:
     """Accessors over a metrics folder (``data/metrics``): the only code that knows the JSON layouts."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, bench: str | Path | None = None):
         self.folder = Path(folder)
+        # data/metrics -> <repository>/benchmarks/results
+        self.bench = Path(bench) if bench is not None else self.folder.resolve().parents[1] / BENCH_RESULTS
         self._cache: dict[str, dict] = {}
+
+    def bench_rows(self, name: str) -> list[dict]:
+        """A committed benchmark log (``benchmarks/results/<name>``): one JSON object per line."""
+        path = self.bench / name
+        if not path.is_file():
+            raise MissingMetrics(f"{BENCH_RESULTS / name} is missing")
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+    def bench_json(self, name: str) -> dict:
+        path = self.bench / name
+        if not path.is_file():
+            raise MissingMetrics(f"{BENCH_RESULTS / name} is missing")
+        return json.loads(path.read_text())
 
     def read(self, name: str) -> dict:
         """``<name>.json`` with ``<name>.config.json`` (the strings the stage put beside its numbers) merged in."""
@@ -300,6 +317,108 @@ def block_references(m: Metrics) -> list[str]:
                    delta(m.delta(p, CANDIDATE, PIXELS))] for p in m.protocols()])
 
 
+def block_shuffled(m: Metrics) -> list[str]:
+    """The control: multimodal against the same pretraining on shuffled reports, beside multimodal - mae."""
+    return table(["protocol", "shuffled", "multimodal", "multimodal - shuffled", "multimodal - mae"],
+                 [[protocol_name(p), est(m.mauc(p, SHUFFLED)), est(m.mauc(p, CANDIDATE)),
+                   delta(m.delta(p, CANDIDATE, SHUFFLED), True), delta(m.delta(p), True)] for p in m.protocols()])
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("reached" if ok else "**not reached**")
+
+
+def _above(e: Est, floor: float | None) -> bool | None:
+    return None if e.lo is None or floor is None else e.lo > floor
+
+
+def block_targets(m: Metrics) -> list[str]:
+    """The alignment targets (docs/alignment.md), each read from the metrics and marked reached or not."""
+    rows = []
+    z = m.zeroshot(CANDIDATE)["mauc"]
+    rows.append(["zero-shot mAUC >= 0.65, interval above 0.5", est(z),
+                 _verdict(None if z.value is None else z.value >= 0.65 and bool(_above(z, 0.5)))])
+    r10, chance = m.retrieval(CANDIDATE)["image_to_report"].get(10, (Est(None), None))
+    rows.append(["image -> report R@10 >= 2x chance, interval above chance", f"{est(r10)}; chance {num(chance)}",
+                 _verdict(None if r10.value is None or chance is None else
+                          r10.value >= 2 * chance and bool(_above(r10, chance)))])
+    seeds = m.seeds()
+    for p in m.protocols():
+        d = m.delta(p, CANDIDATE, SHUFFLED)
+        if d.value is not None:
+            rows.append([f"{protocol_name(p)}: multimodal - shuffled > 0, interval above 0 ({len(seeds)} seed(s))",
+                         delta(d), _verdict(bool(_above(d, 0.0)))])
+    for p in m.protocols():
+        per = m.seed_deltas(p)
+        rows.append([f"{protocol_name(p)}: multimodal - mae > 0 on every seed ({len(per)})",
+                     " / ".join(num(d.value, True) for _, d in per),
+                     _verdict(all(d.value is not None and d.value > 0 for _, d in per) if per else None)])
+    if "linear" in m.protocols():
+        d = m.delta("linear", REFERENCE, RANDOM)
+        rows.append(["linear probe: mae - random > 0", delta(d), _verdict(None if d.value is None else d.value > 0)])
+    best = max(((p, e, m.mauc(p, e)) for p in m.protocols() for e in (REFERENCE, CANDIDATE)),
+               key=lambda t: -1.0 if t[2].value is None else t[2].value)
+    px = m.mauc(m.protocols()[0], PIXELS)
+    rows.append(["stretch: the best encoder within 0.05 mAUC of pixels",
+                 f"{best[1]}, {protocol_name(best[0])}: {num(best[2].value)}; pixels {num(px.value)}",
+                 _verdict(None if best[2].value is None or px.value is None else best[2].value >= px.value - 0.05)])
+    return [_test_line(m), "", *table(["target (test split)", "measured", ""], rows)]
+
+
+RECIPES_LOG = "recipe_search-demo.jsonl"  # benchmarks/recipe_search.py's log, committed
+
+
+def block_recipes(m: Metrics) -> list[str]:
+    """benchmarks/recipe_search.py's validate-only scores per recipe (mean over the seeds run), in log order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in m.bench_rows(RECIPES_LOG):
+        groups.setdefault((r["recipe"], r["variant"]), []).append(r)
+
+    def mean(rows: list[dict], get: Callable[[dict], Any]) -> str:
+        v = [get(r) for r in rows if get(r) is not None]
+        return num(sum(v) / len(v)) if v else "n/a"
+
+    rows = []
+    for (name, variant), rs in groups.items():
+        over = ", ".join(f"{k} {v}" for k, v in rs[0].get("overrides", {}).items()) or "params as committed then"
+        rows.append([name if variant != "reference" else f"_{name}_", variant, str(len(rs)), over,
+                     mean(rs, lambda r: r.get("probe")), mean(rs, lambda r: r.get("zeroshot")),
+                     mean(rs, lambda r: (r.get("retrieval") or {}).get("R@10")),
+                     mean(rs, lambda r: (r.get("retrieval") or {}).get("chance@10")),
+                     mean(rs, lambda r: (r.get("retrieval") or {}).get("P@10")),
+                     mean(rs, lambda r: (r.get("retrieval") or {}).get("P@10_prior")),
+                     mean(rs, lambda r: (r.get("clipped_share") or {}).get("total"))])
+    return table(["recipe", "variant", "seeds", "overrides", "probe mAUC", "zero-shot mAUC", "R@10", "chance",
+                  "P@10", "prior", "clipped share"], rows)
+
+
+TEXT_DIAGNOSIS = "text_diagnosis-demo.json"  # benchmarks/text_diagnosis.py --out, committed
+
+
+def block_text_diagnosis(m: Metrics) -> list[str]:
+    """benchmarks/text_diagnosis.py: what the frozen LM's states hold, at a few depths and at each pooling's best
+    zero-shot layer (the full table is in the committed JSON)."""
+    d = m.bench_json(TEXT_DIAGNOSIS)
+    rows = [r for r in d["rows"] if r["layer"] > 0]
+    top = max(r["layer"] for r in rows)
+    keep = {1, top // 4, top // 2, 3 * top // 4, top}
+    best = {pool: max((r for r in rows if r["pooling"] == pool), key=lambda r: r["zeroshot_centred_validate_mauc"])
+            for pool in dict.fromkeys(r["pooling"] for r in rows)}
+    shown = [r for r in rows if r["layer"] in keep or r is best[r["pooling"]]]
+
+    def pair_cos(r: dict) -> float:
+        v = list(r["pair_cos_centred"].values())
+        return sum(v) / len(v)
+
+    return [f"{d['n_train']} train / {d['n_validate']} validate reports, LM at {d['quantization']}; validate only.", "",
+            *table(["pooling", "layer", "supervised probe mAUC", "zero-shot mAUC (raw)", "zero-shot mAUC (centred)",
+                    "mean cos(positive, negative prompt), centred"],
+                   [[r["pooling"], str(r["layer"]) + (" (best zero-shot)" if r is best[r["pooling"]] else ""),
+                     num(r["probe_validate_mauc"]), num(r["zeroshot_raw_validate_mauc"]),
+                     num(r["zeroshot_centred_validate_mauc"]), num(pair_cos(r))]
+                    for r in sorted(shown, key=lambda r: (r["pooling"], r["layer"]))])]
+
+
 def block_seeds(m: Metrics) -> list[str]:
     rows = []
     for p in m.protocols():
@@ -397,6 +516,10 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "comparison": block_comparison,
     "references": block_references,
     "seeds": block_seeds,
+    "shuffled": block_shuffled,
+    "targets": block_targets,
+    "recipes": block_recipes,
+    "text_diagnosis": block_text_diagnosis,
     "label_efficiency": block_label_efficiency,
     "zeroshot": block_zeroshot,
     "retrieval": block_retrieval,

@@ -217,3 +217,52 @@ def test_committed_pages_agree_with_the_committed_metrics():
     pages = find_pages(ROOT)
     assert any("<!-- results:" in p.read_text() for p in pages)
     assert update_pages(pages, ROOT / "data" / "metrics", check=True) == []
+
+
+def test_targets_and_the_shuffled_control_are_read_from_the_metrics(tmp_path):
+    """Each target is marked from the numbers: planted above a threshold -> reached, below -> not reached."""
+    folder = write_metrics(tmp_path / "metrics")
+    m = Metrics(folder)
+    t = build_block("targets", m)
+    assert "| zero-shot mAUC >= 0.65, interval above 0.5 | 0.505 [0.455, 0.555] | **not reached** |" in t
+    # multimodal R@10 0.2 vs chance 10/197 = 0.051: over 2x, interval [0.19, 0.21] above chance
+    assert "| image -> report R@10 >= 2x chance, interval above chance | 0.200 [0.190, 0.210]; chance 0.051 | reached |" in t
+    assert "| linear probe: mae - random > 0 | +0.019" in t and "multimodal - mae > 0 on every seed (1) | +0.041 | reached" in t
+    assert "pixels 0.777 | **not reached** |" in t and "multimodal - shuffled" not in t  # no shuffled runs
+    comp = json.loads((folder / "comparison.json").read_text())
+    comp["references"]["linear"]["shuffled"] = {"mauc": 0.6, "mauc_ci95": _ci(0.6)}
+    comp["references"]["linear"]["multimodal_vs_shuffled"] = _delta(-0.01, 0.6)
+    (folder / "comparison.json").write_text(json.dumps(comp))
+    z = json.loads((folder / "zeroshot-multimodal.json").read_text())
+    z.update(mauc=0.70, mauc_ci95=[0.66, 0.74])
+    (folder / "zeroshot-multimodal.json").write_text(json.dumps(z))
+    m = Metrics(folder)
+    t = build_block("targets", m)
+    assert "| zero-shot mAUC >= 0.65, interval above 0.5 | 0.700 [0.660, 0.740] | reached |" in t
+    assert "| linear probe: multimodal - shuffled > 0, interval above 0 (1 seed(s)) | -0.010 [-0.040, +0.020], p = 0.600 | **not reached** |" in t
+    s = build_block("shuffled", m)
+    assert "| linear probe | 0.600 [0.550, 0.650] | 0.667 [0.617, 0.717] | -0.010 [-0.040, +0.020], p = 0.600 |" in s
+    assert "| FC head (frozen) | n/a |" in s
+
+
+def test_benchmark_blocks_read_the_committed_logs(tmp_path):
+    bench = tmp_path / "bench"
+    m = Metrics(tmp_path / "metrics", bench=bench)
+    assert "benchmarks/results/recipe_search-demo.jsonl is missing" in build_block("recipes", m)
+    bench.mkdir()
+    row = {"recipe": "infonce", "variant": "multimodal", "overrides": {"loss.kind": "infonce"}, "probe": 0.7,
+           "zeroshot": 0.5, "retrieval": {"R@10": 0.2, "chance@10": 0.1, "P@10": 0.4, "P@10_prior": 0.3},
+           "clipped_share": {"total": 0.8}}
+    lines = [row, {**row, "seed": 1, "probe": 0.8}, {**row, "recipe": "base", "overrides": {}, "probe": 0.6}]
+    (bench / "recipe_search-demo.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    r = build_block("recipes", Metrics(tmp_path / "metrics", bench=bench))
+    assert "| infonce | multimodal | 2 | loss.kind infonce | 0.750 | 0.500 | 0.200 | 0.100 | 0.400 | 0.300 | 0.800 |" in r
+    assert "| base | multimodal | 1 | params as committed then | 0.600 |" in r
+    rows = [{"pooling": p, "layer": k, "probe_validate_mauc": 0.9, "zeroshot_raw_validate_mauc": 0.5 + k / 100,
+             "zeroshot_centred_validate_mauc": 0.6 - abs(k - 3) / 100, "pair_cos_centred": {"a": 0.8, "b": 0.6}}
+            for p in ("last", "mean") for k in range(0, 9)]
+    (bench / "text_diagnosis-demo.json").write_text(json.dumps({"rows": rows, "n_train": 10, "n_validate": 5,
+                                                                "quantization": "fp32"}))
+    d = build_block("text_diagnosis", Metrics(tmp_path / "metrics", bench=bench))
+    assert "| last | 3 (best zero-shot) | 0.900 | 0.530 | 0.600 | 0.700 |" in d
+    assert "| mean | 8 | 0.900 | 0.580 | 0.550 | 0.700 |" in d and "| last | 0 |" not in d and "| last | 5 |" not in d
