@@ -189,7 +189,7 @@ def test_a_partial_cache_from_other_settings_is_not_resumed(tmp_path, monkeypatc
 def test_iu_xray_with_mimic_files_and_bad_params_are_refused(tmp_path):
     t = write_tree(tmp_path / "tree", 1)
     with pytest.raises(PrepareError, match="not a tar archive of XML reports"):
-        run_prepare(DataConfig(source="iu-xray", root=t.root, reports=t.reports, views=("FRONTAL",)), PrepareConfig(), tmp_path / "o")
+        run_prepare(DataConfig(source="iu-xray", root=t.root, reports=t.reports, views=()), PrepareConfig(), tmp_path / "o")
     with pytest.raises(PrepareError, match="max_reject_fraction"):
         run_prepare(*_cfgs(t, max_reject_fraction=1.5), tmp_path / "o")
 
