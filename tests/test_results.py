@@ -173,7 +173,7 @@ def test_a_typed_or_stale_number_fails_the_check(tmp_path):
     cmp = json.loads((metrics / "comparison.json").read_text())
     cmp["linear"]["delta_mauc"] = 0.031
     (metrics / "comparison.json").write_text(json.dumps(cmp))
-    assert stale_blocks(fresh, Metrics(metrics)) == ["comparison"]
+    assert stale_blocks(fresh, Metrics(metrics)) == ["comparison", "shuffled"]  # both quote multimodal - mae
     assert "outside" in render(page("summary") + "outside 0.123\n", m)  # text outside blocks is left alone
 
 
