@@ -200,7 +200,14 @@ class Metrics:
         r = self.read(f"retrieval-{encoder}")
         ways = {w: {int(k.split("@")[1]): (_est(r[w], k), r[w].get(f"chance@{k.split('@')[1]}"))
                     for k in r[w] if re.fullmatch(r"recall@\d+", k)} for w in ("image_to_report", "report_to_image")}
-        return {"n_images": r.get("n_images"), "n_texts": r.get("n_texts"), "n_studies": r.get("n_studies"), **ways}
+        # label-level retrieval (Hit@k, P@k beside its prior): absent from files written before it existed
+        labels = {w: {"n": r[w].get("n_label_queries"), "prior": r[w].get("precision_prior"),
+                      "hit": {int(k.split("@")[1]): (_est(r[w], k), r[w].get(f"hit_chance@{k.split('@')[1]}"))
+                              for k in r[w] if re.fullmatch(r"hit@\d+", k)},
+                      "precision": {int(k.split("@")[1]): _est(r[w], k) for k in r[w] if re.fullmatch(r"precision@\d+", k)}}
+                  for w in ("image_to_report", "report_to_image")}
+        return {"n_images": r.get("n_images"), "n_texts": r.get("n_texts"), "n_studies": r.get("n_studies"),
+                "n_patients": r.get("n_patients"), "labels": labels, **ways}
 
     def alignment_check(self, variant: str) -> dict[str, Any]:
         r = self.read(f"pretrain-{variant}").get("retrieval") or {}
@@ -338,10 +345,15 @@ def block_targets(m: Metrics) -> list[str]:
     z = m.zeroshot(CANDIDATE)["mauc"]
     rows.append(["zero-shot mAUC >= 0.65, interval above 0.5", est(z),
                  _verdict(None if z.value is None else z.value >= 0.65 and bool(_above(z, 0.5)))])
-    r10, chance = m.retrieval(CANDIDATE)["image_to_report"].get(10, (Est(None), None))
+    ret = m.retrieval(CANDIDATE)
+    r10, chance = ret["image_to_report"].get(10, (Est(None), None))
     rows.append(["image -> report R@10 >= 2x chance, interval above chance", f"{est(r10)}; chance {num(chance)}",
                  _verdict(None if r10.value is None or chance is None else
                           r10.value >= 2 * chance and bool(_above(r10, chance)))])
+    lab = ret["labels"]["image_to_report"]
+    p10 = lab["precision"].get(10, Est(None))
+    rows.append(["image -> report P@10 (label precision) above the label prior, interval above it",
+                 f"{est(p10)}; prior {num(lab['prior'])}", _verdict(_above(p10, lab["prior"]))])
     seeds = m.seeds()
     for p in m.protocols():
         d = m.delta(p, CANDIDATE, SHUFFLED)
@@ -473,7 +485,22 @@ def block_retrieval(m: Metrics) -> list[str]:
     for way, title in (("image_to_report", "image -> report"), ("report_to_image", "report -> image")):
         rows.append(["chance", title, *(num(t[way][k][1]) for k in ks)])
         rows += [[e, title, *(est(r[e][way][k][0]) for k in ks)] for e in r]
-    return [*lines, *table(["", "direction", *(f"R@{k}" for k in ks)], rows)]
+    lines += table(["", "direction", *(f"R@{k}" for k in ks)], rows)
+    lab = t["labels"]["image_to_report"]
+    if not lab["precision"]:
+        return lines
+    unit = "patients" if t.get("n_patients") else "studies"
+    lines += ["", f"Label level (a candidate is relevant when its study shares a positive finding with the query's, "
+              f"\"No Finding\" counting as one; {lab['n']} image queries with a finding; 95% intervals over test "
+              f"{unit}): Hit@k = a relevant one among the k best, P@k = the share of the k best that are relevant, "
+              "beside the share over all candidates (prior).", ""]
+    rows = []
+    for way, title in (("image_to_report", "image -> report"), ("report_to_image", "report -> image")):
+        rows.append(["chance / prior", title, *(num(t["labels"][way]["hit"][k][1]) for k in ks),
+                     *(num(t["labels"][way]["prior"]) for _ in ks)])
+        rows += [[e, title, *(est(r[e]["labels"][way]["hit"].get(k, (Est(None),))[0]) for k in ks),
+                  *(est(r[e]["labels"][way]["precision"].get(k, Est(None))) for k in ks)] for e in r]
+    return [*lines, *table(["", "direction", *(f"Hit@{k}" for k in ks), *(f"P@{k}" for k in ks)], rows)]
 
 
 def block_transfer(m: Metrics) -> list[str]:

@@ -154,6 +154,56 @@ def test_random_scores_sit_at_chance():
     assert chance_at_k(np.array([1]), 10, (20,))[0] == 1.0  # k beyond the candidates
 
 
+def test_label_precision_by_hand():
+    """Hit@k / P@k on a hand-ranked example: query 0's relevant candidates sit at ranks 1 and 3 (of 4)."""
+    from cxrpipe.evaluate.alignment.retrieval import label_precision
+
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    relevant = np.array([[False, True, False, True], [False, False, False, True]])
+    hit, prec = label_precision(scores, relevant, (1, 2, 4, 9))
+    np.testing.assert_array_equal(hit, [[False, True, True, True], [True, True, True, True]])
+    np.testing.assert_allclose(prec, [[0, 1 / 2, 2 / 4, 2 / 4], [1, 1 / 2, 1 / 4, 1 / 4]])
+
+
+def _clustered_findings(n_text: int = 40, per: int = 3, n_labels: int = 4, signal: float = 0.0, seed: int = 1):
+    """Texts in ``n_labels`` finding clusters (one finding each), ``per`` images per text (one study each, patients
+    of two studies); scores = ``signal`` x same cluster + noise: a planted label-level signal without exact pairs."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n_text) % n_labels  # [M]
+    image_text = np.repeat(np.arange(n_text), per)  # [N]
+    findings = np.eye(n_labels, dtype=bool)[cluster[image_text]]  # [N, L]
+    scores = signal * (cluster[image_text][:, None] == cluster[None, :]) + rng.normal(size=(image_text.size, n_text))
+    study = np.arange(image_text.size)
+    return scores, image_text, study, study // 2, findings
+
+
+@pytest.mark.parametrize("signal", [0.0, 3.0])
+def test_label_retrieval_finds_a_planted_finding_signal_and_not_its_absence(signal):
+    """Scores that prefer the query's finding cluster (never its exact text) lift Hit@k / P@k above the prior
+    while exact-pair recall stays at chance; random scores leave P@k at the prior (1 / 4 here) in both ways."""
+    scores, image_text, study, subject, findings = _clustered_findings(signal=signal)
+    r = retrieval_both_ways(scores, image_text, study, (1, 10), 200, 0, subject, "patient", findings)
+    for way in ("image_to_report", "report_to_image"):
+        w = r[way]
+        assert w["precision_prior"] == pytest.approx(1 / 4) and w["n_label_queries"] == w["n_queries"]
+        lo, hi = w["precision@10_ci95"]
+        if signal:
+            assert lo > w["precision_prior"] and w["precision@10"] > 0.8 and w["hit@1"] > 0.8
+        else:
+            assert lo <= w["precision_prior"] <= hi
+            assert abs(w["hit@1"] - w["hit_chance@1"]) < 0.2 and w["hit@10"] < 1
+        assert w["hit_chance@1"] == pytest.approx(1 / 4)
+    assert r["image_to_report"]["recall@1"] < 0.3  # the exact pair is not what was planted
+
+
+def test_label_retrieval_skips_queries_without_a_finding():
+    scores, image_text, study, subject, findings = _clustered_findings(n_text=8, per=1)
+    findings[:2] = False  # two studies without a positive label: never queries, never relevant
+    r = retrieval_both_ways(scores, image_text, study, (1,), 20, 0, subject, "patient", findings)
+    assert r["image_to_report"]["n_label_queries"] == 6 and r["report_to_image"]["n_label_queries"] == 6
+    assert "hit@1" not in retrieval_both_ways(scores, image_text, study, (1,), 20, 0)["image_to_report"]
+
+
 # ------------------------------------------------------------------------------------------- zero-shot
 
 
@@ -346,6 +396,16 @@ def test_zeroshot_and_retrieval_stages_run_on_exported_models(aligned, tmp_path)
     rank = (raw > raw[np.arange(len(test)), own][:, None]).sum(1)
     for k in (1, 5, 10):
         assert r["image_to_report"][f"recall@{k}"] == pytest.approx(float((rank < k).mean()))
+    # P@k by brute force: the share of each image's k best texts whose studies share a positive finding
+    pos = {s.study_id: np.asarray(s.labels) == 1.0 for s in read_studies(aligned["prepared"])}
+    text_pos = {t: np.any([pos[x.study_id] for x in test if text.row_of(x.study_id) == t], axis=0) for t in distinct}
+    rel = np.array([[bool((pos[x.study_id] & text_pos[t]).any()) for t in distinct] for x in test])
+    keep = rel.any(1)
+    top = np.argsort(-raw, axis=1, kind="stable")[:, :5]
+    assert r["image_to_report"]["n_label_queries"] == int(keep.sum()) > 0
+    assert r["image_to_report"]["precision@5"] == pytest.approx(
+        float(np.take_along_axis(rel, top, 1)[keep].mean()))
+    assert r["image_to_report"]["precision_prior"] == pytest.approx(float(rel[keep].mean(1).mean()))
 
 
 def test_retrieval_resamples_patients_and_links_their_texts():
