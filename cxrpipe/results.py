@@ -189,11 +189,18 @@ class Metrics:
                 "n_bootstrap": le.get("n_bootstrap"), "encoders": list(encoders), "protocols": protocols}
 
     # ---- zero-shot (zeroshot-<encoder>.json)
-    def zeroshot(self, encoder: str) -> dict[str, Any]:
-        z = self.read(f"zeroshot-{encoder}")
+    def zeroshot(self, encoder: str, dataset: str | None = None) -> dict[str, Any]:
+        """The project's own test split, or a transfer dataset's (``zeroshot-<dataset>-<encoder>.json``)."""
+        z = self.read(f"zeroshot-{dataset}-{encoder}" if dataset else f"zeroshot-{encoder}")
         per_label = {n: (_est(v, "auroc"), v.get("n_pos")) for n, v in (z.get("per_label") or {}).items()}
         return {"mauc": _est(z), "mauc5": _est(z, "mauc5"), "labels_in_mauc": list(z.get("labels_in_mauc") or []),
-                "n_studies": z.get("n_studies"), "per_label": per_label}
+                "n_studies": z.get("n_studies"), "n_patients": z.get("n_patients"), "per_label": per_label,
+                "dataset": z.get("dataset") or dataset, "split_rule": z.get("split_rule")}
+
+    def zeroshot_datasets(self) -> list[str]:
+        """The transfer datasets scored zero-shot (a ``zeroshot-<dataset>-<candidate>.json`` exists), sorted."""
+        tail = f"-{CANDIDATE}.json"
+        return sorted(p.name[len("zeroshot-"):-len(tail)] for p in self.folder.glob(f"zeroshot-*{tail}"))
 
     # ---- retrieval (retrieval-<encoder>.json on test; pretrain-<variant>.json: the validate check)
     def retrieval(self, encoder: str) -> dict[str, Any]:
@@ -467,6 +474,24 @@ def block_zeroshot(m: Metrics) -> list[str]:
     return [*lines, "", *table(["label", "test positives", "mae AUROC", "multimodal AUROC"], rows)]
 
 
+def block_zeroshot_transfer(m: Metrics) -> list[str]:
+    """Zero-shot on the transfer datasets (the field's protocols) beside the project's own test split."""
+    rows = []
+    for ds in [None, *m.zeroshot_datasets()]:
+        z = {e: m.zeroshot(e, ds) for e in (REFERENCE, CANDIDATE)}
+        c = z[CANDIDATE]
+        name = "the project's own test split (no standard published protocol)" if ds is None else c["dataset"]
+        rows.append([name, (c["split_rule"] or "n/a") if ds else "the pipeline's test split",
+                     f"{c['n_studies']} studies of {c['n_patients']} patients",
+                     f"{len(c['labels_in_mauc'])}: {', '.join(c['labels_in_mauc'])}",
+                     est(z[REFERENCE]["mauc"]), est(c["mauc"]), est(c["mauc5"]) if c["mauc5"].value is not None else "n/a"])
+    return ["Study level, test; 95% intervals over test patients; mAUC over the labels under the label rule "
+            "(`stats.min_test_positives`), mAUC-5 over CheXpert's 5 competition findings where the set has them. "
+            f"{REFERENCE}'s untrained heads are the chance reference.", "",
+            *table(["dataset", "split", "test", "labels in mAUC", f"{REFERENCE} mAUC", f"{CANDIDATE} mAUC",
+                    f"{CANDIDATE} mAUC-5"], rows)]
+
+
 def block_retrieval(m: Metrics) -> list[str]:
     a = {v: m.alignment_check(v) for v in (REFERENCE, CANDIDATE)}
     ks = list(a[CANDIDATE]["recall"])
@@ -550,6 +575,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "label_efficiency": block_label_efficiency,
     "zeroshot": block_zeroshot,
     "retrieval": block_retrieval,
+    "zeroshot_transfer": block_zeroshot_transfer,
     "transfer": block_transfer,
     "summary": block_summary,
 }

@@ -100,6 +100,9 @@ def write_metrics(folder: Path, seeds: tuple[int, ...] = (0,),
                                 "image_to_report": _recalls(scale, 197), "report_to_image": _recalls(scale + 0.001, 197)})
         check = _recalls((0.121 if e == "mae" else 0.212) / 10, 97)
         dump(f"pretrain-{e}", {"retrieval": {"n_images": 99, "n_reports": 97, **check}})
+        dump(f"zeroshot-nih_cxr14-{e}", {"mauc": m + 0.1, "mauc_ci95": _ci(m + 0.1), "mauc5": None, "mauc5_ci95": None,
+                                         "labels_in_mauc": ["Effusion", "Mass"], "n_studies": 66, "n_patients": 48,
+                                         "dataset": "NIH ChestX-ray14", "split_rule": "NIH's official split", "per_label": {}})
     dump("transfer", {"nih_cxr14": {"linear": {"f1": {
         "label_fraction": 0.01, "n_train_studies": 2, "n_test_studies": 66, "n_labels_in_mauc": 2,
         "mae": {"mauc": 0.595, "mauc_ci95": _ci(0.595)}, "multimodal": {"mauc": 0.549, "mauc_ci95": _ci(0.549)},
@@ -133,6 +136,10 @@ def test_blocks_hold_the_planted_numbers(tmp_path):
     assert "| 5% | 34 | 7 | 0.525 [0.475, 0.575] | 0.583 [0.533, 0.633] | +0.058 [+0.028, +0.088], p = 0.004 |" in le
     zs = build_block("zeroshot", m)
     assert "| multimodal | 0.505 [0.455, 0.555] | 0.515 [0.465, 0.565] |" in zs and "| Edema | 22 | 0.492" in zs
+    zt = build_block("zeroshot_transfer", m)
+    assert "| the project's own test split (no standard published protocol) | the pipeline's test split | 193 studies" in zt
+    assert "| NIH ChestX-ray14 | NIH's official split | 66 studies of 48 patients | 2: Effusion, Mass | " \
+           "0.572 [0.522, 0.622] | 0.605 [0.555, 0.655] | n/a |" in zt
     rt = build_block("retrieval", m)
     assert "| multimodal | 0.021 | 0.106 | 0.212 |" in rt and "| chance | 0.010 | 0.052 | 0.103 |" in rt
     assert "190 image queries with a finding" in rt and "intervals over test studies" in rt
