@@ -403,8 +403,8 @@ def _transfer(x: Inputs) -> StagePlan:
 
 
 SMALL = ("demo_data", "demo_nih", "bench_data", "text_model", "random_encoder", "random_encoder_seeds", "pixels",
-         "compare", "label_efficiency", "label_efficiency_summary", "zeroshot_prompts", "zeroshot", "retrieval",
-         "attention_maps", "transfer_compare")
+         "compare", "label_efficiency", "label_efficiency_summary", "zeroshot_prompts", "zeroshot", "zeroshot_transfer",
+         "retrieval", "attention_maps", "transfer_compare")
 
 
 def make_plan(params_file: str | Path, root: str | Path = ".", gpu_tflops: float = 100.0) -> tuple[list[StagePlan], Counts]:

@@ -189,18 +189,32 @@ class Metrics:
                 "n_bootstrap": le.get("n_bootstrap"), "encoders": list(encoders), "protocols": protocols}
 
     # ---- zero-shot (zeroshot-<encoder>.json)
-    def zeroshot(self, encoder: str) -> dict[str, Any]:
-        z = self.read(f"zeroshot-{encoder}")
+    def zeroshot(self, encoder: str, dataset: str | None = None) -> dict[str, Any]:
+        """The project's own test split, or a transfer dataset's (``zeroshot-<dataset>-<encoder>.json``)."""
+        z = self.read(f"zeroshot-{dataset}-{encoder}" if dataset else f"zeroshot-{encoder}")
         per_label = {n: (_est(v, "auroc"), v.get("n_pos")) for n, v in (z.get("per_label") or {}).items()}
         return {"mauc": _est(z), "mauc5": _est(z, "mauc5"), "labels_in_mauc": list(z.get("labels_in_mauc") or []),
-                "n_studies": z.get("n_studies"), "per_label": per_label}
+                "n_studies": z.get("n_studies"), "n_patients": z.get("n_patients"), "per_label": per_label,
+                "dataset": z.get("dataset") or dataset, "split_rule": z.get("split_rule")}
+
+    def zeroshot_datasets(self) -> list[str]:
+        """The transfer datasets scored zero-shot (a ``zeroshot-<dataset>-<candidate>.json`` exists), sorted."""
+        tail = f"-{CANDIDATE}.json"
+        return sorted(p.name[len("zeroshot-"):-len(tail)] for p in self.folder.glob(f"zeroshot-*{tail}"))
 
     # ---- retrieval (retrieval-<encoder>.json on test; pretrain-<variant>.json: the validate check)
     def retrieval(self, encoder: str) -> dict[str, Any]:
         r = self.read(f"retrieval-{encoder}")
         ways = {w: {int(k.split("@")[1]): (_est(r[w], k), r[w].get(f"chance@{k.split('@')[1]}"))
                     for k in r[w] if re.fullmatch(r"recall@\d+", k)} for w in ("image_to_report", "report_to_image")}
-        return {"n_images": r.get("n_images"), "n_texts": r.get("n_texts"), "n_studies": r.get("n_studies"), **ways}
+        # label-level retrieval (Hit@k, P@k beside its prior): absent from files written before it existed
+        labels = {w: {"n": r[w].get("n_label_queries"), "prior": r[w].get("precision_prior"),
+                      "hit": {int(k.split("@")[1]): (_est(r[w], k), r[w].get(f"hit_chance@{k.split('@')[1]}"))
+                              for k in r[w] if re.fullmatch(r"hit@\d+", k)},
+                      "precision": {int(k.split("@")[1]): _est(r[w], k) for k in r[w] if re.fullmatch(r"precision@\d+", k)}}
+                  for w in ("image_to_report", "report_to_image")}
+        return {"n_images": r.get("n_images"), "n_texts": r.get("n_texts"), "n_studies": r.get("n_studies"),
+                "n_patients": r.get("n_patients"), "labels": labels, **ways}
 
     def alignment_check(self, variant: str) -> dict[str, Any]:
         r = self.read(f"pretrain-{variant}").get("retrieval") or {}
@@ -338,10 +352,15 @@ def block_targets(m: Metrics) -> list[str]:
     z = m.zeroshot(CANDIDATE)["mauc"]
     rows.append(["zero-shot mAUC >= 0.65, interval above 0.5", est(z),
                  _verdict(None if z.value is None else z.value >= 0.65 and bool(_above(z, 0.5)))])
-    r10, chance = m.retrieval(CANDIDATE)["image_to_report"].get(10, (Est(None), None))
+    ret = m.retrieval(CANDIDATE)
+    r10, chance = ret["image_to_report"].get(10, (Est(None), None))
     rows.append(["image -> report R@10 >= 2x chance, interval above chance", f"{est(r10)}; chance {num(chance)}",
                  _verdict(None if r10.value is None or chance is None else
                           r10.value >= 2 * chance and bool(_above(r10, chance)))])
+    lab = ret["labels"]["image_to_report"]
+    p10 = lab["precision"].get(10, Est(None))
+    rows.append(["image -> report P@10 (label precision) above the label prior, interval above it",
+                 f"{est(p10)}; prior {num(lab['prior'])}", _verdict(_above(p10, lab["prior"]))])
     seeds = m.seeds()
     for p in m.protocols():
         d = m.delta(p, CANDIDATE, SHUFFLED)
@@ -455,6 +474,24 @@ def block_zeroshot(m: Metrics) -> list[str]:
     return [*lines, "", *table(["label", "test positives", "mae AUROC", "multimodal AUROC"], rows)]
 
 
+def block_zeroshot_transfer(m: Metrics) -> list[str]:
+    """Zero-shot on the transfer datasets (the field's protocols) beside the project's own test split."""
+    rows = []
+    for ds in [None, *m.zeroshot_datasets()]:
+        z = {e: m.zeroshot(e, ds) for e in (REFERENCE, CANDIDATE)}
+        c = z[CANDIDATE]
+        name = "the project's own test split (no standard published protocol)" if ds is None else c["dataset"]
+        rows.append([name, (c["split_rule"] or "n/a") if ds else "the pipeline's test split",
+                     f"{c['n_studies']} studies of {c['n_patients']} patients",
+                     f"{len(c['labels_in_mauc'])}: {', '.join(c['labels_in_mauc'])}",
+                     est(z[REFERENCE]["mauc"]), est(c["mauc"]), est(c["mauc5"]) if c["mauc5"].value is not None else "n/a"])
+    return ["Study level, test; 95% intervals over test patients; mAUC over the labels under the label rule "
+            "(`stats.min_test_positives`), mAUC-5 over CheXpert's 5 competition findings where the set has them. "
+            f"{REFERENCE}'s untrained heads are the chance reference.", "",
+            *table(["dataset", "split", "test", "labels in mAUC", f"{REFERENCE} mAUC", f"{CANDIDATE} mAUC",
+                    f"{CANDIDATE} mAUC-5"], rows)]
+
+
 def block_retrieval(m: Metrics) -> list[str]:
     a = {v: m.alignment_check(v) for v in (REFERENCE, CANDIDATE)}
     ks = list(a[CANDIDATE]["recall"])
@@ -473,7 +510,22 @@ def block_retrieval(m: Metrics) -> list[str]:
     for way, title in (("image_to_report", "image -> report"), ("report_to_image", "report -> image")):
         rows.append(["chance", title, *(num(t[way][k][1]) for k in ks)])
         rows += [[e, title, *(est(r[e][way][k][0]) for k in ks)] for e in r]
-    return [*lines, *table(["", "direction", *(f"R@{k}" for k in ks)], rows)]
+    lines += table(["", "direction", *(f"R@{k}" for k in ks)], rows)
+    lab = t["labels"]["image_to_report"]
+    if not lab["precision"]:
+        return lines
+    unit = "patients" if t.get("n_patients") else "studies"
+    lines += ["", f"Label level (a candidate is relevant when its study shares a positive finding with the query's, "
+              f"\"No Finding\" counting as one; {lab['n']} image queries with a finding; 95% intervals over test "
+              f"{unit}): Hit@k = a relevant one among the k best, P@k = the share of the k best that are relevant, "
+              "beside the share over all candidates (prior).", ""]
+    rows = []
+    for way, title in (("image_to_report", "image -> report"), ("report_to_image", "report -> image")):
+        rows.append(["chance / prior", title, *(num(t["labels"][way]["hit"][k][1]) for k in ks),
+                     *(num(t["labels"][way]["prior"]) for _ in ks)])
+        rows += [[e, title, *(est(r[e]["labels"][way]["hit"].get(k, (Est(None),))[0]) for k in ks),
+                  *(est(r[e]["labels"][way]["precision"].get(k, Est(None))) for k in ks)] for e in r]
+    return [*lines, *table(["", "direction", *(f"Hit@{k}" for k in ks), *(f"P@{k}" for k in ks)], rows)]
 
 
 def block_transfer(m: Metrics) -> list[str]:
@@ -523,6 +575,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "label_efficiency": block_label_efficiency,
     "zeroshot": block_zeroshot,
     "retrieval": block_retrieval,
+    "zeroshot_transfer": block_zeroshot_transfer,
     "transfer": block_transfer,
     "summary": block_summary,
 }

@@ -75,7 +75,7 @@ def test_every_stage_that_resamples_or_averages_labels_reads_the_stats_section()
     a change of `stats.bootstrap_unit` reruns them all."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     resampling = ("finetune", "finetune_seeds", "pixels", "compare", "label_efficiency", "label_efficiency_summary",
-                  "zeroshot", "retrieval", "transfer", "transfer_compare")
+                  "zeroshot", "zeroshot_transfer", "retrieval", "transfer", "transfer_compare")
     for name in resampling:
         stage = stages[name].get("do", stages[name])
         assert "stats" in stage["params"], name

@@ -37,7 +37,9 @@ def _recalls(scale: float, n_candidates: int) -> dict:
     out: dict = {}
     for k in (1, 5, 10):
         out.update({f"recall@{k}": scale * k, f"recall@{k}_ci95": _ci(scale * k, 0.01), f"chance@{k}": k / n_candidates})
-    return out
+        out.update({f"hit@{k}": 0.3 + scale * k, f"hit@{k}_ci95": _ci(0.3 + scale * k, 0.01), f"hit_chance@{k}": 0.2 * k,
+                    f"precision@{k}": 0.25 + scale * k / 2, f"precision@{k}_ci95": _ci(0.25 + scale * k / 2, 0.01)})
+    return {**out, "n_label_queries": n_candidates - 7, "precision_prior": 0.25}
 
 
 def write_metrics(folder: Path, seeds: tuple[int, ...] = (0,),
@@ -98,6 +100,9 @@ def write_metrics(folder: Path, seeds: tuple[int, ...] = (0,),
                                 "image_to_report": _recalls(scale, 197), "report_to_image": _recalls(scale + 0.001, 197)})
         check = _recalls((0.121 if e == "mae" else 0.212) / 10, 97)
         dump(f"pretrain-{e}", {"retrieval": {"n_images": 99, "n_reports": 97, **check}})
+        dump(f"zeroshot-nih_cxr14-{e}", {"mauc": m + 0.1, "mauc_ci95": _ci(m + 0.1), "mauc5": None, "mauc5_ci95": None,
+                                         "labels_in_mauc": ["Effusion", "Mass"], "n_studies": 66, "n_patients": 48,
+                                         "dataset": "NIH ChestX-ray14", "split_rule": "NIH's official split", "per_label": {}})
     dump("transfer", {"nih_cxr14": {"linear": {"f1": {
         "label_fraction": 0.01, "n_train_studies": 2, "n_test_studies": 66, "n_labels_in_mauc": 2,
         "mae": {"mauc": 0.595, "mauc_ci95": _ci(0.595)}, "multimodal": {"mauc": 0.549, "mauc_ci95": _ci(0.549)},
@@ -131,8 +136,16 @@ def test_blocks_hold_the_planted_numbers(tmp_path):
     assert "| 5% | 34 | 7 | 0.525 [0.475, 0.575] | 0.583 [0.533, 0.633] | +0.058 [+0.028, +0.088], p = 0.004 |" in le
     zs = build_block("zeroshot", m)
     assert "| multimodal | 0.505 [0.455, 0.555] | 0.515 [0.465, 0.565] |" in zs and "| Edema | 22 | 0.492" in zs
+    zt = build_block("zeroshot_transfer", m)
+    assert "| the project's own test split (no standard published protocol) | the pipeline's test split | 193 studies" in zt
+    assert "| NIH ChestX-ray14 | NIH's official split | 66 studies of 48 patients | 2: Effusion, Mass | " \
+           "0.572 [0.522, 0.622] | 0.605 [0.555, 0.655] | n/a |" in zt
     rt = build_block("retrieval", m)
     assert "| multimodal | 0.021 | 0.106 | 0.212 |" in rt and "| chance | 0.010 | 0.052 | 0.103 |" in rt
+    assert "190 image queries with a finding" in rt and "intervals over test studies" in rt
+    assert "| chance / prior | image -> report | 0.200 | 1.000 | 2.000 | 0.250 | 0.250 | 0.250 |" in rt
+    assert "| multimodal | image -> report | 0.320 [0.310, 0.330] | 0.400 [0.390, 0.410] | 0.500 [0.490, 0.510] | " \
+           "0.260 [0.250, 0.270] | 0.300 [0.290, 0.310] | 0.350 [0.340, 0.360] |" in rt
     tr = build_block("transfer", m)
     assert "NIH ChestX-ray14 (official lists): 95% intervals over test patients" in tr
     assert "| linear probe | 1% | 2 | 2 | 0.595 [0.545, 0.645] | 0.549" in tr and "+0.065 [+0.035, +0.095], p = 0.120" in tr
@@ -229,6 +242,12 @@ def test_targets_and_the_shuffled_control_are_read_from_the_metrics(tmp_path):
     assert "| image -> report R@10 >= 2x chance, interval above chance | 0.200 [0.190, 0.210]; chance 0.051 | reached |" in t
     assert "| linear probe: mae - random > 0 | +0.019" in t and "multimodal - mae > 0 on every seed (1) | +0.041 | reached" in t
     assert "pixels 0.777 | **not reached** |" in t and "multimodal - shuffled" not in t  # no shuffled runs
+    assert "| image -> report P@10 (label precision) above the label prior, interval above it | 0.350 [0.340, 0.360]; " \
+           "prior 0.250 | reached |" in t
+    r = json.loads((folder / "retrieval-multimodal.json").read_text())
+    r["image_to_report"]["precision@10_ci95"] = [0.24, 0.36]  # the interval reaches the prior: not reached
+    (folder / "retrieval-multimodal.json").write_text(json.dumps(r))
+    assert "prior 0.250 | **not reached** |" in build_block("targets", Metrics(folder))
     comp = json.loads((folder / "comparison.json").read_text())
     comp["references"]["linear"]["shuffled"] = {"mauc": 0.6, "mauc_ci95": _ci(0.6)}
     comp["references"]["linear"]["multimodal_vs_shuffled"] = _delta(-0.01, 0.6)

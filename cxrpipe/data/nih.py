@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cxrpipe.data.manifest import StudyRecord
 from cxrpipe.data.records import UNKNOWN_VIEW, DatasetFormatError, ImageCandidate, Reject, SourceRead, iter_csv
-from cxrpipe.data.splits import carve_validate
+from cxrpipe.data.splits import carve_validate, seeded_split
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ SPLIT_RULE = (
     "NIH's official split: test_list.txt = test; validate = a seeded validate_fraction of the train_val_list.txt "
     "patients (by Patient ID), the rest train"
 )
+RANDOM_SPLIT_RULE = (
+    "random split by patient (REFERS / MRM / BenchX): a seeded split_fractions (train, validate, test) of the "
+    "Patient IDs; the official lists are only checked, not used"
+)
+SPLIT_LABELS = {"official": "official lists", "random": "random 70/10/20 by patient"}  # shown in every table
 _INDEX = re.compile(r"^(\d+)_(\d+)\.png$")
 
 
@@ -56,6 +61,16 @@ class NIHConfig:
     validate_fraction: float = 0.1  # share of train_val PATIENTS carved out as validate (seeded)
     seed: int = 0  # the validate carve
     views: tuple[str, ...] = ("PA", "AP")  # View Position values kept; [] keeps all
+    split: str = "official"  # official (test_list.txt; KAD, G2D, medical_mae) | random (by patient; REFERS, MRM, BenchX)
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # split random: train, validate, test patients
+
+    def __post_init__(self) -> None:
+        from cxrpipe.config import ConfigError
+        from cxrpipe.data.splits import check_fractions
+
+        if self.split not in SPLIT_LABELS:
+            raise ConfigError(f"params 'transfer_data.nih_cxr14.split': {self.split!r}; use one of {list(SPLIT_LABELS)}")
+        check_fractions(self.split_fractions, "params 'transfer_data.nih_cxr14.split_fractions'")
 
 
 def find_images(root: Path, suffixes: tuple[str, ...]) -> dict[str, str]:
@@ -144,16 +159,19 @@ def read_nih(cfg: NIHConfig) -> SourceRead:
             n_selected += 1
             rejects.append(Reject("image", name, lst, "not_in_csv", f"listed in {lst} but has no row in {entry.name}"))
     validate = carve_validate({r[2] for r in rows if r[4] == "train_val"}, cfg.validate_fraction, cfg.seed)
+    by_patient = seeded_split({r[2] for r in rows}, cfg.split_fractions, cfg.seed) if cfg.split == "random" else {}
     images, studies = [], {}
     for name, study, subject, view, lst, labels in sorted(rows, key=lambda r: (r[2], r[1])):
-        split = "test" if lst == "test" else "validate" if subject in validate else "train"
+        split = by_patient.get(subject) or ("test" if lst == "test" else "validate" if subject in validate else "train")
         images.append(ImageCandidate(Path(name).stem, study, subject, split, view, files[name]))
         studies[study] = StudyRecord(study, subject, split, "", {}, labels, has_labels=True)
     counts.update(views_seen=dict(sorted(views_seen.items())), selected_images=n_selected, studies_selected=n_selected,
                   list_entries={TRAIN_VAL_LIST: len(train_val), TEST_LIST: len(test)}, entry_csv=entry.name)
     log.info("NIH ChestX-ray14: %d CSV rows, %d selected, %d candidates, %d rejects", counts["csv_rows"], n_selected,
              len(images), len(rejects))
-    return SourceRead(images, studies, rejects, counts, split_rule=SPLIT_RULE,
-                      details={"validate_fraction": cfg.validate_fraction, "seed": cfg.seed, "views": list(cfg.views)})
+    return SourceRead(images, studies, rejects, counts, split_rule=SPLIT_RULE if cfg.split == "official" else RANDOM_SPLIT_RULE,
+                      details={"validate_fraction": cfg.validate_fraction, "seed": cfg.seed, "views": list(cfg.views),
+                               "split": cfg.split, "split_label": SPLIT_LABELS[cfg.split],
+                               "split_fractions": list(cfg.split_fractions)})
 
 

@@ -94,6 +94,34 @@ def test_nih_official_split_patient_validate_and_labels(tmp_path):
     assert "test_list.txt" in report.split and json.loads((out / "prepare_report.json").read_text())["dataset"] == "nih_cxr14"
 
 
+def test_nih_random_split_by_patient_ignores_the_official_lists(tmp_path):
+    """split: random gives a seeded 70/10/20 split of the patients (the official test patients 1-4 are not
+    forced into test), labelled in prepare_report's details and in the transfer tables' title; official is the
+    default and keeps test_list.txt."""
+    from cxrpipe.config import ConfigError
+    from cxrpipe.evaluate.transfer.run import dataset_info
+
+    nih_tree(tmp_path / "nih", n_patients=25)
+    out = tmp_path / "out"
+    cfg = NIHConfig(root=tmp_path / "nih", split="random", seed=3)
+    report = run_transfer_prepare("nih_cxr14", TransferDataConfig(nih_cxr14=cfg), PREP, out)
+    by_subject: dict[int, set] = {}
+    for r in read_images(out):
+        by_subject.setdefault(r.subject_id, set()).add(r.split)
+    assert all(len(v) == 1 for v in by_subject.values())  # by patient
+    counts = {sp: sum(v == {sp} for v in by_subject.values()) for sp in ("train", "validate", "test")}
+    assert counts == {"train": 18, "validate": 2, "test": 5}  # round(0.7 x 25), round(0.1 x 25), the rest
+    assert {p for p, v in by_subject.items() if v == {"test"}} != {1, 2, 3, 4}
+    assert "random split by patient" in report.split and report.details["split_label"] == "random 70/10/20 by patient"
+    assert dataset_info(out, "nih_cxr14")["title"] == "nih_cxr14 (random 70/10/20 by patient)"
+    official = tmp_path / "official"
+    run_transfer_prepare("nih_cxr14", TransferDataConfig(nih_cxr14=NIHConfig(root=tmp_path / "nih")), PREP, official)
+    assert dataset_info(official, "nih_cxr14")["title"] == "nih_cxr14 (official lists)"
+    assert {r.subject_id for r in read_images(official) if r.split == "test"} == {1, 2, 3, 4}
+    with pytest.raises(ConfigError, match="transfer_data.nih_cxr14.split"):
+        NIHConfig(split="70/10/20")
+
+
 def test_nih_old_csv_name_and_images_folder(tmp_path):
     nih_tree(tmp_path / "nih", n_patients=6, csv_name="Data_Entry_2017.csv")
     for p in (tmp_path / "nih").glob("images_*/images/*.png"):  # the extracted tarballs: one images/ folder

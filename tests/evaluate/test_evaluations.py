@@ -154,6 +154,56 @@ def test_random_scores_sit_at_chance():
     assert chance_at_k(np.array([1]), 10, (20,))[0] == 1.0  # k beyond the candidates
 
 
+def test_label_precision_by_hand():
+    """Hit@k / P@k on a hand-ranked example: query 0's relevant candidates sit at ranks 1 and 3 (of 4)."""
+    from cxrpipe.evaluate.alignment.retrieval import label_precision
+
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    relevant = np.array([[False, True, False, True], [False, False, False, True]])
+    hit, prec = label_precision(scores, relevant, (1, 2, 4, 9))
+    np.testing.assert_array_equal(hit, [[False, True, True, True], [True, True, True, True]])
+    np.testing.assert_allclose(prec, [[0, 1 / 2, 2 / 4, 2 / 4], [1, 1 / 2, 1 / 4, 1 / 4]])
+
+
+def _clustered_findings(n_text: int = 40, per: int = 3, n_labels: int = 4, signal: float = 0.0, seed: int = 1):
+    """Texts in ``n_labels`` finding clusters (one finding each), ``per`` images per text (one study each, patients
+    of two studies); scores = ``signal`` x same cluster + noise: a planted label-level signal without exact pairs."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n_text) % n_labels  # [M]
+    image_text = np.repeat(np.arange(n_text), per)  # [N]
+    findings = np.eye(n_labels, dtype=bool)[cluster[image_text]]  # [N, L]
+    scores = signal * (cluster[image_text][:, None] == cluster[None, :]) + rng.normal(size=(image_text.size, n_text))
+    study = np.arange(image_text.size)
+    return scores, image_text, study, study // 2, findings
+
+
+@pytest.mark.parametrize("signal", [0.0, 3.0])
+def test_label_retrieval_finds_a_planted_finding_signal_and_not_its_absence(signal):
+    """Scores that prefer the query's finding cluster (never its exact text) lift Hit@k / P@k above the prior
+    while exact-pair recall stays at chance; random scores leave P@k at the prior (1 / 4 here) in both ways."""
+    scores, image_text, study, subject, findings = _clustered_findings(signal=signal)
+    r = retrieval_both_ways(scores, image_text, study, (1, 10), 200, 0, subject, "patient", findings)
+    for way in ("image_to_report", "report_to_image"):
+        w = r[way]
+        assert w["precision_prior"] == pytest.approx(1 / 4) and w["n_label_queries"] == w["n_queries"]
+        lo, hi = w["precision@10_ci95"]
+        if signal:
+            assert lo > w["precision_prior"] and w["precision@10"] > 0.8 and w["hit@1"] > 0.8
+        else:
+            assert lo <= w["precision_prior"] <= hi
+            assert abs(w["hit@1"] - w["hit_chance@1"]) < 0.2 and w["hit@10"] < 1
+        assert w["hit_chance@1"] == pytest.approx(1 / 4)
+    assert r["image_to_report"]["recall@1"] < 0.3  # the exact pair is not what was planted
+
+
+def test_label_retrieval_skips_queries_without_a_finding():
+    scores, image_text, study, subject, findings = _clustered_findings(n_text=8, per=1)
+    findings[:2] = False  # two studies without a positive label: never queries, never relevant
+    r = retrieval_both_ways(scores, image_text, study, (1,), 20, 0, subject, "patient", findings)
+    assert r["image_to_report"]["n_label_queries"] == 6 and r["report_to_image"]["n_label_queries"] == 6
+    assert "hit@1" not in retrieval_both_ways(scores, image_text, study, (1,), 20, 0)["image_to_report"]
+
+
 # ------------------------------------------------------------------------------------------- zero-shot
 
 
@@ -308,7 +358,7 @@ def test_zeroshot_and_retrieval_stages_run_on_exported_models(aligned, tmp_path)
     emb = [text.text_row(r) for r in rows]
     write_text_cache(tmp_path / "prompts.h5", emb, [text.token_ids(r) for r in rows], list(range(28)),
                      list(range(28)), text.fingerprint)
-    assert len(prompt_texts(cfg)) == 28
+    assert len(prompt_texts(cfg)) == 28 + 2 * len(cfg.extra_prompts)  # CheXpert first: ids 0..27 are its 14 pairs
     stats = StatsConfig(min_test_positives=1)
     z = run_zeroshot(cfg, aligned["models"]["multimodal"], aligned["prepared"], tmp_path / "prompts.h5", None,
                      tmp_path / "z.json", stats=stats)
@@ -346,6 +396,81 @@ def test_zeroshot_and_retrieval_stages_run_on_exported_models(aligned, tmp_path)
     rank = (raw > raw[np.arange(len(test)), own][:, None]).sum(1)
     for k in (1, 5, 10):
         assert r["image_to_report"][f"recall@{k}"] == pytest.approx(float((rank < k).mean()))
+    # P@k by brute force: the share of each image's k best texts whose studies share a positive finding
+    pos = {s.study_id: np.asarray(s.labels) == 1.0 for s in read_studies(aligned["prepared"])}
+    text_pos = {t: np.any([pos[x.study_id] for x in test if text.row_of(x.study_id) == t], axis=0) for t in distinct}
+    rel = np.array([[bool((pos[x.study_id] & text_pos[t]).any()) for t in distinct] for x in test])
+    keep = rel.any(1)
+    top = np.argsort(-raw, axis=1, kind="stable")[:, :5]
+    assert r["image_to_report"]["n_label_queries"] == int(keep.sum()) > 0
+    assert r["image_to_report"]["precision@5"] == pytest.approx(
+        float(np.take_along_axis(rel, top, 1)[keep].mean()))
+    assert r["image_to_report"]["precision_prior"] == pytest.approx(float(rel[keep].mean(1).mean()))
+
+
+def test_zeroshot_scores_a_transfer_dataset_by_its_own_label_names(aligned, tmp_path):
+    """A prepared folder labelled with NIH's names (as transfer_prepare writes it) is scored with each label's
+    prompt pair looked up BY NAME (zeroshot.extra_prompts for NIH's): the AUROCs equal the brute-force ones from
+    the rows of those names, swapping a label's pair flips its AUROC to 1 - AUROC, a label without prompts is a
+    one-line error, and NIH's set has no 5-label competition mAUC."""
+    import shutil
+
+    from sklearn.metrics import roc_auc_score
+
+    from cxrpipe.data.image_cache import ImageCache
+    from cxrpipe.data.manifest import read_images, read_studies, write_manifest
+    from cxrpipe.data.nih import NIH_LABELS
+    from cxrpipe.evaluate.alignment.scorer import load_aligned, score_matrix
+    from cxrpipe.evaluate.alignment.zeroshot import ZeroShotConfig, prompt_labels, run_zeroshot
+    from cxrpipe.text.cache import TextCache, write_text_cache
+
+    nih = tmp_path / "transfer" / "nih_cxr14"
+    nih.mkdir(parents=True)
+    shutil.copy(aligned["prepared"] / "images.h5", nih / "images.h5")
+    planted = {"Mass": 0, "Nodule": 1, "Effusion": 2, "Hernia": 3}  # NIH label -> report cluster
+    cluster = {s.study_id: int(re.search(r"cluster (\d)", s.text).group(1)) for s in read_studies(aligned["prepared"])}
+    studies = [dataclasses.replace(s, labels=tuple(float(planted.get(n) == cluster[s.study_id]) for n in NIH_LABELS))
+               for s in read_studies(aligned["prepared"])]
+    write_manifest(nih, read_images(aligned["prepared"]), studies, NIH_LABELS)
+    text = TextCache(aligned["text"])
+    report_of = {}
+    for s in read_studies(aligned["prepared"]):
+        report_of.setdefault(cluster[s.study_id], text.row_of(s.study_id))
+
+    def prompt_cache(cfg, path, swap=()):
+        rows = []  # label's positive = a report of its cluster, negative = one of the next cluster
+        for n in prompt_labels(cfg):
+            pair = [report_of[planted.get(n, 0)], report_of[(planted.get(n, 0) + 1) % 4]]
+            rows += pair[::-1] if n in swap else pair
+        write_text_cache(path, [text.text_row(r) for r in rows], [text.token_ids(r) for r in rows],
+                         list(range(len(rows))), list(range(len(rows))), text.fingerprint)
+        return path
+
+    cfg, stats = ZeroShotConfig(n_bootstrap=30, batch_size=4), StatsConfig(min_test_positives=1)
+    z = run_zeroshot(cfg, aligned["models"]["multimodal"], nih, prompt_cache(cfg, tmp_path / "p.h5"), None,
+                     tmp_path / "z.json", stats=stats)
+    assert z["labels_in_mauc"] == sorted(planted) and z["mauc5"] is None and z["labels_in_mauc5"] == []
+    assert z["dataset"] == "nih_cxr14" and set(z["prompts"]) == set(NIH_LABELS)
+    model = load_aligned(aligned["models"]["multimodal"])
+    test = [r for r in read_images(nih) if r.split == "test" and r.view in ("AP", "PA")]
+    prompts = TextCache(tmp_path / "p.h5")
+    order = prompt_labels(cfg)
+    ids = sorted({r.study_id for r in test})
+    for name, c in planted.items():
+        j = order.index(name)
+        raw = score_matrix(model, ImageCache(nih / "images.h5"), [r.row for r in test], prompts,
+                           [prompts.row_of(2 * j), prompts.row_of(2 * j + 1)], 4)  # [N, 2]
+        prob = 1 / (1 + np.exp(raw[:, 1] - raw[:, 0]))
+        mean = np.array([prob[[k for k, r in enumerate(test) if r.study_id == sid]].mean() for sid in ids])
+        assert z["per_label"][name]["auroc"] == pytest.approx(
+            roc_auc_score([cluster[sid] == c for sid in ids], mean), abs=1e-9)
+    swapped = run_zeroshot(cfg, aligned["models"]["multimodal"], nih,
+                           prompt_cache(cfg, tmp_path / "q.h5", swap={"Mass"}), None, tmp_path / "q.json", stats=stats)
+    assert swapped["per_label"]["Mass"]["auroc"] == pytest.approx(1 - z["per_label"]["Mass"]["auroc"])
+    assert swapped["per_label"]["Nodule"]["auroc"] == pytest.approx(z["per_label"]["Nodule"]["auroc"])
+    no_hernia = dataclasses.replace(cfg, extra_prompts={k: v for k, v in cfg.extra_prompts.items() if k != "Hernia"})
+    with pytest.raises(ValueError, match=r"\['Hernia'\] have no prompt pair.*zeroshot.extra_prompts"):
+        run_zeroshot(no_hernia, aligned["models"]["multimodal"], nih, tmp_path / "p.h5", None, tmp_path / "x.json")
 
 
 def test_retrieval_resamples_patients_and_links_their_texts():
@@ -424,11 +549,12 @@ def test_repository_params_build_every_evaluation_section():
     from cxrpipe.evaluate.probe.finetune import FinetuneConfig
     from cxrpipe.evaluate.probe.label_efficiency import LabelEfficiencyConfig
     from cxrpipe.evaluate.alignment.retrieval import RetrievalConfig
-    from cxrpipe.evaluate.alignment.zeroshot import DEFAULT_PROMPTS, ZeroShotConfig, prompt_texts
+    from cxrpipe.evaluate.alignment.zeroshot import DEFAULT_EXTRA_PROMPTS, DEFAULT_PROMPTS, ZeroShotConfig, prompt_texts
 
     raw = load_params(Path(__file__).parents[2] / "params.yaml")
     zs = section(raw, "zeroshot", ZeroShotConfig)
-    assert zs.prompts == DEFAULT_PROMPTS and len(set(prompt_texts(zs))) == 28  # documented defaults
+    assert zs.prompts == DEFAULT_PROMPTS and len(set(prompt_texts(zs)[:28])) == 28  # documented defaults
+    assert zs.extra_prompts == DEFAULT_EXTRA_PROMPTS
     assert section(raw, "finetune", FinetuneConfig).label_fractions
     for name, cls in (("label_efficiency", LabelEfficiencyConfig), ("retrieval", RetrievalConfig),
                       ("attention", AttentionMapsConfig)):

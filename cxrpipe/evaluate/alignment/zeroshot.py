@@ -11,11 +11,18 @@ label rule of every report; the others are reported apart, ``low_positive``), al
 test patients (``stats.bootstrap_unit``).
 
 The ``mae`` variant's heads were never trained: its numbers are the chance reference (~0.5).
+
+The same machinery scores a transfer dataset (``data/transfer/<name>``, written by ``transfer_prepare``) on its
+own test split and its own label names (:func:`cxrpipe.data.manifest.read_label_names`): NIH ChestX-ray14's
+official test list (14 findings, NIH's names: their prompts are ``zeroshot.extra_prompts``), CheXpert's
+``valid.csv`` (the 5 competition findings: ``mauc5``). A label is looked up in ``prompts``, then in
+``extra_prompts``; a dataset label with neither is a one-line error naming the param.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -49,6 +56,18 @@ DEFAULT_PROMPTS: dict[str, tuple[str, str]] = {
     "Support Devices": ("Findings: Support devices are in place.", "Findings: No tubes or lines."),
 }
 
+# Transfer datasets' label names that are not CheXpert's (NIH ChestX-ray14's spelling), same style.
+DEFAULT_EXTRA_PROMPTS: dict[str, tuple[str, str]] = {
+    "Effusion": ("Findings: There is a pleural effusion.", "Findings: No pleural effusion."),
+    "Emphysema": ("Findings: The lungs are hyperinflated with emphysema.", "Findings: No emphysema."),
+    "Fibrosis": ("Findings: There is pulmonary fibrosis.", "Findings: No pulmonary fibrosis."),
+    "Hernia": ("Findings: There is a hiatal hernia.", "Findings: No hiatal hernia."),
+    "Infiltration": ("Findings: There is a pulmonary infiltrate.", "Findings: No pulmonary infiltrate."),
+    "Mass": ("Findings: There is a lung mass.", "Findings: No lung mass."),
+    "Nodule": ("Findings: There is a pulmonary nodule.", "Findings: No pulmonary nodule."),
+    "Pleural_Thickening": ("Findings: There is pleural thickening.", "Findings: No pleural thickening."),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ZeroShotConfig:
@@ -56,6 +75,8 @@ class ZeroShotConfig:
 
     encoders: tuple[str, ...] = ("mae", "multimodal")  # data/models/<name> (dvc.yaml's foreach reads this list)
     prompts: dict[str, tuple[str, str]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_PROMPTS))
+    # transfer datasets' label names beyond CheXpert's 14 (NIH's): label -> [positive, negative]
+    extra_prompts: dict[str, tuple[str, str]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_EXTRA_PROMPTS))
     level: EvalLevel = EvalLevel.STUDY  # unit scored: study (mean over its images) | image
     views: tuple[str, ...] = ("AP", "PA")  # test images used
     uncertain: UncertainPolicy = UncertainPolicy.IGNORE  # for SCORING only (as stage three scores)
@@ -73,15 +94,36 @@ class ZeroShotConfig:
         if missing or unknown:
             raise ConfigError(f"params 'zeroshot.prompts': unknown label name(s) {unknown}, missing {missing}; "
                               f"one [positive, negative] pair for each of {list(CHEXPERT_LABELS)}")
-        empty = [n for n, pair in self.prompts.items() if any(not str(t).strip() for t in pair)]
-        if empty:
-            raise ConfigError(f"params 'zeroshot.prompts': empty prompt for {empty}")
+        twice = [n for n in self.extra_prompts if n in CHEXPERT_LABELS]
+        if twice:
+            raise ConfigError(f"params 'zeroshot.extra_prompts': {twice} are CheXpert labels; set them in zeroshot.prompts")
+        for key, pairs in (("prompts", self.prompts), ("extra_prompts", self.extra_prompts)):
+            bad = [n for n, pair in pairs.items() if len(pair) != 2 or any(not str(t).strip() for t in pair)]
+            if bad:
+                raise ConfigError(f"params 'zeroshot.{key}': {bad} need a non-empty [positive, negative] pair")
+
+
+def prompt_labels(cfg: ZeroShotConfig) -> list[str]:
+    """Every label with a prompt pair, in the prompt cache's order: CHEXPERT_LABELS, then ``extra_prompts``."""
+    return [*CHEXPERT_LABELS, *cfg.extra_prompts]
 
 
 def prompt_texts(cfg: ZeroShotConfig) -> list[str]:
-    """``[pos_0, neg_0, pos_1, neg_1, ...]`` in CHEXPERT_LABELS order: text ``2j`` / ``2j + 1`` of label ``j``
+    """``[pos_0, neg_0, pos_1, neg_1, ...]`` in :func:`prompt_labels` order: text ``2j`` / ``2j + 1`` of label ``j``
     (as written in params; :func:`cxrpipe.text.prompts.clean_prompts` cleans them as reports are)."""
-    return [t for n in CHEXPERT_LABELS for t in cfg.prompts[n]]
+    pairs = {**cfg.prompts, **cfg.extra_prompts}
+    return [t for n in prompt_labels(cfg) for t in pairs[n]]
+
+
+def prompt_ids(cfg: ZeroShotConfig, labels: Sequence[str], where: str | Path) -> list[int]:
+    """The prompt cache ids ``[2 L]`` (pos, neg per label) of a dataset's ``labels``; ValueError naming the
+    param when a label has no prompt pair."""
+    order = prompt_labels(cfg)
+    missing = [n for n in labels if n not in order]
+    if missing:
+        raise ValueError(f"{where}: label(s) {missing} have no prompt pair; add them to params "
+                         "'zeroshot.extra_prompts' as label: [positive, negative]")
+    return [2 * order.index(n) + k for n in labels for k in (0, 1)]
 
 
 def pair_probabilities(scores: np.ndarray) -> np.ndarray:
@@ -104,7 +146,7 @@ def auroc_summary(data: LevelData, n_bootstrap: int, seed: int, labels: Sequence
     reps = np.concatenate([bootstrap.auroc_matrix(y, p, m, idx, w)
                            for w in bootstrap.resample_weights(data.groups, n_bootstrap, seed)])  # [B, K]
     kept_cols = np.searchsorted(idx, kept)
-    c5 = competition_columns(kept)  # positions within kept
+    c5 = competition_columns(kept, labels)  # positions within kept (empty unless the 5 are among labels)
     ci = bootstrap.percentile_ci
     per_label = {}
     for j, name in enumerate(labels):
@@ -151,6 +193,7 @@ def run_zeroshot(
     import torch
 
     from cxrpipe.data.image_cache import ImageCache
+    from cxrpipe.data.manifest import read_label_names
     from cxrpipe.evaluate.alignment.scorer import load_aligned, score_matrix
     from cxrpipe.evaluate.probe.data import labelled_splits
     from cxrpipe.io import write_metrics_json
@@ -160,15 +203,18 @@ def run_zeroshot(
     prepared = Path(prepared)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     texts = TextCache(prompt_cache, expect=expect, stage="zeroshot_prompts")
-    n_prompts = len(prompt_texts(cfg))
+    labels = read_label_names(prepared)
+    ids = prompt_ids(cfg, labels, prepared)
     test = labelled_splits(prepared, cfg.views, cfg.uncertain, cfg.blank)["test"]
     model = load_aligned(model_dir, device)
     scores = score_matrix(model, ImageCache(prepared / "images.h5"), test.rows, texts,
-                          [texts.row_of(i) for i in range(n_prompts)], cfg.batch_size)  # [N, 28]
-    probs = pair_probabilities(scores)  # [N, 14]
+                          [texts.row_of(i) for i in ids], cfg.batch_size)  # [N, 2 L]
+    probs = pair_probabilities(scores)  # [N, L]
     pred = Predictions(test.image_ids, test.study_ids, probs, test.targets, test.mask, subject_ids=test.subject_ids)
-    summary = auroc_summary(pred.at_level(cfg.level, stats.bootstrap_unit), cfg.n_bootstrap, cfg.seed,
+    summary = auroc_summary(pred.at_level(cfg.level, stats.bootstrap_unit), cfg.n_bootstrap, cfg.seed, labels,
                             min_positives=stats.min_test_positives)
+    report = prepared / "prepare_report.json"  # what prepare / transfer_prepare wrote: dataset and split rule
+    info = json.loads(report.read_text()) if report.exists() else {}
     variant = str(model.encoder_config.get("variant") or Path(model_dir).name)
     result = {
         "encoder": variant,
@@ -177,7 +223,9 @@ def run_zeroshot(
         "bootstrap_unit": stats.bootstrap_unit.value,
         "pool_kind": model.heads.pool_kind,
         **summary,
-        "prompts": {n: list(cfg.prompts[n]) for n in CHEXPERT_LABELS},
+        "dataset": info.get("title") or info.get("dataset") or prepared.name,
+        "split_rule": info.get("split"),
+        "prompts": {n: list({**cfg.prompts, **cfg.extra_prompts}[n]) for n in labels},
         "seconds": round(time.time() - t0, 1),
     }
     write_metrics_json(out_json, result)

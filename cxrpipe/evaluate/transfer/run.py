@@ -70,7 +70,9 @@ def dataset_info(prepared: str | Path, name: str) -> dict[str, Any]:
     ``title``, else its ``dataset``, else ``name``)."""
     path = Path(prepared) / "prepare_report.json"
     report = json.loads(path.read_text()) if path.exists() else {}
-    return {"name": name, "title": report.get("title") or report.get("dataset") or name,
+    title = report.get("title") or report.get("dataset") or name
+    split = (report.get("details") or {}).get("split_label")  # NIH: official lists | random 70/10/20 (never mixed)
+    return {"name": name, "title": f"{title} ({split})" if split else title,
             "source": report.get("source"), "demo": report.get("demo")}
 
 
