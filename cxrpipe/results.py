@@ -363,6 +363,12 @@ def block_targets(m: Metrics) -> list[str]:
                  f"{est(p10)}; prior {num(lab['prior'])}", _verdict(_above(p10, lab["prior"]))])
     seeds = m.seeds()
     for p in m.protocols():
+        per = m.seed_deltas(p, "multimodal_vs_shuffled")
+        if len(per) > 1:  # several seeds: every seed's interval above 0 (stricter than the seed mean's)
+            rows.append([f"{protocol_name(p)}: multimodal - shuffled > 0, every seed's interval above 0 "
+                         f"({len(per)} seeds)", " / ".join(delta(d) for _, d in per),
+                         _verdict(all(bool(_above(d, 0.0)) for _, d in per))])
+            continue
         d = m.delta(p, CANDIDATE, SHUFFLED)
         if d.value is not None:
             rows.append([f"{protocol_name(p)}: multimodal - shuffled > 0, interval above 0 ({len(seeds)} seed(s))",

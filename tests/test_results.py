@@ -262,6 +262,17 @@ def test_targets_and_the_shuffled_control_are_read_from_the_metrics(tmp_path):
     s = build_block("shuffled", m)
     assert "| linear probe | 0.600 [0.550, 0.650] | 0.667 [0.617, 0.717] | -0.010 [-0.040, +0.020], p = 0.600 |" in s
     assert "| FC head (frozen) | n/a |" in s
+    # two seeds: each seed's interval must lie above 0
+    first = comp["seeds"]["linear"]["per_seed"][0]
+    comp["seeds"]["linear"]["per_seed"] = [first, {**first, "seed": 1}]
+    for lo in (0.02, -0.01):
+        for row in comp["seeds"]["linear"]["per_seed"]:
+            row["multimodal_vs_shuffled"] = {**_delta(0.05, 0.01), "delta_ci95": [lo if row["seed"] else 0.02, 0.08]}
+        comp["seeds"]["seeds"] = [0, 1]
+        (folder / "comparison.json").write_text(json.dumps(comp))
+        t = build_block("targets", Metrics(folder))
+        want = "reached" if lo > 0 else "**not reached**"
+        assert f"every seed's interval above 0 (2 seeds) | +0.050 [+0.020, +0.080], p = 0.010 / +0.050 [{lo:+.3f}, +0.080], p = 0.010 | {want} |" in t
 
 
 def test_benchmark_blocks_read_the_committed_logs(tmp_path):

@@ -112,11 +112,12 @@ def _default_seed(metrics_dir: Path) -> Any:
 
 
 def _seed_predictions(predictions_dir: Path, seeds: tuple[int, ...]) -> dict[str, Predictions]:
-    """The seed repeats' test predictions: ``<encoder>-<protocol>-seed<k>`` for the encoders and ``random``."""
+    """The seed repeats' test predictions: ``<encoder>-<protocol>-seed<k>`` for the encoders, ``random`` and
+    ``shuffled``."""
     out = {}
     for k in seeds:
         for protocol in PROTOCOLS:
-            for encoder in (*ENCODERS, RANDOM):
+            for encoder in (*ENCODERS, RANDOM, SHUFFLED):
                 name = f"{encoder}-{protocol}-seed{k}"
                 path = predictions_dir / f"{name}.npz"
                 if path.exists():

@@ -137,3 +137,17 @@ def test_the_shuffled_control_is_paired_with_multimodal(hand_case):
     assert (r["multimodal_vs_shuffled"]["delta_ci95"][0] > 0) == (r["multimodal_vs_shuffled"]["p_value"] < 0.05)
     md = (tmp / "c.md").read_text()
     assert "### The shuffled-report control" in md and "| linear | 0.250" in md and "+0.750" in md
+
+
+def test_the_shuffled_control_is_summarised_over_seeds(hand_case):
+    """Seed 0: multimodal B vs shuffled R (+0.75); seed 1: multimodal A vs shuffled B (-0.25): mean +0.25."""
+    metrics, preds, tmp = hand_case
+    _write(metrics, preds, "shuffled-linear", R)
+    _write(metrics, preds, "shuffled-linear-seed1", B)
+    comp = run_compare(CompareConfig(n_bootstrap=100, extra_seeds=(1,)), metrics, tmp / "c.json",
+                       predictions_dir=preds, report_md=tmp / "c.md", stats=STATS)
+    rows = comp["seeds"]["linear"]["per_seed"]
+    assert [r["multimodal_vs_shuffled"]["delta_mauc"] for r in rows] == pytest.approx([0.75, -0.25])
+    s = comp["seeds"]["linear"]["multimodal_vs_shuffled"]
+    assert (s["mean"], s["min"], s["max"]) == pytest.approx((0.25, -0.25, 0.75))
+    assert "+0.250 (sd 0.707; min-max -0.250 to +0.750)" in (tmp / "c.md").read_text()

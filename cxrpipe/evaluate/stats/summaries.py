@@ -137,7 +137,7 @@ def seeds_summary(
     for protocol in protocols:
         per_seed = []
         for label, suffix in seeds:
-            mae, mm, rnd = (preds.get(f"{e}-{protocol}{suffix}") for e in ("mae", "multimodal", RANDOM))
+            mae, mm, rnd, shf = (preds.get(f"{e}-{protocol}{suffix}") for e in ("mae", "multimodal", RANDOM, SHUFFLED))
             if mae is None or mm is None:
                 log.warning("seed %s: no mae/multimodal %s runs; left out of the seed summary", label, protocol)
                 continue
@@ -148,6 +148,10 @@ def seeds_summary(
                 r = paired(rnd, mae)
                 row[RANDOM] = {"mauc": r.mauc_a}
                 row["mae_vs_random"] = delta_entry(r)
+            if shf is not None:
+                c = paired(shf, mm)
+                row[SHUFFLED] = {"mauc": c.mauc_a}
+                row["multimodal_vs_shuffled"] = delta_entry(c)
             per_seed.append(row)
         if not per_seed:
             continue
@@ -160,6 +164,9 @@ def seeds_summary(
         if all("mae_vs_random" in r for r in per_seed):
             block["mae_vs_random"] = spread([r["mae_vs_random"]["delta_mauc"] for r in per_seed])
             block[RANDOM] = spread([r[RANDOM]["mauc"] for r in per_seed])
+        if all("multimodal_vs_shuffled" in r for r in per_seed):
+            block["multimodal_vs_shuffled"] = spread([r["multimodal_vs_shuffled"]["delta_mauc"] for r in per_seed])
+            block[SHUFFLED] = spread([r[SHUFFLED]["mauc"] for r in per_seed])
         out[protocol] = block
     return out
 
@@ -286,9 +293,10 @@ def seeds_markdown(result: dict[str, Any]) -> list[str]:
                 f"| {protocol} | {r['seed']} | {r['mae']['mauc']:.3f} | {r['multimodal']['mauc']:.3f} | "
                 f"{delta_cell(r)} | {rnd} | {delta_cell(r.get('mae_vs_random'))} |"
             )
-    lines += ["", "| protocol | multimodal - mae over seeds: mean (sd; min-max) | mae - random over seeds |",
-              "|---|---|---|"]
+    lines += ["", "| protocol | multimodal - mae over seeds: mean (sd; min-max) | mae - random over seeds | "
+              "multimodal - shuffled over seeds |", "|---|---|---|---|"]
     for protocol in protocols:
         b = seeds[protocol]
-        lines.append(f"| {protocol} | {_spread_cell(b['delta_mauc'])} | {_spread_cell(b.get('mae_vs_random'))} |")
+        lines.append(f"| {protocol} | {_spread_cell(b['delta_mauc'])} | {_spread_cell(b.get('mae_vs_random'))} | "
+                     f"{_spread_cell(b.get('multimodal_vs_shuffled'))} |")
     return lines + [""]
