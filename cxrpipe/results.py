@@ -390,6 +390,34 @@ def block_targets(m: Metrics) -> list[str]:
     return [_test_line(m), "", *table(["target (test split)", "measured", ""], rows)]
 
 
+SEEDS_RUN = "demo-3seeds"  # benchmarks/results/<this>/: the metrics of the three-seed experiment, committed
+
+
+def _seeds_run(m: Metrics) -> Metrics:
+    return Metrics(m.bench / SEEDS_RUN, bench=m.bench)
+
+
+def block_seeds_comparison(m: Metrics) -> list[str]:
+    """The three-seed experiment's headline table (``dvc exp run -S 'compare.extra_seeds=[1,2]'``)."""
+    return block_comparison(_seeds_run(m))
+
+
+def block_seeds_targets(m: Metrics) -> list[str]:
+    return block_targets(_seeds_run(m))
+
+
+def block_seeds_shuffled(m: Metrics) -> list[str]:
+    """multimodal - shuffled per seed and over seeds, from the three-seed experiment."""
+    s = _seeds_run(m)
+    rows = []
+    for p in s.protocols():
+        per = s.seed_deltas(p, "multimodal_vs_shuffled")
+        rows.append([protocol_name(p), " / ".join(delta(d) for _, d in per) or "n/a",
+                     spread(s.seed_spread(p, "multimodal_vs_shuffled"))])
+    return table(["protocol", f"multimodal - shuffled, seeds {' / '.join(map(str, s.seeds()))}",
+                  "mean (sd; min to max)"], rows)
+
+
 RECIPES_LOG = "recipe_search-demo.jsonl"  # benchmarks/recipe_search.py's log, committed
 
 
@@ -576,6 +604,9 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "seeds": block_seeds,
     "shuffled": block_shuffled,
     "targets": block_targets,
+    "seeds_comparison": block_seeds_comparison,
+    "seeds_targets": block_seeds_targets,
+    "seeds_shuffled": block_seeds_shuffled,
     "recipes": block_recipes,
     "text_diagnosis": block_text_diagnosis,
     "label_efficiency": block_label_efficiency,

@@ -296,3 +296,20 @@ def test_benchmark_blocks_read_the_committed_logs(tmp_path):
     d = build_block("text_diagnosis", Metrics(tmp_path / "metrics", bench=bench))
     assert "| last | 3 (best zero-shot) | 0.900 | 0.530 | 0.600 | 0.700 |" in d
     assert "| mean | 8 | 0.900 | 0.580 | 0.550 | 0.700 |" in d and "| last | 0 |" not in d and "| last | 5 |" not in d
+
+
+def test_the_three_seed_experiment_blocks_read_their_own_folder(tmp_path):
+    bench = tmp_path / "bench"
+    m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
+    assert "demo-3seeds/comparison.json is missing" in build_block("seeds_comparison", m)
+    run = write_metrics(bench / "demo-3seeds", seeds=(0, 1, 2))
+    comp = json.loads((run / "comparison.json").read_text())
+    for k, row in enumerate(comp["seeds"]["linear"]["per_seed"]):
+        row["multimodal_vs_shuffled"] = _delta(0.01 * (k + 1), 0.3)
+    comp["seeds"]["linear"]["multimodal_vs_shuffled"] = {"n": 3, "mean": 0.02, "sd": 0.01, "min": 0.01, "max": 0.03}
+    (run / "comparison.json").write_text(json.dumps(comp))
+    assert "seeds 0 / 1 / 2" in build_block("seeds_comparison", m)  # leads with the spread
+    assert "multimodal - mae > 0 on every seed (3)" in build_block("seeds_targets", m)
+    sh = build_block("seeds_shuffled", m)
+    assert "| linear probe | +0.010 [-0.020, +0.040], p = 0.300 / +0.020" in sh and "+0.020 (sd 0.010" in sh
+    assert "| FC head (frozen) | n/a | n/a |" in sh
