@@ -24,6 +24,8 @@ x = torch.tensor([state.process_index + 1.0])
 dist.all_reduce(x)  # every rank must reach every other
 json.dump({"rank": state.process_index, "world": state.num_processes, "sum": x.item()},
           open(os.path.join(sys.argv[1], f"rank{state.process_index}.json"), "w"))
+dist.barrier()
+dist.destroy_process_group()  # gloo's threads torn down before exit (else "terminate called ..." under load)
 """
 
 

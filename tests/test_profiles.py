@@ -148,4 +148,4 @@ def test_each_profile_lists_the_stages_it_runs(tmp_path, name):
     else:
         assert not [s for s in stages if s.startswith("text_model")]
     seeds = params["compare"]["extra_seeds"]
-    assert len([s for s in stages if s.startswith("pretrain_seeds@")]) == 2 * len(seeds)
+    assert len([s for s in stages if s.startswith("pretrain_seeds@")]) == 3 * len(seeds)  # mae, multimodal, shuffled

@@ -82,12 +82,19 @@ CASES = {
                          (lambda: _garble("tiny-llama/config.json"), "did not load")),
     "zeroshot@mae": ((lambda: _remove("data/cache/prompts.h5"), "data/cache/prompts.h5 not found"),
                      (lambda: _truncate("data/cache/prompts.h5"), "prompts.h5 is unreadable or corrupt")),
+    "zeroshot_transfer@nih_cxr14-mae": (
+        (lambda: _remove("data/transfer/nih_cxr14"), "data/transfer/nih_cxr14"),
+        (lambda: _truncate("data/cache/prompts.h5"), "prompts.h5 is unreadable or corrupt")),
     "retrieval@mae": ((lambda: _remove("data/cache/text.h5"), "data/cache/text.h5 not found (text cache)"),
                       (lambda: _truncate("data/cache/text.h5"), "data/cache/text.h5 is unreadable or corrupt")),
     "attention_maps": (
         (lambda: _remove("data/models/multimodal/text_head.safetensors"), "text_head.safetensors not found"),
         (lambda: _truncate("data/cache/text.h5"), "data/cache/text.h5 is unreadable or corrupt")),
 }
+
+
+# stages that run another stage's command (its one line names that command)
+COMMAND_OF = {"zeroshot_transfer": "zeroshot"}
 
 
 def remedy(stage: str, line: str) -> bool:
@@ -112,7 +119,8 @@ def test_a_missing_or_damaged_input_is_one_line(pipeline, pipeline_copy, stage, 
     res = invoke(argv)
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 1, f"exit {res.exit_code}: {res.output}{res.exception!r}"
-    assert len(lines) == 1 and lines[0].startswith(f"{stage.split('@')[0]} failed: "), res.output
+    command = COMMAND_OF.get(stage.split("@")[0], stage.split("@")[0])  # the CLI command the stage runs
+    assert len(lines) == 1 and lines[0].startswith(f"{command} failed: "), res.output
     assert expected in lines[0], lines[0]
     assert remedy(stage, lines[0]), lines[0]
     if kind == "damaged" and "unreadable or corrupt" in lines[0]:
