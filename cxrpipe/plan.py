@@ -119,13 +119,17 @@ def _mimic_tables(data: dict[str, Any], views: set[str]) -> Counts | None:
                   "report)"), Figure(len(selected), how))
 
 
-def data_counts(params: dict[str, Any], prepared: Path) -> Counts:
-    """The prepared manifest's counts, else the source's tables, else published counts (marked so)."""
+def data_counts(params: dict[str, Any], prepared: Path, root: Path | None = None) -> Counts:
+    """The prepared manifest's counts, else the source's tables, else published counts (marked so). ``root``:
+    the repository the plan is for; relative data paths are read there (as DVC runs the stages), not in the
+    current folder."""
     views = set(params["pretrain"]["data"]["views"])
     data = params["data"]
     counts = _from_manifest(prepared, views) if made_from(prepared, data) else None
     if counts is None and data["source"].startswith("mimic"):
-        counts = _mimic_tables(data, views)
+        anchored = {k: str(Path(root) / v) if root is not None and v and not Path(v).is_absolute() else v
+                    for k, v in data.items() if k in ("root", "tables")}
+        counts = _mimic_tables({**data, **anchored}, views)
     if counts is not None:
         return counts
     demo_roots = {f"data/{name}" for name in (params.get("pipeline") or {}).get("demo_data") or []}
@@ -414,7 +418,7 @@ def make_plan(params_file: str | Path, root: str | Path = ".", gpu_tflops: float
 
     root = Path(root)
     params = load_params(params_file)
-    counts = data_counts(params, root / "data" / "prepared")
+    counts = data_counts(params, root / "data" / "prepared", root)
     x = Inputs(params, root, counts, stage_runs(root, Path(params_file)), gpu_tflops * 1e12, cpu_rates(root))
     plans = [_prepare(x, "prepare", counts.images)]
     if x.runs["transfer_prepare"]:
