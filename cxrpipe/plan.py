@@ -20,6 +20,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -371,9 +372,15 @@ def _probe_flops(x: Inputs, protocol: str, images: float, train: float, epochs: 
     training."""
     sizes = vit_sizes(x.params["pretrain"]["model"])
     flops = images * sizes["forward_flops"]
-    if protocol == "finetune":
-        flops += epochs * train * (sizes["finetune_flops"] + sizes["forward_flops"] * 0.2)  # + validate each epoch
+    if protocol == "finetune":  # + validate each epoch; every point of the LP-FT grid trains anew
+        flops += lpft_points(x.params) * epochs * train * (sizes["finetune_flops"] + sizes["forward_flops"] * 0.2)
     return flops
+
+
+def lpft_points(params: dict) -> int:
+    """Points of the LP-FT grid (``finetune.finetune``: lrs x layer_decays x head_norms; [] counts one)."""
+    ftc = params["finetune"]["finetune"]
+    return math.prod(max(1, len(ftc.get(k) or [])) for k in ("lrs", "layer_decays", "head_norms"))
 
 
 def _finetune(x: Inputs) -> StagePlan:
@@ -383,8 +390,9 @@ def _finetune(x: Inputs) -> StagePlan:
     protocols = yaml.safe_load((x.root / "dvc.yaml").read_text())["stages"]["finetune"]["matrix"]["protocol"]
     flops = sum(_probe_flops(x, p, x.counts.eval_images.value, x.counts.train_frontal.value, ft["finetune"]["epochs"])
                 for p in protocols) * runs / len(protocols)
+    points = lpft_points(x.params)
     plan = StagePlan("finetune (+ seeds)", runs, f"{runs} runs (encoders x {'/'.join(protocols)}), LP-FT "
-                     f"{ft['finetune']['epochs']} epochs")
+                     f"{ft['finetune']['epochs']} epochs" + (f" x {points} grid points" if points > 1 else ""))
     plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU")
     plan.cpu_hours = _hours(flops, x.cpu["pretrain"], "")
     return plan

@@ -145,3 +145,23 @@ def test_plan_command_prints_the_table(tmp_path):
     assert res.exit_code == 0, res.output
     assert "pretrain (+ seeds)      9" in res.output and "On 8 GPU(s)" in res.output
     assert {r["family"] for r in json.loads((tmp_path / "plan.json").read_text())} >= {"embed", "pretrain (+ seeds)"}
+
+
+def test_the_lp_ft_grid_multiplies_only_the_finetune_protocols_training(tmp_path):
+    """A 3 x 2 LP-FT grid trains 6 times per finetune run: the fine-tuning share of stage three's hours (over
+    a run without fine-tuning epochs) grows 6-fold; the feature passes of the probes stay as they were."""
+    from cxrpipe.plan import lpft_points
+
+    ft = yaml.safe_load((ROOT / "params-mimic.yaml").read_text())["finetune"]
+    grid = {"lrs": [1e-4, 2.5e-4, 5e-4], "head_norms": ["batchnorm", "layernorm"]}
+    hours, works = {}, {}
+    for name, change in (("probes", {"epochs": 0}), ("one", {}), ("six", grid)):
+        (tmp_path / name).mkdir()
+        params = {"finetune": {**ft, "finetune": {**ft["finetune"], **change}}}
+        root = repo(tmp_path / name, "params-mimic.yaml", **params)
+        plan = by_family(make_plan(root / "p.yaml", root, gpu_tflops=100)[0])["finetune (+ seeds)"]
+        hours[name], works[name] = plan.gpu_hours.value, plan.work
+        assert lpft_points(params) == (6 if name == "six" else 1)
+    assert "grid points" not in works["one"] and works["six"].endswith("x 6 grid points")
+    assert hours["one"] > hours["probes"] > 0
+    assert hours["six"] - hours["probes"] == pytest.approx(6 * (hours["one"] - hours["probes"]))

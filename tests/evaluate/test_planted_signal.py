@@ -8,15 +8,16 @@ the predictions, the shuffled run would score above chance.
 
 from __future__ import annotations
 
-import json
-
 import copy
+import dataclasses
+import json
 
 import pytest
 import torch
 
 from cxrpipe.config import section
 from cxrpipe.evaluate.probe.finetune import FinetuneConfig, run_finetune
+from cxrpipe.evaluate.probe.frozen import InputNorm
 from cxrpipe.evaluate.stats.metrics import load_predictions
 from cxrpipe.evaluate.probe.pixels import PixelsConfig, run_pixels
 from cxrpipe.evaluate.stats.rules import StatsConfig
@@ -115,3 +116,56 @@ def test_frozen_input_norm_keeps_its_statistics_in_train_mode():
     assert torch.all(bn.running_mean == 3.0)
     free = Classifier(torch.nn.Flatten(), ClassifierHead(8, HeadConfig(hidden=(4,))), freeze_input_norm=False)
     assert free.train().head.net[0].training
+
+
+def test_lp_ft_grid_keeps_the_validate_best_point_and_every_point_starts_alike(planted, tiny_params, tmp_path):
+    """The LP-FT grid [lr 0, lr 1e-3, lr 0] from a random head: lr 1e-3 learns the planted signal, lr 0 cannot;
+    the grid keeps the lr-1e-3 point although it is not the first, and records all three. Every point starts
+    from the same encoder, head and random stream: each point scores exactly as a lone run at its lr (the
+    second lr-0 point would score high had it started from the trained weights, the lr-1e-3 point otherwise
+    had another dropout stream), and the selected point's test numbers are the lone lr-1e-3 run's."""
+    opts = {"init_head": "random", "freeze_input_norm": True, "epochs": 1}
+    grid = run_finetune(_cfg(tiny_params, lrs=[0.0, 1e-3, 0.0], **opts), planted["encoder"], "finetune",
+                        planted["signal"], tmp_path / "grid.json", plot_out=tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 0  # the curves of the kept point, its grid values named
+    alone = {lr: run_finetune(_cfg(tiny_params, lr=lr, **opts), planted["encoder"], "finetune", planted["signal"],
+                              tmp_path / f"lr{lr}.json") for lr in (1e-3, 0.0)}
+    assert "grid" not in alone[0.0] and "selected" not in alone[0.0]  # a single point writes what it always wrote
+    assert [p["lr"] for p in grid["grid"]] == [0.0, 1e-3, 0.0]
+    assert {p["head_norm"] for p in grid["grid"]} == {"batchnorm"} and {p["layer_decay"] for p in grid["grid"]} == {0.75}
+    for point in grid["grid"]:
+        assert point["validate_mauc"] == alone[point["lr"]]["validate_mauc"]
+        assert point["best_epoch"] == alone[point["lr"]]["best_epoch"]
+    assert alone[1e-3]["validate_mauc"] > 0.9 > alone[0.0]["validate_mauc"]
+    assert grid["selected"] == {"head_norm": "batchnorm", "lr": 1e-3, "layer_decay": 0.75}
+    assert grid["study"]["mauc"] == alone[1e-3]["study"]["mauc"] and grid["history"] == alone[1e-3]["history"]
+
+
+def test_lp_ft_grid_fits_one_probe_per_head_norm_and_layernorm_learns(planted, tiny_params, tmp_path):
+    """head_norms [batchnorm, layernorm]: each norm gets its own fc probe (LP-FT's start, "epoch 0"), a
+    LayerNorm head learns the planted signal, and the reported fc_probe is the selected norm's."""
+    cfg = _cfg(tiny_params, init_head="fc_probe", head_norms=["batchnorm", "layernorm"], epochs=1)
+    m = run_finetune(cfg, planted["encoder"], "finetune", planted["signal"], tmp_path / "grid.json")
+    assert [p["head_norm"] for p in m["grid"]] == ["batchnorm", "layernorm"]
+    assert m["study"]["mauc"] > 0.9 and min(_planted_aurocs(m).values()) > 0.9
+    best = max(m["grid"], key=lambda p: p["validate_mauc"])
+    assert m["validate_mauc"] == best["validate_mauc"] and m["selected"]["head_norm"] == best["head_norm"]
+    probes = {}
+    for norm in InputNorm:
+        probe_cfg = dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, norm=norm))
+        probes[norm.value] = run_finetune(probe_cfg, planted["encoder"], "fc", planted["signal"], tmp_path / "fc.json")
+    assert probes["layernorm"]["study"]["mauc"] > 0.8  # the LayerNorm fc probe learns on its own (chance: 0.5)
+    assert probes["layernorm"]["validate_mauc"] != probes["batchnorm"]["validate_mauc"]  # another head
+    assert m["fc_probe"]["validate_mauc"] == probes[m["selected"]["head_norm"]]["validate_mauc"]
+
+
+def test_layernorm_head_normalises_each_row_and_trains_its_affine():
+    from cxrpipe.evaluate.probe.finetune import Classifier, ClassifierHead, HeadConfig
+
+    head = ClassifierHead(8, HeadConfig(hidden=(), norm=InputNorm.LAYERNORM), n_out=2)
+    norm = head.net[0]
+    assert isinstance(norm, torch.nn.LayerNorm) and norm.weight.requires_grad
+    x = torch.randn(4, 8) * 5 + 3
+    torch.testing.assert_close(norm(x), (x - x.mean(1, keepdim=True)) / (x.var(1, unbiased=False, keepdim=True) + 1e-6).sqrt())
+    # LP-FT's freeze_input_norm concerns BatchNorm statistics only: a LayerNorm head trains as it is
+    assert Classifier(torch.nn.Flatten(), head, freeze_input_norm=True).train().head.net[0].training

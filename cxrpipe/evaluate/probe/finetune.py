@@ -23,6 +23,7 @@ Outputs: the metrics JSON, the resolved config beside it (``<stem>.config.json``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
@@ -43,6 +44,7 @@ from cxrpipe.evaluate.probe.frozen import (
     LINEAR_HEAD,
     ClassifierHead,
     HeadConfig,
+    InputNorm,
     ProbeConfig,
     ProbeFit,
     cosine,
@@ -96,6 +98,16 @@ class FullFinetuneConfig:
     # fc probe's features, or measured on the frozen train features) instead of re-estimating them from
     # batches while the encoder's features move
     head_lr_scale: float = 1.0  # the head's lr = lr x this (LP-FT: the probed head needs little change)
+    # The LP-FT grid (BenchX grids its fine-tuning; optional, off in the demo): every point trains from the same
+    # start and the best (point, epoch) on VALIDATE is kept. () = the single value above / finetune.head.norm.
+    lrs: tuple[float, ...] = ()  # peak lrs tried; () = (lr,)
+    layer_decays: tuple[float, ...] = ()  # layer decays tried (discriminative lr); () = (layer_decay,)
+    head_norms: tuple[InputNorm, ...] = ()  # the head's input norm tried (layernorm: BenchX's); () = (head.norm,)
+
+    def grid(self, head_norm: InputNorm) -> list[tuple[InputNorm, float, float]]:
+        """(head norm, lr, layer decay) of every grid point, norm outermost (one probe per norm)."""
+        return [(InputNorm(n), lr, ld) for n in (self.head_norms or (head_norm,))
+                for lr in (self.lrs or (self.lr,)) for ld in (self.layer_decays or (self.layer_decay,))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,10 +267,11 @@ def _train_all_weights(
     encoder: nn.Module, head: ClassifierHead, probe: ProbeFit | None, ds: dict[str, Dataset],
     splits: dict[str, LabelledImages], cfg: FinetuneConfig, to_images: Callable, eval_loader: Callable,
     device: torch.device,
-) -> tuple[list[dict], int, np.ndarray, np.ndarray]:
-    """Protocol ``finetune``: encoder and head train together from ``head`` (the probe's, for LP-FT: its
-    validate score is "epoch 0" of the selection). Returns (history, best epoch, validate logits ``[N_val, L]``,
-    test logits ``[N_test, L]``) of the model at the best epoch."""
+) -> tuple[list[dict], int, np.ndarray, Classifier]:
+    """Protocol ``finetune`` at one grid point (``cfg.finetune``'s lr and layer decay): encoder and head train
+    together from ``head`` (the probe's, for LP-FT: its validate score is "epoch 0" of the selection). Both
+    are trained in place. Returns (history, best epoch, validate logits ``[N_val, L]``, the model at the best
+    epoch)."""
     ftc = cfg.finetune
     if ftc.freeze_input_norm and probe is None:  # statistics of the frozen train features, once
         _set_input_norm(head, encoder, eval_loader("train"), to_images)
@@ -273,7 +286,7 @@ def _train_all_weights(
         initial_logits=probe.val_logits if probe is not None else None,
     )
     model.load_state_dict(state)
-    return history, best_epoch, val_logits, predict_logits(model, eval_loader("test"), to_images)
+    return history, best_epoch, val_logits, model
 
 
 @dataclasses.dataclass
@@ -289,13 +302,18 @@ class _Outcome:
     probe_test: np.ndarray | None = None  # [N_test, L] its test logits
 
 
-def _probe_on_features(encoder: nn.Module, eval_loader: Callable[[str], DataLoader], splits: dict[str, LabelledImages],
-                       cfg: FinetuneConfig, protocol: Protocol, to_images: Callable, device: torch.device,
-                       ) -> tuple[ProbeFit, np.ndarray]:
-    """A frozen protocol's probe: pooled features computed ONCE per split, then the grid -> (fit, test logits)."""
+def _frozen_features(encoder: nn.Module, eval_loader: Callable[[str], DataLoader], splits: dict[str, LabelledImages],
+                     to_images: Callable) -> dict[str, torch.Tensor]:
+    """The frozen encoder's pooled features ``[N, D]`` of every split, computed ONCE."""
     encoder.requires_grad_(False)
-    feats = {k: torch.from_numpy(predict_logits(encoder, eval_loader(k), to_images)) for k in splits}  # [N, D]
+    feats = {k: torch.from_numpy(predict_logits(encoder, eval_loader(k), to_images)) for k in splits}
     log.info("frozen features: %s", {k: tuple(v.shape) for k, v in feats.items()})
+    return feats
+
+
+def _probe(feats: dict[str, torch.Tensor], splits: dict[str, LabelledImages], cfg: FinetuneConfig,
+           protocol: Protocol, device: torch.device) -> tuple[ProbeFit, np.ndarray]:
+    """A frozen protocol's probe on the features: the grid -> (fit, test logits)."""
     head_cfg, probe_cfg = cfg.probe(protocol)
     fit = fit_probe(feats, splits, head_cfg, probe_cfg, cfg.select_level, cfg.seed, device)
     with torch.inference_mode():
@@ -304,22 +322,54 @@ def _probe_on_features(encoder: nn.Module, eval_loader: Callable[[str], DataLoad
     return fit, test
 
 
+def _finetune_grid(encoder: nn.Module, ds: dict[str, Dataset], splits: dict[str, LabelledImages], cfg: FinetuneConfig,
+                   to_images: Callable, eval_loader: Callable, device: torch.device) -> _Outcome:
+    """Protocol ``finetune`` over ``cfg.finetune.grid``: every point starts from the same encoder weights (and,
+    for LP-FT, the ``fc`` probe fitted with that point's head norm), trains all weights, and the best (point,
+    epoch) on VALIDATE is kept, ties going to the earlier point; only that model is run on test."""
+    ftc = cfg.finetune
+    lp_ft = ftc.init_head is HeadInit.FC_PROBE
+    feats = _frozen_features(encoder, eval_loader, splits, to_images) if lp_ft else None
+    probes: dict[InputNorm, tuple[ProbeFit, np.ndarray]] = {}
+    n_labels = len(splits["train"].labels)  # the head's width: the prepared folder's label set
+    points, best, rng = [], None, None
+    for norm, lr, layer_decay in ftc.grid(cfg.head.norm):
+        point = dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, norm=norm),
+                                    finetune=dataclasses.replace(ftc, lr=lr, layer_decay=layer_decay))
+        if feats is not None and norm not in probes:
+            probes[norm] = _probe(feats, splits, point, Protocol.FINETUNE, device)
+        probe = probes[norm][0] if feats is not None else None
+        if rng is None:  # every point draws the same random stream (head init, dropout) as the first
+            rng = torch.get_rng_state()
+        torch.set_rng_state(rng)
+        head = (copy.deepcopy(probe.head) if probe is not None
+                else ClassifierHead(int(encoder.num_features), point.head, n_labels).to(device))
+        history, epoch, val_logits, model = _train_all_weights(
+            copy.deepcopy(encoder), head, probe, ds, splits, point, to_images, eval_loader, device)
+        mauc = next(h["validate_mauc"] for h in history if h["epoch"] == epoch)
+        points.append({"head_norm": norm.value, "lr": lr, "layer_decay": layer_decay, "best_epoch": epoch,
+                       "validate_mauc": mauc})
+        log.info("LP-FT grid point %s: best epoch %d, validate mAUC %.4f", points[-1], epoch, mauc)
+        if best is None or selection_score(mauc) > selection_score(best[1]):
+            best = (len(points) - 1, mauc, history, val_logits, model, norm)
+    assert best is not None
+    k, mauc, history, val_logits, model, norm = best
+    selection: dict[str, Any] = {"best_epoch": points[k]["best_epoch"]}
+    if len(points) > 1:  # the grid's record; a single point (the demo) writes what it always wrote
+        selection |= {"selected": {key: points[k][key] for key in ("head_norm", "lr", "layer_decay")},
+                      "grid": points}
+    test_logits = predict_logits(model, eval_loader("test"), to_images)
+    probe, probe_test = probes[norm] if norm in probes else (None, None)
+    return _Outcome(history, selection, mauc, val_logits, test_logits, probe, probe_test)
+
+
 def _train(protocol: Protocol, encoder: nn.Module, ds: dict[str, Dataset], splits: dict[str, LabelledImages],
            cfg: FinetuneConfig, to_images: Callable, eval_loader: Callable, device: torch.device) -> _Outcome:
-    """Run one protocol: a probe on frozen features, or (LP-FT) the fc probe then all weights."""
-    lp_ft = protocol is Protocol.FINETUNE and cfg.finetune.init_head is HeadInit.FC_PROBE
-    probe = probe_test = None
-    if protocol.frozen or lp_ft:
-        probe, probe_test = _probe_on_features(encoder, eval_loader, splits, cfg, protocol, to_images, device)
-    if protocol.frozen:
-        assert probe is not None and probe_test is not None
-        return _Outcome(probe.history, {"selected": probe.selected}, probe.validate_mauc, probe.val_logits, probe_test)
-    n_labels = len(splits["train"].labels)  # the head's width: the prepared folder's label set
-    head = probe.head if probe is not None else ClassifierHead(int(encoder.num_features), cfg.head, n_labels).to(device)
-    history, best_epoch, val_logits, test_logits = _train_all_weights(
-        encoder, head, probe, ds, splits, cfg, to_images, eval_loader, device)
-    mauc = next(h["validate_mauc"] for h in history if h["epoch"] == best_epoch)
-    return _Outcome(history, {"best_epoch": best_epoch}, mauc, val_logits, test_logits, probe, probe_test)
+    """Run one protocol: a probe on frozen features, or all weights (LP-FT: the fc probe first) over the grid."""
+    if not protocol.frozen:
+        return _finetune_grid(encoder, ds, splits, cfg, to_images, eval_loader, device)
+    probe, probe_test = _probe(_frozen_features(encoder, eval_loader, splits, to_images), splits, cfg, protocol, device)
+    return _Outcome(probe.history, {"selected": probe.selected}, probe.validate_mauc, probe.val_logits, probe_test)
 
 
 def run_finetune(

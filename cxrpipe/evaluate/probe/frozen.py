@@ -18,6 +18,7 @@ best validate score wins, ties going to the earlier grid point and the earlier s
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import math
 from typing import Callable, Iterator
@@ -36,12 +37,20 @@ from cxrpipe.progress import progress
 log = logging.getLogger(__name__)
 
 
+class InputNorm(str, enum.Enum):
+    """The normalisation in front of a head (``finetune.head.norm``)."""
+
+    BATCHNORM = "batchnorm"  # BatchNorm1d without affine: MAE's / MGCA's linear probe; LP-FT can keep its statistics
+    LAYERNORM = "layernorm"  # LayerNorm with affine: BenchX's fine-tuning head (trains with the encoder)
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     hidden: tuple[int, ...] = (256,)  # hidden FC widths; () = a single linear layer
     dropout: float = 0.1  # before each FC layer after the first
-    input_norm: bool = True  # BatchNorm1d(affine=False) on the encoder features (MAE's linear-probe recipe):
-    # frozen features come at whatever scale pretraining left them
+    input_norm: bool = True  # a normalisation on the encoder features (``norm``): frozen features come at
+    # whatever scale pretraining left them
+    norm: InputNorm = InputNorm.BATCHNORM  # which one, when ``input_norm``
 
 
 LINEAR_HEAD = HeadConfig(hidden=(), dropout=0.0, input_norm=True)  # protocol `linear`: BN (no affine) + Linear
@@ -63,7 +72,10 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, in_dim: int, cfg: HeadConfig, n_out: int = N_LABELS):
         super().__init__()
-        layers: list[nn.Module] = [nn.BatchNorm1d(in_dim, affine=False, eps=1e-6)] if cfg.input_norm else []
+        layers: list[nn.Module] = []
+        if cfg.input_norm:
+            layers.append(nn.BatchNorm1d(in_dim, affine=False, eps=1e-6) if InputNorm(cfg.norm) is InputNorm.BATCHNORM
+                          else nn.LayerNorm(in_dim, eps=1e-6))
         dim = in_dim
         for i, width in enumerate(cfg.hidden):
             if i > 0 and cfg.dropout > 0:

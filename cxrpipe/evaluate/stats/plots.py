@@ -112,15 +112,19 @@ def plot_history(
     """Train/validate loss and validate mAUC (``finetune``'s ``history``), the kept point marked.
 
     ``selection``: a probe's ``{"selected": {lr, weight_decay, step}}`` (the curves of that grid point, by
-    step) or the finetune protocol's ``{"best_epoch": e}`` (by epoch)."""
+    step) or the finetune protocol's ``{"best_epoch": e}`` (by epoch; with an LP-FT grid, ``history`` is the
+    kept point's and ``selected`` names it)."""
     plt = _pyplot()
     selection = selection or {}
     chosen = selection.get("selected")
-    if chosen is not None:
+    if "best_epoch" in selection or chosen is None:
+        x_key, kept = "epoch", selection.get("best_epoch")
+        what = ", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else str(v)
+                         for k, v in (chosen or {}).items()) + (", " if chosen else "")
+    else:
         history = [h for h in history if h["lr"] == chosen["lr"] and h["weight_decay"] == chosen["weight_decay"]]
         x_key, kept = "step", chosen["step"]
-    else:
-        x_key, kept = "epoch", selection.get("best_epoch")
+        what = f"lr {chosen['lr']:g}, wd {chosen['weight_decay']:g}, "
     xs = [h[x_key] for h in history]
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8, 3.2))
     # LP-FT's epoch 0 (the probed head) has no train loss of its own
@@ -132,7 +136,6 @@ def plot_history(
     auc = [np.nan if h["validate_mauc"] is None else h["validate_mauc"] for h in history]
     ax_auc.plot(xs, auc, marker=".", color="tab:green")
     if kept is not None:
-        what = f"lr {chosen['lr']:g}, wd {chosen['weight_decay']:g}, " if chosen else ""
         ax_auc.axvline(kept, color="0.6", ls=":", label=f"kept: {what}{x_key} {kept}")
         ax_auc.legend()
     ax_auc.set(xlabel=x_key, ylabel="mAUC", title="validate mAUC")
