@@ -59,8 +59,8 @@ def no_signal(k: int) -> bool:
 
 def chexpert_of(aligned: dict, base: Path, planted: bool = True) -> tuple[Path, dict[tuple[int, int], dict]]:
     """A CheXpert layout of the fixture's studies: its 24 training studies in train.csv (patients 1..24), its 16
-    held-out ones (never trained on) in valid.csv: 12 patients, the first 4 with two studies,
-    each with a lateral drawn from ANOTHER cluster (the reader must drop it). ``planted``: PLANTED labels are
+    held-out ones (never trained on) in valid.csv: 12 patients, the first 4 with two studies; 4 studies with a
+    lateral drawn from ANOTHER cluster (the reader must drop it), 2 with a second frontal. ``planted``: PLANTED labels are
     1.0 exactly on their cluster, Consolidation on half of each cluster; else every competition label is
     positive on half of each cluster (no signal). -> (root, {(patient, study): {label: 0/1}} of valid.csv)."""
     cache = ImageCache(aligned["prepared"] / "images.h5")
@@ -82,9 +82,12 @@ def chexpert_of(aligned: dict, base: Path, planted: bool = True) -> tuple[Path, 
         truth[(patient, study)] = y
         labels = {n: f"{v:.1f}" for n, v in y.items()} | {"Fracture": "0.0", "No Finding": "0.0"}
         images.append(CheXpertImage("valid.csv", patient, study, cache[r.row], labels, ap_pa="AP" if k % 3 else "PA"))
-        if k < 4:
+        if k < 4:  # a lateral drawn from another cluster
             other = next(x for x in frontal if cluster[x.study_id] == (c + 2) % 4)
             images.append(CheXpertImage("valid.csv", patient, study, cache[other.row], labels, False, "", 2))
+        if k in (8, 9):  # a second frontal, of the same cluster: the study's probability is the mean of two
+            twin = next(x for x in frontal if cluster[x.study_id] == c)
+            images.append(CheXpertImage("valid.csv", patient, study, cache[twin.row], labels, view=2))
     return write_chexpert(base, images), truth
 
 
@@ -122,11 +125,11 @@ def test_zeroshot_on_a_chexpert_layout_reports_the_competition_mauc(aligned, tmp
     root, truth = chexpert_of(aligned, tmp_path / "dl")
     prepared = prepare(root, tmp_path / "transfer" / "chexpert")
     test = [r for r in read_images(prepared) if r.split == "test"]
-    assert len(test) == 16 and {r.subject_id for r in test} == set(range(64541, 64553))  # valid.csv, no laterals
+    assert len(test) == 18 and {r.subject_id for r in test} == set(range(64541, 64553))  # valid.csv, no laterals
     prompts = cluster_prompt_cache(aligned, prompt_labels(CFG), PLANTED, tmp_path / "p.h5")
     z = run_zeroshot(CFG, aligned["models"]["multimodal"], prepared, prompts, None, tmp_path / "z.json", stats=STATS)
     assert z["dataset"] == "chexpert" and "valid.csv" in z["split_rule"]
-    assert (z["n_studies"], z["n_patients"]) == (16, 12) and z["bootstrap_unit"] == "patient"
+    assert (z["n"], z["n_studies"], z["n_patients"]) == (16, 16, 12) and z["bootstrap_unit"] == "patient"
     assert z["labels_in_mauc"] == z["labels_in_mauc5"] == COMPETITION  # Fracture, No Finding: no positive
     assert z["mauc5"] == pytest.approx(np.mean([z["per_label"][n]["auroc"] for n in COMPETITION]))
     assert z["prompts"]["Edema"] == list(CFG.prompts["Edema"])  # the params' pair is what the report names
