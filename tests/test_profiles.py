@@ -149,3 +149,26 @@ def test_each_profile_lists_the_stages_it_runs(tmp_path, name):
         assert not [s for s in stages if s.startswith("text_model")]
     seeds = params["compare"]["extra_seeds"]
     assert len([s for s in stages if s.startswith("pretrain_seeds@")]) == 3 * len(seeds)  # mae, multimodal, shuffled
+
+
+@pytest.mark.slow
+def test_mimic_profile_with_chexpert_scores_each_dataset_zero_shot(tmp_path):
+    """The MIMIC profile with chexpert added to transfer.datasets (a CheXpert root set): DVC's matrix gives
+    transfer_prepare and zeroshot_transfer for every dataset, each encoder reading data/transfer/<dataset> and
+    writing data/metrics/zeroshot-<dataset>-<encoder>.json (what docs/evaluations.md names)."""
+    repo = copy_repo(tmp_path)
+    select(repo, "mimic")
+    params = yaml.safe_load((repo / "params-mimic.yaml").read_text())
+    params["transfer"]["datasets"] = ["nih_cxr14", "chexpert"]
+    params["transfer_data"]["chexpert"]["root"] = "/data/chexpert/CheXpert-v1.0-small"
+    (repo / "params-mimic.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = dvc_stages(repo)
+    datasets, encoders = params["transfer"]["datasets"], params["zeroshot"]["encoders"]
+    assert {s for s in stages if s.startswith("transfer_prepare@")} == {f"transfer_prepare@{d}" for d in datasets}
+    zs = {f"zeroshot_transfer@{d}-{e}": (d, e) for d in datasets for e in encoders}
+    assert {s for s in stages if s.startswith("zeroshot_transfer@")} == set(zs)
+    for name, (d, e) in zs.items():
+        deps, outs = stages[name]
+        assert {f"data/transfer/{d}", f"data/models/{e}", "data/cache/prompts.h5"} <= deps
+        assert {f"data/metrics/zeroshot-{d}-{e}.json", f"data/metrics/zeroshot-{d}-{e}.config.json"} <= outs
+        assert stages[f"transfer_prepare@{d}"][1] == {f"data/transfer/{d}"}

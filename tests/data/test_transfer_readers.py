@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cxrpipe.data import registry
 from cxrpipe.data.chexpert import CheXpertConfig
@@ -22,23 +21,13 @@ from cxrpipe.data.records import DatasetFormatError
 from cxrpipe.data.rsna import RSNAConfig
 from cxrpipe.data.transfer_prepare import TransferDataConfig, run_transfer_prepare
 from cxrpipe.labels import CHEXPERT_LABELS
+from tests.data.chexpert_tree import CHEX_HEADER, chexpert_tree
+from tests.data.chexpert_tree import write_csv as _csv
+from tests.data.chexpert_tree import write_png as _png
 
 PREP = PrepareConfig(image_size=16, workers=0, flush_every=4, max_reject_fraction=0.5)
 NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
               "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
-
-
-def _png(path: Path, value: int = 100, size: tuple[int, int] = (20, 24)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full(size, value, dtype=np.uint8)).save(path)
-
-
-def _csv(path: Path, header, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
 
 
 # ------------------------------------------------------------------------------------------------ NIH
@@ -204,27 +193,6 @@ def test_real_nih_pngs_with_their_labels(shared_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- CheXpert
-CHEX_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding", "Enlarged Cardiomediastinum",
-               "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
-               "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]  # CheXpert's order
-
-
-def chexpert_tree(base: Path, name: str = "CheXpert-v1.0-small", n_train: int = 20) -> Path:
-    root = base / name
-    vals = ["1.0", "0.0", "-1.0", ""]
-    for csv_name, folder, patients in (("train.csv", "train", range(1, n_train + 1)), ("valid.csv", "valid", range(64541, 64545))):
-        rows = []
-        for p in patients:
-            for study in (1, 2) if p % 3 == 0 else (1,):
-                for view, fl, appa in (("view1_frontal", "Frontal", "AP" if p % 2 else "PA"), ("view2_lateral", "Lateral", "")):
-                    rel = f"{name}/{folder}/patient{p:05d}/study{study}/{view}.jpg"
-                    labels = [vals[(p + study + i) % 4] for i in range(14)]
-                    rows.append([rel, "Male", 60, fl, appa, *labels])
-                    _png(base / rel, value=5 * (p % 40))
-        _csv(root / csv_name, CHEX_HEADER, rows)
-    return root
-
-
 def test_chexpert_frontal_only_valid_is_test_labels_by_name(tmp_path):
     root = chexpert_tree(tmp_path)
     out = tmp_path / "out"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,34 @@ def planted(tmp_path_factory) -> dict:
         "encoder": make_encoder(root / "random", "random", seed=3),
         "labels": PLANTED,
     }
+
+
+def report_cluster(text: str) -> int:
+    """The hidden cluster of a :func:`tests.pretrain.synthetic.make_pairs` report ("report 7 cluster 3")."""
+    return int(re.search(r"cluster (\d)", text).group(1))
+
+
+def cluster_prompt_cache(pairs: dict[str, Path], labels: list[str], cluster_of: dict[str, int], path: Path, swap=(),
+                         fingerprint=None) -> Path:
+    """A prompt cache stand-in for ``labels`` (:func:`~cxrpipe.evaluate.alignment.zeroshot.prompt_labels` order)
+    from the reports of :func:`tests.pretrain.synthetic.make_pairs` (``pairs["prepared"]``, ``pairs["text"]``):
+    label n's positive = a report of cluster ``cluster_of.get(n, 0)``, its negative = one of the next cluster;
+    the labels in ``swap`` get the pair reversed. ``fingerprint``: the cache's (default: the report cache's)."""
+    from cxrpipe.data.manifest import read_studies
+    from cxrpipe.text.cache import TextCache, write_text_cache
+
+    text = TextCache(pairs["text"])
+    report_of: dict[int, int] = {}
+    for s in read_studies(pairs["prepared"]):
+        report_of.setdefault(report_cluster(s.text), text.row_of(s.study_id))
+    rows = []
+    for n in labels:
+        c = cluster_of.get(n, 0)
+        pair = [report_of[c], report_of[(c + 1) % len(report_of)]]
+        rows += pair[::-1] if n in swap else pair
+    write_text_cache(path, [text.text_row(r) for r in rows], [text.token_ids(r) for r in rows],
+                     list(range(len(rows))), list(range(len(rows))), fingerprint or text.fingerprint)
+    return path
 
 
 @pytest.fixture(scope="session")

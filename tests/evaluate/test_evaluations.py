@@ -422,7 +422,8 @@ def test_zeroshot_scores_a_transfer_dataset_by_its_own_label_names(aligned, tmp_
     from cxrpipe.data.nih import NIH_LABELS
     from cxrpipe.evaluate.alignment.scorer import load_aligned, score_matrix
     from cxrpipe.evaluate.alignment.zeroshot import ZeroShotConfig, prompt_labels, run_zeroshot
-    from cxrpipe.text.cache import TextCache, write_text_cache
+    from cxrpipe.text.cache import TextCache
+    from tests.evaluate.conftest import cluster_prompt_cache
 
     nih = tmp_path / "transfer" / "nih_cxr14"
     nih.mkdir(parents=True)
@@ -432,19 +433,9 @@ def test_zeroshot_scores_a_transfer_dataset_by_its_own_label_names(aligned, tmp_
     studies = [dataclasses.replace(s, labels=tuple(float(planted.get(n) == cluster[s.study_id]) for n in NIH_LABELS))
                for s in read_studies(aligned["prepared"])]
     write_manifest(nih, read_images(aligned["prepared"]), studies, NIH_LABELS)
-    text = TextCache(aligned["text"])
-    report_of = {}
-    for s in read_studies(aligned["prepared"]):
-        report_of.setdefault(cluster[s.study_id], text.row_of(s.study_id))
 
-    def prompt_cache(cfg, path, swap=()):
-        rows = []  # label's positive = a report of its cluster, negative = one of the next cluster
-        for n in prompt_labels(cfg):
-            pair = [report_of[planted.get(n, 0)], report_of[(planted.get(n, 0) + 1) % 4]]
-            rows += pair[::-1] if n in swap else pair
-        write_text_cache(path, [text.text_row(r) for r in rows], [text.token_ids(r) for r in rows],
-                         list(range(len(rows))), list(range(len(rows))), text.fingerprint)
-        return path
+    def prompt_cache(cfg, path, swap=()):  # label's positive = a report of its cluster, negative = the next's
+        return cluster_prompt_cache(aligned, prompt_labels(cfg), planted, path, swap)
 
     cfg, stats = ZeroShotConfig(n_bootstrap=30, batch_size=4), StatsConfig(min_test_positives=1)
     z = run_zeroshot(cfg, aligned["models"]["multimodal"], nih, prompt_cache(cfg, tmp_path / "p.h5"), None,
