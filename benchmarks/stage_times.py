@@ -14,7 +14,8 @@ stage) so the run still shows its progress, and splits the output at DVC's lines
   ``Generating lock file``) line after it, i.e. the command plus DVC's caching of its outputs; a stage
   that failed or has no such line ends at its last line.
 - ``Stage '<name>' didn't change, skipping`` and ``Stage '<name>' is cached - skipping run, checking out
-  outputs`` (the run cache) count 0 and are listed apart.
+  outputs`` (the run cache) count 0 and are listed apart; checking out a cached stage's outputs counts as
+  DVC overhead.
 - **DVC overhead** = pipeline wall - sum of stage walls: DVC's start-up and its work between stages (the
   time from one stage's lock-file line to the next ``Running stage``) and after the last.
 
@@ -24,7 +25,9 @@ printed inside that stage (all of its Python processes: ``cxrpipe``, workers it 
 parent, the module name indented by two spaces per nesting level after the one space that follows the second
 ``|``. A line with exactly that one space is a top-level import whose cumulative time already contains its
 nested imports, so only those lines are summed and nested ones are never counted twice. ``--top N`` lists a
-stage's N largest top-level imports.
+stage's N largest top-level imports. A module loaded through ``importlib.import_module`` (how ``cxrpipe``
+loads ``stages/``) prints no line of its own: its imports appear as top-level lines and are counted, its own
+body is not (milliseconds).
 
 When the command starts with ``dvc``, DVC runs inside this Python (``dvc.cli.main``) and the variable is set
 after its start-up, so DVC's own imports (its start-up, and the modules it loads lazily while it caches a
