@@ -82,12 +82,15 @@ class Stage:
 
 def stamped(lines: Iterable[str]) -> Iterator[tuple[float, str]]:
     """(seconds, line) from a saved log: ``<seconds>\\t<line>``; ``# `` lines are the log's own notes."""
-    for raw in lines:
+    for i, raw in enumerate(lines, 1):
         raw = raw.rstrip("\n")
         if raw.startswith("# ") or not raw:
             continue
         t, _, line = raw.partition("\t")
-        yield float(t), line
+        try:
+            yield float(t), line
+        except ValueError:
+            raise ValueError(f"line {i} is not '<seconds><tab><line>': not a log written by --save-log") from None
 
 
 def split_stages(log: Iterable[tuple[float, str]]) -> tuple[list[Stage], float]:
@@ -202,7 +205,10 @@ def main() -> None:
     if args.log:
         if not args.log.is_file():
             sys.exit(f"--log {args.log}: no such file; write one with --save-log")
-        lines = list(stamped(args.log.read_text(errors="replace").splitlines()))
+        try:
+            lines = list(stamped(args.log.read_text(errors="replace").splitlines()))
+        except ValueError as e:
+            sys.exit(f"--log {args.log}: {e}")
     else:
         lines, rc = run(cmd, args.save_log)
     stages, wall = split_stages(lines)

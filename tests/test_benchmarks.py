@@ -120,6 +120,10 @@ def test_stage_times_reads_a_saved_log(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage_times.py"), "--log",
                               str(tmp_path / "nope.log")], capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "nope.log: no such file" in missing.stderr
+    (tmp_path / "other.log").write_text("Running stage 'a':\n")  # a plain dvc output, no timestamps
+    other = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage_times.py"), "--log",
+                            str(tmp_path / "other.log")], capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0 and "other.log: line 1 is not" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_stage_times_runs_a_real_dvc_repro(tmp_path):
