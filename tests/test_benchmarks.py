@@ -1,7 +1,14 @@
-"""benchmarks/gpu.py cannot rot: its --tiny mode runs every row on CPU; without CUDA the real mode stops at once."""
+"""The benchmarks cannot rot.
+
+benchmarks/gpu.py: its --tiny mode runs every row on CPU; without CUDA the real mode stops at once.
+benchmarks/stage_times.py: a synthetic timestamped log splits into the right stages and import sums, and a
+real two-stage ``dvc repro`` goes through it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -33,3 +40,114 @@ def test_gpu_benchmark_without_cuda_fails_fast_and_clearly(tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and "no CUDA device" in res.stderr
     assert not any(tmp_path.iterdir())  # stopped before writing a checkpoint
+
+
+def _stage_times():
+    """benchmarks/stage_times.py as a module (benchmarks/ is not a package)."""
+    if "stage_times" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("stage_times", ROOT / "benchmarks" / "stage_times.py")
+        sys.modules["stage_times"] = importlib.util.module_from_spec(spec)  # its dataclass needs it there
+        spec.loader.exec_module(sys.modules["stage_times"])
+    return sys.modules["stage_times"]
+
+
+def _imports(*rows: tuple[int, int, str]) -> list[str]:
+    """One Python process's ``-X importtime`` lines: (cumulative us, nesting level, module), children first."""
+    out = ["import time: self [us] | cumulative | imported package"]
+    for cum, level, module in rows:
+        out.append(f"import time: {cum // 2:>9} | {cum:>10} | {'  ' * level}{module}")
+    return out
+
+
+# a: one process, torch (3.0 s, two nested levels below it) + json; b skipped; c@x from the run cache;
+# d: two processes (its command runs python twice), 0.5 s + 0.25 s at top level
+SYNTHETIC = [
+    (0.2, "Stage 'b' didn't change, skipping"),
+    (1.0, "Running stage 'a':"),
+    (1.0, "> cxrpipe a"),
+    *[(1.1, line) for line in _imports((900_000, 2, "torch._C"), (1_200_000, 1, "torch.nn"),
+                                       (3_000_000, 0, "torch"), (20_000, 0, "json"))],
+    (2.5, "a: done"),
+    (3.0, "Generating lock file 'dvc.lock'"),
+    (3.0, "Updating lock file 'dvc.lock'"),
+    (3.2, "Stage 'c@x' is cached - skipping run, checking out outputs"),
+    (3.6, "Updating lock file 'dvc.lock'"),
+    (4.0, "Running stage 'd':"),
+    *[(4.1, line) for line in _imports((100_000, 1, "numpy.core"), (500_000, 0, "numpy"))],
+    *[(5.0, line) for line in _imports((250_000, 0, "numpy"))],
+    (7.5, "Updating lock file 'dvc.lock'"),
+    (8.0, "To track the changes with git, run:"),
+]
+
+
+def test_stage_times_splits_a_synthetic_log_per_stage():
+    st = _stage_times()
+    stages, wall = st.split_stages(SYNTHETIC)
+    assert [(s.name, s.status) for s in stages] == [("b", "skipped"), ("a", "ran"), ("c@x", "cached"), ("d", "ran")]
+    by = {s.name: s for s in stages}
+    assert by["a"].wall_s == pytest.approx(2.0)  # Running stage -> its lock-file line, not the next stage
+    assert by["d"].wall_s == pytest.approx(3.5)
+    assert by["b"].wall_s == by["c@x"].wall_s == 0 and by["b"].import_us == by["c@x"].import_us == 0
+    assert (by["a"].processes, by["d"].processes) == (1, 2)
+    totals = st.summary(stages, wall)
+    assert totals["wall_s"] == 8.0 and totals["stage_wall_s"] == pytest.approx(5.5)
+    assert totals["dvc_overhead_s"] == pytest.approx(2.5)
+    assert totals["stages_skipped"] == ["b"] and totals["stages_cached"] == ["c@x"]
+    text = st.table(stages, totals, top=1)
+    assert "skipped (didn't change, counted 0): b" in text and "cached (restored" in text and "c@x" in text
+    assert "a: torch 3.00 s" in text
+
+
+def test_stage_times_sums_top_level_imports_only():
+    st = _stage_times()
+    by = {s.name: s for s in st.split_stages(SYNTHETIC)[0]}
+    # torch's cumulative 3.0 s already holds torch.nn and torch._C: counting them too would give 5.12 s
+    assert by["a"].import_us == 3_020_000 and by["a"].imports == {"torch": 3_000_000, "json": 20_000}
+    assert by["d"].import_us == 750_000 and by["d"].imports == {"numpy": 750_000}  # both processes' numpy
+    assert st.summary(list(by.values()), 8.0)["import_s"] == pytest.approx(3.77)
+
+
+def test_stage_times_reads_a_saved_log(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("# stage_times.py: dvc repro\n" + "".join(f"{t:.3f}\t{line}\n" for t, line in SYNTHETIC)
+                   + "# exit 0\n")
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage_times.py"), "--log", str(log),
+                          "--out", str(tmp_path / "t.json")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert [s["name"] for s in out["stages"] if s["status"] == "ran"] == ["a", "d"]
+    assert out["import_s"] == pytest.approx(3.77) and out["dvc_overhead_s"] == pytest.approx(2.5)
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage_times.py"), "--log",
+                              str(tmp_path / "nope.log")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "nope.log: no such file" in missing.stderr
+    (tmp_path / "other.log").write_text("Running stage 'a':\n")  # a plain dvc output, no timestamps
+    other = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage_times.py"), "--log",
+                            str(tmp_path / "other.log")], capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0 and "other.log: line 1 is not" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_stage_times_runs_a_real_dvc_repro(tmp_path):
+    """Two stages that import json and sleep 0.3 s, in a throwaway DVC repository (no git, no network)."""
+    stage_cmd = 'python -c \\"import json, time; time.sleep(0.3)\\" > {out}'
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n" + "".join(f"  {n}:\n    cmd: \"{stage_cmd.format(out=n + '.txt')}\"\n    outs: [{n}.txt]\n"
+                               for n in ("one", "two")))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1")
+    env.pop("PYTHONPROFILEIMPORTTIME", None)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=env, check=True,
+                   timeout=60)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "stage_times.py"), "--out", "t.json", "--", "dvc", "repro"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:]
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert [(s["name"], s["status"]) for s in out["stages"]] == [("one", "ran"), ("two", "ran")]
+    for s in out["stages"]:
+        assert s["wall_s"] >= 0.3 and s["import_s"] > 0 and "json" in s["imports"]
+        # DVC's own lazy imports (while it caches the outputs) are not the stage's
+        assert not [m for m in s["imports"] if m.split(".")[0] in ("dvc", "dvc_data", "dulwich", "ruamel")]
+    assert "import time:" not in res.stdout  # not echoed
+    assert "Running stage 'one'" in res.stdout and "wall s" in res.stdout
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = json.loads((tmp_path / "t.json").read_text())
+    assert again.returncode == 0 and out["stages_skipped"] == ["one", "two"] and out["stages_run"] == 0
