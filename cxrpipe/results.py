@@ -418,6 +418,22 @@ def block_seeds_shuffled(m: Metrics) -> list[str]:
                   "mean (sd; min to max)"], rows)
 
 
+BENCH_RUN = "bench-seed0"  # benchmarks/results/<this>/: the bench profile's metrics (real IU X-ray report text), committed
+
+
+def _bench_run(m: Metrics) -> Metrics:
+    return Metrics(m.bench / BENCH_RUN, bench=m.bench)
+
+
+def block_bench_comparison(m: Metrics) -> list[str]:
+    """The bench profile's headline table (docs/bench.md: `cxrpipe profile bench`, `dvc repro`)."""
+    return block_comparison(_bench_run(m))
+
+
+def block_bench_targets(m: Metrics) -> list[str]:
+    return block_targets(_bench_run(m))
+
+
 RECIPES_LOG = "recipe_search-demo.jsonl"  # benchmarks/recipe_search.py's log, committed
 
 
@@ -607,6 +623,8 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "seeds_comparison": block_seeds_comparison,
     "seeds_targets": block_seeds_targets,
     "seeds_shuffled": block_seeds_shuffled,
+    "bench_comparison": block_bench_comparison,
+    "bench_targets": block_bench_targets,
     "recipes": block_recipes,
     "text_diagnosis": block_text_diagnosis,
     "label_efficiency": block_label_efficiency,

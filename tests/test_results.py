@@ -313,3 +313,16 @@ def test_the_three_seed_experiment_blocks_read_their_own_folder(tmp_path):
     sh = build_block("seeds_shuffled", m)
     assert "| linear probe | +0.010 [-0.020, +0.040], p = 0.300 / +0.020" in sh and "+0.020 (sd 0.010" in sh
     assert "| FC head (frozen) | n/a | n/a |" in sh
+
+
+def test_the_bench_profile_blocks_read_their_own_folder(tmp_path):
+    """bench_comparison / bench_targets read benchmarks/results/bench-seed0, never the demo's data/metrics."""
+    bench = tmp_path / "bench"
+    m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
+    assert "bench-seed0/comparison.json is missing" in build_block("bench_comparison", m)
+    run = write_metrics(bench / "bench-seed0")
+    comp = json.loads((run / "comparison.json").read_text())
+    comp["linear"]["delta_mauc"] = 0.4321  # a value the demo's folder does not hold
+    (run / "comparison.json").write_text(json.dumps(comp))
+    assert "+0.432" in build_block("bench_comparison", m) and "+0.432" not in build_block("comparison", m)
+    assert "zero-shot mAUC >= 0.65" in build_block("bench_targets", m)
