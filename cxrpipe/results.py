@@ -391,10 +391,16 @@ def block_targets(m: Metrics) -> list[str]:
 
 
 SEEDS_RUN = "demo-3seeds"  # benchmarks/results/<this>/: the metrics of the three-seed experiment, committed
+BENCH_RUN = "bench-seed0"  # benchmarks/results/<this>/: the bench profile's metrics (real IU X-ray report text), committed
+
+
+def _committed_run(m: Metrics, name: str) -> Metrics:
+    """A run's metrics committed under benchmarks/results/<name>/, read like data/metrics."""
+    return Metrics(m.bench / name, bench=m.bench)
 
 
 def _seeds_run(m: Metrics) -> Metrics:
-    return Metrics(m.bench / SEEDS_RUN, bench=m.bench)
+    return _committed_run(m, SEEDS_RUN)
 
 
 def block_seeds_comparison(m: Metrics) -> list[str]:
@@ -418,20 +424,13 @@ def block_seeds_shuffled(m: Metrics) -> list[str]:
                   "mean (sd; min to max)"], rows)
 
 
-BENCH_RUN = "bench-seed0"  # benchmarks/results/<this>/: the bench profile's metrics (real IU X-ray report text), committed
-
-
-def _bench_run(m: Metrics) -> Metrics:
-    return Metrics(m.bench / BENCH_RUN, bench=m.bench)
-
-
 def block_bench_comparison(m: Metrics) -> list[str]:
     """The bench profile's headline table (docs/bench.md: `cxrpipe profile bench`, `dvc repro`)."""
-    return block_comparison(_bench_run(m))
+    return block_comparison(_committed_run(m, BENCH_RUN))
 
 
 def block_bench_targets(m: Metrics) -> list[str]:
-    return block_targets(_bench_run(m))
+    return block_targets(_committed_run(m, BENCH_RUN))
 
 
 RECIPES_LOG = "recipe_search-demo.jsonl"  # benchmarks/recipe_search.py's log, committed
