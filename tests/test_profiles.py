@@ -1,10 +1,13 @@
-"""Profiles: `cxrpipe profile <name>` selects params-<name>.yaml reversibly; every profile loads, and DVC's own
+"""Profiles: `cxrpipe profile <name>` selects params-<name>.yaml reversibly (and `dvc exp run` works under it); every profile loads, and DVC's own
 API lists the stages it runs: a real profile runs and reads no demo data."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,15 +54,84 @@ def test_switching_is_reversible_and_never_overwrites(tmp_path):
     demo = (repo / "params.yaml").read_bytes()
     assert available(repo) == PROFILES and active(repo) == "demo"
     assert select(repo, "mimic") == ("demo", "mimic")
-    assert (repo / "params.yaml").is_symlink() and active(repo) == "mimic"
+    assert not (repo / "params.yaml").is_symlink() and active(repo) == "mimic"
+    assert (repo / "params.yaml").read_bytes() == (repo / "params-mimic.yaml").read_bytes()  # DVC reads mimic
     assert (repo / "params-demo.yaml").read_bytes() == demo  # the demo's params, edits and all, kept
-    assert yaml.safe_load((repo / "params.yaml").read_text())["data"]["root"] != "data/demo"  # DVC reads mimic
     assert select(repo, "iu") == ("mimic", "iu") and active(repo) == "iu"
     assert select(repo, "demo") == ("iu", "demo")
-    assert not (repo / "params.yaml").is_symlink() and (repo / "params.yaml").read_bytes() == demo
-    assert not (repo / "params-demo.yaml").exists()
+    assert (repo / "params.yaml").read_bytes() == demo and not (repo / "params-demo.yaml").exists()
     assert sorted(p.name for p in repo.iterdir()) == sorted(["dvc.yaml", "params.yaml",
                                                              *(p.name for p in ROOT.glob("params-*.yaml"))])
+    for name in PROFILES[1:]:  # every profile file byte for byte as it was
+        assert (repo / f"params-{name}.yaml").read_bytes() == (ROOT / f"params-{name}.yaml").read_bytes()
+
+
+def test_edits_go_back_into_the_profiles_file_and_its_own_edits_are_kept(tmp_path):
+    repo = copy_repo(tmp_path)
+    mimic, iu = (repo / "params-mimic.yaml").read_text(), (repo / "params-iu.yaml").read_text()
+    select(repo, "mimic")
+    (repo / "params.yaml").write_text(mimic + "# my data.root\n")  # an edit of the selected params
+    select(repo, "iu")
+    assert (repo / "params-mimic.yaml").read_text() == mimic + "# my data.root\n"
+    assert (repo / "params.yaml").read_text() == iu
+    (repo / "params-iu.yaml").write_text(iu + "# edited in the profile's own file\n")
+    assert select(repo, "iu") == ("iu", "iu")  # selected again: its own edit copied in, DVC sees it
+    assert (repo / "params.yaml").read_text() == iu + "# edited in the profile's own file\n"
+    select(repo, "demo")  # params.yaml unedited: the profile's own edit stays
+    assert (repo / "params-iu.yaml").read_text() == iu + "# edited in the profile's own file\n"
+    select(repo, "mimic")
+    assert (repo / "params.yaml").read_text() == mimic + "# my data.root\n"  # the edit came back with it
+
+
+def test_a_switch_refuses_where_both_files_were_edited(tmp_path):
+    repo = copy_repo(tmp_path)
+    select(repo, "mimic")
+    (repo / "params.yaml").write_text("a: 1\n")
+    (repo / "params-mimic.yaml").write_text("a: 2\n")
+    before = {p.name: p.read_bytes() for p in repo.iterdir()}
+    with pytest.raises(ProfileError, match="both edited"):
+        select(repo, "demo")
+    assert {p.name: p.read_bytes() for p in repo.iterdir()} == before and active(repo) == "mimic"
+    (repo / "params-mimic.yaml").write_text("a: 1\n")  # the same edit in both: nothing to lose
+    assert select(repo, "demo") == ("mimic", "demo")
+
+
+def test_a_link_made_by_the_older_version_is_read_and_replaced(tmp_path):
+    repo = copy_repo(tmp_path)
+    demo = (repo / "params.yaml").read_bytes()
+    (repo / "params.yaml").rename(repo / "params-demo.yaml")
+    (repo / "params.yaml").symlink_to("params-mimic.yaml")
+    assert active(repo) == "mimic"
+    assert select(repo, "iu") == ("mimic", "iu")
+    assert not (repo / "params.yaml").is_symlink() and (repo / "params-mimic.yaml").read_bytes() == (
+        ROOT / "params-mimic.yaml").read_bytes()
+    select(repo, "demo")
+    assert (repo / "params.yaml").read_bytes() == demo
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="dvc exp run needs git")
+def test_dvc_exp_run_works_under_a_profile_and_its_params_go_back_into_the_profile(tmp_path):
+    """Before: params.yaml was a symbolic link to the profile; `dvc exp run` then failed ("Could not apply stash
+    commit") after writing the demo's params through the link into params-<name>.yaml."""
+    repo = tmp_path
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run = lambda *cmd: subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)  # noqa: E731
+    (repo / "params.yaml").write_text("lr: 1  # the demo's\n")
+    (repo / "params-b.yaml").write_text("lr: 2  # the profile's\n")
+    (repo / "dvc.yaml").write_text("stages:\n  s:\n    cmd: cp params.yaml out.txt\n    params: [lr]\n    outs: [out.txt]\n")
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "init"]):
+        assert run(*cmd).returncode == 0
+    select(repo, "b")
+    res = run(sys.executable, "-m", "dvc", "exp", "run", "-S", "lr=3")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert yaml.safe_load((repo / "out.txt").read_text()) == {"lr": 3}  # the stage read the profile, with -S
+    assert (repo / "params-b.yaml").read_text() == "lr: 2  # the profile's\n"  # not the demo's params
+    select(repo, "demo")
+    assert (repo / "params.yaml").read_text() == "lr: 1  # the demo's\n"
+    assert yaml.safe_load((repo / "params-b.yaml").read_text()) == {"lr": 3}  # the experiment's params kept
 
 
 def test_unsafe_or_unknown_switches_refuse_and_change_nothing(tmp_path):
@@ -83,7 +155,7 @@ def test_profile_command_lists_selects_and_names_the_paths_to_set(tmp_path):
     assert res.exit_code == 0 and "* demo" in res.output and "  mimic" in res.output
     res = CliRunner().invoke(app, ["profile", "mimic", "--root", str(repo)])
     assert res.exit_code == 0, res.output
-    assert "set data.root in params-mimic.yaml" in res.output and "cxrpipe profile demo" in res.output
+    assert "set data.root in params.yaml" in res.output and "cxrpipe profile demo" in res.output
     assert CliRunner().invoke(app, ["profile", "nope", "--root", str(repo)]).exit_code == 2
 
 
