@@ -229,11 +229,11 @@ def test_mimic_profile_with_chexpert_scores_each_dataset_zero_shot(tmp_path):
     transfer_prepare and zeroshot_transfer for every dataset, each encoder reading data/transfer/<dataset> and
     writing data/metrics/zeroshot-<dataset>-<encoder>.json (what docs/evaluations.md names)."""
     repo = copy_repo(tmp_path)
-    select(repo, "mimic")
-    params = yaml.safe_load((repo / "params-mimic.yaml").read_text())
+    select(repo, "mimic")  # then edited as the docs say: params.yaml, the selected profile's copy
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["transfer"]["datasets"] = ["nih_cxr14", "chexpert"]
     params["transfer_data"]["chexpert"]["root"] = "/data/chexpert/CheXpert-v1.0-small"
-    (repo / "params-mimic.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = dvc_stages(repo)
     datasets, encoders = params["transfer"]["datasets"], params["zeroshot"]["encoders"]
     assert {s for s in stages if s.startswith("transfer_prepare@")} == {f"transfer_prepare@{d}" for d in datasets}
