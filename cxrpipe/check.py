@@ -203,6 +203,33 @@ def check_data(cfgs: dict[str, Any], outputs: list[Path]) -> list[str]:
     return skipped
 
 
+ENCODERS = ("mae", "multimodal", "random", "shuffled", "continued")  # what data/models/<name> a finetune can read
+
+
+def check_flow(cfgs: dict[str, Any]) -> None:
+    """The two-step flow's switches agree: ``pipeline.two_step_controls`` ([continued]) only under
+    ``pretrain.flow: two_step`` and fine-tuned (in ``pipeline.encoders``); no seed repeats under two_step (their
+    stages do not continue each seed's own mae: run each seed as its own experiment)."""
+    pipe, flow = cfgs["pipeline"], cfgs["pretrain"].flow
+    unknown = sorted(set(pipe.encoders) - set(ENCODERS))
+    if unknown or not {"mae", "multimodal"} <= set(pipe.encoders):
+        raise ConfigError(f"params 'pipeline.encoders' = {list(pipe.encoders)}: the encoders fine-tuned, from "
+                          f"{list(ENCODERS)}, with mae and multimodal (compare pairs them)")
+    if set(pipe.two_step_controls) - {"continued"}:
+        raise ConfigError(f"params 'pipeline.two_step_controls' = {list(pipe.two_step_controls)}: [] or [continued]")
+    if pipe.two_step_controls and flow != "two_step":
+        raise ConfigError("params 'pipeline.two_step_controls' = [continued] needs 'pretrain.flow: two_step' (the "
+                          "control continues the exported mae without text; under joint there is nothing to continue)")
+    missing = sorted(set(pipe.two_step_controls) - set(pipe.encoders))
+    if missing:
+        raise ConfigError(f"params 'pipeline.two_step_controls' lists {missing}, not in 'pipeline.encoders': it would be "
+                          "pretrained and never fine-tuned or compared; add it there")
+    if flow == "two_step" and cfgs["compare"].extra_seeds:
+        raise ConfigError("params 'compare.extra_seeds' under 'pretrain.flow: two_step': the seed repeats' stages "
+                          "do not continue each seed's own mae; run each seed as its own experiment "
+                          "(dvc exp run -S pretrain.seed=K -S finetune.seed=K)")
+
+
 def run_check(params: str | Path, out: str | Path | None = None, dvc_yaml: str | Path | None = "dvc.yaml",
               data: bool = True) -> dict:
     """Check ``params`` (see the module doc; ``data=False``: not the data files); write ``out`` when it passes.
@@ -216,6 +243,7 @@ def run_check(params: str | Path, out: str | Path | None = None, dvc_yaml: str |
             raise ConfigError(f"unknown section(s) {unknown}; allowed: {sorted(schemas)}")
         cfgs = {name: section(raw, name, cls) for name, cls in schemas.items()}
         check_views(cfgs)
+        check_flow(cfgs)
         skipped = check_data(cfgs, pipeline_outputs(Path(dvc_yaml) if dvc_yaml else None, raw)) if data else ["data"]
     except UserError as e:
         raise type(e)(f"{params}: {e}") from None

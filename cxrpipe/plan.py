@@ -343,22 +343,29 @@ def _transfer_images(x: Inputs) -> Figure:
 
 def _pretrain(x: Inputs) -> StagePlan:
     cfg, sizes = x.params["pretrain"], vit_sizes(x.params["pretrain"]["model"])
-    runs = x.runs["pretrain"] + x.runs["pretrain_seeds"]
+    runs = x.runs["pretrain"] + x.runs["pretrain_seeds"] + x.runs["pretrain_continued"]
     train = x.counts.train_frontal
     steps = cfg["epochs"] * train.value / cfg["batch_size"]
+    # the two-step flow: every run but mae continues it for align.epochs
+    later = runs - (x.runs["pretrain"] + x.runs["pretrain_seeds"] - x.runs["pretrain_text"])
+    later_epochs = cfg["align"]["epochs"] if cfg.get("flow") == "two_step" else cfg["epochs"]
+    epoch_runs = (runs - later) * cfg["epochs"] + later * later_epochs
     plan = StagePlan("pretrain (+ seeds)", runs, f"{runs} x {cfg['epochs']} epochs x {train.value:,.0f} train images "
                      f"(~{steps:,.0f} steps of {cfg['batch_size']}), ViT {sizes['encoder'] / 1e6:,.1f} M + decoder "
                      f"{sizes['decoder'] / 1e6:,.1f} M weights")
+    if later_epochs != cfg["epochs"]:
+        plan.work = plan.work.replace(f"{runs} x {cfg['epochs']} epochs", f"{runs - later} x {cfg['epochs']} + "
+                                      f"{later} x {later_epochs} epochs (two-step flow)")
     # float32 encoder per run; while running a checkpoint of weights + 2 Adam moments (kept if keep_checkpoint)
     ckpt = 3 * 4 * (sizes["encoder"] + sizes["decoder"])
     plan.disk = Figure(runs * (4 * sizes["encoder"] + (ckpt if cfg["keep_checkpoint"] else 0)),
                        "estimated: 4 bytes per encoder weight per run" + (" + checkpoints (weights + Adam)" if
                        cfg["keep_checkpoint"] else f"; + {ckpt / GIB:.2f} GiB checkpoint per run while it runs"))
-    flops = runs * cfg["epochs"] * train.value * sizes["train_flops"]
+    flops = epoch_runs * train.value * sizes["train_flops"]
     loss = cfg.get("loss", {})
     if not loss.get("visible_tokens", True):  # the text variants' second, (un)masked encoder pass
         seen = round((sizes["tokens"] - 1) * (1 - loss.get("contrastive_mask_ratio", 0.0))) + 1
-        flops += x.runs["pretrain_text"] * cfg["epochs"] * train.value * 6 * sizes["encoder"] * seen
+        flops += x.runs["pretrain_text"] * later_epochs * train.value * 6 * sizes["encoder"] * seen
         plan.work += f"; {x.runs['pretrain_text']} text run(s) add an encoder pass over {seen} tokens"
     # the loader must keep up: images/s one GPU consumes at this rate (docs/scale.md 3: per loader worker)
     plan.work += f"; the loader must feed ~{x.gpu_flops / sizes['train_flops']:,.0f} images/s per GPU"

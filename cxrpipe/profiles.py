@@ -42,6 +42,8 @@ class PipelineConfig:
     text_model: tuple[str, ...] = ("text-model",)  # text_model@<name> converts the demo LM; () = none
     text_model_dep: str = "data/models/text-model"  # a dep of embed and zeroshot_prompts
     transfer_source: str = "data/demo-nih"  # a dep of transfer_prepare
+    encoders: tuple[str, ...] = ("mae", "multimodal", "random", "shuffled")  # the finetune stage's matrix
+    two_step_controls: tuple[str, ...] = ()  # pretrain_continued@<name> (pretrain.flow two_step): () or ("continued",)
 DEMO = "demo"
 
 

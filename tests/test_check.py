@@ -123,6 +123,25 @@ def test_a_bad_value_anywhere_fails_in_one_line_naming_the_key(tmp_path, changes
     _fails(tmp_path, _edited(**changes), *expected)
 
 
+TWO_STEP = {"pretrain.flow": "two_step", "pipeline.two_step_controls": ["continued"],
+            "pipeline.encoders": ["mae", "multimodal", "random", "shuffled", "continued"]}
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({**TWO_STEP, "pretrain.flow": "joint"}, ("pipeline.two_step_controls", "needs 'pretrain.flow: two_step'")),
+    ({**TWO_STEP, "pipeline.encoders": ["mae", "multimodal"]}, ("['continued']", "not in 'pipeline.encoders'")),
+    ({**TWO_STEP, "compare.extra_seeds": [1, 2]}, ("compare.extra_seeds", "its own experiment")),
+    ({"pipeline.two_step_controls": ["mae"]}, ("pipeline.two_step_controls", "[] or [continued]")),
+    ({"pipeline.encoders": ["mae", "multimodal", "imagenet"]}, ("pipeline.encoders", "with mae and multimodal")),
+    ({"pipeline.encoders": ["mae", "random"]}, ("pipeline.encoders", "compare pairs them")),
+])
+def test_the_two_step_switches_must_agree(tmp_path, changes, expected):
+    """The two-step flow's control only under two_step, fine-tuned when made, and no seed repeats (their stages
+    would not continue each seed's own mae); the two-step run as documented passes."""
+    _fails(tmp_path, _edited(**changes), *expected)
+    run_check(_write(tmp_path, _edited(**TWO_STEP)), dvc_yaml=ROOT / "dvc.yaml")
+
+
 def test_unknown_and_missing_sections(tmp_path):
     params = copy.deepcopy(DEMO)
     params["finetuen"] = params.pop("finetune")

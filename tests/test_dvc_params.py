@@ -91,3 +91,18 @@ def test_bench_data_lists_every_bench_key_that_changes_its_tree():
     assert set(stage["params"]) == keys
     assert stage["matrix"] == {"tree": "${bench.trees}"} and stage["outs"] == ["data/${item.tree}"]
     assert "cxrpipe/data/bench.py" in stage["deps"] and "cxrpipe/data/demo" in stage["deps"]
+
+
+def test_the_continued_control_lists_what_mae_lists():
+    """pretrain_continued (the two-step flow's control, text weight forced to 0 like mae) reads every pretrain
+    key but weight_text, and the text cache's fingerprint keys, exactly as pretrain@mae does."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stage, pretrain = stages["pretrain_continued"], stages["pretrain"]
+    assert set(stage["params"]) == pretrain_params()["mae"]
+    # the same deps and outputs as a pretrain variant continuing the mae (a copy of its body: kept in step here)
+    multimodal = {k: str(v) for k, v in pretrain["foreach"]["multimodal"].items()}
+    expand = lambda x: yaml.safe_dump(x).replace("${item.after}", multimodal["after"]).replace("${key}", "V")  # noqa: E731
+    assert expand(stage["deps"]) == expand(pretrain["do"]["deps"])
+    for kind in ("outs", "metrics", "plots"):
+        assert expand(stage[kind]).replace("${item.variant}", "V") == expand(pretrain["do"][kind])
+    assert "--init data/models/mae" in stage["cmd"]

@@ -165,3 +165,29 @@ def test_the_lp_ft_grid_multiplies_only_the_finetune_protocols_training(tmp_path
     assert "grid points" not in works["one"] and works["six"].endswith("x 6 grid points")
     assert hours["one"] > hours["probes"] > 0
     assert hours["six"] - hours["probes"] == pytest.approx(6 * (hours["one"] - hours["probes"]))
+
+
+def test_the_two_step_flow_plans_align_epochs_for_every_run_but_mae(tmp_path):
+    """pretrain.flow two_step with the continued control: mae trains `epochs`, multimodal, shuffled and continued
+    `align.epochs`; the hours follow (mae 1 share at 30 epochs, three runs at 10: 30 + 3 x 10 epoch-runs of the
+    MAE step, the text runs' extra encoder pass at 10 epochs)."""
+    base = yaml.safe_load((ROOT / "params-mimic.yaml").read_text())
+    pre = {**base["pretrain"], "epochs": 30, "align": {**base["pretrain"]["align"], "epochs": 10}}
+    plans = {}
+    for name, flow, controls in (("joint", "joint", []), ("two", "two_step", ["continued"])):
+        (tmp_path / name).mkdir()
+        root = repo(tmp_path / name, "params-mimic.yaml", pretrain={**pre, "flow": flow}, compare={"extra_seeds": []},
+                    pipeline={"two_step_controls": controls, "encoders": ["mae", "multimodal", "random", "shuffled",
+                                                                         *controls]})
+        plans[name] = by_family(make_plan(root / "p.yaml", root, gpu_tflops=100)[0])["pretrain (+ seeds)"]
+    joint, two = plans["joint"], plans["two"]
+    assert (joint.runs, two.runs) == (3, 4)
+    assert "two-step" not in joint.work and "1 x 30 + 3 x 10 epochs (two-step flow)" in two.work
+    sizes = vit_sizes(pre["model"])
+    loss = pre["loss"]
+    seen = round((sizes["tokens"] - 1) * (1 - loss.get("contrastive_mask_ratio", 0.0))) + 1
+    text = 0 if loss.get("visible_tokens", True) else 6 * sizes["encoder"] * seen
+    per_epoch_run = lambda n_mae, n_later, e_later, n_text: (  # noqa: E731
+        (n_mae * 30 + n_later * e_later) * sizes["train_flops"] + n_text * e_later * text)
+    ratio = per_epoch_run(1, 3, 10, 2) / per_epoch_run(1, 2, 30, 2)
+    assert two.gpu_hours.value / joint.gpu_hours.value == pytest.approx(ratio)

@@ -244,3 +244,25 @@ def test_mimic_profile_with_chexpert_scores_each_dataset_zero_shot(tmp_path):
         assert {f"data/transfer/{d}", f"data/models/{e}", "data/cache/prompts.h5"} <= deps
         assert {f"data/metrics/zeroshot-{d}-{e}.json", f"data/metrics/zeroshot-{d}-{e}.config.json"} <= outs
         assert stages[f"transfer_prepare@{d}"][1] == {f"data/transfer/{d}"}
+
+
+@pytest.mark.slow
+def test_the_two_step_flow_is_stages_that_continue_the_exported_mae(tmp_path):
+    """`dvc exp run -S pretrain.flow=two_step -S 'pipeline.two_step_controls=[continued]' -S 'pipeline.encoders=
+    [...,continued]'` (docs/alignment.md): DVC's own stage list has the continued control, reading data/models/mae
+    like multimodal and shuffled do, and its fine-tuning; the demo as shipped has neither."""
+    repo = copy_repo(tmp_path)
+    demo = dvc_stages(repo)
+    assert not [s for s in demo if "continued" in s]
+    assert "data/models/mae" in demo["pretrain@multimodal"][0] and "data/models/mae" not in demo["pretrain@mae"][0]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pretrain"]["flow"] = "two_step"
+    params["pipeline"]["two_step_controls"] = ["continued"]
+    params["pipeline"]["encoders"] = [*params["pipeline"]["encoders"], "continued"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = dvc_stages(repo)
+    deps, outs = stages["pretrain_continued@continued"]
+    assert "data/models/mae" in deps and outs >= {"data/models/continued", "data/metrics/pretrain-continued.json"}
+    for protocol in ("fc", "linear", "finetune"):
+        assert "data/models/continued" in stages[f"finetune@continued-{protocol}"][0]
+    assert {s for s in stages if s.startswith("pretrain@")} == {"pretrain@mae", "pretrain@multimodal", "pretrain@shuffled"}

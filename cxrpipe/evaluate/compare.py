@@ -31,6 +31,7 @@ from cxrpipe.evaluate.stats.caveats import caveat_section
 from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, jsonable
 from cxrpipe.evaluate.stats.rules import StatsConfig, counts, label_rule_sentence, unit_sentence
 from cxrpipe.evaluate.stats.summaries import (
+    CONTINUED,
     PIXELS,
     RANDOM,
     SHUFFLED,
@@ -117,12 +118,12 @@ def _seed_predictions(predictions_dir: Path, seeds: tuple[int, ...]) -> dict[str
     out = {}
     for k in seeds:
         for protocol in PROTOCOLS:
-            for encoder in (*ENCODERS, RANDOM, SHUFFLED):
+            for encoder in (*ENCODERS, RANDOM, SHUFFLED, CONTINUED):
                 name = f"{encoder}-{protocol}-seed{k}"
                 path = predictions_dir / f"{name}.npz"
                 if path.exists():
                     out[name] = load_run_predictions(path, name)[0]
-                else:
+                elif encoder != CONTINUED:  # the two-step flow's control: only where it ran
                     log.warning("seed %d: no %s", k, path)
     return out
 
@@ -195,7 +196,9 @@ def run_compare(
     predictions_dir = Path(predictions_dir) if predictions_dir else metrics_dir.parent / "predictions"
     level = EvalLevel(cfg.level)
     references = [f"{ref}-{protocol}" for ref in (RANDOM, SHUFFLED) for protocol in PROTOCOLS] + [PIXELS]
-    runs = _load_runs(metrics_dir, predictions_dir, [f"{e}-{p}" for p in PROTOCOLS for e in ENCODERS] + references)
+    optional = [f"{CONTINUED}-{protocol}" for protocol in PROTOCOLS]  # the two-step flow's control, when it ran
+    runs = _load_runs(metrics_dir, predictions_dir, [f"{e}-{p}" for p in PROTOCOLS for e in ENCODERS] + references
+                      + [n for n in optional if (predictions_dir / f"{n}.npz").exists()])
     result: dict[str, Any] = {}
     for protocol in PROTOCOLS:
         if all(f"{e}-{protocol}" in runs for e in ENCODERS):

@@ -151,3 +151,27 @@ def test_the_shuffled_control_is_summarised_over_seeds(hand_case):
     s = comp["seeds"]["linear"]["multimodal_vs_shuffled"]
     assert (s["mean"], s["min"], s["max"]) == pytest.approx((0.25, -0.25, 0.75))
     assert "+0.250 (sd 0.707; min-max -0.250 to +0.750)" in (tmp / "c.md").read_text()
+
+
+def test_the_two_step_control_is_paired_with_multimodal_and_with_mae(hand_case):
+    """continued-<protocol> runs (the two-step flow's control: mae continued without text) give multimodal -
+    continued and continued - mae, by hand: continued R 0.25, multimodal B 1.00, mae A 0.75; without them no
+    such key, no section and no warning; seeds: seed 1's continued B against multimodal A (-0.25)."""
+    metrics, preds, tmp = hand_case
+    cfg = CompareConfig(n_bootstrap=200, seed=0)
+    comp = run_compare(cfg, metrics, tmp / "c.json", predictions_dir=preds, report_md=tmp / "c.md", stats=STATS)
+    assert "continued" not in comp["references"]["linear"] and "two-step" not in (tmp / "c.md").read_text()
+    _write(metrics, preds, "continued-linear", R)
+    _write(metrics, preds, "continued-linear-seed1", B)
+    comp = run_compare(CompareConfig(n_bootstrap=200, extra_seeds=(1,)), metrics, tmp / "c.json",
+                       predictions_dir=preds, report_md=tmp / "c.md", stats=STATS)
+    r = comp["references"]["linear"]
+    assert r["continued"]["mauc"] == pytest.approx(0.25) and "mae" not in r  # mae's own score stays compare's
+    assert r["multimodal_vs_continued"]["delta_mauc"] == pytest.approx(0.75)
+    assert r["continued_vs_mae"]["delta_mauc"] == pytest.approx(-0.5)
+    assert (r["continued_vs_mae"]["delta_ci95"][1] < 0) == (r["continued_vs_mae"]["p_value"] < 0.05)
+    rows = comp["seeds"]["linear"]["per_seed"]
+    assert [row["multimodal_vs_continued"]["delta_mauc"] for row in rows] == pytest.approx([0.75, -0.25])
+    assert comp["seeds"]["linear"]["multimodal_vs_continued"]["mean"] == pytest.approx(0.25)
+    md = (tmp / "c.md").read_text()
+    assert "### The two-step flow's control" in md and "| linear | 0.250" in md and "-0.500" in md
