@@ -391,7 +391,7 @@ def block_targets(m: Metrics) -> list[str]:
 
 
 SEEDS_RUN = "demo-3seeds"  # benchmarks/results/<this>/: the metrics of the three-seed experiment, committed
-BENCH_RUN = "bench-seed0"  # benchmarks/results/<this>/: the bench profile's metrics (real IU X-ray report text), committed
+BENCH_RUN = "bench-seeds"  # benchmarks/results/<this>/: the bench profile's metrics with its seed repeats (real IU X-ray report text)
 
 
 def _committed_run(m: Metrics, name: str) -> Metrics:
@@ -414,7 +414,10 @@ def block_seeds_targets(m: Metrics) -> list[str]:
 
 def block_seeds_shuffled(m: Metrics) -> list[str]:
     """multimodal - shuffled per seed and over seeds, from the three-seed experiment."""
-    s = _seeds_run(m)
+    return _shuffled_over_seeds(_seeds_run(m))
+
+
+def _shuffled_over_seeds(s: Metrics) -> list[str]:
     rows = []
     for p in s.protocols():
         per = s.seed_deltas(p, "multimodal_vs_shuffled")
@@ -431,6 +434,25 @@ def block_bench_comparison(m: Metrics) -> list[str]:
 
 def block_bench_targets(m: Metrics) -> list[str]:
     return block_targets(_committed_run(m, BENCH_RUN))
+
+
+def block_bench_shuffled(m: Metrics) -> list[str]:
+    return _shuffled_over_seeds(_committed_run(m, BENCH_RUN))
+
+
+TWO_STEP_RUN = "demo-two-step"  # benchmarks/results/<this>/: the demo under pretrain.flow two_step, committed
+
+
+def block_two_step(m: Metrics) -> list[str]:
+    """The two-step flow (mae, then continued with the report / without it) beside joint training (the
+    reference run): each multimodal, the control and the deltas, per protocol, on the same test patients."""
+    t = _committed_run(m, TWO_STEP_RUN)
+    rows = [[protocol_name(p), est(m.mauc(p, CANDIDATE)), est(t.mauc(p, CANDIDATE)), est(t.mauc(p, "continued")),
+             est(t.mauc(p, REFERENCE)), delta(t.delta(p, CANDIDATE, "continued"), True),
+             delta(t.delta(p, "continued", REFERENCE), True), delta(t.delta(p), True)] for p in t.protocols()]
+    return [_test_line(t), "", *table(["protocol", "multimodal, joint", "multimodal, two-step", "continued", "mae",
+                                       "two-step: multimodal - continued", "continued - mae", "multimodal - mae"],
+                                      rows)]
 
 
 RECIPES_LOG = "recipe_search-demo.jsonl"  # benchmarks/recipe_search.py's log, committed
@@ -624,6 +646,8 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "seeds_shuffled": block_seeds_shuffled,
     "bench_comparison": block_bench_comparison,
     "bench_targets": block_bench_targets,
+    "bench_shuffled": block_bench_shuffled,
+    "two_step": block_two_step,
     "recipes": block_recipes,
     "text_diagnosis": block_text_diagnosis,
     "label_efficiency": block_label_efficiency,

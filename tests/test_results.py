@@ -316,13 +316,36 @@ def test_the_three_seed_experiment_blocks_read_their_own_folder(tmp_path):
 
 
 def test_the_bench_profile_blocks_read_their_own_folder(tmp_path):
-    """bench_comparison / bench_targets read benchmarks/results/bench-seed0, never the demo's data/metrics."""
+    """bench_comparison / bench_targets / bench_shuffled read benchmarks/results/bench-seeds, never the demo's
+    data/metrics."""
     bench = tmp_path / "bench"
     m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
-    assert "bench-seed0/comparison.json is missing" in build_block("bench_comparison", m)
-    run = write_metrics(bench / "bench-seed0")
+    assert "bench-seeds/comparison.json is missing" in build_block("bench_comparison", m)
+    run = write_metrics(bench / "bench-seeds")
     comp = json.loads((run / "comparison.json").read_text())
     comp["linear"]["delta_mauc"] = 0.4321  # a value the demo's folder does not hold
     (run / "comparison.json").write_text(json.dumps(comp))
     assert "+0.432" in build_block("bench_comparison", m) and "+0.432" not in build_block("comparison", m)
     assert "zero-shot mAUC >= 0.65" in build_block("bench_targets", m)
+    comp["seeds"]["linear"]["multimodal_vs_shuffled"] = {"n": 3, "mean": 0.0771, "sd": 0.01, "min": 0.07, "max": 0.08}
+    (run / "comparison.json").write_text(json.dumps(comp))
+    assert "+0.077 (sd 0.010" in build_block("bench_shuffled", m) and "+0.077" not in build_block("seeds_shuffled", m)
+
+
+def test_the_two_step_block_reads_its_run_beside_the_joint_reference(tmp_path):
+    """two_step: multimodal of the joint reference run (data/metrics) beside the two-step run's multimodal,
+    continued and their deltas (benchmarks/results/demo-two-step)."""
+    bench = tmp_path / "bench"
+    m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
+    assert "demo-two-step/comparison.json is missing" in build_block("two_step", m)
+    run = write_metrics(bench / "demo-two-step")
+    comp = json.loads((run / "comparison.json").read_text())
+    comp["linear"]["multimodal"]["mauc"] = 0.6543
+    comp["references"]["linear"]["continued"] = {"mauc": 0.6111, "mauc_ci95": [0.55, 0.66]}
+    comp["references"]["linear"]["multimodal_vs_continued"] = _delta(0.0432, 0.001)
+    comp["references"]["linear"]["continued_vs_mae"] = _delta(-0.0123, 0.4)
+    (run / "comparison.json").write_text(json.dumps(comp))
+    row = next(line for line in build_block("two_step", m).splitlines() if line.startswith("| linear probe"))
+    joint = Metrics(tmp_path / "metrics").mauc("linear", "multimodal").value
+    assert row.split(" | ")[1].startswith(f"{joint:.3f}") and row.split(" | ")[2].startswith("0.654")
+    assert "0.611 [0.550, 0.660]" in row and "**+0.043" in row and "-0.012" in row
