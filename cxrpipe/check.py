@@ -203,18 +203,18 @@ def check_data(cfgs: dict[str, Any], outputs: list[Path]) -> list[str]:
     return skipped
 
 
-ENCODERS = ("mae", "multimodal", "random", "shuffled", "continued")  # what data/models/<name> a finetune can read
-
-
 def check_flow(cfgs: dict[str, Any]) -> None:
     """The two-step flow's switches agree: ``pipeline.two_step_controls`` ([continued]) only under
     ``pretrain.flow: two_step`` and fine-tuned (in ``pipeline.encoders``); no seed repeats under two_step (their
     stages do not continue each seed's own mae: run each seed as its own experiment)."""
+    from cxrpipe.pretrain.train import VARIANTS  # already imported by the pretrain schema
+
+    encoders = (*VARIANTS, "random")  # what data/models/<name> a finetune can read
     pipe, flow = cfgs["pipeline"], cfgs["pretrain"].flow
-    unknown = sorted(set(pipe.encoders) - set(ENCODERS))
+    unknown = sorted(set(pipe.encoders) - set(encoders))
     if unknown or not {"mae", "multimodal"} <= set(pipe.encoders):
         raise ConfigError(f"params 'pipeline.encoders' = {list(pipe.encoders)}: the encoders fine-tuned, from "
-                          f"{list(ENCODERS)}, with mae and multimodal (compare pairs them)")
+                          f"{list(encoders)}, with mae and multimodal (compare pairs them)")
     if set(pipe.two_step_controls) - {"continued"}:
         raise ConfigError(f"params 'pipeline.two_step_controls' = {list(pipe.two_step_controls)}: [] or [continued]")
     if pipe.two_step_controls and flow != "two_step":

@@ -346,16 +346,15 @@ def _pretrain(x: Inputs) -> StagePlan:
     runs = x.runs["pretrain"] + x.runs["pretrain_seeds"] + x.runs["pretrain_continued"]
     train = x.counts.train_frontal
     steps = cfg["epochs"] * train.value / cfg["batch_size"]
-    # the two-step flow: every run but mae continues it for align.epochs
-    later = runs - (x.runs["pretrain"] + x.runs["pretrain_seeds"] - x.runs["pretrain_text"])
+    # the two-step flow: every run but mae (the text runs, the continued control) continues it for align.epochs
+    later = x.runs["pretrain_text"] + x.runs["pretrain_continued"]
     later_epochs = cfg["align"]["epochs"] if cfg.get("flow") == "two_step" else cfg["epochs"]
     epoch_runs = (runs - later) * cfg["epochs"] + later * later_epochs
-    plan = StagePlan("pretrain (+ seeds)", runs, f"{runs} x {cfg['epochs']} epochs x {train.value:,.0f} train images "
+    epochs = (f"{runs} x {cfg['epochs']} epochs" if later_epochs == cfg["epochs"] else
+              f"{runs - later} x {cfg['epochs']} + {later} x {later_epochs} epochs (two-step flow)")
+    plan = StagePlan("pretrain (+ seeds)", runs, f"{epochs} x {train.value:,.0f} train images "
                      f"(~{steps:,.0f} steps of {cfg['batch_size']}), ViT {sizes['encoder'] / 1e6:,.1f} M + decoder "
                      f"{sizes['decoder'] / 1e6:,.1f} M weights")
-    if later_epochs != cfg["epochs"]:
-        plan.work = plan.work.replace(f"{runs} x {cfg['epochs']} epochs", f"{runs - later} x {cfg['epochs']} + "
-                                      f"{later} x {later_epochs} epochs (two-step flow)")
     # float32 encoder per run; while running a checkpoint of weights + 2 Adam moments (kept if keep_checkpoint)
     ckpt = 3 * 4 * (sizes["encoder"] + sizes["decoder"])
     plan.disk = Figure(runs * (4 * sizes["encoder"] + (ckpt if cfg["keep_checkpoint"] else 0)),

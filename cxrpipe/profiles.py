@@ -129,9 +129,9 @@ def select(root: str | Path, name: str) -> tuple[str, str]:
     # leave `before`
     if before == DEMO:
         params.rename(saved)
-    elif write_back:
-        shutil.copyfile(params, profile_file(root, before))
-    if params.is_symlink() or before != DEMO:
+    else:  # a copy (or an older version's link)
+        if write_back:
+            shutil.copyfile(params, profile_file(root, before))
         params.unlink()
     # enter `name`
     if name == DEMO:
