@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cxrpipe.evaluate.stats import metrics
 from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions
@@ -25,6 +27,26 @@ def test_auroc_auprc_hand_computed():
     assert metrics.auroc_per_label(y, p, m)[0] == pytest.approx(3 / 4)
     # thresholds high -> low: 0.8 (P 1, R .5), 0.4 (P .5, R .5), 0.35 (P 2/3, R 1): AP = .5*1 + .5*2/3
     assert metrics.auprc_per_label(y, p, m)[0] == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(2, 60), levels=st.integers(1, 12), seed=st.integers(0, 2**31 - 1))
+def test_auroc_equals_sklearn_with_ties_masks_and_float32(n, levels, seed):
+    # the fast pair count must give roc_auc_score's value: scores on a coarse grid (many ties), float32 like
+    # the heads' sigmoid outputs, masked entries left out, uncertain -1 targets masked as the stages do
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(-1, 2, size=(n, 3)).astype(np.float32)
+    p = (rng.integers(0, levels, size=(n, 3)) / levels).astype(np.float32)
+    m = (y >= 0) & (rng.random((n, 3)) < 0.9)
+    auc = metrics.auroc_per_label(y, p, m)
+    for j in range(3):
+        yy, pp = y[m[:, j], j] > 0.5, p[m[:, j], j]
+        if yy.all() or not yy.any():
+            assert math.isnan(auc[j])
+        else:
+            assert auc[j] == pytest.approx(roc_auc_score(yy, pp), abs=1e-12)
 
 
 def test_label_with_one_class_is_left_out_of_mauc_and_named():

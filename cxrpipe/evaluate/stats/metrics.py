@@ -35,13 +35,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    f1_score,
-    precision_recall_curve,
-    roc_auc_score,
-)
 
 from cxrpipe.evaluate.stats import bootstrap
 from cxrpipe.evaluate.stats.rules import BootstrapUnit, counts, labels_in_mean
@@ -167,17 +160,24 @@ def both_classes(targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def auroc_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``[L]`` AUROC over each label's valid entries; nan for a label with one class."""
+    """``[L]`` AUROC over each label's valid entries; nan for a label with one class.
+
+    The pair-counting form of ``bootstrap.weighted_auroc`` with unit weights: the value of
+    ``sklearn.metrics.roc_auc_score`` (ties count one half), correctly rounded (the count is exact), and about
+    100x faster on a few hundred studies, where roc_auc_score's input validation dominates; every probe's
+    selection scores validate this way hundreds of times per run.
+    """
     ok = both_classes(targets, mask)
     out = np.full(targets.shape[1], np.nan)
     for j in np.flatnonzero(ok):
         m = mask[:, j]
-        out[j] = roc_auc_score(targets[m, j] > 0.5, probs[m, j])
+        out[j] = bootstrap.weighted_auroc(probs[m, j], targets[m, j] > 0.5, np.ones((1, int(m.sum()))))[0]
     return out
 
 
 def auprc_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``[L]`` average precision over each label's valid entries; nan for a label without positives."""
+    from sklearn.metrics import average_precision_score  # here: scikit-learn's import costs the light stages ~1 s
     out = np.full(targets.shape[1], np.nan)
     for j in range(targets.shape[1]):
         m = mask[:, j]
@@ -200,17 +200,18 @@ def macro_auroc(
 def accuracy_at(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
     """Micro accuracy over all valid entries, positive when ``p >= threshold``."""
     y = targets[mask] > 0.5
-    return float(accuracy_score(y, probs[mask] >= threshold)) if y.size else float("nan")
+    return float(np.mean(y == (probs[mask] >= threshold))) if y.size else float("nan")
 
 
 def all_negative_accuracy(targets: np.ndarray, mask: np.ndarray) -> float:
     """Accuracy of predicting 0 for every valid entry (the same entries :func:`accuracy_at` scores)."""
     y = targets[mask] > 0.5
-    return float(accuracy_score(y, np.zeros_like(y))) if y.size else float("nan")
+    return float(np.mean(~y)) if y.size else float("nan")
 
 
 def tune_thresholds(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``[L]`` threshold maximising F1 per label (on validate); 0.5 where a label has no positive there."""
+    from sklearn.metrics import precision_recall_curve
     out = np.full(targets.shape[1], 0.5)
     for j in range(targets.shape[1]):
         m = mask[:, j]
@@ -227,6 +228,7 @@ def tune_thresholds(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) ->
 
 def f1_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """``[L]`` F1 at the given thresholds (``p >= t``) over each label's valid entries; nan where none."""
+    from sklearn.metrics import f1_score
     out = np.full(targets.shape[1], np.nan)
     for j in range(targets.shape[1]):
         m = mask[:, j]
