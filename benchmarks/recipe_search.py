@@ -220,7 +220,8 @@ def run_grid(args) -> None:
                 folder, m = train(raw, pre, variant, seed, args.work, args.prepared, args.text_cache, init)
                 ev = evaluate_validate(folder / "model", args.prepared, args.text_cache, args.prompt_cache,
                                        raw.get("zeroshot", {}).get("prompts"), splits)
-                row = {"recipe": name, "seed": seed, "variant": variant, "overrides": overrides, **ev,
+                row = {"recipe": name, "seed": seed, "variant": variant, "overrides": overrides,
+                       "embed_layer": raw["embed"]["layer"], **ev,
                        "train_probe_R@10": m.get("retrieval_train", {}).get("recall@10"),
                        "validate_R@10_pretrain": m.get("retrieval", {}).get("recall@10"),
                        "clipped_share": m.get("clipped_share"), "seconds": m.get("wall_seconds")}

@@ -483,6 +483,53 @@ def block_recipes(m: Metrics) -> list[str]:
                   "P@10", "prior", "clipped share"], rows)
 
 
+TEXT_LAYERS = "text-layers"  # benchmarks/results/<this>/: recipe_search rows per embed.layer + each embed's report
+
+
+def block_text_layers(m: Metrics) -> list[str]:
+    """The text target's depth on VALIDATE: the default recipe on each ``embed.layer``'s cache, the same seeds;
+    each score as the mean over the seeds, then each seed's; stage one's speed from each embed's report."""
+    groups: dict[int, list[dict]] = {}
+    for r in m.bench_rows(f"{TEXT_LAYERS}/recipes.jsonl"):
+        groups.setdefault(int(r["embed_layer"]), []).append(r)
+
+    def cell(rs: list[dict], get: Callable[[dict], float]) -> str:
+        v = [get(r) for r in sorted(rs, key=lambda r: r["seed"])]
+        return f"{num(sum(v) / len(v))} ({' / '.join(num(x) for x in v)})"
+
+    rows = []
+    for layer, rs in groups.items():
+        rep = m.bench_json(f"{TEXT_LAYERS}/embed-layer{layer}.json")
+        rows.append([str(layer), f"{rep['tokens_per_second']:.0f}", ", ".join(str(r["seed"]) for r in rs),
+                     cell(rs, lambda r: r["probe"]), cell(rs, lambda r: r["zeroshot"]),
+                     cell(rs, lambda r: r["retrieval"]["R@10"]), num(rs[0]["retrieval"]["chance@10"]),
+                     cell(rs, lambda r: r["retrieval"]["P@10"]), num(rs[0]["retrieval"]["P@10_prior"])])
+    return table(["embed.layer", "stage one tokens/s", "seeds", "probe mAUC", "zero-shot mAUC", "R@10", "chance",
+                  "P@10", "prior"], rows)
+
+
+STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/{before,after}.json: benchmarks/stage_times.py --out
+
+
+def block_stage_times(m: Metrics) -> list[str]:
+    """The demo's ``dvc repro`` per stage, two runs side by side (benchmarks/stage_times.py): wall and import
+    seconds of each stage that ran in either, then the pipeline's totals."""
+    runs = {k: m.bench_json(f"{STAGE_TIMES}/{k}.json") for k in ("before", "after")}
+    per = {k: {s["name"]: s for s in r["stages"] if s["status"] == "ran"} for k, r in runs.items()}
+    names = list(dict.fromkeys([*per["before"], *per["after"]]))
+
+    def sec(run: str, name: str, key: str) -> str:
+        st = per[run].get(name)
+        return "not run" if st is None else f"{st[key]:.1f}"
+
+    rows = [[name, sec("before", name, "wall_s"), sec("after", name, "wall_s"), sec("before", name, "import_s"),
+             sec("after", name, "import_s")] for name in names]
+    b, a = runs["before"], runs["after"]
+    rows.append(["**pipeline** (DVC overhead: " + f"{b['dvc_overhead_s']:.0f} s / {a['dvc_overhead_s']:.0f} s)",
+                 f"**{b['wall_s']:.0f}**", f"**{a['wall_s']:.0f}**", f"{b['import_s']:.0f}", f"{a['import_s']:.0f}"])
+    return table(["stage", "wall s, before", "wall s, after", "import s, before", "import s, after"], rows)
+
+
 TEXT_DIAGNOSIS = "text_diagnosis-demo.json"  # benchmarks/text_diagnosis.py --out, committed
 
 
@@ -650,6 +697,8 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "bench_shuffled": block_bench_shuffled,
     "two_step": block_two_step,
     "recipes": block_recipes,
+    "text_layers": block_text_layers,
+    "stage_times": block_stage_times,
     "text_diagnosis": block_text_diagnosis,
     "label_efficiency": block_label_efficiency,
     "zeroshot": block_zeroshot,

@@ -191,6 +191,31 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_tokens: int, prompt: str 
     return ids, n_truncated
 
 
+def stop_at_layer(model: Any, layer: int) -> int:
+    """Drop the decoder layers that ``hidden_states[layer]`` does not need; returns the layer to read now.
+
+    A decoder's layers run in order, so the state after layer k never depends on the layers above it: a cache of
+    a mid-depth layer (``embed.layer`` 16 of LLaMA-2-7b's 32) needs only the first k layers, and the rest are
+    freed before the first batch: stage one's compute and memory scale with k, not with the model's depth. The
+    model keeps its first k layers and its final norm becomes the identity, so ``last_hidden_state`` (read as
+    layer -1) is exactly the full model's ``hidden_states[layer]`` (same kernels on the same inputs).
+    ``layer`` -1 (or the last index) is the last hidden state AFTER the final norm: nothing is dropped.
+    """
+    import torch
+
+    n = int(model.config.num_hidden_layers)
+    if not -(n + 1) <= layer <= n:
+        raise ValueError(f"embed.layer {layer} is out of range for {n + 1} hidden states")
+    k = layer % (n + 1)  # hidden_states[0] = the token embeddings, hidden_states[i] = the output of layer i
+    if k == n:
+        return layer
+    base = model.base_model
+    del base.layers[k:]
+    base.norm = torch.nn.Identity()
+    log.info("embed.layer %d: the model keeps %d of its %d decoder layers", layer, k, n)
+    return -1
+
+
 def embed_batch(model: Any, batch: Sequence[Sequence[int]], layer: int, bos: int | None, pad: int) -> list[Any]:
     """Hidden states of one batch: a float32 tensor ``[L_i, hidden]`` per text, BOS removed, no padding.
 
@@ -348,10 +373,8 @@ def run_embed(cfg: EmbedConfig, manifest_dir: str | Path, out_path: str | Path, 
     seconds, n_done_tokens = 0.0, 0
     if todo:
         model, _ = load_text_model(cfg.model, cfg.quantization, cfg.revision, device=state.device)
-        n_states = model.config.num_hidden_layers + 1
-        if not -n_states <= cfg.layer < n_states:
-            raise ValueError(f"embed.layer {cfg.layer} is out of range for {n_states} hidden states")
-        seconds, n_done_tokens = _run_parts(model, tokenizer.pad_token_id, bos, cfg.layer, ids, plan, todo, folder,
+        layer = stop_at_layer(model, cfg.layer)
+        seconds, n_done_tokens = _run_parts(model, tokenizer.pad_token_id, bos, layer, ids, plan, todo, folder,
                                             progress and state.is_main_process, StoreDtype(cfg.store_dtype))
     state.wait_for_everyone()
 

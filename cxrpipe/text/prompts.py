@@ -26,6 +26,7 @@ from cxrpipe.text.embed import (
     embed_batch,
     expected_fingerprint,
     recorded_fingerprint,
+    stop_at_layer,
     tokenize,
 )
 
@@ -74,10 +75,11 @@ def write_prompt_cache(cfg: EmbedConfig, texts: Sequence[str], out_path: str | P
     bos = bos_added(tokenizer)
     ids, n_truncated = tokenize(tokenizer, table.texts, cfg.max_tokens, cfg.prompt)
     model, _ = load_text_model(cfg.model, cfg.quantization, cfg.revision)
+    layer = stop_at_layer(model, cfg.layer)
     fingerprint = recorded_fingerprint(fingerprint, model.device)
     embeddings = []  # float32 [L_i, hidden]; stored in the fingerprint's form
     for a in range(0, len(ids), batch_size):
-        embeddings += [h.numpy() for h in embed_batch(model, ids[a : a + batch_size], cfg.layer, bos, tokenizer.pad_token_id)]
+        embeddings += [h.numpy() for h in embed_batch(model, ids[a : a + batch_size], layer, bos, tokenizer.pad_token_id)]
     n_clipped = write_text_cache(out_path, embeddings, ids, table.study_ids, table.study_rows, fingerprint)
     log.info("wrote %s: %d prompts, %d distinct texts, %d tokens (%s, %d values clipped)", out_path, len(texts),
              len(table.texts), sum(len(x) for x in ids), fingerprint.store_dtype, n_clipped)

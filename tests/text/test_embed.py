@@ -21,6 +21,7 @@ from cxrpipe.text.embed import (
     expected_fingerprint,
     parts_dir,
     run_embed,
+    stop_at_layer,
     to_float16,
 )
 from cxrpipe.text.model import load_text_model, load_tokenizer
@@ -72,6 +73,41 @@ def test_padded_batch_equals_unpadded_forward_with_bos_dropped(fp32_model):
                 ref = model.base_model(input_ids=full, output_hidden_states=True)
             want = (ref.last_hidden_state if layer == -1 else ref.hidden_states[layer])[0, 1:]
             torch.testing.assert_close(h, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer", [0, 1, -2])
+def test_a_mid_layer_is_computed_without_the_layers_above_it(tiny_model_dir, fp32_model, layer):
+    full, tok = fp32_model
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in ("No acute process.", "Small left effusion.")]
+    want = embed_batch(full, ids, layer, tok.bos_token_id, tok.pad_token_id)
+    model, _ = load_text_model(tiny_model_dir, "fp32", device="cpu")
+    read = stop_at_layer(model, layer)
+    assert read == -1 and len(model.base_model.layers) == layer % 3  # hidden_states[k]: k layers, none above
+    got = embed_batch(model, ids, read, tok.bos_token_id, tok.pad_token_id)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)  # the same kernels on the same inputs: bit for bit
+
+
+def test_the_last_layer_keeps_the_whole_model_and_a_bad_layer_is_refused(tiny_model_dir):
+    model, _ = load_text_model(tiny_model_dir, "fp32", device="cpu")
+    for layer in (-1, 2):
+        assert stop_at_layer(model, layer) == layer and len(model.base_model.layers) == 2
+        assert not isinstance(model.base_model.norm, torch.nn.Identity)
+    for bad in (3, -4):
+        with pytest.raises(ValueError, match="out of range"):
+            stop_at_layer(model, bad)
+
+
+def test_run_embed_stores_the_chosen_layer(tiny_model_dir, manifest_dir, fp32_model, tmp_path):
+    cfg = cfg_for(tiny_model_dir, layer=1)
+    out = tmp_path / "cache" / "text.h5"
+    run_embed(cfg, manifest_dir, out, SECTIONS, progress=False)
+    cache, (model, tok) = TextCache(out), fp32_model
+    s = next(s for s in read_studies(manifest_dir) if s.text)
+    ids = tok(apply_prompt(s.text, cfg.prompt), add_special_tokens=False)["input_ids"]
+    for layer, close in ((1, True), (-1, False)):
+        alone = embed_batch(model, [ids], layer, tok.bos_token_id, tok.pad_token_id)[0].numpy()
+        assert np.allclose(cache.for_study(s.study_id).astype(np.float32), alone, atol=2e-3, rtol=2e-3) is close
 
 
 def test_float16_clipping_is_counted():
