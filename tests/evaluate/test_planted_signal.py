@@ -169,3 +169,26 @@ def test_layernorm_head_normalises_each_row_and_trains_its_affine():
     torch.testing.assert_close(norm(x), (x - x.mean(1, keepdim=True)) / (x.var(1, unbiased=False, keepdim=True) + 1e-6).sqrt())
     # LP-FT's freeze_input_norm concerns BatchNorm statistics only: a LayerNorm head trains as it is
     assert Classifier(torch.nn.Flatten(), head, freeze_input_norm=True).train().head.net[0].training
+
+
+def test_the_pixels_fit_runs_on_one_blas_thread(planted, monkeypatch):
+    """lbfgs on a small problem is several times slower on a threaded BLAS and sums in an order that depends on
+    the core count: every per-label fit sees one BLAS thread, and the limit ends with the fit."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info
+
+    from cxrpipe.evaluate.probe.data import labelled_splits
+    from cxrpipe.evaluate.probe.pixels import fit_predict
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    seen, fit = [], LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: seen.append(blas_threads()) or fit(self, *a, **k))
+    train = labelled_splits(planted["signal"], ["AP", "PA"], "ignore", "zeros")["train"]
+    x = np.random.default_rng(0).normal(size=(len(train), 8))
+    before = blas_threads()
+    fit_predict(x, train, [x], 1.0, 100)
+    assert seen and all(t == [1] * len(t) for t in seen)
+    assert blas_threads() == before

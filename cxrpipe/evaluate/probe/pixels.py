@@ -69,22 +69,29 @@ def pixel_features(prepared: str | Path, images: LabelledImages, size: int, batc
 def fit_predict(
     train_x: np.ndarray, train: LabelledImages, xs: list[np.ndarray], c: float, max_iter: int
 ) -> list[np.ndarray]:
-    """One logistic regression per label at inverse strength ``c`` -> probabilities ``[N_k, 14]`` for each ``xs[k]``."""
+    """One logistic regression per label at inverse strength ``c`` -> probabilities ``[N_k, 14]`` for each ``xs[k]``.
+
+    On one BLAS thread: lbfgs on a problem this small (images x 1024 pixels) spends more time waking BLAS threads
+    than they save (6x slower with two threads on 2 cores, docs/benchmarks.md), and with one thread the fit no
+    longer depends on the machine's core count (a threaded BLAS sums in another order on another machine).
+    """
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     outs = [np.zeros((x.shape[0], train.targets.shape[1]), np.float32) for x in xs]
-    for j in range(train.targets.shape[1]):
-        m = train.mask[:, j]
-        y = train.targets[m, j] > 0.5
-        if y.size == 0 or y.all() or not y.any():  # nothing to separate: the training rate (0.5 if none)
-            rate = float(y.mean()) if y.size else 0.5
-            for o in outs:
-                o[:, j] = rate
-            continue
-        clf = LogisticRegression(C=c, max_iter=max_iter)  # lbfgs, L2: deterministic
-        clf.fit(train_x[m], y)
-        for o, x in zip(outs, xs):
-            o[:, j] = clf.predict_proba(x)[:, 1]
+    with threadpool_limits(limits=1, user_api="blas"):
+        for j in range(train.targets.shape[1]):
+            m = train.mask[:, j]
+            y = train.targets[m, j] > 0.5
+            if y.size == 0 or y.all() or not y.any():  # nothing to separate: the training rate (0.5 if none)
+                rate = float(y.mean()) if y.size else 0.5
+                for o in outs:
+                    o[:, j] = rate
+                continue
+            clf = LogisticRegression(C=c, max_iter=max_iter)  # lbfgs, L2: deterministic
+            clf.fit(train_x[m], y)
+            for o, x in zip(outs, xs):
+                o[:, j] = clf.predict_proba(x)[:, 1]
     return outs
 
 
