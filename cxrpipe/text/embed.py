@@ -196,7 +196,7 @@ def stop_at_layer(model: Any, layer: int) -> int:
 
     A decoder's layers run in order, so the state after layer k never depends on the layers above it: a cache of
     a mid-depth layer (``embed.layer`` 16 of LLaMA-2-7b's 32) needs only the first k layers, and the rest are
-    freed before the first batch: stage one's compute and memory scale with k, not with the model's depth. The
+    dropped before the first batch: stage one's compute scales with k, not with the model's depth. The
     model keeps its first k layers and its final norm becomes the identity, so ``last_hidden_state`` (read as
     layer -1) is exactly the full model's ``hidden_states[layer]`` (same kernels on the same inputs).
     ``layer`` -1 (or the last index) is the last hidden state AFTER the final norm: nothing is dropped.
@@ -210,6 +210,9 @@ def stop_at_layer(model: Any, layer: int) -> int:
     if k == n:
         return layer
     base = model.base_model
+    if not (hasattr(base, "layers") and hasattr(base, "norm")):  # LLaMA-style decoders (LLaMA, Mistral, Qwen)
+        raise ValueError(f"embed.layer {layer}: {type(base).__name__} has no `layers` and `norm` to stop at; "
+                         "use embed.layer -1")
     del base.layers[k:]
     base.norm = torch.nn.Identity()
     log.info("embed.layer %d: the model keeps %d of its %d decoder layers", layer, k, n)

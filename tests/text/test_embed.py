@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import h5py
 import numpy as np
@@ -96,6 +97,10 @@ def test_the_last_layer_keeps_the_whole_model_and_a_bad_layer_is_refused(tiny_mo
     for bad in (3, -4):
         with pytest.raises(ValueError, match="out of range"):
             stop_at_layer(model, bad)
+    other = types.SimpleNamespace(config=model.config, base_model=torch.nn.Module())  # not LLaMA-style
+    with pytest.raises(ValueError, match="no `layers` and `norm`"):
+        stop_at_layer(other, 1)
+    assert stop_at_layer(other, -1) == -1  # the last layer needs nothing of the sort
 
 
 def test_run_embed_stores_the_chosen_layer(tiny_model_dir, manifest_dir, fp32_model, tmp_path):

@@ -163,8 +163,8 @@ def auroc_per_label(targets: np.ndarray, probs: np.ndarray, mask: np.ndarray) ->
     """``[L]`` AUROC over each label's valid entries; nan for a label with one class.
 
     The pair-counting form of ``bootstrap.weighted_auroc`` with unit weights: the value of
-    ``sklearn.metrics.roc_auc_score`` (ties count one half), correctly rounded (the count is exact), and about
-    100x faster on a few hundred studies, where roc_auc_score's input validation dominates; every probe's
+    ``sklearn.metrics.roc_auc_score`` (ties count one half), correctly rounded (the count is exact), and tens of
+    times faster on a few hundred studies, where roc_auc_score's input validation dominates; every probe's
     selection scores validate this way hundreds of times per run.
     """
     ok = both_classes(targets, mask)
