@@ -32,6 +32,7 @@ from cxrpipe.evaluate.stats.metrics import EvalLevel, Predictions, jsonable
 from cxrpipe.evaluate.stats.rules import StatsConfig, counts, label_rule_sentence, unit_sentence
 from cxrpipe.evaluate.stats.summaries import (
     CONTINUED,
+    ENCODER_NAMES,
     PIXELS,
     RANDOM,
     SHUFFLED,
@@ -50,7 +51,7 @@ from cxrpipe.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 log = logging.getLogger(__name__)
 
-ENCODERS = ("mae", "multimodal")  # reference first: delta = multimodal - mae
+ENCODERS = ENCODER_NAMES  # reference first: delta = multimodal - mae
 PROTOCOLS = ("fc", "linear", "finetune")  # fc: the report's FC head; linear: the field's linear probe
 MIMIC_SOURCES = ("mimic-cxr-jpg", "mimic-cxr")
 

@@ -30,7 +30,7 @@ from cxrpipe.evaluate.stats.rules import BootstrapUnit
 log = logging.getLogger(__name__)
 
 RANDOM, PIXELS, SHUFFLED, CONTINUED = "random", "pixels", "shuffled", "continued"
-ENCODER_NAMES = ("mae", "multimodal")
+ENCODER_NAMES = ("mae", "multimodal")  # the compared pair, reference first (compare.ENCODERS)
 # (name in comparison.json, candidate, reference): delta = candidate - reference
 REFERENCE_DELTAS = (
     ("mae_vs_random", "mae", RANDOM),
