@@ -494,11 +494,12 @@ def block_text_layers(m: Metrics) -> list[str]:
         groups.setdefault(int(r["embed_layer"]), []).append(r)
 
     def cell(rs: list[dict], get: Callable[[dict], float]) -> str:
-        v = [get(r) for r in sorted(rs, key=lambda r: r["seed"])]
+        v = [get(r) for r in rs]
         return f"{num(sum(v) / len(v))} ({' / '.join(num(x) for x in v)})"
 
     rows = []
     for layer, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])  # the seeds column and every cell in one order
         rep = m.bench_json(f"{TEXT_LAYERS}/embed-layer{layer}.json")
         rows.append([str(layer), f"{rep['tokens_per_second']:.0f}", ", ".join(str(r["seed"]) for r in rs),
                      cell(rs, lambda r: r["probe"]), cell(rs, lambda r: r["zeroshot"]),

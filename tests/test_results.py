@@ -366,7 +366,7 @@ def test_the_text_layer_block_groups_seeds_by_layer(tmp_path):
         (bench / "text-layers" / f"embed-layer{layer}.json").write_text(json.dumps({"tokens_per_second": tps}))
     out = build_block("text_layers", m).splitlines()
     last, mid = next(r for r in out if r.startswith("| -1 ")), next(r for r in out if r.startswith("| 15 "))
-    assert "| 580 |" in last and "0.720 (0.720 / 0.740 / 0.700)" in last  # mean, then seeds 0 / 1 / 2
+    assert "| 580 | 0, 1, 2 |" in last and "0.720 (0.720 / 0.740 / 0.700)" in last  # mean, then seeds 0 / 1 / 2
     assert "| 1160 |" in mid and "0.820 (0.810 / 0.850 / 0.800)" in mid
 
 
