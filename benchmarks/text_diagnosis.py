@@ -34,25 +34,15 @@ def hidden_vectors(model, tokenizer, texts: list[str], prompt: str, max_tokens: 
     import torch
     import torch.nn.functional as F
 
-    from cxrpipe.text.embed import tokenize
+    from cxrpipe.text.embed import pad_batch, tokenize
     from cxrpipe.text.model import bos_added
     from cxrpipe.data.reports import apply_prompt
 
     ids, _ = tokenize(tokenizer, [apply_prompt(t, prompt) for t in texts], max_tokens, prompt)
     bos = bos_added(tokenizer)
-    start = int(bos is not None)
-    pad = tokenizer.pad_token_id
     last, mean = [], []
     for a in range(0, len(ids), batch):
-        chunk = ids[a : a + batch]
-        ends = [start + len(s) for s in chunk]
-        x = torch.full((len(chunk), max(ends)), pad, dtype=torch.long)
-        m = torch.zeros_like(x)
-        for i, s in enumerate(chunk):
-            if start:
-                x[i, 0] = bos
-            x[i, start : ends[i]] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-            m[i, : ends[i]] = 1
+        x, m, ends, start = pad_batch(ids[a : a + batch], bos, tokenizer.pad_token_id)
         with torch.inference_mode():
             out = model.base_model(input_ids=x, attention_mask=m, output_hidden_states=True, use_cache=False)
         hs = torch.stack(out.hidden_states, dim=1).float()  # [n, layers+1, width, hidden]

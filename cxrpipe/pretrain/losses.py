@@ -234,20 +234,34 @@ class MarginContrastiveLoss(nn.Module):
         }
 
 
-class InfoNCELoss(nn.Module):
+class _ScaledSimilarityLoss(nn.Module):
+    """What InfoNCE and the sigmoid loss share: a learned logit scale ``exp(logit_scale)`` on the similarity,
+    clamped to at most 100 (temperature >= 0.01), and the batch's similarity matrix after the gather."""
+
+    def __init__(self, temperature: float, learn_temperature: bool, normalize: bool):
+        super().__init__()
+        self.normalize = normalize
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+    def similarity(
+        self, image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor | None, gather: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """``(sim [N, N], ids, N)`` over the (gathered) batch."""
+        image, text, ids = _gather_pair(image, text, ids, gather)
+        sim, _ = pairwise(image, text, self.normalize)
+        return sim, ids, _square(sim)
+
+
+class InfoNCELoss(_ScaledSimilarityLoss):
     """CLIP's symmetric InfoNCE: mean of image->text and text->image cross-entropy over ``scale x sim``,
     with ``scale = exp(logit_scale)`` learnable (clamped to at most 100, i.e. temperature >= 0.01).
     Duplicate pairs (see ``ids``) are masked out of both directions' softmax (module docstring: why)."""
 
     def __init__(self, temperature: float = 0.07, learn_temperature: bool = True, normalize: bool = True):
-        super().__init__()
-        self.normalize = normalize
-        self.logit_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature
-        )
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+        super().__init__(temperature, learn_temperature, normalize)
 
     def scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Retrieval scores ``[N, M]``: the (scaled) similarities the loss uses."""
@@ -256,9 +270,7 @@ class InfoNCELoss(nn.Module):
     def forward(
         self, image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor | None = None, gather: bool = True
     ) -> dict[str, torch.Tensor]:
-        image, text, ids = _gather_pair(image, text, ids, gather)
-        sim, _ = pairwise(image, text, self.normalize)
-        n = _square(sim)
+        sim, ids, n = self.similarity(image, text, ids, gather)
         logits = self.scale() * sim  # [N, N]
         eye = torch.eye(n, dtype=torch.bool, device=sim.device)
         duplicate = positive_mask(ids, n, sim.device) & ~eye  # symmetric: one mask serves both directions
@@ -269,7 +281,7 @@ class InfoNCELoss(nn.Module):
         return {"contrastive_loss": loss, "temperature": temperature, **duplicate_counts(ids, n, sim.device)}
 
 
-class SigmoidLoss(nn.Module):
+class SigmoidLoss(_ScaledSimilarityLoss):
     """SigLIP's pairwise sigmoid loss (Zhai et al., 2023): every pair (i, j) of the batch is one binary term,
     ``-log sigmoid(z_ij (t sim_ij + b))`` with z = +1 for positives (the diagonal and every duplicate pair,
     see ``ids``) and -1 otherwise, summed over pairs and divided by N. ``t = exp(logit_scale)`` (clamped to
@@ -278,13 +290,8 @@ class SigmoidLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, learn_temperature: bool = True, bias: float = -10.0,
                  normalize: bool = True):
-        super().__init__()
-        self.normalize = normalize
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+        super().__init__(temperature, learn_temperature, normalize)
         self.logit_bias = nn.Parameter(torch.tensor(float(bias)))
-
-    def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=math.log(100.0)).exp()
 
     def scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Retrieval scores ``[N, M]``: the pair logits (the ranking of the similarities)."""
@@ -293,9 +300,7 @@ class SigmoidLoss(nn.Module):
     def forward(
         self, image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor | None = None, gather: bool = True
     ) -> dict[str, torch.Tensor]:
-        image, text, ids = _gather_pair(image, text, ids, gather)
-        sim, _ = pairwise(image, text, self.normalize)
-        n = _square(sim)
+        sim, ids, n = self.similarity(image, text, ids, gather)
         sign = positive_mask(ids, n, sim.device).float() * 2 - 1  # [N, N] +1 positive, -1 negative
         logits = self.scale() * sim + self.logit_bias
         loss = -F.logsigmoid(sign * logits).sum() / n

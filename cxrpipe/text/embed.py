@@ -219,17 +219,15 @@ def stop_at_layer(model: Any, layer: int) -> int:
     return -1
 
 
-def embed_batch(model: Any, batch: Sequence[Sequence[int]], layer: int, bos: int | None, pad: int) -> list[Any]:
-    """Hidden states of one batch: a float32 tensor ``[L_i, hidden]`` per text, BOS removed, no padding.
+def pad_batch(batch: Sequence[Sequence[int]], bos: int | None, pad: int) -> tuple[Any, Any, list[int], int]:
+    """``(input_ids, attention_mask, ends, start)`` of one batch of token ids, right-padded with ``pad``.
 
-    Texts are padded on the right, so each one sits at positions ``0..L-1`` and (causal attention) never
-    sees the padding: the result equals an unpadded forward up to float rounding. bf16 autocast on CUDA
-    for bf16/nf4 models (fp32 stays fp32).
+    BOS (when the tokenizer adds one) sits at position 0, so text ``i``'s tokens are ``start..ends[i]-1``;
+    with right padding and causal attention no text ever sees the padding.
     """
     import torch
 
-    device = model.device
-    start = int(bos is not None)  # BOS sits at position 0 and is dropped from the output
+    start = int(bos is not None)
     ends = [start + len(s) for s in batch]
     input_ids = torch.full((len(batch), max(ends)), pad, dtype=torch.long)  # [n, width], right-padded
     mask = torch.zeros_like(input_ids)
@@ -238,6 +236,19 @@ def embed_batch(model: Any, batch: Sequence[Sequence[int]], layer: int, bos: int
             input_ids[i, 0] = bos
         input_ids[i, start : ends[i]] = torch.as_tensor(np.asarray(s, dtype=np.int64))
         mask[i, : ends[i]] = 1
+    return input_ids, mask, ends, start
+
+
+def embed_batch(model: Any, batch: Sequence[Sequence[int]], layer: int, bos: int | None, pad: int) -> list[Any]:
+    """Hidden states of one batch: a float32 tensor ``[L_i, hidden]`` per text, BOS removed, no padding.
+
+    Texts are padded on the right (``pad_batch``): the result equals an unpadded forward up to float
+    rounding. bf16 autocast on CUDA for bf16/nf4 models (fp32 stays fp32).
+    """
+    import torch
+
+    device = model.device
+    input_ids, mask, ends, start = pad_batch(batch, bos, pad)  # BOS is dropped from the output
     autocast = device.type == "cuda" and model.dtype != torch.float32
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         # the base model: the LM head (vocab x hidden per token) is never needed
