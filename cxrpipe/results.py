@@ -484,13 +484,15 @@ def block_recipes(m: Metrics) -> list[str]:
 
 
 TEXT_LAYERS = "text-layers"  # benchmarks/results/<this>/: recipe_search rows per embed.layer + each embed's report
+BENCH_TEXT_LAYERS = "bench-text-layers"  # the same study on the bench profile (params-bench.yaml)
 
 
-def block_text_layers(m: Metrics) -> list[str]:
+def block_text_layers(m: Metrics, folder: str = TEXT_LAYERS) -> list[str]:
     """The text target's depth on VALIDATE: the default recipe on each ``embed.layer``'s cache, the same seeds;
-    each score as the mean over the seeds, then each seed's; stage one's speed from each embed's report."""
+    each score as the mean over the seeds, then each seed's; stage one's speed from each embed's report.
+    ``folder``: the study's folder under benchmarks/results/ (the demo's, or the bench profile's)."""
     groups: dict[int, list[dict]] = {}
-    for r in m.bench_rows(f"{TEXT_LAYERS}/recipes.jsonl"):
+    for r in m.bench_rows(f"{folder}/recipes.jsonl"):
         groups.setdefault(int(r["embed_layer"]), []).append(r)
 
     def cell(rs: list[dict], get: Callable[[dict], float]) -> str:
@@ -500,7 +502,7 @@ def block_text_layers(m: Metrics) -> list[str]:
     rows = []
     for layer, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])  # the seeds column and every cell in one order
-        rep = m.bench_json(f"{TEXT_LAYERS}/embed-layer{layer}.json")
+        rep = m.bench_json(f"{folder}/embed-layer{layer}.json")
         rows.append([str(layer), f"{rep['tokens_per_second']:.0f}", ", ".join(str(r["seed"]) for r in rs),
                      cell(rs, lambda r: r["probe"]), cell(rs, lambda r: r["zeroshot"]),
                      cell(rs, lambda r: r["retrieval"]["R@10"]), num(rs[0]["retrieval"]["chance@10"]),
@@ -529,6 +531,14 @@ def block_stage_times(m: Metrics) -> list[str]:
     rows.append(["**pipeline** (DVC overhead: " + f"{b['dvc_overhead_s']:.0f} s / {a['dvc_overhead_s']:.0f} s)",
                  f"**{b['wall_s']:.0f}**", f"**{a['wall_s']:.0f}**", f"{b['import_s']:.0f}", f"{a['import_s']:.0f}"])
     return table(["stage", "wall s, before", "wall s, after", "import s, before", "import s, after"], rows)
+
+
+def block_demo_time(m: Metrics) -> list[str]:
+    """One sentence for the README: how long the demo's ``dvc repro`` took in the latest committed timed run."""
+    run = m.bench_json(f"{STAGE_TIMES}/after.json")
+    return [f"On 2 idle CPU cores the demo's `dvc repro` took **{run['wall_s'] / 60:.0f} min** ({run['stages_run']} "
+            "stages; per stage: [docs/benchmarks.md](docs/benchmarks.md#the-demos-time-two-full-runs-side-by-side)), "
+            "after the set-up's few minutes."]
 
 
 TEXT_DIAGNOSIS = "text_diagnosis-demo.json"  # benchmarks/text_diagnosis.py --out, committed
@@ -699,7 +709,9 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "two_step": block_two_step,
     "recipes": block_recipes,
     "text_layers": block_text_layers,
+    "bench_text_layers": lambda m: block_text_layers(m, BENCH_TEXT_LAYERS),
     "stage_times": block_stage_times,
+    "demo_time": block_demo_time,
     "text_diagnosis": block_text_diagnosis,
     "label_efficiency": block_label_efficiency,
     "zeroshot": block_zeroshot,

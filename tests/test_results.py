@@ -351,20 +351,21 @@ def test_the_two_step_block_reads_its_run_beside_the_joint_reference(tmp_path):
     assert "0.611 [0.550, 0.660]" in row and "**+0.043" in row and "-0.012" in row
 
 
-def test_the_text_layer_block_groups_seeds_by_layer(tmp_path):
+@pytest.mark.parametrize("block, folder", [("text_layers", "text-layers"), ("bench_text_layers", "bench-text-layers")])
+def test_the_text_layer_block_groups_seeds_by_layer(tmp_path, block, folder):
     """text_layers: one row per embed.layer, the mean over its seeds then each seed, that layer's stage-one
-    speed from its own embed report (benchmarks/results/text-layers)."""
+    speed from its own embed report (benchmarks/results/text-layers; the bench profile's in its own folder)."""
     bench = tmp_path / "bench"
     m = Metrics(tmp_path / "metrics", bench=bench)
-    assert "text-layers/recipes.jsonl is missing" in build_block("text_layers", m)
-    (bench / "text-layers").mkdir(parents=True)
+    assert f"{folder}/recipes.jsonl is missing" in build_block(block, m)
+    (bench / folder).mkdir(parents=True)
     rows = [{"recipe": "default", "variant": "multimodal", "seed": s, "embed_layer": layer, "probe": p,
              "zeroshot": 0.6, "retrieval": {"R@10": 0.2, "chance@10": 0.1, "P@10": 0.5, "P@10_prior": 0.3}}
             for layer, probes in ((-1, (0.70, 0.72, 0.74)), (15, (0.80, 0.81, 0.85))) for s, p in zip((2, 0, 1), probes)]
-    (bench / "text-layers" / "recipes.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    (bench / folder / "recipes.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
     for layer, tps in ((-1, 580.0), (15, 1160.0)):
-        (bench / "text-layers" / f"embed-layer{layer}.json").write_text(json.dumps({"tokens_per_second": tps}))
-    out = build_block("text_layers", m).splitlines()
+        (bench / folder / f"embed-layer{layer}.json").write_text(json.dumps({"tokens_per_second": tps}))
+    out = build_block(block, m).splitlines()
     last, mid = next(r for r in out if r.startswith("| -1 ")), next(r for r in out if r.startswith("| 15 "))
     assert "| 580 | 0, 1, 2 |" in last and "0.720 (0.720 / 0.740 / 0.700)" in last  # mean, then seeds 0 / 1 / 2
     assert "| 1160 |" in mid and "0.820 (0.810 / 0.850 / 0.800)" in mid
@@ -387,3 +388,13 @@ def test_the_stage_times_block_sets_two_runs_side_by_side(tmp_path):
     assert "| embed | 120.0 | 60.2 | 1.5 | 1.5 |" in out
     assert "| gone | 5.0 | not run |" in out and "| new | not run | 7.0 |" in out and "skipped-one" not in out
     assert "**900**" in out and "**450**" in out
+
+
+def test_the_demo_time_sentence_reads_the_timed_run(tmp_path):
+    bench = tmp_path / "bench"
+    m = Metrics(tmp_path / "metrics", bench=bench)
+    assert "stage-times/after.json is missing" in build_block("demo_time", m)
+    (bench / "stage-times").mkdir(parents=True)
+    (bench / "stage-times" / "after.json").write_text(json.dumps({"wall_s": 1488.4, "stages_run": 40}))
+    out = build_block("demo_time", m)
+    assert "took **25 min** (40 stages" in out
