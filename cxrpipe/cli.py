@@ -39,7 +39,7 @@ STAGES = (
     ("attention-maps", "attention_maps"),
     ("verify", "verify"),  # not a DVC stage: checks the caches' checksums
     ("launch", "launch"),  # not a stage: dvc.yaml's embed/pretrain command (params `compute`)
-    ("profile", "profile"),  # not a stage: selects params-<name>.yaml
+    ("profile", "select_profile"),  # not a stage: selects params-<name>.yaml
     ("plan", "plan"),  # not a stage: what `dvc repro` will cost
     ("results", "results"),  # not a DVC stage: writes the results blocks of README.md and docs/
 )

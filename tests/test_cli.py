@@ -39,3 +39,17 @@ def test_a_misspelt_variant_lists_the_choices(tmp_path):
     assert result.exit_code == 2, result.output
     out = " ".join(result.output.split())
     assert "'multimodel' is not one of mae, multimodal" in out and "--variant" in out
+
+
+def test_no_stage_script_shadows_a_standard_module():
+    """`python stages/X.py` puts stages/ first on sys.path: a script named like a standard module (it was
+    profile.py) hides that module from everything the stage imports (transformers' cProfile import then
+    failed, and `python stages/embed.py` could not load the text model), so no script there, or in benchmarks/, may take such a name."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stages = {p.stem for p in (root / "stages").glob("*.py")}
+    assert {m for _, m in STAGES} <= stages
+    for folder in ("stages", "benchmarks"):  # both are run as `python <folder>/<script>.py`
+        assert not {p.stem for p in (root / folder).glob("*.py")} & set(sys.stdlib_module_names), folder
