@@ -494,21 +494,41 @@ def block_text_layers(m: Metrics, folder: str = TEXT_LAYERS) -> list[str]:
     groups: dict[int, list[dict]] = {}
     for r in m.bench_rows(f"{folder}/recipes.jsonl"):
         groups.setdefault(int(r["embed_layer"]), []).append(r)
+    rows = []
+    for layer, rs in groups.items():
+        rep = m.bench_json(f"{folder}/embed-layer{layer}.json")
+        rows.append([str(layer), f"{rep['tokens_per_second']:.0f}", *_seed_cells(rs)])
+    return table(["embed.layer", "stage one tokens/s", *_SEED_HEADER], rows)
 
-    def cell(rs: list[dict], get: Callable[[dict], float]) -> str:
+
+_SEED_HEADER = ["seeds", "probe mAUC", "zero-shot mAUC", "R@10", "chance", "P@10", "prior"]
+
+
+def _seed_cells(rs: list[dict]) -> list[str]:
+    """One study row's validate scores over its seeds: each cell the mean, then each seed's in seed order."""
+    rs = sorted(rs, key=lambda r: r["seed"])  # the seeds column and every cell in one order
+
+    def cell(get: Callable[[dict], float]) -> str:
         v = [get(r) for r in rs]
         return f"{num(sum(v) / len(v))} ({' / '.join(num(x) for x in v)})"
 
-    rows = []
-    for layer, rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["seed"])  # the seeds column and every cell in one order
-        rep = m.bench_json(f"{folder}/embed-layer{layer}.json")
-        rows.append([str(layer), f"{rep['tokens_per_second']:.0f}", ", ".join(str(r["seed"]) for r in rs),
-                     cell(rs, lambda r: r["probe"]), cell(rs, lambda r: r["zeroshot"]),
-                     cell(rs, lambda r: r["retrieval"]["R@10"]), num(rs[0]["retrieval"]["chance@10"]),
-                     cell(rs, lambda r: r["retrieval"]["P@10"]), num(rs[0]["retrieval"]["P@10_prior"])])
-    return table(["embed.layer", "stage one tokens/s", "seeds", "probe mAUC", "zero-shot mAUC", "R@10", "chance",
-                  "P@10", "prior"], rows)
+    return [", ".join(str(r["seed"]) for r in rs), cell(lambda r: r["probe"]), cell(lambda r: r["zeroshot"]),
+            cell(lambda r: r["retrieval"]["R@10"]), num(rs[0]["retrieval"]["chance@10"]),
+            cell(lambda r: r["retrieval"]["P@10"]), num(rs[0]["retrieval"]["P@10_prior"])]
+
+
+PROJECTORS = "projectors"  # benchmarks/results/<this>/recipes.jsonl: recipe_search on benchmarks/recipes/projectors.yaml
+
+
+def block_projectors(m: Metrics) -> list[str]:
+    """The projector search on VALIDATE: one row per recipe of the grid (its overrides of the current params),
+    each score the mean over the seeds run, then each seed's."""
+    groups: dict[str, list[dict]] = {}
+    for r in m.bench_rows(f"{PROJECTORS}/recipes.jsonl"):
+        groups.setdefault(r["recipe"], []).append(r)
+    rows = [[name, ", ".join(f"{k} {v}" for k, v in rs[0].get("overrides", {}).items()) or "current params",
+             *_seed_cells(rs)] for name, rs in groups.items()]
+    return table(["recipe", "overrides", *_SEED_HEADER], rows)
 
 
 STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/{before,after}.json: benchmarks/stage_times.py --out
@@ -710,6 +730,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "recipes": block_recipes,
     "text_layers": block_text_layers,
     "bench_text_layers": lambda m: block_text_layers(m, BENCH_TEXT_LAYERS),
+    "projectors": block_projectors,
     "stage_times": block_stage_times,
     "demo_time": block_demo_time,
     "text_diagnosis": block_text_diagnosis,

@@ -371,6 +371,24 @@ def test_the_text_layer_block_groups_seeds_by_layer(tmp_path, block, folder):
     assert "| 1160 |" in mid and "0.820 (0.810 / 0.850 / 0.800)" in mid
 
 
+def test_the_projector_block_groups_seeds_by_recipe(tmp_path):
+    """projectors: one row per recipe in log order, its overrides, the mean over its seeds then each seed."""
+    bench = tmp_path / "bench"
+    m = Metrics(tmp_path / "metrics", bench=bench)
+    assert "projectors/recipes.jsonl is missing" in build_block("projectors", m)
+    (bench / "projectors").mkdir(parents=True)
+    rows = [{"recipe": name, "variant": "multimodal", "seed": s, "overrides": over, "probe": p, "zeroshot": z,
+             "retrieval": {"R@10": 0.2, "chance@10": 0.1, "P@10": 0.5, "P@10_prior": 0.3}}
+            for name, over, z in (("default", {}, 0.5), ("proj_dim64", {"pool.dim": 64}, 0.6))
+            for s, p in zip((1, 0, 2), (0.70, 0.72, 0.77))]
+    (bench / "projectors" / "recipes.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    out = build_block("projectors", m).splitlines()
+    default, dim = next(r for r in out if r.startswith("| default ")), next(r for r in out if r.startswith("| proj_dim64 "))
+    assert out.index(default) < out.index(dim)
+    assert "| current params | 0, 1, 2 | 0.730 (0.720 / 0.700 / 0.770) | 0.500 (0.500 / 0.500 / 0.500) |" in default
+    assert "| pool.dim 64 | 0, 1, 2 |" in dim and "| 0.600 (0.600 / 0.600 / 0.600) | 0.200 (" in dim
+
+
 def test_the_stage_times_block_sets_two_runs_side_by_side(tmp_path):
     bench = tmp_path / "bench"
     m = Metrics(tmp_path / "metrics", bench=bench)
