@@ -509,26 +509,50 @@ def _seed_cells(rs: list[dict]) -> list[str]:
     rs = sorted(rs, key=lambda r: r["seed"])  # the seeds column and every cell in one order
 
     def cell(get: Callable[[dict], float]) -> str:
-        v = [get(r) for r in rs]
-        return f"{num(sum(v) / len(v))} ({' / '.join(num(x) for x in v)})"
+        return _mean_then_seeds([get(r) for r in rs])
 
     return [", ".join(str(r["seed"]) for r in rs), cell(lambda r: r["probe"]), cell(lambda r: r["zeroshot"]),
             cell(lambda r: r["retrieval"]["R@10"]), num(rs[0]["retrieval"]["chance@10"]),
             cell(lambda r: r["retrieval"]["P@10"]), num(rs[0]["retrieval"]["P@10_prior"])]
 
 
+def _mean_then_seeds(v: list[float]) -> str:
+    return f"{num(sum(v) / len(v))} ({' / '.join(num(x) for x in v)})"
+
+
 PROJECTORS = "projectors"  # benchmarks/results/<this>/recipes.jsonl: recipe_search on benchmarks/recipes/projectors.yaml
+
+
+def _by_recipe(m: Metrics, folder: str) -> list[tuple[str, str, list[dict]]]:
+    """A recipe_search log's rows grouped by recipe, in log order: (name, its overrides in words, rows)."""
+    groups: dict[str, list[dict]] = {}
+    for r in m.bench_rows(f"{folder}/recipes.jsonl"):
+        groups.setdefault(r["recipe"], []).append(r)
+    return [(name, ", ".join(f"{k} {v}" for k, v in rs[0].get("overrides", {}).items()) or "current params", rs)
+            for name, rs in groups.items()]
 
 
 def block_projectors(m: Metrics) -> list[str]:
     """The projector search on VALIDATE: one row per recipe of the grid (its overrides of the current params),
     each score the mean over the seeds run, then each seed's."""
-    groups: dict[str, list[dict]] = {}
-    for r in m.bench_rows(f"{PROJECTORS}/recipes.jsonl"):
-        groups.setdefault(r["recipe"], []).append(r)
-    rows = [[name, ", ".join(f"{k} {v}" for k, v in rs[0].get("overrides", {}).items()) or "current params",
-             *_seed_cells(rs)] for name, rs in groups.items()]
+    rows = [[name, over, *_seed_cells(rs)] for name, over, rs in _by_recipe(m, PROJECTORS)]
     return table(["recipe", "overrides", *_SEED_HEADER], rows)
+
+
+ENCODERS = "encoders"  # benchmarks/results/<this>/: recipe_search --variants mae on encoders.yaml + pixels.json
+
+
+def block_encoders(m: Metrics) -> list[str]:
+    """The image-encoder search on VALIDATE: the `mae` variant's own probe per encoder recipe (the mean over the
+    seeds, then each seed's) and its pretraining time, beside the 32 px pixels reference (recipe_search --pixels)."""
+    rows = []
+    for name, over, rs in _by_recipe(m, ENCODERS):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        rows.append([name, over, ", ".join(str(r["seed"]) for r in rs), _mean_then_seeds([r["probe"] for r in rs]),
+                     f"{sum(r['seconds'] for r in rs) / len(rs):.0f}"])
+    px = m.bench_json(f"{ENCODERS}/pixels.json")["pixels32_probe_validate"]
+    rows.append(["_pixels_", "logistic regression on 32 px raw pixels", "", num(px), ""])
+    return table(["recipe", "overrides", "seeds", "mae probe mAUC", "pretraining s"], rows)
 
 
 STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/{before,after}.json: benchmarks/stage_times.py --out
@@ -731,6 +755,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "text_layers": block_text_layers,
     "bench_text_layers": lambda m: block_text_layers(m, BENCH_TEXT_LAYERS),
     "projectors": block_projectors,
+    "encoders": block_encoders,
     "stage_times": block_stage_times,
     "demo_time": block_demo_time,
     "text_diagnosis": block_text_diagnosis,
