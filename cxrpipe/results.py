@@ -544,15 +544,14 @@ ENCODERS = "encoders"  # benchmarks/results/<this>/: recipe_search --variants ma
 
 def block_encoders(m: Metrics) -> list[str]:
     """The image-encoder search on VALIDATE: the `mae` variant's own probe per encoder recipe (the mean over the
-    seeds, then each seed's) and its pretraining time, beside the 32 px pixels reference (recipe_search --pixels)."""
+    seeds, then each seed's), beside the 32 px pixels reference (recipe_search --pixels)."""
     rows = []
     for name, over, rs in _by_recipe(m, ENCODERS):
         rs = sorted(rs, key=lambda r: r["seed"])
-        rows.append([name, over, ", ".join(str(r["seed"]) for r in rs), _mean_then_seeds([r["probe"] for r in rs]),
-                     f"{sum(r['seconds'] for r in rs) / len(rs):.0f}"])
+        rows.append([name, over, ", ".join(str(r["seed"]) for r in rs), _mean_then_seeds([r["probe"] for r in rs])])
     px = m.bench_json(f"{ENCODERS}/pixels.json")["pixels32_probe_validate"]
-    rows.append(["_pixels_", "logistic regression on 32 px raw pixels", "", num(px), ""])
-    return table(["recipe", "overrides", "seeds", "mae probe mAUC", "pretraining s"], rows)
+    rows.append(["_pixels_", "logistic regression on 32 px raw pixels", "", num(px)])
+    return table(["recipe", "overrides", "seeds", "mae probe mAUC"], rows)
 
 
 STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/{before,after}.json: benchmarks/stage_times.py --out
