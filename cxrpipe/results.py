@@ -523,35 +523,37 @@ def _mean_then_seeds(v: list[float]) -> str:
 PROJECTORS = "projectors"  # benchmarks/results/<this>/recipes.jsonl: recipe_search on benchmarks/recipes/projectors.yaml
 
 
-def _by_recipe(m: Metrics, folder: str) -> list[tuple[str, str, list[dict]]]:
+def _by_recipe(m: Metrics, log: str) -> list[tuple[str, str, list[dict]]]:
     """A recipe_search log's rows grouped by recipe, in log order: (name, its overrides in words, rows)."""
     groups: dict[str, list[dict]] = {}
-    for r in m.bench_rows(f"{folder}/recipes.jsonl"):
+    for r in m.bench_rows(log):
         groups.setdefault(r["recipe"], []).append(r)
     return [(name, ", ".join(f"{k} {v}" for k, v in rs[0].get("overrides", {}).items()) or "current params", rs)
             for name, rs in groups.items()]
 
 
-def block_projectors(m: Metrics) -> list[str]:
-    """The projector search on VALIDATE: one row per recipe of the grid (its overrides of the current params),
-    each score the mean over the seeds run, then each seed's."""
-    rows = [[name, over, *_seed_cells(rs)] for name, over, rs in _by_recipe(m, PROJECTORS)]
+def block_recipe_seeds(m: Metrics, log: str) -> list[str]:
+    """A recipe study on VALIDATE (the projectors; the chosen encoder under multimodal): one row per recipe of
+    the grid (its overrides of the current params), each score the mean over the seeds run, then each seed's."""
+    rows = [[name, over, *_seed_cells(rs)] for name, over, rs in _by_recipe(m, log)]
     return table(["recipe", "overrides", *_SEED_HEADER], rows)
 
 
-ENCODERS = "encoders"  # benchmarks/results/<this>/: recipe_search --variants mae on encoders.yaml + pixels.json
+ENCODERS = "encoders"  # benchmarks/results/<this>/: recipe_search on encoders.yaml, --variants mae (recipes.jsonl)
+# and multimodal (multimodal.jsonl), + pixels.json
 
 
 def block_encoders(m: Metrics) -> list[str]:
     """The image-encoder search on VALIDATE: the `mae` variant's own probe per encoder recipe (the mean over the
-    seeds, then each seed's), beside the 32 px pixels reference (recipe_search --pixels)."""
+    seeds, then each seed's) and its mean pretraining time, beside the 32 px pixels reference (recipe_search --pixels)."""
     rows = []
-    for name, over, rs in _by_recipe(m, ENCODERS):
+    for name, over, rs in _by_recipe(m, f"{ENCODERS}/recipes.jsonl"):
         rs = sorted(rs, key=lambda r: r["seed"])
-        rows.append([name, over, ", ".join(str(r["seed"]) for r in rs), _mean_then_seeds([r["probe"] for r in rs])])
+        rows.append([name, over, ", ".join(str(r["seed"]) for r in rs), _mean_then_seeds([r["probe"] for r in rs]),
+                     f"{sum(r['seconds'] for r in rs) / len(rs):.0f}"])
     px = m.bench_json(f"{ENCODERS}/pixels.json")["pixels32_probe_validate"]
-    rows.append(["_pixels_", "logistic regression on 32 px raw pixels", "", num(px)])
-    return table(["recipe", "overrides", "seeds", "mae probe mAUC"], rows)
+    rows.append(["_pixels_", "logistic regression on 32 px raw pixels", "", num(px), ""])
+    return table(["recipe", "overrides", "seeds", "mae probe mAUC", "pretraining s"], rows)
 
 
 STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/{before,after}.json: benchmarks/stage_times.py --out
@@ -753,8 +755,9 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "recipes": block_recipes,
     "text_layers": block_text_layers,
     "bench_text_layers": lambda m: block_text_layers(m, BENCH_TEXT_LAYERS),
-    "projectors": block_projectors,
+    "projectors": lambda m: block_recipe_seeds(m, f"{PROJECTORS}/recipes.jsonl"),
     "encoders": block_encoders,
+    "encoders_multimodal": lambda m: block_recipe_seeds(m, f"{ENCODERS}/multimodal.jsonl"),
     "stage_times": block_stage_times,
     "demo_time": block_demo_time,
     "text_diagnosis": block_text_diagnosis,

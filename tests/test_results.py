@@ -371,18 +371,21 @@ def test_the_text_layer_block_groups_seeds_by_layer(tmp_path, block, folder):
     assert "| 1160 |" in mid and "0.820 (0.810 / 0.850 / 0.800)" in mid
 
 
-def test_the_projector_block_groups_seeds_by_recipe(tmp_path):
-    """projectors: one row per recipe in log order, its overrides, the mean over its seeds then each seed."""
+@pytest.mark.parametrize("block, log", [("projectors", "projectors/recipes.jsonl"),
+                                        ("encoders_multimodal", "encoders/multimodal.jsonl")])
+def test_the_recipe_seed_blocks_group_seeds_by_recipe(tmp_path, block, log):
+    """projectors (and the chosen encoder under multimodal): one row per recipe in log order, its overrides,
+    the mean over its seeds then each seed."""
     bench = tmp_path / "bench"
     m = Metrics(tmp_path / "metrics", bench=bench)
-    assert "projectors/recipes.jsonl is missing" in build_block("projectors", m)
-    (bench / "projectors").mkdir(parents=True)
+    assert f"{log} is missing" in build_block(block, m)
+    (bench / log).parent.mkdir(parents=True)
     rows = [{"recipe": name, "variant": "multimodal", "seed": s, "overrides": over, "probe": p, "zeroshot": z,
              "retrieval": {"R@10": 0.2, "chance@10": 0.1, "P@10": 0.5, "P@10_prior": 0.3}}
             for name, over, z in (("default", {}, 0.5), ("proj_dim64", {"pool.dim": 64}, 0.6))
             for s, p in zip((1, 0, 2), (0.70, 0.72, 0.77))]
-    (bench / "projectors" / "recipes.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
-    out = build_block("projectors", m).splitlines()
+    (bench / log).write_text("\n".join(map(json.dumps, rows)) + "\n")
+    out = build_block(block, m).splitlines()
     default, dim = next(r for r in out if r.startswith("| default ")), next(r for r in out if r.startswith("| proj_dim64 "))
     assert out.index(default) < out.index(dim)
     assert "| current params | 0, 1, 2 | 0.730 (0.720 / 0.700 / 0.770) | 0.500 (0.500 / 0.500 / 0.500) |" in default
@@ -390,8 +393,8 @@ def test_the_projector_block_groups_seeds_by_recipe(tmp_path):
 
 
 def test_the_encoder_block_sets_each_recipe_beside_the_pixels(tmp_path):
-    """encoders: the mae probe per recipe (mean, then each seed in seed order), and a last row with the 32 px
-    pixels reference."""
+    """encoders: the mae probe per recipe (mean, then each seed in seed order), its mean pretraining time, and
+    a last row with the 32 px pixels reference."""
     bench = tmp_path / "bench"
     m = Metrics(tmp_path / "metrics", bench=bench)
     assert "encoders/recipes.jsonl is missing" in build_block("encoders", m)
@@ -402,8 +405,8 @@ def test_the_encoder_block_sets_each_recipe_beside_the_pixels(tmp_path):
     assert "encoders/pixels.json is missing" in build_block("encoders", m)
     (bench / "encoders" / "pixels.json").write_text(json.dumps({"pixels32_probe_validate": 0.777}))
     out = build_block("encoders", m)
-    assert "| patch8 | model.patch_size 8 | 0, 1 | 0.680 (0.660 / 0.700) |" in out
-    assert "| _pixels_ | logistic regression on 32 px raw pixels |  | 0.777 |" in out
+    assert "| patch8 | model.patch_size 8 | 0, 1 | 0.680 (0.660 / 0.700) | 320 |" in out
+    assert "| _pixels_ | logistic regression on 32 px raw pixels |  | 0.777 |  |" in out
 
 
 def test_the_stage_times_block_sets_two_runs_side_by_side(tmp_path):
