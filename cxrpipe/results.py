@@ -506,14 +506,20 @@ _SEED_HEADER = ["seeds", "probe mAUC", "zero-shot mAUC", "R@10", "chance", "P@10
 
 def _seed_cells(rs: list[dict]) -> list[str]:
     """One study row's validate scores over its seeds: each cell the mean, then each seed's in seed order."""
-    rs = sorted(rs, key=lambda r: r["seed"])  # the seeds column and every cell in one order
+    rs, seeds = _by_seed(rs)
 
     def cell(get: Callable[[dict], float]) -> str:
         return _mean_then_seeds([get(r) for r in rs])
 
-    return [", ".join(str(r["seed"]) for r in rs), cell(lambda r: r["probe"]), cell(lambda r: r["zeroshot"]),
+    return [seeds, cell(lambda r: r["probe"]), cell(lambda r: r["zeroshot"]),
             cell(lambda r: r["retrieval"]["R@10"]), num(rs[0]["retrieval"]["chance@10"]),
             cell(lambda r: r["retrieval"]["P@10"]), num(rs[0]["retrieval"]["P@10_prior"])]
+
+
+def _by_seed(rs: list[dict]) -> tuple[list[dict], str]:
+    """A study row's runs in seed order (the seeds column and every cell in one order), and that column."""
+    rs = sorted(rs, key=lambda r: r["seed"])
+    return rs, ", ".join(str(r["seed"]) for r in rs)
 
 
 def _mean_then_seeds(v: list[float]) -> str:
@@ -548,8 +554,8 @@ def block_encoders(m: Metrics) -> list[str]:
     seeds, then each seed's) and its mean pretraining time, beside the 32 px pixels reference (recipe_search --pixels)."""
     rows = []
     for name, over, rs in _by_recipe(m, f"{ENCODERS}/recipes.jsonl"):
-        rs = sorted(rs, key=lambda r: r["seed"])
-        rows.append([name, over, ", ".join(str(r["seed"]) for r in rs), _mean_then_seeds([r["probe"] for r in rs]),
+        rs, seeds = _by_seed(rs)
+        rows.append([name, over, seeds, _mean_then_seeds([r["probe"] for r in rs]),
                      f"{sum(r['seconds'] for r in rs) / len(rs):.0f}"])
     px = m.bench_json(f"{ENCODERS}/pixels.json")["pixels32_probe_validate"]
     rows.append(["_pixels_", "logistic regression on 32 px raw pixels", "", num(px), ""])
