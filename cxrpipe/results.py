@@ -404,6 +404,15 @@ def _seeds_run(m: Metrics) -> Metrics:
     return _committed_run(m, SEEDS_RUN)
 
 
+PATCH12_RUN = "demo-3seeds-patch12"  # benchmarks/results/<this>/: the three-seed experiment with the earlier
+# encoder (patch 12, 64 patches), committed before patch 8 became the default: the "before" of the switch
+
+
+def block_patch12_targets(m: Metrics) -> list[str]:
+    """The targets as they stood with the earlier encoder (patch 12), three seeds: the switch's before."""
+    return block_targets(_committed_run(m, PATCH12_RUN))
+
+
 def block_seeds_comparison(m: Metrics) -> list[str]:
     """The three-seed experiment's headline table (``dvc exp run -S 'compare.extra_seeds=[1,2]'``)."""
     return block_comparison(_seeds_run(m))
@@ -446,9 +455,9 @@ TWO_STEP_RUN = "demo-two-step"  # benchmarks/results/<this>/: the demo under pre
 
 def block_two_step(m: Metrics) -> list[str]:
     """The two-step flow (mae, then continued with the report / without it) beside joint training (the
-    reference run): each multimodal, the control and the deltas, per protocol, on the same test patients."""
-    t = _committed_run(m, TWO_STEP_RUN)
-    rows = [[protocol_name(p), est(m.mauc(p, CANDIDATE)), est(t.mauc(p, CANDIDATE)), est(t.mauc(p, CONTINUED)),
+    reference run of the same encoder, patch 12, seed 0): each multimodal, the control and the deltas, per protocol, on the same test patients."""
+    t, joint = _committed_run(m, TWO_STEP_RUN), _committed_run(m, PATCH12_RUN)  # both ran with patch 12
+    rows = [[protocol_name(p), est(joint.mauc(p, CANDIDATE)), est(t.mauc(p, CANDIDATE)), est(t.mauc(p, CONTINUED)),
              est(t.mauc(p, REFERENCE)), delta(t.delta(p, CANDIDATE, CONTINUED), True),
              delta(t.delta(p, CONTINUED, REFERENCE), True), delta(t.delta(p), True)] for p in t.protocols()]
     return [_test_line(t), "", *table(["protocol", "multimodal, joint", "multimodal, two-step", "continued", "mae",
@@ -534,19 +543,20 @@ def _by_recipe(m: Metrics, log: str) -> list[tuple[str, str, list[dict]]]:
     groups: dict[str, list[dict]] = {}
     for r in m.bench_rows(log):
         groups.setdefault(r["recipe"], []).append(r)
-    return [(name, ", ".join(f"{k} {v}" for k, v in rs[0].get("overrides", {}).items()) or "current params", rs)
+    return [(name, ", ".join(f"{k} {v}" for k, v in rs[0].get("overrides", {}).items()) or "base params", rs)
             for name, rs in groups.items()]
 
 
 def block_recipe_seeds(m: Metrics, log: str) -> list[str]:
     """A recipe study on VALIDATE (the projectors; the chosen encoder under multimodal): one row per recipe of
-    the grid (its overrides of the current params), each score the mean over the seeds run, then each seed's."""
+    the grid (its overrides of the study's base params), each score the mean over the seeds run, then each seed's."""
     rows = [[name, over, *_seed_cells(rs)] for name, over, rs in _by_recipe(m, log)]
     return table(["recipe", "overrides", *_SEED_HEADER], rows)
 
 
 ENCODERS = "encoders"  # benchmarks/results/<this>/: recipe_search on encoders.yaml, --variants mae (recipes.jsonl)
 # and multimodal (multimodal.jsonl), + pixels.json
+BENCH_ENCODERS = "bench-encoders"  # the chosen encoder under multimodal on the bench profile (multimodal.jsonl)
 
 
 def block_encoders(m: Metrics) -> list[str]:
@@ -562,33 +572,34 @@ def block_encoders(m: Metrics) -> list[str]:
     return table(["recipe", "overrides", "seeds", "mae probe mAUC", "pretraining s"], rows)
 
 
-STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/{before,after}.json: benchmarks/stage_times.py --out
+STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/<run>.json: benchmarks/stage_times.py --out
+# the committed timed runs of the demo's `dvc repro`, oldest first: (file stem, column label); the last is the current
+STAGE_TIME_RUNS = (("before", "before"), ("after", "after"), ("patch8", "patch 8"))
 
 
 def block_stage_times(m: Metrics) -> list[str]:
-    """The demo's ``dvc repro`` per stage, two runs side by side (benchmarks/stage_times.py): wall and import
-    seconds of each stage that ran in either, then the pipeline's totals."""
-    runs = {k: m.bench_json(f"{STAGE_TIMES}/{k}.json") for k in ("before", "after")}
+    """The demo's ``dvc repro`` per stage, the committed timed runs side by side (benchmarks/stage_times.py): wall
+    and import seconds of each stage that ran in any of them, then the pipeline's totals."""
+    runs = {k: m.bench_json(f"{STAGE_TIMES}/{k}.json") for k, _ in STAGE_TIME_RUNS}
     per = {k: {s["name"]: s for s in r["stages"] if s["status"] == "ran"} for k, r in runs.items()}
-    names = list(dict.fromkeys([*per["before"], *per["after"]]))
+    names = list(dict.fromkeys(name for stages in per.values() for name in stages))
 
     def sec(run: str, name: str, key: str) -> str:
         st = per[run].get(name)
         return "not run" if st is None else f"{st[key]:.1f}"
 
-    rows = [[name, sec("before", name, "wall_s"), sec("after", name, "wall_s"), sec("before", name, "import_s"),
-             sec("after", name, "import_s")] for name in names]
-    b, a = runs["before"], runs["after"]
-    rows.append(["**pipeline** (DVC overhead: " + f"{b['dvc_overhead_s']:.0f} s / {a['dvc_overhead_s']:.0f} s)",
-                 f"**{b['wall_s']:.0f}**", f"**{a['wall_s']:.0f}**", f"{b['import_s']:.0f}", f"{a['import_s']:.0f}"])
-    return table(["stage", "wall s, before", "wall s, after", "import s, before", "import s, after"], rows)
+    rows = [[name, *(sec(k, name, key) for key in ("wall_s", "import_s") for k in runs)] for name in names]
+    overhead = " / ".join(f"{r['dvc_overhead_s']:.0f} s" for r in runs.values())
+    rows.append([f"**pipeline** (DVC overhead: {overhead})", *(f"**{r['wall_s']:.0f}**" for r in runs.values()),
+                 *(f"{r['import_s']:.0f}" for r in runs.values())])
+    return table(["stage", *(f"{key} s, {label}" for key in ("wall", "import") for _, label in STAGE_TIME_RUNS)], rows)
 
 
 def block_demo_time(m: Metrics) -> list[str]:
     """One sentence for the README: how long the demo's ``dvc repro`` took in the latest committed timed run."""
-    run = m.bench_json(f"{STAGE_TIMES}/after.json")
+    run = m.bench_json(f"{STAGE_TIMES}/{STAGE_TIME_RUNS[-1][0]}.json")
     return [f"On 2 idle CPU cores the demo's `dvc repro` took **{run['wall_s'] / 60:.0f} min** ({run['stages_run']} "
-            "stages; per stage: [docs/benchmarks.md](docs/benchmarks.md#the-demos-time-two-full-runs-side-by-side)), "
+            "stages; per stage: [docs/benchmarks.md](docs/benchmarks.md#the-demos-time-committed-runs-side-by-side)), "
             "after the set-up's few minutes."]
 
 
@@ -753,6 +764,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "targets": block_targets,
     "seeds_comparison": block_seeds_comparison,
     "seeds_targets": block_seeds_targets,
+    "patch12_targets": block_patch12_targets,
     "seeds_shuffled": block_seeds_shuffled,
     "bench_comparison": block_bench_comparison,
     "bench_targets": block_bench_targets,
@@ -764,6 +776,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "projectors": lambda m: block_recipe_seeds(m, f"{PROJECTORS}/recipes.jsonl"),
     "encoders": block_encoders,
     "encoders_multimodal": lambda m: block_recipe_seeds(m, f"{ENCODERS}/multimodal.jsonl"),
+    "bench_encoders": lambda m: block_recipe_seeds(m, f"{BENCH_ENCODERS}/multimodal.jsonl"),
     "stage_times": block_stage_times,
     "demo_time": block_demo_time,
     "text_diagnosis": block_text_diagnosis,

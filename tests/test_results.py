@@ -333,8 +333,9 @@ def test_the_bench_profile_blocks_read_their_own_folder(tmp_path):
 
 
 def test_the_two_step_block_reads_its_run_beside_the_joint_reference(tmp_path):
-    """two_step: multimodal of the joint reference run (data/metrics) beside the two-step run's multimodal,
-    continued and their deltas (benchmarks/results/demo-two-step)."""
+    """two_step: multimodal of the joint reference run of the same encoder (patch 12: the committed
+    demo-3seeds-patch12, never data/metrics) beside the two-step run's multimodal, continued and their deltas
+    (benchmarks/results/demo-two-step)."""
     bench = tmp_path / "bench"
     m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
     assert "demo-two-step/comparison.json is missing" in build_block("two_step", m)
@@ -345,9 +346,14 @@ def test_the_two_step_block_reads_its_run_beside_the_joint_reference(tmp_path):
     comp["references"]["linear"]["multimodal_vs_continued"] = _delta(0.0432, 0.001)
     comp["references"]["linear"]["continued_vs_mae"] = _delta(-0.0123, 0.4)
     (run / "comparison.json").write_text(json.dumps(comp))
+    assert "demo-3seeds-patch12/comparison.json is missing" in build_block("two_step", m)
+    joint_run = write_metrics(bench / "demo-3seeds-patch12")
+    comp = json.loads((joint_run / "comparison.json").read_text())
+    comp["linear"]["multimodal"]["mauc"] = 0.7777
+    (joint_run / "comparison.json").write_text(json.dumps(comp))
     row = next(line for line in build_block("two_step", m).splitlines() if line.startswith("| linear probe"))
-    joint = Metrics(tmp_path / "metrics").mauc("linear", "multimodal").value
-    assert row.split(" | ")[1].startswith(f"{joint:.3f}") and row.split(" | ")[2].startswith("0.654")
+    assert Metrics(tmp_path / "metrics").mauc("linear", "multimodal").value != 0.7777
+    assert row.split(" | ")[1].startswith("0.778") and row.split(" | ")[2].startswith("0.654")
     assert "0.611 [0.550, 0.660]" in row and "**+0.043" in row and "-0.012" in row
 
 
@@ -388,7 +394,7 @@ def test_the_recipe_seed_blocks_group_seeds_by_recipe(tmp_path, block, log):
     out = build_block(block, m).splitlines()
     default, dim = next(r for r in out if r.startswith("| default ")), next(r for r in out if r.startswith("| proj_dim64 "))
     assert out.index(default) < out.index(dim)
-    assert "| current params | 0, 1, 2 | 0.730 (0.720 / 0.700 / 0.770) | 0.500 (0.500 / 0.500 / 0.500) |" in default
+    assert "| base params | 0, 1, 2 | 0.730 (0.720 / 0.700 / 0.770) | 0.500 (0.500 / 0.500 / 0.500) |" in default
     assert "| pool.dim 64 | 0, 1, 2 |" in dim and "| 0.600 (0.600 / 0.600 / 0.600) | 0.200 (" in dim
 
 
@@ -409,30 +415,44 @@ def test_the_encoder_block_sets_each_recipe_beside_the_pixels(tmp_path):
     assert "| _pixels_ | logistic regression on 32 px raw pixels |  | 0.777 |  |" in out
 
 
-def test_the_stage_times_block_sets_two_runs_side_by_side(tmp_path):
+def test_the_stage_times_block_sets_the_runs_side_by_side(tmp_path):
+    """stage_times: every committed timed run a column, in STAGE_TIME_RUNS' order; a stage missing from a run
+    says so; skipped stages are left out."""
     bench = tmp_path / "bench"
     m = Metrics(tmp_path / "metrics", bench=bench)
     assert "stage-times/before.json is missing" in build_block("stage_times", m)
     (bench / "stage-times").mkdir(parents=True)
 
-    def run(walls: dict, total: float) -> dict:
+    def run(walls: dict, total: float, imp: float = 1.5) -> dict:
         return {"wall_s": total, "import_s": 9.0, "dvc_overhead_s": 3.0,
-                "stages": [{"name": n, "status": "ran", "wall_s": w, "import_s": 1.5} for n, w in walls.items()]
+                "stages": [{"name": n, "status": "ran", "wall_s": w, "import_s": imp} for n, w in walls.items()]
                 + [{"name": "skipped-one", "status": "skipped", "wall_s": 0.0, "import_s": 0.0}]}
 
     (bench / "stage-times" / "before.json").write_text(json.dumps(run({"embed": 120.0, "gone": 5.0}, 900.0)))
     (bench / "stage-times" / "after.json").write_text(json.dumps(run({"embed": 60.25, "new": 7.0}, 450.0)))
+    assert "stage-times/patch8.json is missing" in build_block("stage_times", m)
+    (bench / "stage-times" / "patch8.json").write_text(json.dumps(run({"embed": 61.0, "new": 9.5}, 700.0, 2.5)))
     out = build_block("stage_times", m)
-    assert "| embed | 120.0 | 60.2 | 1.5 | 1.5 |" in out
-    assert "| gone | 5.0 | not run |" in out and "| new | not run | 7.0 |" in out and "skipped-one" not in out
-    assert "**900**" in out and "**450**" in out
+    assert "| stage | wall s, before | wall s, after | wall s, patch 8 | import s, before |" in out
+    assert "| embed | 120.0 | 60.2 | 61.0 | 1.5 | 1.5 | 2.5 |" in out
+    assert "| gone | 5.0 | not run | not run |" in out and "| new | not run | 7.0 | 9.5 |" in out
+    assert "skipped-one" not in out and "**900** | **450** | **700** |" in out
 
 
 def test_the_demo_time_sentence_reads_the_timed_run(tmp_path):
     bench = tmp_path / "bench"
     m = Metrics(tmp_path / "metrics", bench=bench)
-    assert "stage-times/after.json is missing" in build_block("demo_time", m)
+    assert "stage-times/patch8.json is missing" in build_block("demo_time", m)  # the latest timed run
     (bench / "stage-times").mkdir(parents=True)
-    (bench / "stage-times" / "after.json").write_text(json.dumps({"wall_s": 1488.4, "stages_run": 40}))
+    (bench / "stage-times" / "after.json").write_text(json.dumps({"wall_s": 60.0, "stages_run": 1}))
+    (bench / "stage-times" / "patch8.json").write_text(json.dumps({"wall_s": 1488.4, "stages_run": 40}))
     out = build_block("demo_time", m)
     assert "took **25 min** (40 stages" in out
+
+
+def test_the_before_blocks_read_their_own_committed_runs(tmp_path):
+    """patch12_targets reads the earlier encoder's three-seed run, never data/metrics; bench_encoders its own log."""
+    bench = tmp_path / "bench"
+    m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
+    assert "demo-3seeds-patch12/zeroshot-multimodal.json is missing" in build_block("patch12_targets", m)
+    assert "bench-encoders/multimodal.jsonl is missing" in build_block("bench_encoders", m)
