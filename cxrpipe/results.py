@@ -572,6 +572,55 @@ def block_encoders(m: Metrics) -> list[str]:
     return table(["recipe", "overrides", "seeds", "mae probe mAUC", "pretraining s"], rows)
 
 
+PROMPTS = "zeroshot-prompts"  # benchmarks/results/<this>/<dataset>.jsonl: benchmarks/zeroshot_prompts.py --log
+PROMPT_DATASETS = (("demo", "demo"), ("bench", "bench (real report text)"))
+
+
+def _prompt_runs(m: Metrics) -> list[tuple[str, dict[str, list[dict]]]]:
+    """Each data set's prompt log grouped by prompt set (log order): (data set in words, set -> rows)."""
+    out = []
+    for key, words in PROMPT_DATASETS:
+        groups: dict[str, list[dict]] = {}
+        for r in m.bench_rows(f"{PROMPTS}/{key}.jsonl"):
+            groups.setdefault(r["set"], []).append(r)
+        out.append((words, groups))
+    return out
+
+
+def block_zeroshot_prompts(m: Metrics) -> list[str]:
+    """Zero-shot on VALIDATE per prompt set (benchmarks/recipes/prompts.yaml), each data set's mean over its
+    seeds, then each seed's."""
+    runs = _prompt_runs(m)
+    header, cols = ["prompt set"], []
+    for words, groups in runs:
+        header += [f"{words}: seeds", f"{words}: zero-shot mAUC"]
+        cols.append(groups)
+    rows = []
+    for name in dict.fromkeys(n for g in cols for n in g):
+        row = [name]
+        for groups in cols:
+            rs, seeds = _by_seed(groups.get(name, []))
+            row += [seeds, _mean_then_seeds([r["zeroshot"] for r in rs]) if rs else "not run"]
+        rows.append(row)
+    return table(header, rows)
+
+
+def block_zeroshot_prompt_labels(m: Metrics) -> list[str]:
+    """Per-label zero-shot AUROC on VALIDATE per prompt set, the mean over the seeds, one table per data set
+    (the labels with enough validate positives in every run of that set)."""
+    out: list[str] = []
+    for words, groups in _prompt_runs(m):
+        rows_all = [r for rs in groups.values() for r in rs]
+        labels = [n for n in rows_all[0]["per_label"] if all(n in r["per_label"] for r in rows_all)]
+        seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in rows_all}))
+        out += [f"{words.capitalize()}, seeds {seeds}:", ""]
+        out += table(["label", *groups],
+                     [[n, *(num(sum(r["per_label"][n] for r in rs) / len(rs)) for rs in groups.values())]
+                      for n in labels])
+        out.append("")
+    return out[:-1]
+
+
 STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/<run>.json: benchmarks/stage_times.py --out
 # the committed timed runs of the demo's `dvc repro`, oldest first: (file stem, column label); the last is the current
 STAGE_TIME_RUNS = (("before", "before"), ("after", "after"), ("patch8", "patch 8"))
@@ -777,6 +826,8 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "encoders": block_encoders,
     "encoders_multimodal": lambda m: block_recipe_seeds(m, f"{ENCODERS}/multimodal.jsonl"),
     "bench_encoders": lambda m: block_recipe_seeds(m, f"{BENCH_ENCODERS}/multimodal.jsonl"),
+    "zeroshot_prompts": block_zeroshot_prompts,
+    "zeroshot_prompt_labels": block_zeroshot_prompt_labels,
     "stage_times": block_stage_times,
     "demo_time": block_demo_time,
     "text_diagnosis": block_text_diagnosis,

@@ -3,6 +3,7 @@
 benchmarks/gpu.py: its --tiny mode runs every row on CPU; without CUDA the real mode stops at once.
 benchmarks/stage_times.py: a synthetic timestamped log splits into the right stages and import sums, and a
 real two-stage ``dvc repro`` goes through it.
+benchmarks/zeroshot_prompts.py: its label rule, its prompt sets (the committed grid gives every label a pair).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,3 +154,58 @@ def test_stage_times_runs_a_real_dvc_repro(tmp_path):
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     out = json.loads((tmp_path / "t.json").read_text())
     assert again.returncode == 0 and out["stages_skipped"] == ["one", "two"] and out["stages_run"] == 0
+
+
+def _zeroshot_prompts():
+    """benchmarks/zeroshot_prompts.py as a module."""
+    spec = importlib.util.spec_from_file_location("zeroshot_prompts", ROOT / "benchmarks" / "zeroshot_prompts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_prompt_benchmark_scores_only_labels_with_enough_validate_positives():
+    """A planted label is read (AUROC 1, and 0 when its scores are reversed); a label with 4 positives, or one
+    whose positives are all masked out, is left out of the mean."""
+    zp = _zeroshot_prompts()
+    rng = np.random.default_rng(0)
+    y = np.zeros((40, 4))
+    y[:10, 0] = y[:10, 1] = 1
+    y[:4, 2] = 1
+    y[:10, 3] = 1
+    s = rng.normal(size=y.shape)
+    s[:, 0], s[:, 1] = y[:, 0] + 0.1 * s[:, 0], -y[:, 1]
+    m = np.ones_like(y, dtype=bool)
+    m[:10, 3] = False
+    out = zp.label_aucs(y, s, m, ["A", "B", "C", "D"])
+    assert out == {"A": 1.0, "B": 0.0}
+
+
+def test_prompt_benchmark_reads_params_prompts_and_checks_every_set(tmp_path):
+    """``default: params`` is params' zeroshot.prompts; a set that leaves out a label is the zeroshot section's
+    own error."""
+    from cxrpipe.config import ConfigError
+    from cxrpipe.evaluate.alignment.zeroshot import DEFAULT_PROMPTS
+
+    zp = _zeroshot_prompts()
+    params = {"zeroshot": {"prompts": {k: list(v) for k, v in DEFAULT_PROMPTS.items()}}}
+    params["zeroshot"]["prompts"]["Edema"] = ["Findings: Edema.", "Findings: No edema."]
+    other = {k: [f"Impression: {k}.", f"Impression: No {k}."] for k in DEFAULT_PROMPTS}
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"default": "params", "terse": other}))
+    sets = zp.prompt_sets(grid, params)
+    assert list(sets) == ["default", "terse"]
+    assert sets["default"]["Edema"] == ["Findings: Edema.", "Findings: No edema."]
+    assert sets["terse"]["Edema"] == ["Impression: Edema.", "Impression: No Edema."]
+    del other["Edema"]
+    grid.write_text(yaml.safe_dump({"terse": other}))
+    with pytest.raises(ConfigError, match="missing \\['Edema'\\]"):
+        zp.prompt_sets(grid, params)
+
+
+def test_the_committed_prompt_grid_gives_every_label_a_pair():
+    zp = _zeroshot_prompts()
+    from cxrpipe.config import load_params
+
+    sets = zp.prompt_sets(ROOT / "benchmarks" / "recipes" / "prompts.yaml", load_params(ROOT / "params.yaml"))
+    assert len(sets) >= 3 and all(len(p) == 14 for p in sets.values())

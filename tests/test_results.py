@@ -456,3 +456,36 @@ def test_the_before_blocks_read_their_own_committed_runs(tmp_path):
     m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
     assert "demo-3seeds-patch12/zeroshot-multimodal.json is missing" in build_block("patch12_targets", m)
     assert "bench-encoders/multimodal.jsonl is missing" in build_block("bench_encoders", m)
+
+
+def _prompt_rows(dataset: str, sets: dict[str, tuple[float, ...]], seeds: tuple[int, ...]) -> list[dict]:
+    """benchmarks/zeroshot_prompts.py log rows: per set, one row per seed with its mAUC and two labels' AUROCs
+    (Edema at the mAUC, Fracture at 1 - mAUC; Fracture scored on seed 0 only when ``dataset`` is bench)."""
+    return [{"dataset": dataset, "set": name, "seed": s, "zeroshot": z,
+             "per_label": {"Edema": z, **({"Fracture": 1 - z} if dataset == "demo" or s == 0 else {})}}
+            for name, zs in sets.items() for s, z in zip(seeds, zs)]
+
+
+def test_the_prompt_blocks_set_each_prompt_set_beside_on_both_data_sets(tmp_path):
+    """zeroshot_prompts: one row per prompt set in log order, each data set's seeds and mean then each seed's
+    (seed order); a set one data set did not run says so. zeroshot_prompt_labels: per data set, the labels
+    every run scored, each set's mean AUROC over the seeds."""
+    bench = tmp_path / "bench"
+    m = Metrics(tmp_path / "metrics", bench=bench)
+    assert "zeroshot-prompts/demo.jsonl is missing" in build_block("zeroshot_prompts", m)
+    (bench / "zeroshot-prompts").mkdir(parents=True)
+    demo = _prompt_rows("demo", {"default": (0.60, 0.56, 0.64), "terse": (0.70, 0.66, 0.68)}, (1, 0, 2))
+    (bench / "zeroshot-prompts" / "demo.jsonl").write_text("\n".join(map(json.dumps, demo)) + "\n")
+    assert "zeroshot-prompts/bench.jsonl is missing" in build_block("zeroshot_prompts", m)
+    real = _prompt_rows("bench", {"default": (0.76, 0.74)}, (0, 1))
+    (bench / "zeroshot-prompts" / "bench.jsonl").write_text("\n".join(map(json.dumps, real)) + "\n")
+    out = build_block("zeroshot_prompts", m).splitlines()
+    default, terse = next(r for r in out if r.startswith("| default ")), next(r for r in out if r.startswith("| terse "))
+    assert out.index(default) < out.index(terse)
+    assert default == "| default | 0, 1, 2 | 0.600 (0.560 / 0.600 / 0.640) | 0, 1 | 0.750 (0.760 / 0.740) |"
+    assert terse == "| terse | 0, 1, 2 | 0.680 (0.660 / 0.700 / 0.680) |  | not run |"
+    labels = build_block("zeroshot_prompt_labels", m)
+    demo_part, bench_part = labels.split("Bench")
+    assert "Demo, seeds 0, 1, 2:" in demo_part and "| label | default | terse |" in demo_part
+    assert "| Edema | 0.600 | 0.680 |" in demo_part and "| Fracture | 0.400 | 0.320 |" in demo_part
+    assert "| Edema | 0.750 |" in bench_part and "Fracture" not in bench_part  # not scored on every bench run
