@@ -612,8 +612,8 @@ def block_zeroshot_prompt_labels(m: Metrics) -> list[str]:
     for words, groups in _prompt_runs(m):
         rows_all = [r for rs in groups.values() for r in rs]
         labels = [n for n in rows_all[0]["per_label"] if all(n in r["per_label"] for r in rows_all)]
-        seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in rows_all}))
-        out += [f"{words.capitalize()}, seeds {seeds}:", ""]
+        seeds = sorted({r["seed"] for r in rows_all})
+        out += [f"{words.capitalize()}, seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}:", ""]
         out += table(["label", *groups],
                      [[n, *(num(sum(r["per_label"][n] for r in rs) / len(rs)) for rs in groups.values())]
                       for n in labels])
