@@ -165,20 +165,21 @@ def _zeroshot_prompts():
 
 
 def test_prompt_benchmark_scores_only_labels_with_enough_validate_positives():
-    """A planted label is read (AUROC 1, and 0 when its scores are reversed); a label with 4 positives, or one
-    whose positives are all masked out, is left out of the mean."""
+    """A planted label is read (AUROC 1, and 0 when its scores are reversed); a label with 5 positives counts, one
+    with 4, or one whose positives are all masked out, is left out of the mean."""
     zp = _zeroshot_prompts()
     rng = np.random.default_rng(0)
-    y = np.zeros((40, 4))
+    y = np.zeros((40, 5))
     y[:10, 0] = y[:10, 1] = 1
     y[:4, 2] = 1
     y[:10, 3] = 1
+    y[:5, 4] = 1  # exactly MIN_POSITIVES: counted
     s = rng.normal(size=y.shape)
-    s[:, 0], s[:, 1] = y[:, 0] + 0.1 * s[:, 0], -y[:, 1]
+    s[:, 0], s[:, 1], s[:, 4] = y[:, 0] + 0.1 * s[:, 0], -y[:, 1], y[:, 4]
     m = np.ones_like(y, dtype=bool)
     m[:10, 3] = False
-    out = zp.label_aucs(y, s, m, ["A", "B", "C", "D"])
-    assert out == {"A": 1.0, "B": 0.0}
+    out = zp.label_aucs(y, s, m, ["A", "B", "C", "D", "E"])
+    assert out == {"A": 1.0, "B": 0.0, "E": 1.0}
 
 
 def test_prompt_benchmark_reads_params_prompts_and_checks_every_set(tmp_path):

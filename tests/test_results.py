@@ -489,3 +489,6 @@ def test_the_prompt_blocks_set_each_prompt_set_beside_on_both_data_sets(tmp_path
     assert "Demo, seeds 0, 1, 2:" in demo_part and "| label | default | terse |" in demo_part
     assert "| Edema | 0.600 | 0.680 |" in demo_part and "| Fracture | 0.400 | 0.320 |" in demo_part
     assert "| Edema | 0.750 |" in bench_part and "Fracture" not in bench_part  # not scored on every bench run
+    one = _prompt_rows("bench", {"default": (0.76,)}, (0,))
+    (bench / "zeroshot-prompts" / "bench.jsonl").write_text("\n".join(map(json.dumps, one)) + "\n")
+    assert "Bench (real report text), seed 0:" in build_block("zeroshot_prompt_labels", m)
