@@ -58,16 +58,26 @@ def _key(obj: Any) -> str:
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def _mauc(y: np.ndarray, s: np.ndarray, m: np.ndarray, min_pos: int = 5) -> float:
+MIN_POSITIVES = 5  # validate positives (and negatives) a label needs to count in a validate mAUC
+
+
+def label_aucs(y: np.ndarray, s: np.ndarray, m: np.ndarray, names: list[str] | None = None,
+               min_pos: int = MIN_POSITIVES) -> dict[Any, float]:
+    """AUROC of every label with >= ``min_pos`` positives and negatives among its scored rows, keyed by its
+    name in ``names`` (default: its column)."""
     from sklearn.metrics import roc_auc_score
 
-    aucs = []
+    out = {}
     for j in range(y.shape[1]):
         ok = m[:, j]
         yy = y[ok, j]
         if yy.sum() >= min_pos and (1 - yy).sum() >= min_pos:
-            aucs.append(roc_auc_score(yy, s[ok, j]))
-    return float(np.mean(aucs))
+            out[names[j] if names else j] = float(roc_auc_score(yy, s[ok, j]))
+    return out
+
+
+def _mauc(y: np.ndarray, s: np.ndarray, m: np.ndarray, min_pos: int = MIN_POSITIVES) -> float:
+    return float(np.mean(list(label_aucs(y, s, m, min_pos=min_pos).values())))
 
 
 def _probe(xtr, ytr, mtr, xva, yva, mva) -> float:

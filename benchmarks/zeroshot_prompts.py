@@ -7,9 +7,9 @@ negative] pair; ``default: params`` is params.yaml's ``zeroshot.prompts``) goes 
 the reports, from ``--params``) into a prompt cache of its own under ``--work``. Every exported encoder given
 with ``--model SEED=DIR`` (a multimodal variant with its text head) then scores the VALIDATE images against
 each set exactly as the ``zeroshot`` stage does (the pair's score difference; test is never read), and the
-image-level mAUC over the labels with >= 5 validate positives is logged, per label too, as in
-``recipe_search.py``. The row ``ensemble`` is CLIP's prompt ensembling over all the sets: the mean of each
-label's pair difference over the sets.
+image-level mAUC over the labels with >= 5 validate positives and negatives is logged, per label too, by
+``recipe_search.py``'s own rule (its ``label_aucs``). The row ``ensemble`` is CLIP's prompt ensembling over
+all the sets: the mean of each label's pair difference over the sets.
 
     python benchmarks/zeroshot_prompts.py --grid benchmarks/recipes/prompts.yaml --dataset demo \
         --model 0=data/sweep/runs/multimodal-1b5dce5dc3ad/model --log data/sweep/prompts.jsonl
@@ -20,25 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-MIN_POSITIVES = 5  # validate positives (and negatives) a label needs to count, as recipe_search's _mauc
-
-
-def label_aucs(y: np.ndarray, s: np.ndarray, m: np.ndarray, names: list[str]) -> dict[str, float]:
-    """AUROC of every label with >= MIN_POSITIVES positives and negatives among its scored rows."""
-    from sklearn.metrics import roc_auc_score
-
-    out = {}
-    for j, name in enumerate(names):
-        ok = m[:, j]
-        yy = y[ok, j]
-        if yy.sum() >= MIN_POSITIVES and (1 - yy).sum() >= MIN_POSITIVES:
-            out[name] = float(roc_auc_score(yy, s[ok, j]))
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.*` from any working directory
+from benchmarks.recipe_search import label_aucs  # noqa: E402  (recipe_search's validate label rule, as logged there)
 
 
 def prompt_sets(grid: Path, params: dict) -> dict[str, dict[str, list[str]]]:
@@ -80,12 +69,12 @@ def run(args) -> None:
 
     raw = load_params(args.params)
     sets = prompt_sets(args.grid, raw)
+    embed, sections = section(raw, "embed", EmbedConfig), section(raw, "data", DataConfig).sections
     args.work.mkdir(parents=True, exist_ok=True)
     caches = {}
     for name, prompts in sets.items():
         caches[name] = args.work / f"prompts-{name}.h5"
-        write_prompt_cache(section(raw, "embed", EmbedConfig), [t for n in CHEXPERT_LABELS for t in prompts[n]],
-                           caches[name], section(raw, "data", DataConfig).sections)
+        write_prompt_cache(embed, [t for n in CHEXPERT_LABELS for t in prompts[n]], caches[name], sections)
     va = labelled_splits(args.prepared, ("AP", "PA"), UncertainPolicy.IGNORE, BlankPolicy.ZEROS)["validate"]
     names = list(CHEXPERT_LABELS)
     args.log.parent.mkdir(parents=True, exist_ok=True)

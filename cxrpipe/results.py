@@ -468,11 +468,17 @@ def block_two_step(m: Metrics) -> list[str]:
 RECIPES_LOG = "recipe_search-demo.jsonl"  # benchmarks/recipe_search.py's log, committed
 
 
+def _grouped(rows: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list[dict]]:
+    """A benchmark log's rows grouped by ``key``, groups and rows in log order."""
+    groups: dict[Any, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    return groups
+
+
 def block_recipes(m: Metrics) -> list[str]:
     """benchmarks/recipe_search.py's validate-only scores per recipe (mean over the seeds run), in log order."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in m.bench_rows(RECIPES_LOG):
-        groups.setdefault((r["recipe"], r["variant"]), []).append(r)
+    groups = _grouped(m.bench_rows(RECIPES_LOG), lambda r: (r["recipe"], r["variant"]))
 
     def mean(rows: list[dict], get: Callable[[dict], Any]) -> str:
         v = [get(r) for r in rows if get(r) is not None]
@@ -500,9 +506,7 @@ def block_text_layers(m: Metrics, folder: str = TEXT_LAYERS) -> list[str]:
     """The text target's depth on VALIDATE: the default recipe on each ``embed.layer``'s cache, the same seeds;
     each score as the mean over the seeds, then each seed's; stage one's speed from each embed's report.
     ``folder``: the study's folder under benchmarks/results/ (the demo's, or the bench profile's)."""
-    groups: dict[int, list[dict]] = {}
-    for r in m.bench_rows(f"{folder}/recipes.jsonl"):
-        groups.setdefault(int(r["embed_layer"]), []).append(r)
+    groups = _grouped(m.bench_rows(f"{folder}/recipes.jsonl"), lambda r: int(r["embed_layer"]))
     rows = []
     for layer, rs in groups.items():
         rep = m.bench_json(f"{folder}/embed-layer{layer}.json")
@@ -540,9 +544,7 @@ PROJECTORS = "projectors"  # benchmarks/results/<this>/recipes.jsonl: recipe_sea
 
 def _by_recipe(m: Metrics, log: str) -> list[tuple[str, str, list[dict]]]:
     """A recipe_search log's rows grouped by recipe, in log order: (name, its overrides in words, rows)."""
-    groups: dict[str, list[dict]] = {}
-    for r in m.bench_rows(log):
-        groups.setdefault(r["recipe"], []).append(r)
+    groups = _grouped(m.bench_rows(log), lambda r: r["recipe"])
     return [(name, ", ".join(f"{k} {v}" for k, v in rs[0].get("overrides", {}).items()) or "base params", rs)
             for name, rs in groups.items()]
 
@@ -578,23 +580,16 @@ PROMPT_DATASETS = (("demo", "demo"), ("bench", "bench (real report text)"))
 
 def _prompt_runs(m: Metrics) -> list[tuple[str, dict[str, list[dict]]]]:
     """Each data set's prompt log grouped by prompt set (log order): (data set in words, set -> rows)."""
-    out = []
-    for key, words in PROMPT_DATASETS:
-        groups: dict[str, list[dict]] = {}
-        for r in m.bench_rows(f"{PROMPTS}/{key}.jsonl"):
-            groups.setdefault(r["set"], []).append(r)
-        out.append((words, groups))
-    return out
+    return [(words, _grouped(m.bench_rows(f"{PROMPTS}/{key}.jsonl"), lambda r: r["set"]))
+            for key, words in PROMPT_DATASETS]
 
 
 def block_zeroshot_prompts(m: Metrics) -> list[str]:
     """Zero-shot on VALIDATE per prompt set (benchmarks/recipes/prompts.yaml), each data set's mean over its
     seeds, then each seed's."""
     runs = _prompt_runs(m)
-    header, cols = ["prompt set"], []
-    for words, groups in runs:
-        header += [f"{words}: seeds", f"{words}: zero-shot mAUC"]
-        cols.append(groups)
+    header = ["prompt set", *(f"{words}: {col}" for words, _ in runs for col in ("seeds", "zero-shot mAUC"))]
+    cols = [groups for _, groups in runs]
     rows = []
     for name in dict.fromkeys(n for g in cols for n in g):
         row = [name]

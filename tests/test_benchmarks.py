@@ -173,7 +173,7 @@ def test_prompt_benchmark_scores_only_labels_with_enough_validate_positives():
     y[:10, 0] = y[:10, 1] = 1
     y[:4, 2] = 1
     y[:10, 3] = 1
-    y[:5, 4] = 1  # exactly MIN_POSITIVES: counted
+    y[:5, 4] = 1  # exactly recipe_search.MIN_POSITIVES: counted
     s = rng.normal(size=y.shape)
     s[:, 0], s[:, 1], s[:, 4] = y[:, 0] + 0.1 * s[:, 0], -y[:, 1], y[:, 4]
     m = np.ones_like(y, dtype=bool)
