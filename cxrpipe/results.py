@@ -391,8 +391,14 @@ def block_targets(m: Metrics) -> list[str]:
     return [_test_line(m), "", *table(["target (test split)", "measured", ""], rows)]
 
 
-SEEDS_RUN = "demo-3seeds"  # benchmarks/results/<this>/: the metrics of the three-seed experiment, committed
-BENCH_RUN = "bench-seeds"  # benchmarks/results/<this>/: the bench profile's metrics and seed repeats (real report text)
+# Committed runs: each one's metrics folder under benchmarks/results/, read like data/metrics by the blocks
+# "<run>_comparison", "<run>_targets" and "<run>_shuffled" (COMMITTED_RUN_BLOCKS, built below BLOCKS).
+SEEDS_RUN = "demo-3seeds"  # the demo's three-seed experiment (`dvc exp run -S 'compare.extra_seeds=[1,2]'`)
+PATCH12_RUN = "demo-3seeds-patch12"  # the same with the earlier encoder (patch 12, 64 patches), committed before
+# patch 8 became the default: the "before" of the switch
+BENCH_RUN = "bench-patch8"  # the bench profile (real report text) with today's defaults
+BENCH_PATCH12_RUN = "bench-patch12"  # the bench profile with the earlier encoder (patch 12), two seeds
+COMMITTED_RUNS = {"seeds": SEEDS_RUN, "patch12": PATCH12_RUN, "bench": BENCH_RUN, "bench_patch12": BENCH_PATCH12_RUN}
 
 
 def _committed_run(m: Metrics, name: str) -> Metrics:
@@ -400,34 +406,8 @@ def _committed_run(m: Metrics, name: str) -> Metrics:
     return Metrics(m.bench / name, bench=m.bench)
 
 
-def _seeds_run(m: Metrics) -> Metrics:
-    return _committed_run(m, SEEDS_RUN)
-
-
-PATCH12_RUN = "demo-3seeds-patch12"  # benchmarks/results/<this>/: the three-seed experiment with the earlier
-# encoder (patch 12, 64 patches), committed before patch 8 became the default: the "before" of the switch
-
-
-def block_patch12_targets(m: Metrics) -> list[str]:
-    """The targets as they stood with the earlier encoder (patch 12), three seeds: the switch's before."""
-    return block_targets(_committed_run(m, PATCH12_RUN))
-
-
-def block_seeds_comparison(m: Metrics) -> list[str]:
-    """The three-seed experiment's headline table (``dvc exp run -S 'compare.extra_seeds=[1,2]'``)."""
-    return block_comparison(_seeds_run(m))
-
-
-def block_seeds_targets(m: Metrics) -> list[str]:
-    return block_targets(_seeds_run(m))
-
-
-def block_seeds_shuffled(m: Metrics) -> list[str]:
-    """multimodal - shuffled per seed and over seeds, from the three-seed experiment."""
-    return _shuffled_over_seeds(_seeds_run(m))
-
-
 def _shuffled_over_seeds(s: Metrics) -> list[str]:
+    """multimodal - shuffled per seed and over the seeds of a run."""
     rows = []
     for p in s.protocols():
         per = s.seed_deltas(p, "multimodal_vs_shuffled")
@@ -437,17 +417,13 @@ def _shuffled_over_seeds(s: Metrics) -> list[str]:
                   "mean (sd; min to max)"], rows)
 
 
-def block_bench_comparison(m: Metrics) -> list[str]:
-    """The bench profile's headline table (docs/bench.md: `cxrpipe profile bench`, `dvc repro`)."""
-    return block_comparison(_committed_run(m, BENCH_RUN))
+RUN_BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
+    "comparison": block_comparison, "targets": block_targets, "shuffled": _shuffled_over_seeds}
 
 
-def block_bench_targets(m: Metrics) -> list[str]:
-    return block_targets(_committed_run(m, BENCH_RUN))
-
-
-def block_bench_shuffled(m: Metrics) -> list[str]:
-    return _shuffled_over_seeds(_committed_run(m, BENCH_RUN))
+def _run_block(run: str, block: Callable[[Metrics], list[str]]) -> Callable[[Metrics], list[str]]:
+    """``block`` read from the committed run ``run`` instead of ``m``'s own folder."""
+    return lambda m: block(_committed_run(m, run))
 
 
 TWO_STEP_RUN = "demo-two-step"  # benchmarks/results/<this>/: the demo under pretrain.flow two_step, committed
@@ -806,13 +782,8 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "seeds": block_seeds,
     "shuffled": block_shuffled,
     "targets": block_targets,
-    "seeds_comparison": block_seeds_comparison,
-    "seeds_targets": block_seeds_targets,
-    "patch12_targets": block_patch12_targets,
-    "seeds_shuffled": block_seeds_shuffled,
-    "bench_comparison": block_bench_comparison,
-    "bench_targets": block_bench_targets,
-    "bench_shuffled": block_bench_shuffled,
+    **{f"{prefix}_{kind}": _run_block(run, block)
+       for prefix, run in COMMITTED_RUNS.items() for kind, block in RUN_BLOCKS.items()},
     "two_step": block_two_step,
     "recipes": block_recipes,
     "text_layers": block_text_layers,

@@ -315,21 +315,26 @@ def test_the_three_seed_experiment_blocks_read_their_own_folder(tmp_path):
     assert "| FC head (frozen) | n/a | n/a |" in sh
 
 
-def test_the_bench_profile_blocks_read_their_own_folder(tmp_path):
-    """bench_comparison / bench_targets / bench_shuffled read benchmarks/results/bench-seeds, never the demo's
-    data/metrics."""
+@pytest.mark.parametrize("prefix, folder", [("bench", "bench-patch8"), ("bench_patch12", "bench-patch12")])
+def test_the_bench_profile_blocks_read_their_own_folder(tmp_path, prefix, folder):
+    """<prefix>_comparison / _targets / _shuffled read benchmarks/results/<folder> (the bench run with today's
+    encoder; the one with patch 12), never the demo's data/metrics nor the other bench run."""
     bench = tmp_path / "bench"
     m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
-    assert "bench-seeds/comparison.json is missing" in build_block("bench_comparison", m)
-    run = write_metrics(bench / "bench-seeds")
+    assert f"{folder}/comparison.json is missing" in build_block(f"{prefix}_comparison", m)
+    run = write_metrics(bench / folder)
+    other = write_metrics(bench / ({"bench-patch8", "bench-patch12"} - {folder}).pop())
     comp = json.loads((run / "comparison.json").read_text())
-    comp["linear"]["delta_mauc"] = 0.4321  # a value the demo's folder does not hold
+    comp["linear"]["delta_mauc"] = 0.4321  # a value neither the demo's folder nor the other run holds
     (run / "comparison.json").write_text(json.dumps(comp))
-    assert "+0.432" in build_block("bench_comparison", m) and "+0.432" not in build_block("comparison", m)
-    assert "zero-shot mAUC >= 0.65" in build_block("bench_targets", m)
+    assert "+0.432" in build_block(f"{prefix}_comparison", m) and "+0.432" not in build_block("comparison", m)
+    other_prefix = "bench_patch12" if prefix == "bench" else "bench"
+    assert other.is_dir() and "+0.432" not in build_block(f"{other_prefix}_comparison", m)
+    assert "zero-shot mAUC >= 0.65" in build_block(f"{prefix}_targets", m)
     comp["seeds"]["linear"]["multimodal_vs_shuffled"] = {"n": 3, "mean": 0.0771, "sd": 0.01, "min": 0.07, "max": 0.08}
     (run / "comparison.json").write_text(json.dumps(comp))
-    assert "+0.077 (sd 0.010" in build_block("bench_shuffled", m) and "+0.077" not in build_block("seeds_shuffled", m)
+    assert "+0.077 (sd 0.010" in build_block(f"{prefix}_shuffled", m)
+    assert "+0.077" not in build_block("seeds_shuffled", m)
 
 
 def test_the_two_step_block_reads_its_run_beside_the_joint_reference(tmp_path):
