@@ -392,7 +392,7 @@ def block_targets(m: Metrics) -> list[str]:
 
 
 # Committed runs: each one's metrics folder under benchmarks/results/, read like data/metrics by the blocks
-# "<run>_comparison", "<run>_targets" and "<run>_shuffled" (COMMITTED_RUN_BLOCKS, built below BLOCKS).
+# "<run>_comparison", "<run>_targets" and "<run>_shuffled" (RUN_BLOCKS, expanded inside BLOCKS).
 SEEDS_RUN = "demo-3seeds"  # the demo's three-seed experiment (`dvc exp run -S 'compare.extra_seeds=[1,2]'`)
 PATCH12_RUN = "demo-3seeds-patch12"  # the same with the earlier encoder (patch 12, 64 patches), committed before
 # patch 8 became the default: the "before" of the switch
