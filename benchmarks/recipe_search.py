@@ -175,13 +175,15 @@ def evaluate_validate(model_dir: Path, prepared: Path, text_cache: Path, prompt_
 
 
 def train(raw: dict, pre: dict, variant: str, seed: int, work: Path, prepared: Path, text_cache: Path,
-          init_from: Path | None = None) -> tuple[Path, dict]:
-    """Train one variant into ``work/<hash>`` (reused when it exists with the same settings)."""
+          init_from: Path | None = None, sentence_cache: Path | None = None) -> tuple[Path, dict]:
+    """Train one variant into ``work/<hash>`` (reused when it exists with the same settings); the sentence
+    cache is read only by a recipe with ``loss.sentence_weight`` > 0."""
     from cxrpipe.config import build, section
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
     from cxrpipe.pretrain.train import PretrainConfig, run_pretrain
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
+    from cxrpipe.text.sentences import sentence_source
 
     pre = dict(copy.deepcopy(pre), seed=seed)
     folder = work / f"{variant}-{_key([pre, variant, str(init_from)])}"
@@ -192,8 +194,10 @@ def train(raw: dict, pre: dict, variant: str, seed: int, work: Path, prepared: P
     expect = expected_fingerprint(section(raw, "embed", EmbedConfig), [s.text for s in read_studies(prepared)],
                                   section(raw, "data", DataConfig).sections, strict_identity=False)
     t0 = time.time()
+    sentences = sentence_source(raw, prepared, sentence_cache) if cfg.loss.sentence_weight > 0 else None
     m = run_pretrain(cfg, variant, prepared, text_cache, folder / "model", expect=expect,
-                     metrics_path=folder / "pretrain.json", plots_dir=folder / "plots", init_from=init_from)
+                     metrics_path=folder / "pretrain.json", plots_dir=folder / "plots", init_from=init_from,
+                     sentences=sentences)
     m["wall_seconds"] = round(time.time() - t0, 1)
     metrics.write_text(json.dumps(m))
     return folder, m
@@ -227,7 +231,8 @@ def run_grid(args) -> None:
             for variant in args.variants:
                 if (name, seed, variant) in done:
                     continue
-                folder, m = train(raw, pre, variant, seed, args.work, args.prepared, args.text_cache, init)
+                folder, m = train(raw, pre, variant, seed, args.work, args.prepared, args.text_cache, init,
+                                  args.sentence_cache)
                 ev = evaluate_validate(folder / "model", args.prepared, args.text_cache, args.prompt_cache,
                                        raw.get("zeroshot", {}).get("prompts"), splits)
                 row = {"recipe": name, "seed": seed, "variant": variant, "overrides": overrides,
@@ -277,6 +282,8 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     ap.add_argument("--text-cache", type=Path, default=Path("data/cache/text.h5"))
     ap.add_argument("--prompt-cache", type=Path, default=Path("data/cache/prompts.h5"))
+    ap.add_argument("--sentence-cache", type=Path, default=Path("data/cache/sentences.h5"),
+                    help="`cxrpipe embed-sentences`'s cache, for recipes with loss.sentence_weight > 0")
     ap.add_argument("--grid", type=Path)
     ap.add_argument("--only", nargs="*", default=None, help="recipes of the grid to run (default all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])

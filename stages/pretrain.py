@@ -43,6 +43,9 @@ def main(
     init: Annotated[
         Optional[Path], typer.Option(help="pretrain.flow two_step: the exported mae folder this variant continues")
     ] = None,
+    sentence_cache: Annotated[
+        Optional[Path], typer.Option(help="pretrain.loss.sentence_weight > 0: the cache of `cxrpipe embed-sentences`")
+    ] = None,
 ) -> None:
     """Train the ViT MAE (+ attention pooling and contrastive loss against the text cache) on the train split;
     write encoder.safetensors + config.json (a plain timm ViT), loss curves, and the validate-split
@@ -59,16 +62,17 @@ def main(
         cfg = section(raw, "pretrain", PretrainConfig)
         if seed is not None:
             cfg = dataclasses.replace(cfg, seed=seed)
-        _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps, init)
+        _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps, init, sentence_cache)
 
 
-def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps, init) -> None:
+def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, max_steps, init, sentence_cache) -> None:
     from cxrpipe.config import section
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
     from cxrpipe.inputs import require_prepared
     from cxrpipe.pretrain.train import run_pretrain
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
+    from cxrpipe.text.sentences import sentence_source
 
     expect = expected_fingerprint(
         section(raw, "embed", EmbedConfig),
@@ -88,6 +92,7 @@ def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, m
         plots_dir=plots or Path("data/plots") / f"pretrain-{variant}",
         max_steps=max_steps,
         init_from=init,
+        sentences=sentence_source(raw, prepared, sentence_cache),
     )
 
 

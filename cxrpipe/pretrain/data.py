@@ -112,7 +112,9 @@ class PairDataset(Dataset):
 
     ``seed`` None = no augmentation (evaluation). ``img_size`` differing from the cache's size resizes.
     ``normalize_images`` False: images stay in [0, 1] (the training loop augments and normalises the batch
-    on the device: ``pretrain.data.augment_on: device``).
+    on the device: ``pretrain.data.augment_on: device``). ``sentences`` (a
+    :class:`~cxrpipe.text.sentences.SentenceSampler`): a seeded item also carries one sentence of its report,
+    ``(..., index, sentence states [L', hidden], sentence index)``.
     """
 
     def __init__(
@@ -124,8 +126,10 @@ class PairDataset(Dataset):
         img_size: int,
         augment: bool,
         normalize_images: bool = True,
+        sentences: Any = None,
     ):
         self.images = ImageCache(Path(prepared) / IMAGES_H5)
+        self.sentences = sentences
         self.normalize_images = normalize_images
         self.text = text_cache
         self.pairs = list(pairs)
@@ -139,10 +143,14 @@ class PairDataset(Dataset):
         """Dataset indices ``[n]`` -> ``[n, 2]`` int64 (text row, study id): pairs sharing either are positives."""
         return self.ids[index]
 
+    def sentence_ids(self, index: torch.Tensor, sentence_row: torch.Tensor) -> torch.Tensor:
+        """``[n, 2]`` int64 (drawn sentence, study id): samples sharing either are positives of the sentence term."""
+        return torch.stack([sentence_row, self.ids[index, 1]], dim=1)
+
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, key: tuple[int, int | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int | None]) -> tuple:
         index, seed = key
         p = self.pairs[index]
         size = (self.img_size, self.img_size)
@@ -152,7 +160,10 @@ class PairDataset(Dataset):
         if self.normalize_images:
             img = normalize(img, self.cfg.pixel_mean, self.cfg.pixel_std)
         text = torch.from_numpy(self.text.text_row(p.text_row)[-self.cfg.max_text_tokens :])  # [L, hidden]
-        return img, text, index
+        if self.sentences is None or seed is None:
+            return img, text, index
+        sentence = self.sentences.draw(p.text_row, seed)
+        return img, text, index, torch.from_numpy(self.sentences.states(sentence)[-self.cfg.max_text_tokens :]), sentence
 
 
 def augment(img: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -173,17 +184,27 @@ def augment(img: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torc
     return img.clamp_(0.0, 1.0)
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]) -> dict[str, torch.Tensor]:
-    """Stack images; pad reports to the longest in the batch with a mask (True = real token)."""
-    imgs, texts, idx = zip(*batch)
+def pad_texts(texts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[L_i, hidden]`` each -> (``[n, max L, hidden]`` zero-padded, mask ``[n, max L]``, True = real token)."""
     length = max(t.shape[0] for t in texts)
-    hidden = texts[0].shape[1]
-    text = torch.zeros(len(texts), length, hidden, dtype=texts[0].dtype)
+    text = torch.zeros(len(texts), length, texts[0].shape[1], dtype=texts[0].dtype)
     mask = torch.zeros(len(texts), length, dtype=torch.bool)
     for i, t in enumerate(texts):
         text[i, : t.shape[0]] = t
         mask[i, : t.shape[0]] = True
-    return {"images": torch.stack(imgs), "text": text, "text_mask": mask, "index": torch.tensor(idx)}
+    return text, mask
+
+
+def collate(batch: list[tuple]) -> dict[str, torch.Tensor]:
+    """Stack images; pad reports (and drawn sentences, when the items carry them) to the longest in the batch
+    with a mask (True = real token)."""
+    imgs, texts, idx = list(zip(*batch))[:3]
+    text, mask = pad_texts(texts)
+    out = {"images": torch.stack(imgs), "text": text, "text_mask": mask, "index": torch.tensor(idx)}
+    if len(batch[0]) == 5:
+        out["sentence"], out["sentence_mask"] = pad_texts([b[3] for b in batch])
+        out["sentence_row"] = torch.tensor([b[4] for b in batch], dtype=torch.int64)
+    return out
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -78,6 +78,9 @@ class LossConfig:
     sigmoid_bias: float = -10.0  # sigmoid: initial logit bias (SigLIP's -10; learned)
     visible_tokens: bool = True  # FLIP: contrast the masked image's visible tokens (no second encoder pass)
     contrastive_mask_ratio: float = 0.0  # visible_tokens false: the second pass's own mask (0 = unmasked)
+    # the report sentences' term (cxrpipe.text.sentences): contrastive = (1 - w) x report term + w x the same loss
+    # against ONE sentence drawn from the report (its own cache, `cxrpipe embed-sentences`); 0 = reports only
+    sentence_weight: float = 0.0
 
 
 # --------------------------------------------------------------------------------------- distributed

@@ -32,6 +32,7 @@ class PretrainModel(nn.Module):
         self.weight_mae = loss.weight_mae
         self.visible_tokens = loss.visible_tokens
         self.contrastive_mask_ratio = loss.contrastive_mask_ratio
+        self.sentence_weight = loss.sentence_weight
         add_alignment_modules(self, pool, loss, text_hidden, model.embed_dim)
 
     @property
@@ -78,11 +79,16 @@ class PretrainModel(nn.Module):
         noise: torch.Tensor | None = None,
         ids: torch.Tensor | None = None,
         noise2: torch.Tensor | None = None,
+        sentence: torch.Tensor | None = None,
+        sentence_mask: torch.Tensor | None = None,
+        sentence_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """images ``[B, 1, H, W]``, text ``[B, L, hidden]``, mask ``[B, L]`` bool, noise ``[B, num_patches]``,
         ids ``[B, 2]`` int64 (text row, study id: pairs sharing either are positives; None = diagonal only),
         noise2 ``[B, num_patches]``: the contrastive pass's own mask (``visible_tokens`` false and
-        ``contrastive_mask_ratio`` > 0)."""
+        ``contrastive_mask_ratio`` > 0). ``sentence`` ``[B, L', hidden]`` + mask + ``sentence_ids`` ``[B, 2]``
+        (drawn sentence, study id): one sentence of each report, for the ``sentence_weight`` term (latent pool):
+        ``contrastive_loss = (1 - w) report_loss + w sentence_loss`` on the same image embedding."""
         out = self.mae(images, noise=noise)
         if self.weight_text == 0:  # mae / continued: no text term, so no contrastive pass (its heads stay at init)
             zero = out.loss.new_zeros(())
@@ -96,6 +102,14 @@ class PretrainModel(nn.Module):
         if ids is not None and not latent and world_size() > 1:
             ids = gather_ids(ids)  # the cross pool's pair features are already global (embed_pairs)
         con = self.contrastive(image_emb, text_emb, ids=ids, gather=latent)
+        if self.sentence_weight and sentence is not None:
+            if not latent:
+                raise ValueError("pretrain.loss.sentence_weight needs pool.kind latent (one image embedding)")
+            sent = self.contrastive(image_emb, self.text_pool(self.text_proj(sentence), sentence_mask),
+                                    ids=sentence_ids, gather=True)
+            w = self.sentence_weight
+            con = {**con, "report_loss": con["contrastive_loss"], "sentence_loss": sent["contrastive_loss"],
+                   "contrastive_loss": (1 - w) * con["contrastive_loss"] + w * sent["contrastive_loss"]}
         total = self.weight_mae * out.loss + self.weight_text * con["contrastive_loss"]
         losses = {"loss": total, "mae_loss": out.loss}
         losses.update(con)

@@ -309,6 +309,7 @@ def train_one_epoch(run: TrainRun, epoch: int, max_steps: int | None = None) -> 
                 noise=noise.to(device),
                 ids=run.train_ds.pair_ids(batch["index"]).to(device),  # [local, 2]: duplicates are positives
                 noise2=None if noise2 is None else noise2.to(device),
+                **sentence_inputs(run, batch, device),
             )
             grad_norms = backward_and_clip(run, losses)
         lr = run.optimizer.param_groups[0]["lr"]
@@ -334,6 +335,14 @@ def train_one_epoch(run: TrainRun, epoch: int, max_steps: int | None = None) -> 
         if stop:
             return True
     return False
+
+
+def sentence_inputs(run: TrainRun, batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
+    """The drawn sentences of the batch for the model (none when the items carry no sentence)."""
+    if "sentence" not in batch:
+        return {}
+    return {"sentence": batch["sentence"].to(device), "sentence_mask": batch["sentence_mask"].to(device),
+            "sentence_ids": run.train_ds.sentence_ids(batch["index"], batch["sentence_row"]).to(device)}
 
 
 def backward_and_clip(run: TrainRun, losses: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -458,6 +467,7 @@ def run_pretrain(
     plots_dir: str | Path | None = None,
     max_steps: int | None = None,
     init_from: str | Path | None = None,
+    sentences: Any = None,
 ) -> dict[str, Any] | None:
     """Pretrain one variant; returns the metrics (also written to ``metrics_path``).
 
@@ -467,6 +477,7 @@ def run_pretrain(
     ``max_steps``: stop after that many optimizer steps with a checkpoint and return None (a crash stand-in
     for tests and smoke runs; ``resume=True`` later continues as if nothing happened).
     ``init_from``: the exported ``mae`` folder the two-step flow's step 2 starts from (encoder and decoder).
+    ``sentences``: the :class:`~cxrpipe.text.sentences.SentenceSource` the ``loss.sentence_weight`` term reads.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -500,13 +511,16 @@ def run_pretrain(
         raise ValueError(f"{len(train_pairs)} train image-report pairs, fewer than pretrain.batch_size {cfg.batch_size}")
     # augment_on device: the loader sends [0, 1] images, train_one_epoch augments the batch on the device
     on_device = cfg.data.augment_on == "device"
+    sampler = _sentence_sampler(cfg, prepared, text, sentences)
     train_ds = PairDataset(prepared, text, train_pairs, cfg.data, cfg.model.img_size, augment=not on_device,
-                           normalize_images=not on_device)
+                           normalize_images=not on_device, sentences=sampler)
     val_ds = PairDataset(prepared, text, val_pairs, cfg.data, cfg.model.img_size, augment=False)
     per_epoch = len(train_pairs) // cfg.batch_size
     warmup = max(1, round(cfg.optim.warmup_epochs * per_epoch))
     model = PretrainModel(cfg.model, cfg.pool, cfg.loss, text.hidden_size)
     inputs = _inputs_key(prepared, train_pairs, text)
+    if sampler is not None:
+        inputs["sentence_cache"] = dataclasses.asdict(sampler.cache.fingerprint)
     if step2:
         inputs["init_from"] = load_mae_export(model.mae, Path(init_from))
     optimizer, scheduler = _optimizer(model, cfg, cfg.epochs * per_epoch, warmup,
@@ -550,6 +564,24 @@ def run_pretrain(
             run.ckpt_path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _sentence_sampler(cfg: PretrainConfig, prepared: Path, text: Any, source: Any) -> Any:
+    """The sentence term's sampler, or None when the variant has no such term (``sentence_weight`` 0, or no
+    text: ``mae`` / ``continued``); a term without its cache, outside [0, 1] or with the cross pool is refused."""
+    w = cfg.loss.sentence_weight
+    if not 0 <= w <= 1:
+        raise ValueError(f"pretrain.loss.sentence_weight must lie in [0, 1], got {w}")
+    if w == 0 or cfg.loss.weight_text == 0:
+        return None
+    if cfg.pool.kind != "latent":
+        raise ValueError("pretrain.loss.sentence_weight > 0 needs pretrain.pool.kind latent (one image embedding)")
+    if source is None:
+        raise ValueError("pretrain.loss.sentence_weight > 0 reads the sentence cache: run `cxrpipe embed-sentences` "
+                         "and pass it (--sentence-cache data/cache/sentences.h5)")
+    from cxrpipe.text.sentences import SentenceSampler
+
+    return SentenceSampler(prepared, source.path, text, source.sections, source.expect)
 
 
 def _export_and_check(run: TrainRun, text: Any, prepared: Path, out_dir: Path, train_pairs: list,

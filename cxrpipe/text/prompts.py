@@ -7,7 +7,8 @@ report), BOS handling and storage form (``embed.store_dtype``) as :func:`cxrpipe
 result is a small text cache of its own (:func:`cxrpipe.text.cache.write_text_cache` format) whose
 fingerprint records the embed params, the storage form and the hash of the cleaned prompts, so a reader
 refuses it when any changed. The "study id" of a prompt is its index in the list it was given; ``sections``
-is :data:`PROMPT_SECTIONS` (no report cache has it).
+is :data:`PROMPT_SECTIONS` (no report cache has it). The same path embeds the report sentences of
+:mod:`cxrpipe.text.sentences` (another marker).
 """
 
 from __future__ import annotations
@@ -47,22 +48,24 @@ def clean_prompts(texts: Sequence[str], sections: Sequence[str]) -> list[str]:
     return out
 
 
-def prompt_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Sequence[str]) -> Fingerprint:
+def prompt_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Sequence[str],
+                       marker: tuple[str, ...] = PROMPT_SECTIONS) -> Fingerprint:
     """The fingerprint a prompt cache of ``texts`` (as written in params) made with the ``embed`` params and
-    ``data.sections`` has."""
-    return expected_fingerprint(cfg, clean_prompts(texts, sections), PROMPT_SECTIONS)
+    ``data.sections`` has; ``marker`` names the kind of short texts (prompts, or report sentences)."""
+    return expected_fingerprint(cfg, clean_prompts(texts, sections), marker)
 
 
 def write_prompt_cache(cfg: EmbedConfig, texts: Sequence[str], out_path: str | Path, sections: Sequence[str],
-                       batch_size: int = 32) -> dict[str, Any]:
+                       batch_size: int = 32, marker: tuple[str, ...] = PROMPT_SECTIONS) -> dict[str, Any]:
     """Clean ``texts`` as reports, embed them (+ ``cfg.prompt``) with the frozen LM into ``out_path`` in the
     ``cfg.store_dtype`` form; rows keyed by text index. A finished cache with the same fingerprint is kept
-    as it is. Returns a small summary."""
+    as it is. ``marker``: the fingerprint's ``sections`` (:data:`PROMPT_SECTIONS`, or the report sentences'
+    marker of :mod:`cxrpipe.text.sentences`). Returns a small summary."""
     from cxrpipe.text.model import bos_added, load_text_model, load_tokenizer
 
     out_path = Path(out_path)
     cleaned = clean_prompts(texts, sections)
-    fingerprint = expected_fingerprint(cfg, cleaned, PROMPT_SECTIONS)
+    fingerprint = expected_fingerprint(cfg, cleaned, marker)
     if out_path.exists():
         try:
             TextCache(out_path, expect=fingerprint)
