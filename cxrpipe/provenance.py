@@ -30,7 +30,7 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "pretrain": (
         "config.py", "io.py", "inputs.py", "provenance.py", "cpu.py", "pretrain", "encoder.py", "model_card.py",
         "data/manifest.py", "data/image_cache.py", "text/cache.py", "text/embed.py", "text/model.py", "text/store.py",
-        "data/prepare.py",
+        "text/sentences.py", "text/prompts.py", "data/prepare.py",
     ),
 }
 

@@ -550,6 +550,8 @@ def block_encoders(m: Metrics) -> list[str]:
     return table(["recipe", "overrides", "seeds", "mae probe mAUC", "pretraining s"], rows)
 
 
+SENTENCES = "sentences"  # benchmarks/results/<this>/<dataset>.jsonl: recipe_search on benchmarks/recipes/sentences.yaml
+
 PROMPTS = "zeroshot-prompts"  # benchmarks/results/<this>/<dataset>.jsonl: benchmarks/zeroshot_prompts.py --log
 PROMPT_DATASETS = (("demo", "demo"), ("bench", "bench (real report text)"))
 
@@ -792,6 +794,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "encoders": block_encoders,
     "encoders_multimodal": lambda m: block_recipe_seeds(m, f"{ENCODERS}/multimodal.jsonl"),
     "bench_encoders": lambda m: block_recipe_seeds(m, f"{BENCH_ENCODERS}/multimodal.jsonl"),
+    "sentences": lambda m: block_recipe_seeds(m, f"{SENTENCES}/demo.jsonl"),
     "zeroshot_prompts": block_zeroshot_prompts,
     "zeroshot_prompt_labels": block_zeroshot_prompt_labels,
     "stage_times": block_stage_times,
