@@ -84,7 +84,7 @@ def write_prompt_cache(cfg: EmbedConfig, texts: Sequence[str], out_path: str | P
     for a in range(0, len(ids), batch_size):
         embeddings += [h.numpy() for h in embed_batch(model, ids[a : a + batch_size], layer, bos, tokenizer.pad_token_id)]
     n_clipped = write_text_cache(out_path, embeddings, ids, table.study_ids, table.study_rows, fingerprint)
-    log.info("wrote %s: %d prompts, %d distinct texts, %d tokens (%s, %d values clipped)", out_path, len(texts),
+    log.info("wrote %s: %d texts, %d distinct, %d tokens (%s, %d values clipped)", out_path, len(texts),
              len(table.texts), sum(len(x) for x in ids), fingerprint.store_dtype, n_clipped)
     return {"n_texts": len(texts), "n_distinct": len(table.texts), "n_tokens": int(sum(len(x) for x in ids)),
             "n_truncated": n_truncated, "reused": False}

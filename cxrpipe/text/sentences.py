@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from cxrpipe.io import MissingInputError
 from cxrpipe.text.cache import Fingerprint, TextCache
 from cxrpipe.text.prompts import clean_prompts, write_prompt_cache
 
@@ -132,6 +133,8 @@ class SentenceSampler:
 
     def __init__(self, prepared: str | Path, path: str | Path, text_cache: TextCache, sections: Sequence[str],
                  expect: Fingerprint | None = None):
+        if not Path(path).exists():  # not a DVC stage: name the command
+            raise MissingInputError(f"{path} not found (the sentence cache): make it with `cxrpipe embed-sentences`")
         self.cache = TextCache(path, expect=expect, stage="embed_sentences")
         sids, _, rows = manifest_sentences(prepared, sections)
         self.rows_of: dict[int, list[int]] = {}

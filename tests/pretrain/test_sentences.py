@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from cxrpipe.data.manifest import read_images, read_studies, write_manifest
+from cxrpipe.io import MissingInputError
 from cxrpipe.pretrain.data import derange_texts, find_pairs
 from cxrpipe.text.cache import Fingerprint, TextCache, hash_texts, write_text_cache
 from cxrpipe.text.sentences import SENTENCE_SECTIONS, SentenceSampler, SentenceSource, manifest_sentences
@@ -89,6 +90,9 @@ def test_a_term_without_its_cache_or_with_the_cross_pool_is_refused(tmp_path, da
     with pytest.raises(ValueError, match="latent"):
         run(tmp_path, "b", *data, tiny_cfg(epochs=1, pool={"kind": "cross", "dim": 16, "num_heads": 2},
                                           loss={"sentence_weight": 0.5, "kind": "infonce"}), sentences=src)
+    with pytest.raises(MissingInputError, match="cxrpipe embed-sentences"):
+        run(tmp_path, "d", *data, tiny_cfg(epochs=1, loss={"sentence_weight": 0.5}),
+            sentences=SentenceSource(tmp_path / "absent.h5", SECTIONS))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run(tmp_path, "c", *data, tiny_cfg(epochs=1, loss={"sentence_weight": 1.5}), sentences=src)
 
