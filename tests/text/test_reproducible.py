@@ -5,6 +5,7 @@ every instruction-set cap with fp32 + cpu.isa avx2 where the unpinned run gives 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,5 +88,7 @@ def test_pinned_fp32_cache_is_the_same_under_every_cap(tiny_model_dir, tmp_path)
                          capture_output=True, text=True, timeout=1200, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fp32: 1 distinct hash(es) over 5 caps" in res.stdout, res.stdout
-    if native == "AVX512":
-        assert "fp32-native: 2 distinct hash(es) over 5 caps" in res.stdout, res.stdout
+    if native == "AVX512":  # unpinned, the caps give other numbers: 2 distinct hashes on one machine, 3 on a
+        # later one of the same kind (2026-12-03: the thread count too), so only "more than one" is asserted
+        distinct = re.search(r"fp32-native: (\d+) distinct hash\(es\) over 5 caps", res.stdout)
+        assert distinct and int(distinct.group(1)) >= 2, res.stdout
