@@ -207,6 +207,7 @@ def run_grid(args) -> None:
     from cxrpipe.config import load_params
     from cxrpipe.evaluate.probe.data import labelled_splits
     from cxrpipe.labels import BlankPolicy, UncertainPolicy
+    from cxrpipe.versions import package_versions
 
     raw = load_params(args.params)
     grid = yaml.safe_load(args.grid.read_text())
@@ -239,7 +240,8 @@ def run_grid(args) -> None:
                        "embed_layer": raw["embed"]["layer"], **ev,
                        "train_probe_R@10": m.get("retrieval_train", {}).get("recall@10"),
                        "validate_R@10_pretrain": m.get("retrieval", {}).get("recall@10"),
-                       "clipped_share": m.get("clipped_share"), "seconds": m.get("wall_seconds")}
+                       "clipped_share": m.get("clipped_share"), "seconds": m.get("wall_seconds"),
+                       "versions": package_versions()}
                 with args.log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps({k: row[k] for k in ("recipe", "seed", "variant", "probe")} |
