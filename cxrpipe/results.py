@@ -795,6 +795,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "encoders_multimodal": lambda m: block_recipe_seeds(m, f"{ENCODERS}/multimodal.jsonl"),
     "bench_encoders": lambda m: block_recipe_seeds(m, f"{BENCH_ENCODERS}/multimodal.jsonl"),
     "sentences": lambda m: block_recipe_seeds(m, f"{SENTENCES}/demo.jsonl"),
+    "sentences_shuffled": lambda m: block_recipe_seeds(m, f"{SENTENCES}/demo-shuffled.jsonl"),
     "zeroshot_prompts": block_zeroshot_prompts,
     "zeroshot_prompt_labels": block_zeroshot_prompt_labels,
     "stage_times": block_stage_times,
