@@ -49,10 +49,12 @@ def clean_prompts(texts: Sequence[str], sections: Sequence[str]) -> list[str]:
 
 
 def prompt_fingerprint(cfg: EmbedConfig, texts: Sequence[str], sections: Sequence[str],
-                       marker: tuple[str, ...] = PROMPT_SECTIONS) -> Fingerprint:
+                       marker: tuple[str, ...] = PROMPT_SECTIONS, strict_identity: bool = True) -> Fingerprint:
     """The fingerprint a prompt cache of ``texts`` (as written in params) made with the ``embed`` params and
-    ``data.sections`` has; ``marker`` names the kind of short texts (prompts, or report sentences)."""
-    return expected_fingerprint(cfg, clean_prompts(texts, sections), marker)
+    ``data.sections`` has; ``marker`` names the kind of short texts (prompts, or report sentences);
+    ``strict_identity`` as :func:`~cxrpipe.text.embed.expected_fingerprint` (False: for readers that never need
+    the model, such as pretrain)."""
+    return expected_fingerprint(cfg, clean_prompts(texts, sections), marker, strict_identity=strict_identity)
 
 
 def write_prompt_cache(cfg: EmbedConfig, texts: Sequence[str], out_path: str | Path, sections: Sequence[str],

@@ -29,10 +29,9 @@ import numpy as np
 
 from cxrpipe.io import MissingInputError
 from cxrpipe.text.cache import Fingerprint, TextCache
-from cxrpipe.text.prompts import clean_prompts, write_prompt_cache
+from cxrpipe.text.prompts import prompt_fingerprint, write_prompt_cache
 
 SENTENCE_SECTIONS = ("report-sentences",)  # marks a sentence cache in its fingerprint
-SENTENCES_H5 = "data/cache/sentences.h5"
 
 # a sentence ends at . ! or ? followed by a space and an upper-case letter, a digit, a placeholder, a bracket or
 # stray punctuation (a piece without a letter or digit is dropped); "Dr. Smith" style abbreviations are rare in
@@ -114,12 +113,12 @@ def sentence_source(raw: dict[str, Any], prepared: str | Path, path: str | Path 
         return None
     from cxrpipe.config import section
     from cxrpipe.data.prepare import DataConfig
-    from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
+    from cxrpipe.text.embed import EmbedConfig
 
     sections = tuple(section(raw, "data", DataConfig).sections)
     _, sentences, _ = manifest_sentences(prepared, sections)
-    expect = expected_fingerprint(section(raw, "embed", EmbedConfig), clean_prompts(sentences, sections),
-                                  SENTENCE_SECTIONS, strict_identity=False)
+    expect = prompt_fingerprint(section(raw, "embed", EmbedConfig), sentences, sections, marker=SENTENCE_SECTIONS,
+                                strict_identity=False)
     return SentenceSource(Path(path), sections, expect)
 
 
@@ -144,9 +143,6 @@ class SentenceSampler:
         missing = [r for rs in self.rows_of.values() for r in rs if r not in self.cache]
         if missing:
             raise ValueError(f"{path} lacks {len(missing)} sentences of these reports (first: {missing[0]})")
-
-    def __contains__(self, text_row: int) -> bool:
-        return text_row in self.rows_of
 
     def draw(self, text_row: int, seed: int) -> int:
         """The sentence drawn for report row ``text_row`` by a sample whose augmentation seed is ``seed`` (a
