@@ -20,6 +20,9 @@ recipes), then scores the exported encoder on the VALIDATE split only (test is n
   with the query's, "No Finding" counting as one) beside its prior (the same share over all reports);
 * the pretraining's own train-probe retrieval (fit vs generalisation) and clipped share.
 
+It computes with the kernels of the params' ``cpu.isa``, as the pipeline's stages do; each row records them
+(``kernels``) and the numeric stack's versions (``versions``).
+
 Each run appends one JSON line to ``--log``; ``--summary`` prints the mean (sd) per recipe and variant.
 
     python benchmarks/recipe_search.py --grid benchmarks/recipes/demo.yaml --seeds 0 1 2
@@ -207,6 +210,7 @@ def run_grid(args) -> None:
     from cxrpipe.config import load_params
     from cxrpipe.evaluate.probe.data import labelled_splits
     from cxrpipe.labels import BlankPolicy, UncertainPolicy
+    from cxrpipe.cpu import kernels_in_use
     from cxrpipe.versions import package_versions
 
     raw = load_params(args.params)
@@ -241,7 +245,7 @@ def run_grid(args) -> None:
                        "train_probe_R@10": m.get("retrieval_train", {}).get("recall@10"),
                        "validate_R@10_pretrain": m.get("retrieval", {}).get("recall@10"),
                        "clipped_share": m.get("clipped_share"), "seconds": m.get("wall_seconds"),
-                       "versions": package_versions()}
+                       "versions": package_versions(), "kernels": kernels_in_use()}
                 with args.log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps({k: row[k] for k in ("recipe", "seed", "variant", "probe")} |
@@ -299,6 +303,9 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # scikit-learn's LogisticRegressionCV notices
     if args.summary:
         return summary(args.summary)
+    from cxrpipe.cpu import apply_params_cpu_isa
+
+    apply_params_cpu_isa(args.params)  # the kernels the pipeline's stages use (cpu.isa), before torch loads
     if args.pixels:
         return pixels_reference(args)
     if args.prompt_cache is not None and not args.prompt_cache.exists():
