@@ -581,7 +581,7 @@ def _sentence_sampler(cfg: PretrainConfig, prepared: Path, text: Any, source: An
                          "and pass it (--sentence-cache data/cache/sentences.h5)")
     from cxrpipe.text.sentences import SentenceSampler
 
-    return SentenceSampler(prepared, source.path, text, source.sections, source.expect)
+    return SentenceSampler(prepared, source.path, text, source.sections, source.expect, source.table)
 
 
 def _export_and_check(run: TrainRun, text: Any, prepared: Path, out_dir: Path, train_pairs: list,

@@ -104,6 +104,8 @@ class SentenceSource:
     path: Path
     sections: tuple[str, ...]
     expect: Fingerprint | None = None
+    # (train study ids, each one's sentence rows) as the fingerprint was built from; None: rebuilt by the sampler
+    table: tuple[list[int], list[list[int]]] | None = None
 
 
 def sentence_source(raw: dict[str, Any], prepared: str | Path, path: str | Path | None) -> SentenceSource | None:
@@ -116,10 +118,10 @@ def sentence_source(raw: dict[str, Any], prepared: str | Path, path: str | Path 
     from cxrpipe.text.embed import EmbedConfig
 
     sections = tuple(section(raw, "data", DataConfig).sections)
-    _, sentences, _ = manifest_sentences(prepared, sections)
+    sids, sentences, rows = manifest_sentences(prepared, sections)
     expect = prompt_fingerprint(section(raw, "embed", EmbedConfig), sentences, sections, marker=SENTENCE_SECTIONS,
                                 strict_identity=False)
-    return SentenceSource(Path(path), sections, expect)
+    return SentenceSource(Path(path), sections, expect, (sids, rows))
 
 
 class SentenceSampler:
@@ -127,15 +129,18 @@ class SentenceSampler:
 
     Keyed by the REPORT CACHE's text row (identical reports share a row and so their sentences; the ``shuffled``
     control's borrowed row draws from the borrowed report). ``expect`` is the fingerprint the params imply (None:
-    unchecked).
+    unchecked); ``table`` the (study ids, sentence rows) of :func:`manifest_sentences` when the caller has them.
     """
 
     def __init__(self, prepared: str | Path, path: str | Path, text_cache: TextCache, sections: Sequence[str],
-                 expect: Fingerprint | None = None):
+                 expect: Fingerprint | None = None, table: tuple[list[int], list[list[int]]] | None = None):
         if not Path(path).exists():  # not a DVC stage: name the command
             raise MissingInputError(f"{path} not found (the sentence cache): make it with `cxrpipe embed-sentences`")
         self.cache = TextCache(path, expect=expect, stage="embed_sentences")
-        sids, _, rows = manifest_sentences(prepared, sections)
+        if table is None:
+            sids, _, rows = manifest_sentences(prepared, sections)
+        else:
+            sids, rows = table
         self.rows_of: dict[int, list[int]] = {}
         for sid, r in zip(sids, rows):
             if sid in text_cache and r:

@@ -68,6 +68,10 @@ def test_draws_come_from_the_pairs_report_only_and_are_seeded(tmp_path, data):
     src = sentence_cache(tmp_path / "s.h5", [np.zeros((2, 4), np.float32)] * len(sentences), [np.arange(2)] * len(sentences))
     text = TextCache(text_path)
     sampler = SentenceSampler(tmp_path, src.path, text, SECTIONS)
+    # a caller's table (sentence_source's) is the one the sampler would build, and it is the one used
+    assert SentenceSampler(tmp_path, src.path, text, SECTIONS, table=(sids, rows)).rows_of == sampler.rows_of
+    reversed_rows = SentenceSampler(tmp_path, src.path, text, SECTIONS, table=(sids, [r[::-1] for r in rows]))
+    assert reversed_rows.rows_of != sampler.rows_of
     for sid, rs in zip(sids, rows):
         drawn = {sampler.draw(text.row_of(sid), seed) for seed in range(60)}
         assert drawn == set(rs)  # every sentence of its report, and only those

@@ -81,6 +81,8 @@ def test_the_sentence_cache_embeds_each_sentence_as_a_prompt_and_refuses_other_r
                      "max_tokens": 64}, "data": {"sections": list(SECTIONS)}}
     source = sentence_source(raw, prepared, out)
     TextCache(out, expect=source.expect)  # the params' fingerprint matches
+    sids, _, rows = manifest_sentences(prepared, SECTIONS)
+    assert source.table == (sids, rows)  # the table the fingerprint was built from, for the sampler
     studies = read_studies(prepared)
     write_manifest(prepared, [], [dataclasses.replace(studies[0], text="Findings: Another report.")] + studies[1:])
     with pytest.raises(TextCacheError, match="texts_hash"):

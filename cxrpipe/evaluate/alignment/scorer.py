@@ -73,15 +73,10 @@ def image_batches(cache: ImageCache, rows: Sequence[int], batch_size: int) -> It
 
 def pad_texts(texts: Sequence[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token states ``[L_i, hidden]`` -> (float32 ``[M, L, hidden]`` zero-padded, mask ``[M, L]`` True = real);
-    each text keeps its LAST ``max_tokens`` tokens (as pretraining did)."""
-    texts = [np.asarray(t)[-max_tokens:] for t in texts]
-    length = max(t.shape[0] for t in texts)
-    out = torch.zeros(len(texts), length, texts[0].shape[1])
-    mask = torch.zeros(len(texts), length, dtype=torch.bool)
-    for i, t in enumerate(texts):
-        out[i, : t.shape[0]] = torch.from_numpy(t.astype(np.float32))
-        mask[i, : t.shape[0]] = True
-    return out, mask
+    each text keeps its LAST ``max_tokens`` tokens (as pretraining did), padded as pretraining's batches are."""
+    from cxrpipe.pretrain.data import pad_texts as pad_tensors
+
+    return pad_tensors([torch.from_numpy(np.asarray(t)[-max_tokens:].astype(np.float32)) for t in texts])
 
 
 @torch.inference_mode()
