@@ -796,6 +796,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "bench_encoders": lambda m: block_recipe_seeds(m, f"{BENCH_ENCODERS}/multimodal.jsonl"),
     "sentences": lambda m: block_recipe_seeds(m, f"{SENTENCES}/demo.jsonl"),
     "sentences_shuffled": lambda m: block_recipe_seeds(m, f"{SENTENCES}/demo-shuffled.jsonl"),
+    "sentences_bench": lambda m: block_recipe_seeds(m, f"{SENTENCES}/bench.jsonl"),
     "zeroshot_prompts": block_zeroshot_prompts,
     "zeroshot_prompt_labels": block_zeroshot_prompt_labels,
     "stage_times": block_stage_times,
