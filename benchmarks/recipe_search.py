@@ -208,15 +208,16 @@ def train(raw: dict, pre: dict, variant: str, seed: int, work: Path, prepared: P
 
 def run_grid(args) -> None:
     from cxrpipe.config import load_params
+    from cxrpipe.cpu import kernels_in_use
     from cxrpipe.evaluate.probe.data import labelled_splits
     from cxrpipe.labels import BlankPolicy, UncertainPolicy
-    from cxrpipe.cpu import kernels_in_use
     from cxrpipe.versions import package_versions
 
     raw = load_params(args.params)
     grid = yaml.safe_load(args.grid.read_text())
     splits = labelled_splits(args.prepared, ["AP", "PA"], UncertainPolicy.IGNORE, BlankPolicy.ZEROS)
     args.log.parent.mkdir(parents=True, exist_ok=True)
+    stack = {"versions": package_versions(), "kernels": kernels_in_use()}  # the same for every row of this run
     done = set()
     if args.log.exists():
         done = {(r["recipe"], r["seed"], r["variant"]) for r in map(json.loads, args.log.read_text().splitlines())}
@@ -245,7 +246,7 @@ def run_grid(args) -> None:
                        "train_probe_R@10": m.get("retrieval_train", {}).get("recall@10"),
                        "validate_R@10_pretrain": m.get("retrieval", {}).get("recall@10"),
                        "clipped_share": m.get("clipped_share"), "seconds": m.get("wall_seconds"),
-                       "versions": package_versions(), "kernels": kernels_in_use()}
+                       **stack}
                 with args.log.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps({k: row[k] for k in ("recipe", "seed", "variant", "probe")} |

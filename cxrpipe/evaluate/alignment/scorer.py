@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cxrpipe.data.image_cache import ImageCache
+from cxrpipe.pretrain.data import pad_texts as pad_tensors
 from cxrpipe.pretrain.heads import AlignmentHeads, load_heads
 from cxrpipe.text.cache import TextCache
 
@@ -74,8 +75,6 @@ def image_batches(cache: ImageCache, rows: Sequence[int], batch_size: int) -> It
 def pad_texts(texts: Sequence[np.ndarray], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token states ``[L_i, hidden]`` -> (float32 ``[M, L, hidden]`` zero-padded, mask ``[M, L]`` True = real);
     each text keeps its LAST ``max_tokens`` tokens (as pretraining did), padded as pretraining's batches are."""
-    from cxrpipe.pretrain.data import pad_texts as pad_tensors
-
     return pad_tensors([torch.from_numpy(np.asarray(t)[-max_tokens:].astype(np.float32)) for t in texts])
 
 
