@@ -38,6 +38,8 @@ from cxrpipe.io import UserError, write_json_atomic
 
 log = logging.getLogger(__name__)
 
+SENTENCE_STAGE = "sentences"  # embed_sentences@sentences
+SENTENCE_CACHE = f"data/cache/{SENTENCE_STAGE}.h5"  # what it writes (dvc.yaml), and pretrain's --sentence-cache default
 CHECK_JSON = {"params": "checked"}  # the output's content: constant, so a passing check reruns nothing
 
 
@@ -230,6 +232,29 @@ def check_flow(cfgs: dict[str, Any]) -> None:
                           "(dvc exp run -S pretrain.seed=K -S finetune.seed=K)")
 
 
+def check_sentences(cfgs: dict[str, Any]) -> None:
+    """The sentence term's three switches agree: ``pretrain.loss.sentence_weight`` in [0, 1]; above 0 it needs
+    ``pipeline.sentences: [sentences]`` (the stage that writes the cache), ``pipeline.sentence_dep`` naming that
+    cache (so every pretraining stage reruns when it changes) and a pooling that has a latent to compare
+    (``pretrain.pool.kind`` not ``cross``); at 0 the stage would embed a cache nothing reads."""
+    pipe, pre = cfgs["pipeline"], cfgs["pretrain"]
+    weight = pre.loss.sentence_weight
+    if not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"params 'pretrain.loss.sentence_weight' = {weight}: a share of the contrastive loss, in [0, 1]")
+    if list(pipe.sentences) not in ([], [SENTENCE_STAGE]):
+        raise ConfigError(f"params 'pipeline.sentences' = {list(pipe.sentences)}: [] or [{SENTENCE_STAGE}]")
+    if weight > 0 and (list(pipe.sentences) != [SENTENCE_STAGE] or pipe.sentence_dep != SENTENCE_CACHE):
+        raise ConfigError(f"params 'pretrain.loss.sentence_weight' = {weight} needs 'pipeline.sentences: "
+                          f"[{SENTENCE_STAGE}]' and 'pipeline.sentence_dep: {SENTENCE_CACHE}' (the stage that embeds "
+                          "the sentences, and the pretraining stages' dep on its cache)")
+    if weight > 0 and pre.pool.kind != "latent":
+        raise ConfigError(f"params 'pretrain.loss.sentence_weight' = {weight} needs 'pretrain.pool.kind: latent' (one "
+                          f"image embedding to compare with a sentence), not {pre.pool.kind!r}")
+    if weight == 0 and pipe.sentences:
+        raise ConfigError(f"params 'pipeline.sentences' = [{SENTENCE_STAGE}] with 'pretrain.loss.sentence_weight' 0: "
+                          "the cache would be embedded and never read; set the weight or list []")
+
+
 def run_check(params: str | Path, out: str | Path | None = None, dvc_yaml: str | Path | None = "dvc.yaml",
               data: bool = True) -> dict:
     """Check ``params`` (see the module doc; ``data=False``: not the data files); write ``out`` when it passes.
@@ -244,6 +269,7 @@ def run_check(params: str | Path, out: str | Path | None = None, dvc_yaml: str |
         cfgs = {name: section(raw, name, cls) for name, cls in schemas.items()}
         check_views(cfgs)
         check_flow(cfgs)
+        check_sentences(cfgs)
         skipped = check_data(cfgs, pipeline_outputs(Path(dvc_yaml) if dvc_yaml else None, raw)) if data else ["data"]
     except UserError as e:
         raise type(e)(f"{params}: {e}") from None

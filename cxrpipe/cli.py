@@ -24,7 +24,7 @@ STAGES = (
     ("transfer-prepare", "transfer_prepare"),
     ("text-model", "text_model"),
     ("embed", "embed"),
-    ("embed-sentences", "embed_sentences"),  # not a DVC stage: the sentence term's cache (docs/alignment.md)
+    ("embed-sentences", "embed_sentences"),  # the sentence term's cache: stage embed_sentences (pipeline.sentences)
     ("pretrain", "pretrain"),
     ("random-encoder", "random_encoder"),
     ("finetune", "finetune"),

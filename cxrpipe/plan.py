@@ -420,7 +420,7 @@ def _transfer(x: Inputs) -> StagePlan:
     return plan
 
 
-SMALL = ("demo_data", "demo_nih", "bench_data", "text_model", "random_encoder", "random_encoder_seeds", "pixels",
+SMALL = ("demo_data", "demo_nih", "bench_data", "text_model", "embed_sentences", "random_encoder", "random_encoder_seeds", "pixels",
          "compare", "label_efficiency", "label_efficiency_summary", "zeroshot_prompts", "zeroshot", "zeroshot_transfer",
          "retrieval", "attention_maps", "transfer_compare")
 

@@ -44,8 +44,9 @@ def main(
         Optional[Path], typer.Option(help="pretrain.flow two_step: the exported mae folder this variant continues")
     ] = None,
     sentence_cache: Annotated[
-        Optional[Path], typer.Option(help="pretrain.loss.sentence_weight > 0: the cache of `cxrpipe embed-sentences`")
-    ] = None,
+        Path, typer.Option(help="the sentence cache (stage embed_sentences), read only when "
+                                "pretrain.loss.sentence_weight > 0")
+    ] = Path("data/cache/sentences.h5"),
 ) -> None:
     """Train the ViT MAE (+ attention pooling and contrastive loss against the text cache) on the train split;
     write encoder.safetensors + config.json (a plain timm ViT), loss curves, and the validate-split
@@ -92,7 +93,7 @@ def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, m
         plots_dir=plots or Path("data/plots") / f"pretrain-{variant}",
         max_steps=max_steps,
         init_from=init,
-        sentences=sentence_source(raw, prepared, sentence_cache),
+        sentences=sentence_source(raw, prepared, sentence_cache) if cfg.loss.sentence_weight > 0 else None,
     )
 
 

@@ -142,6 +142,27 @@ def test_the_two_step_switches_must_agree(tmp_path, changes, expected):
     run_check(_write(tmp_path, _edited(**TWO_STEP)), dvc_yaml=ROOT / "dvc.yaml")
 
 
+SENTENCES = {"pretrain.loss.sentence_weight": 0.5, "pipeline.sentences": ["sentences"],
+             "pipeline.sentence_dep": "data/cache/sentences.h5"}
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({**SENTENCES, "pipeline.sentences": []}, ("sentence_weight' = 0.5 needs", "pipeline.sentences: [sentences]")),
+    ({**SENTENCES, "pipeline.sentence_dep": "data/cache/text.h5"}, ("sentence_dep: data/cache/sentences.h5",)),
+    ({**SENTENCES, "pretrain.pool.kind": "cross"}, ("needs 'pretrain.pool.kind: latent'", "'cross'")),
+    ({**SENTENCES, "pretrain.loss.sentence_weight": 1.5}, ("sentence_weight' = 1.5", "in [0, 1]")),
+    ({**SENTENCES, "pretrain.loss.sentence_weight": -0.1}, ("sentence_weight' = -0.1", "in [0, 1]")),
+    ({**SENTENCES, "pipeline.sentences": ["sentences", "more"]}, ("pipeline.sentences", "[] or [sentences]")),
+    ({"pipeline.sentences": ["sentences"]}, ("weight' 0", "embedded and never read")),
+])
+def test_the_sentence_switches_must_agree(tmp_path, changes, expected):
+    """The sentence term, its stage and the pretraining stages' dep on its cache are on together or off
+    together (the shipped profiles: off); the documented switch passes, and so does weight 1 (the term alone)."""
+    _fails(tmp_path, _edited(**changes), *expected)
+    run_check(_write(tmp_path, _edited(**SENTENCES)), dvc_yaml=ROOT / "dvc.yaml")
+    run_check(_write(tmp_path, _edited(**{**SENTENCES, "pretrain.loss.sentence_weight": 1.0})), dvc_yaml=ROOT / "dvc.yaml")
+
+
 def test_unknown_and_missing_sections(tmp_path):
     params = copy.deepcopy(DEMO)
     params["finetuen"] = params.pop("finetune")

@@ -66,6 +66,17 @@ def test_bench_plan_counts_the_stage_that_draws_its_tree(tmp_path):
     assert "bench_data 1" in others and "demo_data" not in others and "demo_nih 1" in others
 
 
+def test_the_sentence_term_adds_its_stage_to_the_plan(tmp_path):
+    """pipeline.sentences [sentences] (the sentence term on): its embedding stage is counted among the others;
+    the shipped profile lists none."""
+    off = by_family(make_plan(repo(tmp_path, "params-mimic.yaml") / "p.yaml", tmp_path)[0])["others"].work
+    assert "embed_sentences" not in off
+    (tmp_path / "on").mkdir()
+    root = repo(tmp_path / "on", "params-mimic.yaml", pipeline={"sentences": ["sentences"],
+                                                                 "sentence_dep": "data/cache/sentences.h5"})
+    assert "embed_sentences 1" in by_family(make_plan(root / "p.yaml", root)[0])["others"].work
+
+
 def test_mimic_tables_give_measured_counts(tmp_path):
     tables = tmp_path / "mimic"
     tables.mkdir()

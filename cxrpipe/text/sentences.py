@@ -134,8 +134,9 @@ class SentenceSampler:
 
     def __init__(self, prepared: str | Path, path: str | Path, text_cache: TextCache, sections: Sequence[str],
                  expect: Fingerprint | None = None, table: tuple[list[int], list[list[int]]] | None = None):
-        if not Path(path).exists():  # not a DVC stage: name the command
-            raise MissingInputError(f"{path} not found (the sentence cache): make it with `cxrpipe embed-sentences`")
+        if not Path(path).exists():
+            raise MissingInputError(f"{path} not found (the sentence cache): `dvc repro` makes it with "
+                                    "'pipeline.sentences: [sentences]' (docs/alignment.md), or `cxrpipe embed-sentences`")
         self.cache = TextCache(path, expect=expect, stage="embed_sentences")
         if table is None:
             sids, _, rows = manifest_sentences(prepared, sections)

@@ -176,8 +176,9 @@ def test_cross_attention_pool_with_infonce_runs(tmp_path, data):
     assert m["retrieval"]["n_reports"] == 7
 
 
-def test_stage_cli_in_process(tmp_path):
-    """`cxrpipe pretrain` with a params file: the text cache is checked against the embed params."""
+def test_stage_cli_in_process(tmp_path, monkeypatch):
+    """`cxrpipe pretrain` with a params file: the text cache is checked against the embed params; the sentence
+    cache is read from where stage embed_sentences writes it, and only when the sentence term is on."""
     embed = pytest.importorskip("cxrpipe.text.embed")
     pytest.importorskip("cxrpipe.data.prepare")
     import typer
@@ -211,6 +212,17 @@ def test_stage_cli_in_process(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "prompt" in result.output + str(result.exception)
+    # the sentence term on, no --sentence-cache: the default is the cache dvc.yaml's embed_sentences writes
+    from cxrpipe.check import SENTENCE_CACHE
+
+    monkeypatch.chdir(tmp_path)  # the default is relative to the repository root: none here
+    params["embed"].pop("prompt")
+    params["pretrain"]["loss"] = {**params["pretrain"].get("loss", {}), "sentence_weight": 0.5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args[args.index("--variant") + 1] = "multimodal"
+    result = CliRunner().invoke(app, args)
+    message = result.output + str(result.exception)
+    assert result.exit_code != 0 and f"{SENTENCE_CACHE} not found" in message and "pipeline.sentences" in message
 
 
 def test_augment_on_device_trains_like_the_loader_and_resumes_exactly(tmp_path, data, full):
