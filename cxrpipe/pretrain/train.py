@@ -577,8 +577,8 @@ def _sentence_sampler(cfg: PretrainConfig, prepared: Path, text: Any, source: An
     if cfg.pool.kind != "latent":
         raise ValueError("pretrain.loss.sentence_weight > 0 needs pretrain.pool.kind latent (one image embedding)")
     if source is None:
-        raise ValueError("pretrain.loss.sentence_weight > 0 reads the sentence cache: run `cxrpipe embed-sentences` "
-                         "and pass it (--sentence-cache data/cache/sentences.h5)")
+        raise ValueError("pretrain.loss.sentence_weight > 0 reads the sentence cache: `dvc repro` makes it with "
+                         "'pipeline.sentences: [sentences]' (docs/alignment.md); a run by hand passes --sentence-cache")
     from cxrpipe.text.sentences import SentenceSampler
 
     return SentenceSampler(prepared, source.path, text, source.sections, source.expect, source.table)

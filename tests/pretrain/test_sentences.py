@@ -88,7 +88,7 @@ def test_draws_come_from_the_pairs_report_only_and_are_seeded(tmp_path, data):
 
 def test_a_term_without_its_cache_or_with_the_cross_pool_is_refused(tmp_path, data):
     cfg = tiny_cfg(epochs=1, loss={"sentence_weight": 0.5})
-    with pytest.raises(ValueError, match="embed-sentences"):
+    with pytest.raises(ValueError, match=r"pipeline.sentences: \[sentences\]"):
         run(tmp_path, "a", *data, cfg)
     states, ids = report_states(*data)
     src = sentence_cache(tmp_path / "s.h5", states, ids)
