@@ -295,18 +295,29 @@ def _tokens(x: Inputs) -> Figure:
     return Figure(x.counts.studies.value * TOKENS_PER_REPORT[0], TOKENS_PER_REPORT[1])
 
 
-def _embed(x: Inputs) -> StagePlan:
-    from cxrpipe.text.store import bytes_per_token
+def _lm(x: Inputs) -> dict[str, Any] | None:
+    """The frozen LM's shape: a local folder's config.json (the converted demo LM once made), else a known hub id."""
+    model = x.params["embed"]["model"]
+    return lm_config(str(x.root / model) if (x.root / model / "config.json").exists() else model)
 
+
+def _embed(x: Inputs) -> StagePlan:
     cfg = x.params["embed"]
-    model = str(x.root / cfg["model"]) if (x.root / cfg["model"] / "config.json").exists() else cfg["model"]
-    lm, tokens = lm_config(model), _tokens(x)
+    lm, tokens = _lm(x), _tokens(x)
     n = f"{tokens.value / 1e6:,.2f} M" if tokens.value >= 1e6 else f"{tokens.value:,.0f}"
     plan = StagePlan("embed", x.runs["embed"], f"{x.counts.studies.value:,.0f} reports, {n} tokens "
                      f"({tokens.how.split(':')[0]}), {cfg['model']}")
     if lm is None:
         plan.work += " (unknown model shape: no size or time)"
         return plan
+    return _lm_figures(x, plan, lm, tokens)
+
+
+def _lm_figures(x: Inputs, plan: StagePlan, lm: dict[str, Any], tokens: Figure) -> StagePlan:
+    """``plan`` with the disk and hours of ``tokens`` through the frozen LM ``lm`` (the embed params' storage)."""
+    from cxrpipe.text.store import bytes_per_token
+
+    cfg = x.params["embed"]
     per_token = bytes_per_token(cfg["store_dtype"], lm["hidden_size"]) + TOKEN_ID_BYTES
     plan.disk = Figure(tokens.value * per_token, f"estimated: tokens x {per_token} bytes ({cfg['store_dtype']}, "
                        f"{lm['hidden_size']} dims + token id)")
@@ -315,6 +326,24 @@ def _embed(x: Inputs) -> StagePlan:
                             "nf4 dequantises per layer: slower, not measured)")
     plan.cpu_hours = _hours(flops, x.cpu["embed"], "")
     return plan
+
+
+def _embed_sentences(x: Inputs) -> StagePlan:
+    """The sentence term's cache (``pipeline.sentences``): the distinct sentences of the train reports, each with
+    the prompt, counted from the prepared manifest; before prepare has run there is nothing to count."""
+    from cxrpipe.text.sentences import manifest_sentences
+
+    cfg, prepared = x.params["embed"], x.root / "data/prepared"
+    plan = StagePlan("embed_sentences", x.runs["embed_sentences"], "the distinct sentences of the train reports")
+    lm = _lm(x)
+    if not (made_from(prepared, x.params["data"]) and (prepared / "studies.csv").exists()) or lm is None:
+        plan.work += " (counted once prepare has run, with a known model shape: no size or time yet)"
+        return plan
+    _, sentences, _ = manifest_sentences(prepared, x.params["data"]["sections"])
+    chars = sum(len(s) + len(cfg["prompt"]) + 1 for s in sentences)
+    tokens = Figure(chars / 4, f"estimated: characters / 4 of the distinct train sentences of {prepared / 'studies.csv'}")
+    plan.work = f"{len(sentences):,} distinct train sentences, {tokens.value:,.0f} tokens (estimated), {cfg['model']}"
+    return _lm_figures(x, plan, lm, tokens)
 
 
 def _prepare(x: Inputs, family: str, images: Figure) -> StagePlan:
@@ -420,7 +449,7 @@ def _transfer(x: Inputs) -> StagePlan:
     return plan
 
 
-SMALL = ("demo_data", "demo_nih", "bench_data", "text_model", "embed_sentences", "random_encoder", "random_encoder_seeds", "pixels",
+SMALL = ("demo_data", "demo_nih", "bench_data", "text_model", "random_encoder", "random_encoder_seeds", "pixels",
          "compare", "label_efficiency", "label_efficiency_summary", "zeroshot_prompts", "zeroshot", "zeroshot_transfer",
          "retrieval", "attention_maps", "transfer_compare")
 
@@ -437,7 +466,10 @@ def make_plan(params_file: str | Path, root: str | Path = ".", gpu_tflops: float
     plans = [_prepare(x, "prepare", counts.images)]
     if x.runs["transfer_prepare"]:
         plans.append(_prepare(x, "transfer_prepare", _transfer_images(x)))
-    plans += [_embed(x), _pretrain(x), _finetune(x)]
+    plans.append(_embed(x))
+    if x.runs["embed_sentences"]:
+        plans.append(_embed_sentences(x))
+    plans += [_pretrain(x), _finetune(x)]
     if x.runs["transfer"]:
         plans.append(_transfer(x))
     small = {f: x.runs[f] for f in SMALL if x.runs[f]}

@@ -7,13 +7,17 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cxrpipe.plan import GIB, MIMIC, data_counts, format_plan, make_plan, vit_sizes
+from cxrpipe.data.manifest import StudyRecord, write_manifest
+from cxrpipe.labels import CHEXPERT_LABELS
+from cxrpipe.plan import GIB, MIMIC, SMOLLM2, TOKEN_ID_BYTES, data_counts, format_plan, make_plan, vit_sizes
+from cxrpipe.text.store import bytes_per_token
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # DVC parses the pipeline (a few seconds)
@@ -67,14 +71,34 @@ def test_bench_plan_counts_the_stage_that_draws_its_tree(tmp_path):
 
 
 def test_the_sentence_term_adds_its_stage_to_the_plan(tmp_path):
-    """pipeline.sentences [sentences] (the sentence term on): its embedding stage is counted among the others;
-    the shipped profile lists none."""
-    off = by_family(make_plan(repo(tmp_path, "params-mimic.yaml") / "p.yaml", tmp_path)[0])["others"].work
-    assert "embed_sentences" not in off
+    """pipeline.sentences [sentences] (the sentence term on) plans the stage that embeds the sentences: nothing
+    to count before prepare (the shipped profile lists no such stage); after it, the distinct train sentences
+    (a sentence shared by reports counts once; validate reports none), their tokens, disk and hours, scaled
+    from the report embed's own figures per token."""
+    off = by_family(make_plan(repo(tmp_path, "params.yaml") / "p.yaml", tmp_path)[0])
+    assert "embed_sentences" not in off and "embed_sentences" not in off["others"].work
     (tmp_path / "on").mkdir()
-    root = repo(tmp_path / "on", "params-mimic.yaml", pipeline={"sentences": ["sentences"],
-                                                                 "sentence_dep": "data/cache/sentences.h5"})
-    assert "embed_sentences 1" in by_family(make_plan(root / "p.yaml", root)[0])["others"].work
+    root = repo(tmp_path / "on", "params.yaml", pipeline={"sentences": ["sentences"],
+                                                          "sentence_dep": "data/cache/sentences.h5"})
+    before = by_family(make_plan(root / "p.yaml", root)[0])["embed_sentences"]
+    assert before.runs == 1 and before.disk is None and "once prepare has run" in before.work
+    params = yaml.safe_load((root / "p.yaml").read_text())
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "config.json").write_text(json.dumps({"data": params["data"]}))
+    texts = {"train": ["Findings: No effusion. Heart is normal.", "Findings: No effusion.", ""],
+             "validate": ["Findings: Large effusion."]}
+    rows = [(split, t) for split in texts for t in texts[split]]
+    write_manifest(prepared, [], [StudyRecord(i, i, split, t, {}, (math.nan,) * len(CHEXPERT_LABELS))
+                                  for i, (split, t) in enumerate(rows)])
+    p = by_family(make_plan(root / "p.yaml", root)[0])
+    plan, embed = p["embed_sentences"], p["embed"]
+    sentences = ["Findings: No effusion.", "Findings: Heart is normal."]
+    tokens = sum(len(t) + len(params["embed"]["prompt"]) + 1 for t in sentences) / 4
+    assert plan.work.startswith(f"2 distinct train sentences, {tokens:,.0f} tokens (estimated)"), plan.work
+    per_token = bytes_per_token(params["embed"]["store_dtype"], SMOLLM2["hidden_size"]) + TOKEN_ID_BYTES
+    assert plan.disk.value == pytest.approx(tokens * per_token)
+    assert plan.cpu_hours.value / plan.disk.value == pytest.approx(embed.cpu_hours.value / embed.disk.value)
 
 
 def test_mimic_tables_give_measured_counts(tmp_path):
