@@ -502,34 +502,11 @@ def run_pretrain(
     set_seed(cfg.seed)
 
     text = TextCache(text_cache, expect=expect)
-    train_pairs = find_pairs(prepared, text, "train", cfg.data.views)
-    val_pairs = find_pairs(prepared, text, "validate", cfg.data.views)
-    shuffle_report = None
-    if variant == "shuffled":  # each study's images get another study's report (validate keeps the truth)
-        train_pairs, shuffle_report = derange_texts(train_pairs, cfg.seed)
-    if len(train_pairs) < cfg.batch_size:
-        raise ValueError(f"{len(train_pairs)} train image-report pairs, fewer than pretrain.batch_size {cfg.batch_size}")
-    # augment_on device: the loader sends [0, 1] images, train_one_epoch augments the batch on the device
-    on_device = cfg.data.augment_on == "device"
-    sampler = _sentence_sampler(cfg, prepared, text, sentences)
-    train_ds = PairDataset(prepared, text, train_pairs, cfg.data, cfg.model.img_size, augment=not on_device,
-                           normalize_images=not on_device, sentences=sampler)
-    val_ds = PairDataset(prepared, text, val_pairs, cfg.data, cfg.model.img_size, augment=False)
-    per_epoch = len(train_pairs) // cfg.batch_size
-    warmup = max(1, round(cfg.optim.warmup_epochs * per_epoch))
-    model = PretrainModel(cfg.model, cfg.pool, cfg.loss, text.hidden_size)
-    inputs = _inputs_key(prepared, train_pairs, text)
-    if sampler is not None:
-        inputs["sentence_cache"] = dataclasses.asdict(sampler.cache.fingerprint)
-    if step2:
-        inputs["init_from"] = load_mae_export(model.mae, Path(init_from))
-    optimizer, scheduler = _optimizer(model, cfg, cfg.epochs * per_epoch, warmup,
-                                      cfg.align.encoder_lr_scale if step2 else 1.0)
-    config_dict = {"variant": variant, **to_dict(cfg), "inputs": to_dict(inputs)}
-    run = TrainRun(cfg, variant, accelerator, model, optimizer, scheduler, train_ds, per_epoch,
-                   out_dir / CHECKPOINT, config_dict)
+    run, train_pairs, val_ds, shuffle_report = _build_run(cfg, variant, accelerator, prepared, text, out_dir,
+                                                          sentences, init_from if step2 else None)
+    per_epoch = run.per_epoch
     _restore(run, resume)
-    run.model, run.optimizer = accelerator.prepare(model, optimizer)  # scheduler stepped by hand: once per step
+    run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)  # scheduler stepped by hand: once per step
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -538,7 +515,7 @@ def run_pretrain(
         run.epoch_log = CsvLog(plots_dir / EPOCH_LOG, "epoch", keep_upto=run.step // per_epoch if resumed else None)
     log.info(
         "pretrain %s: %d train pairs, %d validate; %d epochs x %d steps of %d (%d process(es), %s; augment on %s)",
-        variant, len(train_pairs), len(val_pairs), cfg.epochs, per_epoch, cfg.batch_size,
+        variant, len(train_pairs), len(val_ds.pairs), cfg.epochs, per_epoch, cfg.batch_size,
         accelerator.num_processes, accelerator.device, cfg.data.augment_on,
     )
     t0, start_step = time.time(), run.step
@@ -564,6 +541,40 @@ def run_pretrain(
             run.ckpt_path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _build_run(cfg: PretrainConfig, variant: str, accelerator: Any, prepared: Path, text: Any, out_dir: Path,
+               sentences: Any, init_from: Path | None) -> tuple[TrainRun, list, PairDataset, dict | None]:
+    """The run before its first step: the pairs (``shuffled``: deranged), datasets, model (``init_from``: the
+    exported mae the two-step flow continues), optimizer and schedule; (run, train pairs, validate dataset,
+    the derangement's report or None)."""
+    train_pairs = find_pairs(prepared, text, "train", cfg.data.views)
+    val_pairs = find_pairs(prepared, text, "validate", cfg.data.views)
+    shuffle_report = None
+    if variant == "shuffled":  # each study's images get another study's report (validate keeps the truth)
+        train_pairs, shuffle_report = derange_texts(train_pairs, cfg.seed)
+    if len(train_pairs) < cfg.batch_size:
+        raise ValueError(f"{len(train_pairs)} train image-report pairs, fewer than pretrain.batch_size {cfg.batch_size}")
+    # augment_on device: the loader sends [0, 1] images, train_one_epoch augments the batch on the device
+    on_device = cfg.data.augment_on == "device"
+    sampler = _sentence_sampler(cfg, prepared, text, sentences)
+    train_ds = PairDataset(prepared, text, train_pairs, cfg.data, cfg.model.img_size, augment=not on_device,
+                           normalize_images=not on_device, sentences=sampler)
+    val_ds = PairDataset(prepared, text, val_pairs, cfg.data, cfg.model.img_size, augment=False)
+    per_epoch = len(train_pairs) // cfg.batch_size
+    warmup = max(1, round(cfg.optim.warmup_epochs * per_epoch))
+    model = PretrainModel(cfg.model, cfg.pool, cfg.loss, text.hidden_size)
+    inputs = _inputs_key(prepared, train_pairs, text)
+    if sampler is not None:
+        inputs["sentence_cache"] = dataclasses.asdict(sampler.cache.fingerprint)
+    if init_from is not None:
+        inputs["init_from"] = load_mae_export(model.mae, Path(init_from))
+    optimizer, scheduler = _optimizer(model, cfg, cfg.epochs * per_epoch, warmup,
+                                      cfg.align.encoder_lr_scale if init_from is not None else 1.0)
+    config_dict = {"variant": variant, **to_dict(cfg), "inputs": to_dict(inputs)}
+    run = TrainRun(cfg, variant, accelerator, model, optimizer, scheduler, train_ds, per_epoch,
+                   out_dir / CHECKPOINT, config_dict)
+    return run, train_pairs, val_ds, shuffle_report
 
 
 def _sentence_sampler(cfg: PretrainConfig, prepared: Path, text: Any, source: Any) -> Any:
