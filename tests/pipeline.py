@@ -57,9 +57,9 @@ TINY = {  # params.yaml keys set to test size (dotted)
 }
 
 
-def tiny_params(text_model: Path) -> dict:
+def tiny_params(text_model: Path, overrides: dict | None = None) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in {**TINY, "embed.model": str(text_model)}.items():
+    for key, value in {**TINY, "embed.model": str(text_model), **(overrides or {})}.items():
         *path, last = key.split(".")
         node = params
         for part in path:
@@ -172,14 +172,16 @@ def invoke(argv: list[str]) -> Any:
     return CliRunner().invoke(app, argv)
 
 
-def run_pipeline(root: Path) -> PipelineRun:
-    """Every stage (see the module doc) in ``root``, under :data:`UMASK`; a stage that fails fails the run."""
+def run_pipeline(root: Path, overrides: dict | None = None, families: set[str] | None = None) -> PipelineRun:
+    """Every stage (see the module doc) in ``root``, under :data:`UMASK`; a stage that fails fails the run.
+    ``overrides``: more dotted params keys (set after the test sizes); ``families``: run only the stages of
+    these families (the name before '@'), in the same order."""
     import subprocess
     import sys
 
     root.mkdir(parents=True, exist_ok=True)
     text_model = write_tiny_llama(root / "tiny-llama")  # named relative to the run folder: copies stay whole
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(Path("tiny-llama")), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(Path("tiny-llama"), overrides), sort_keys=False))
     (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
     run = PipelineRun(root, text_model, [], {}, {}, [], [], 0)
@@ -188,14 +190,15 @@ def run_pipeline(root: Path) -> PipelineRun:
     try:
         with recording(run.drawn, run.logs):
             for stage, argv in stage_commands(root):
-                if stage.split("@")[0] in SKIPPED_STAGES:
+                family = stage.split("@")[0]
+                if family in SKIPPED_STAGES or (families is not None and family not in families):
                     continue
                 res = invoke(argv)
                 assert res.exit_code == 0, f"{stage}: {res.output}\n{res.exception!r}"
                 run.stages.append(stage)
                 run.commands[stage] = argv
                 run.outputs[stage] = res.output
-                if stage.split("@")[0] == "demo_data":
+                if family == "demo_data":
                     run.n_planted = plant_canaries(root / "data/demo/mimic-cxr-reports.zip")
                     (root / "data/demo/generation.json").unlink()  # no longer the embedded demo
     finally:

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.pipeline import CANARY, UMASK, invoke, recording
+from tests.pipeline import CANARY, UMASK, invoke, recording, run_pipeline
 
 # where report text must be: the prepared manifest and the text cache (derived data under the source's licence)
 ALLOWED = ("data/prepared/studies.csv", "data/cache/text.h5", "data/cache/text.h5.parts/")
@@ -149,3 +149,29 @@ def test_every_output_file_respects_the_umask(pipeline):
     assert any(f.startswith("data/cache/text.h5.parts/part-") for f in modes)
     assert any(f.endswith("text_head.safetensors") for f in modes)
     assert {f: m for f, m in modes.items() if int(m, 8) != want} == {}
+
+
+SENTENCES = {"pretrain.loss.sentence_weight": 0.5, "pipeline.sentences": ["sentences"],
+             "pipeline.sentence_dep": "data/cache/sentences.h5"}
+
+
+@pytest.mark.slow
+def test_the_sentence_term_runs_through_its_stages_and_leaks_no_report_text(tmp_path):
+    """The documented switch (docs/alignment.md) at test size, each stage with the command DVC interpolates:
+    embed_sentences writes the cache pretrain's --sentence-cache default names, the text variants train with
+    the term (their loss log splits it), mae does not; no file beyond the manifest and the text cache holds
+    report text (the sentence cache keeps token ids and states, as the text cache does), nor does any log line
+    or CLI output."""
+    from cxrpipe.check import SENTENCE_CACHE
+
+    run = run_pipeline(tmp_path / "run", SENTENCES, {"check", "demo_data", "prepare", "embed", "embed_sentences",
+                                                     "pretrain"})
+    assert run.stages[-4:] == ["embed_sentences@sentences", "pretrain@mae", "pretrain@multimodal", "pretrain@shuffled"]
+    assert run.commands["embed_sentences@sentences"][-2:] == ["--out", SENTENCE_CACHE]
+    assert all("--sentence-cache" not in argv for argv in run.commands.values())  # the default is the path
+    for variant, has_term in (("mae", False), ("multimodal", True), ("shuffled", True)):
+        header = (run.root / f"data/plots/pretrain-{variant}/loss.csv").read_text().splitlines()[0].split(",")
+        assert ("sentence_loss" in header) == has_term, (variant, header)
+    assert (run.root / SENTENCE_CACHE).exists() and leaks(run.root) == []
+    assert not [line for line in run.logs if CANARY in line]
+    assert not [s for s, out in run.outputs.items() if CANARY in out]
