@@ -46,6 +46,8 @@ class PipelineConfig:
     two_step_controls: tuple[str, ...] = ()  # pretrain_continued@<name> (pretrain.flow two_step): () or ("continued",)
     sentences: tuple[str, ...] = ()  # embed_sentences@<name> (pretrain.loss.sentence_weight > 0): () or ("sentences",)
     sentence_dep: str = "data/cache/text.h5"  # a dep of the pretraining stages: the sentence cache with the term
+
+
 DEMO = "demo"
 
 
