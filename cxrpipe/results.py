@@ -396,9 +396,12 @@ def block_targets(m: Metrics) -> list[str]:
 SEEDS_RUN = "demo-3seeds"  # the demo's three-seed experiment (`dvc exp run -S 'compare.extra_seeds=[1,2]'`)
 PATCH12_RUN = "demo-3seeds-patch12"  # the same with the earlier encoder (patch 12, 64 patches), committed before
 # patch 8 became the default: the "before" of the switch
+PATCH8_RUN = "demo-3seeds-patch8"  # the same with patch 8 and reports only, committed before the sentence term
+# (pretrain.loss.sentence_weight 0.5) became the default: the "before" of that switch
 BENCH_RUN = "bench-patch8"  # the bench profile (real report text) with today's defaults
 BENCH_PATCH12_RUN = "bench-patch12"  # the bench profile with the earlier encoder (patch 12), two seeds
-COMMITTED_RUNS = {"seeds": SEEDS_RUN, "patch12": PATCH12_RUN, "bench": BENCH_RUN, "bench_patch12": BENCH_PATCH12_RUN}
+COMMITTED_RUNS = {"seeds": SEEDS_RUN, "patch12": PATCH12_RUN, "patch8": PATCH8_RUN, "bench": BENCH_RUN,
+                  "bench_patch12": BENCH_PATCH12_RUN}
 
 
 def _committed_run(m: Metrics, name: str) -> Metrics:
@@ -596,7 +599,7 @@ def block_zeroshot_prompt_labels(m: Metrics) -> list[str]:
 
 STAGE_TIMES = "stage-times"  # benchmarks/results/<this>/<run>.json: benchmarks/stage_times.py --out
 # the committed timed runs of the demo's `dvc repro`, oldest first: (file stem, column label); the last is the current
-STAGE_TIME_RUNS = (("before", "before"), ("after", "after"), ("patch8", "patch 8"))
+STAGE_TIME_RUNS = (("before", "before"), ("after", "after"), ("patch8", "patch 8"), ("sentences", "sentence term"))
 
 
 def block_stage_times(m: Metrics) -> list[str]:
@@ -620,7 +623,7 @@ def block_stage_times(m: Metrics) -> list[str]:
 def block_demo_time(m: Metrics) -> list[str]:
     """One sentence for the README: how long the demo's ``dvc repro`` took in the latest committed timed run."""
     run = m.bench_json(f"{STAGE_TIMES}/{STAGE_TIME_RUNS[-1][0]}.json")
-    return [f"On 2 idle CPU cores the demo's `dvc repro` took **{run['wall_s'] / 60:.0f} min** ({run['stages_run']} "
+    return [f"On 2 CPU cores the demo's `dvc repro` took **{run['wall_s'] / 60:.0f} min** ({run['stages_run']} "
             "stages; per stage: [docs/benchmarks.md](docs/benchmarks.md#the-demos-time-committed-runs-side-by-side)), "
             "after the set-up's few minutes."]
 

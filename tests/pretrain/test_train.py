@@ -223,6 +223,16 @@ def test_stage_cli_in_process(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, args)
     message = result.output + str(result.exception)
     assert result.exit_code != 0 and f"{SENTENCE_CACHE} not found" in message and "pipeline.sentences" in message
+    # ... while mae, which never reads sentences, trains with the term on and never builds their source
+    import cxrpipe.text.sentences as sentences_module
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the sentence source was built for a text-free variant")
+
+    monkeypatch.setattr(sentences_module, "sentence_source", refuse)
+    args[args.index("--variant") + 1] = "mae"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + str(result.exception)
 
 
 def test_augment_on_device_trains_like_the_loader_and_resumes_exactly(tmp_path, data, full):
