@@ -144,6 +144,7 @@ def test_the_two_step_switches_must_agree(tmp_path, changes, expected):
 
 SENTENCES = {"pretrain.loss.sentence_weight": 0.5, "pipeline.sentences": ["sentences"],
              "pipeline.sentence_dep": "data/cache/sentences.h5"}
+OFF = {"pretrain.loss.sentence_weight": 0.0, "pipeline.sentences": [], "pipeline.sentence_dep": "data/cache/text.h5"}
 
 
 @pytest.mark.parametrize("changes, expected", [
@@ -153,13 +154,14 @@ SENTENCES = {"pretrain.loss.sentence_weight": 0.5, "pipeline.sentences": ["sente
     ({**SENTENCES, "pretrain.loss.sentence_weight": 1.5}, ("sentence_weight' = 1.5", "in [0, 1]")),
     ({**SENTENCES, "pretrain.loss.sentence_weight": -0.1}, ("sentence_weight' = -0.1", "in [0, 1]")),
     ({**SENTENCES, "pipeline.sentences": ["sentences", "more"]}, ("pipeline.sentences", "[] or [sentences]")),
-    ({"pipeline.sentences": ["sentences"]}, ("weight' 0", "embedded and never read")),
+    ({**OFF, "pipeline.sentences": ["sentences"]}, ("weight' 0", "embedded and never read")),
 ])
 def test_the_sentence_switches_must_agree(tmp_path, changes, expected):
     """The sentence term, its stage and the pretraining stages' dep on its cache are on together or off
-    together (the shipped profiles: off); the documented switch passes, and so does weight 1 (the term alone)."""
+    together (the shipped profiles: on); both documented forms pass, and so does weight 1 (the term alone)."""
     _fails(tmp_path, _edited(**changes), *expected)
     run_check(_write(tmp_path, _edited(**SENTENCES)), dvc_yaml=ROOT / "dvc.yaml")
+    run_check(_write(tmp_path, _edited(**OFF)), dvc_yaml=ROOT / "dvc.yaml")
     run_check(_write(tmp_path, _edited(**{**SENTENCES, "pretrain.loss.sentence_weight": 1.0})), dvc_yaml=ROOT / "dvc.yaml")
 
 

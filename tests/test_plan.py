@@ -71,15 +71,15 @@ def test_bench_plan_counts_the_stage_that_draws_its_tree(tmp_path):
 
 
 def test_the_sentence_term_adds_its_stage_to_the_plan(tmp_path):
-    """pipeline.sentences [sentences] (the sentence term on) plans the stage that embeds the sentences: nothing
-    to count before prepare (the shipped profile lists no such stage); after it, the distinct train sentences
-    (a sentence shared by reports counts once; validate reports none), their tokens, disk and hours, scaled
-    from the report embed's own figures per token."""
-    off = by_family(make_plan(repo(tmp_path, "params.yaml") / "p.yaml", tmp_path)[0])
+    """pipeline.sentences [sentences] (the sentence term on, the shipped profiles' default) plans the stage that
+    embeds the sentences: nothing to count before prepare; after it, the distinct train sentences (a sentence
+    shared by reports counts once; validate reports none), their tokens, disk and hours, scaled from the report
+    embed's own figures per token. With the term off there is no such stage."""
+    off = by_family(make_plan(repo(tmp_path, "params.yaml", pipeline={"sentences": [], "sentence_dep":
+                                                                      "data/cache/text.h5"}) / "p.yaml", tmp_path)[0])
     assert "embed_sentences" not in off and "embed_sentences" not in off["others"].work
     (tmp_path / "on").mkdir()
-    root = repo(tmp_path / "on", "params.yaml", pipeline={"sentences": ["sentences"],
-                                                          "sentence_dep": "data/cache/sentences.h5"})
+    root = repo(tmp_path / "on", "params.yaml")
     before = by_family(make_plan(root / "p.yaml", root)[0])["embed_sentences"]
     assert before.runs == 1 and before.disk is None and "once prepare has run" in before.work
     params = yaml.safe_load((root / "p.yaml").read_text())
@@ -122,7 +122,8 @@ def test_mimic_tables_give_measured_counts(tmp_path):
 
 
 def test_demo_plan_reads_this_checkouts_runs_as_measured(tmp_path):
-    root = repo(tmp_path, "params.yaml")
+    # the sentence term off: its row reads the full manifest (test_the_sentence_term_adds_its_stage_to_the_plan)
+    root = repo(tmp_path, "params.yaml", pipeline={"sentences": [], "sentence_dep": "data/cache/text.h5"})
     plans, counts = make_plan(root / "p.yaml", root)  # nothing run yet: estimated from the demo's params
     assert counts.images.how.startswith("estimated: demo params")
     assert by_family(plans)["embed"].disk is not None  # the demo LM's shape is known before text_model ran

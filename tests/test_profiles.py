@@ -270,22 +270,22 @@ def test_the_two_step_flow_is_stages_that_continue_the_exported_mae(tmp_path):
 
 @pytest.mark.slow
 def test_the_sentence_term_is_a_stage_that_pretraining_depends_on(tmp_path):
-    """`dvc exp run -S pretrain.loss.sentence_weight=0.5 -S 'pipeline.sentences=[sentences]' -S
-    pipeline.sentence_dep=data/cache/sentences.h5` (docs/alignment.md): DVC's own stage list has the stage that
-    writes the sentence cache, and every pretraining stage depends on that cache, so changing it reruns them;
-    the demo as shipped has no such stage and no pretraining stage reads the cache."""
+    """The demo as shipped (the sentence term on, docs/alignment.md): DVC's own stage list has the stage that
+    writes the sentence cache, and every pretraining stage, and only those, depends on that cache, so changing
+    it reruns them. The documented way off (`dvc exp run -S pretrain.loss.sentence_weight=0 -S
+    'pipeline.sentences=[]' -S pipeline.sentence_dep=data/cache/text.h5`) leaves no such stage and no reader."""
     repo = copy_repo(tmp_path)
-    demo = dvc_stages(repo)
-    assert not [s for s in demo if s.startswith("embed_sentences")]
-    assert not [s for s, (deps, _) in demo.items() if "data/cache/sentences.h5" in deps]
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["pretrain"]["loss"]["sentence_weight"] = 0.5
-    params["pipeline"]["sentences"] = ["sentences"]
-    params["pipeline"]["sentence_dep"] = "data/cache/sentences.h5"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = dvc_stages(repo)
     deps, outs = stages["embed_sentences@sentences"]
     assert outs == {"data/cache/sentences.h5"} and {"data/prepared/studies.csv", "data/models/text-model"} <= deps
     readers = {s for s, (deps, _) in stages.items() if "data/cache/sentences.h5" in deps}
     pretraining = {s for s in stages if s.startswith(("pretrain@", "pretrain_seeds@", "pretrain_continued@"))}
     assert pretraining and readers == pretraining, sorted(readers ^ pretraining)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pretrain"]["loss"]["sentence_weight"] = 0.0
+    params["pipeline"]["sentences"] = []
+    params["pipeline"]["sentence_dep"] = "data/cache/text.h5"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    off = dvc_stages(repo)
+    assert not [s for s in off if s.startswith("embed_sentences")]
+    assert not [s for s, (deps, _) in off.items() if "data/cache/sentences.h5" in deps]

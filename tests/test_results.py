@@ -437,20 +437,22 @@ def test_the_stage_times_block_sets_the_runs_side_by_side(tmp_path):
     (bench / "stage-times" / "after.json").write_text(json.dumps(run({"embed": 60.25, "new": 7.0}, 450.0)))
     assert "stage-times/patch8.json is missing" in build_block("stage_times", m)
     (bench / "stage-times" / "patch8.json").write_text(json.dumps(run({"embed": 61.0, "new": 9.5}, 700.0, 2.5)))
+    assert "stage-times/sentences.json is missing" in build_block("stage_times", m)
+    (bench / "stage-times" / "sentences.json").write_text(json.dumps(run({"embed": 59.0, "new": 9.0}, 650.0, 2.0)))
     out = build_block("stage_times", m)
-    assert "| stage | wall s, before | wall s, after | wall s, patch 8 | import s, before |" in out
-    assert "| embed | 120.0 | 60.2 | 61.0 | 1.5 | 1.5 | 2.5 |" in out
-    assert "| gone | 5.0 | not run | not run |" in out and "| new | not run | 7.0 | 9.5 |" in out
-    assert "skipped-one" not in out and "**900** | **450** | **700** |" in out
+    assert "| stage | wall s, before | wall s, after | wall s, patch 8 | wall s, sentence term | import s, before |" in out
+    assert "| embed | 120.0 | 60.2 | 61.0 | 59.0 | 1.5 | 1.5 | 2.5 | 2.0 |" in out
+    assert "| gone | 5.0 | not run | not run | not run |" in out and "| new | not run | 7.0 | 9.5 | 9.0 |" in out
+    assert "skipped-one" not in out and "**900** | **450** | **700** | **650** |" in out
 
 
 def test_the_demo_time_sentence_reads_the_timed_run(tmp_path):
     bench = tmp_path / "bench"
     m = Metrics(tmp_path / "metrics", bench=bench)
-    assert "stage-times/patch8.json is missing" in build_block("demo_time", m)  # the latest timed run
+    assert "stage-times/sentences.json is missing" in build_block("demo_time", m)  # the latest timed run
     (bench / "stage-times").mkdir(parents=True)
-    (bench / "stage-times" / "after.json").write_text(json.dumps({"wall_s": 60.0, "stages_run": 1}))
-    (bench / "stage-times" / "patch8.json").write_text(json.dumps({"wall_s": 1488.4, "stages_run": 40}))
+    (bench / "stage-times" / "patch8.json").write_text(json.dumps({"wall_s": 60.0, "stages_run": 1}))
+    (bench / "stage-times" / "sentences.json").write_text(json.dumps({"wall_s": 1488.4, "stages_run": 40}))
     out = build_block("demo_time", m)
     assert "took **25 min** (40 stages" in out
 

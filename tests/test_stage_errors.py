@@ -55,6 +55,12 @@ CASES = {
         (lambda: _garble("data/demo-nih/Data_Entry_2017_v2020.csv"), "not a readable CSV table")),
     "embed": ((lambda: _remove("data/prepared/studies.csv"), "data/prepared/studies.csv not found"),
               (lambda: _garble("data/prepared/studies.csv"), "data/prepared/studies.csv is unreadable or corrupt")),
+    "embed_sentences@sentences": (
+        (lambda: _remove("data/prepared/studies.csv"), "data/prepared/studies.csv not found"),
+        (lambda: _garble("data/prepared/studies.csv"), "data/prepared/studies.csv is unreadable or corrupt")),
+    "pretrain@multimodal": (  # the sentence term's cache (on in every profile)
+        (lambda: _remove("data/cache/sentences.h5"), "data/cache/sentences.h5 not found (the sentence cache)"),
+        (lambda: _truncate("data/cache/sentences.h5"), "data/cache/sentences.h5 is unreadable or corrupt")),
     "pretrain@mae": ((lambda: _remove("data/cache/text.h5"), "data/cache/text.h5 not found (text cache)"),
                      (lambda: _truncate("data/cache/text.h5"), "data/cache/text.h5 is unreadable or corrupt")),
     "random_encoder": ((lambda: _param("pretrain.model.depth", "deep"), "pretrain.model.depth"),

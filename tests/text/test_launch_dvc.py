@@ -62,7 +62,8 @@ def write_prepared(folder: Path, n_train: int = 24, n_val: int = 8, size: int = 
 
 
 def tiny_repo(tmp_path: Path, model_dir: Path, compute: dict) -> Path:
-    """A DVC repository holding dvc.yaml's embed and pretrain stages (commands and params as shipped; only
+    """A DVC repository holding dvc.yaml's embed, embed_sentences and pretrain stages (commands and params as
+    shipped, the sentence term on; only
     deps under data/ kept: the code is not copied) and params.yaml shrunk to test size."""
     repo = tmp_path / "repo"
     write_prepared(repo / "data" / "prepared")
@@ -75,10 +76,12 @@ def tiny_repo(tmp_path: Path, model_dir: Path, compute: dict) -> Path:
     })
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    kept = {"embed": stages["embed"], "pretrain": stages["pretrain"]}
+    kept = {"embed": stages["embed"], "embed_sentences": stages["embed_sentences"], "pretrain": stages["pretrain"]}
     kept["embed"]["deps"] = [d for d in kept["embed"]["deps"] if d.startswith("data/prepared")]
-    kept["pretrain"]["do"]["deps"] = [d for d in kept["pretrain"]["do"]["deps"]
-                                      if d.startswith("data/") and d != "data/check.json"]
+    kept["embed_sentences"]["do"]["deps"] = [d for d in kept["embed_sentences"]["do"]["deps"]
+                                             if d.startswith("data/prepared")]
+    kept["pretrain"]["do"]["deps"] = [d for d in kept["pretrain"]["do"]["deps"] if d == "${pipeline.sentence_dep}"
+                                      or (d.startswith("data/") and d != "data/check.json")]
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": kept}, sort_keys=False))
     return repo
 
@@ -107,7 +110,8 @@ def test_dvc_repro_runs_embed_and_pretrain_under_a_two_process_launcher(tiny_mod
     assert (model / "encoder.safetensors").exists() and "architecture" in json.loads((model / "config.json").read_text())
     assert "Not for clinical use" in (model / "README.md").read_text()  # the model card beside it
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert {"embed", "pretrain@multimodal"} <= set(lock)
+    assert {"embed", "embed_sentences@sentences", "pretrain@multimodal"} <= set(lock)
+    assert "sentence_loss" in metrics["final_epoch"]  # the sentence term trained under 2 ranks
     assert lock["embed"]["cmd"].startswith("cxrpipe launch embed ")
     # the process count is not a DVC param: going back to one process leaves the finished stages as they are
     params = yaml.safe_load((repo / "params.yaml").read_text())
