@@ -63,8 +63,8 @@ def write_prepared(folder: Path, n_train: int = 24, n_val: int = 8, size: int = 
 
 def tiny_repo(tmp_path: Path, model_dir: Path, compute: dict) -> Path:
     """A DVC repository holding dvc.yaml's embed, embed_sentences and pretrain stages (commands and params as
-    shipped, the sentence term on; only
-    deps under data/ kept: the code is not copied) and params.yaml shrunk to test size."""
+    shipped, the sentence term on; only deps under data/ kept: the code is not copied) and params.yaml shrunk to
+    test size."""
     repo = tmp_path / "repo"
     write_prepared(repo / "data" / "prepared")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
