@@ -398,7 +398,8 @@ PATCH12_RUN = "demo-3seeds-patch12"  # the same with the earlier encoder (patch 
 # patch 8 became the default: the "before" of the switch
 PATCH8_RUN = "demo-3seeds-patch8"  # the same with patch 8 and reports only, committed before the sentence term
 # (pretrain.loss.sentence_weight 0.5) became the default: the "before" of that switch
-BENCH_RUN = "bench-patch8"  # the bench profile (real report text) with today's defaults
+BENCH_RUN = "bench-sentences"  # the bench profile (real report text) with today's defaults: patch 8 and the
+# sentence term (pretrain.loss.sentence_weight 0.5)
 BENCH_PATCH12_RUN = "bench-patch12"  # the bench profile with the earlier encoder (patch 12), two seeds
 COMMITTED_RUNS = {"seeds": SEEDS_RUN, "patch12": PATCH12_RUN, "patch8": PATCH8_RUN, "bench": BENCH_RUN,
                   "bench_patch12": BENCH_PATCH12_RUN}

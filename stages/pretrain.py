@@ -71,7 +71,7 @@ def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, m
     from cxrpipe.data.manifest import read_studies
     from cxrpipe.data.prepare import DataConfig
     from cxrpipe.inputs import require_prepared
-    from cxrpipe.pretrain.train import TEXT_FREE, run_pretrain
+    from cxrpipe.pretrain.train import run_pretrain, trains_sentences
     from cxrpipe.text.embed import EmbedConfig, expected_fingerprint
     from cxrpipe.text.sentences import sentence_source
 
@@ -94,8 +94,7 @@ def _run(raw, cfg, variant, prepared, text_cache, out, resume, metrics, plots, m
         max_steps=max_steps,
         init_from=init,
         # mae / continued never read sentences: their source (the train reports split and hashed) is not built
-        sentences=(sentence_source(raw, prepared, sentence_cache)
-                   if cfg.loss.sentence_weight > 0 and variant not in TEXT_FREE else None),
+        sentences=sentence_source(raw, prepared, sentence_cache) if trains_sentences(cfg, variant) else None,
     )
 
 

@@ -315,15 +315,15 @@ def test_the_three_seed_experiment_blocks_read_their_own_folder(tmp_path):
     assert "| FC head (frozen) | n/a | n/a |" in sh
 
 
-@pytest.mark.parametrize("prefix, folder", [("bench", "bench-patch8"), ("bench_patch12", "bench-patch12")])
+@pytest.mark.parametrize("prefix, folder", [("bench", "bench-sentences"), ("bench_patch12", "bench-patch12")])
 def test_the_bench_profile_blocks_read_their_own_folder(tmp_path, prefix, folder):
     """<prefix>_comparison / _targets / _shuffled read benchmarks/results/<folder> (the bench run with today's
-    encoder; the one with patch 12), never the demo's data/metrics nor the other bench run."""
+    defaults; the one with patch 12), never the demo's data/metrics nor the other bench run."""
     bench = tmp_path / "bench"
     m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
     assert f"{folder}/comparison.json is missing" in build_block(f"{prefix}_comparison", m)
     run = write_metrics(bench / folder)
-    other = write_metrics(bench / ({"bench-patch8", "bench-patch12"} - {folder}).pop())
+    other = write_metrics(bench / ({"bench-sentences", "bench-patch12"} - {folder}).pop())
     comp = json.loads((run / "comparison.json").read_text())
     comp["linear"]["delta_mauc"] = 0.4321  # a value neither the demo's folder nor the other run holds
     (run / "comparison.json").write_text(json.dumps(comp))

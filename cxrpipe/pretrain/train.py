@@ -129,6 +129,13 @@ def for_variant(cfg: PretrainConfig, variant: str) -> PretrainConfig:
     return cfg
 
 
+def trains_sentences(cfg: PretrainConfig, variant: str) -> bool:
+    """Whether ``variant`` trains the sentence term: ``loss.sentence_weight`` > 0 and a text term to share it
+    (never ``mae`` / ``continued``, whose text weight :func:`for_variant` forces to 0). The one rule the stage
+    (it builds the sentence source only then) and the run (its sampler) both follow."""
+    return cfg.loss.sentence_weight > 0 and for_variant(cfg, variant).loss.weight_text > 0
+
+
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Multiplier of the peak lr for optimizer step ``step`` (0-based): linear warmup, cosine to min_ratio."""
     if step < warmup:
@@ -557,7 +564,7 @@ def _build_run(cfg: PretrainConfig, variant: str, accelerator: Any, prepared: Pa
         raise ValueError(f"{len(train_pairs)} train image-report pairs, fewer than pretrain.batch_size {cfg.batch_size}")
     # augment_on device: the loader sends [0, 1] images, train_one_epoch augments the batch on the device
     on_device = cfg.data.augment_on == "device"
-    sampler = _sentence_sampler(cfg, prepared, text, sentences)
+    sampler = _sentence_sampler(cfg, variant, prepared, text, sentences)
     train_ds = PairDataset(prepared, text, train_pairs, cfg.data, cfg.model.img_size, augment=not on_device,
                            normalize_images=not on_device, sentences=sampler)
     val_ds = PairDataset(prepared, text, val_pairs, cfg.data, cfg.model.img_size, augment=False)
@@ -577,13 +584,13 @@ def _build_run(cfg: PretrainConfig, variant: str, accelerator: Any, prepared: Pa
     return run, train_pairs, val_ds, shuffle_report
 
 
-def _sentence_sampler(cfg: PretrainConfig, prepared: Path, text: Any, source: Any) -> Any:
-    """The sentence term's sampler, or None when the variant has no such term (``sentence_weight`` 0, or no
-    text: ``mae`` / ``continued``); a term without its cache, outside [0, 1] or with the cross pool is refused."""
+def _sentence_sampler(cfg: PretrainConfig, variant: str, prepared: Path, text: Any, source: Any) -> Any:
+    """The sentence term's sampler, or None when the variant has no such term (:func:`trains_sentences`); a
+    term without its cache, outside [0, 1] or with the cross pool is refused."""
     w = cfg.loss.sentence_weight
     if not 0 <= w <= 1:
         raise ValueError(f"pretrain.loss.sentence_weight must lie in [0, 1], got {w}")
-    if w == 0 or cfg.loss.weight_text == 0:
+    if not trains_sentences(cfg, variant):
         return None
     if cfg.pool.kind != "latent":
         raise ValueError("pretrain.loss.sentence_weight > 0 needs pretrain.pool.kind latent (one image embedding)")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from cxrpipe.config import build
 from cxrpipe.pretrain.data import AugmentConfig, EpochBatches, augment
 from cxrpipe.pretrain.retrieval import recall_at_k
-from cxrpipe.pretrain.train import CHECKPOINT, PretrainConfig, for_variant, lr_factor, run_pretrain
+from cxrpipe.pretrain.train import CHECKPOINT, PretrainConfig, for_variant, lr_factor, run_pretrain, trains_sentences
 
 from .synthetic import TINY, make_pairs
 
@@ -167,6 +167,19 @@ def test_mae_variant_is_blind_to_the_text(tmp_path, data):
         enc[name] = load_file(str(out / "model" / "encoder.safetensors"))
     assert all(torch.equal(enc["m1"][k], enc["m2"][k]) for k in enc["m1"])
     assert not all(torch.equal(enc["m1"][k], enc["mm"][k]) for k in enc["m1"])
+
+
+def test_only_variants_with_a_text_term_train_sentences():
+    """One rule for the stage and the run: the sentence term needs its weight and a text term (never mae, nor
+    the two-step flow's continued), whatever sentence_weight says."""
+    on = dataclasses.replace(tiny_cfg(), loss=dataclasses.replace(tiny_cfg().loss, sentence_weight=0.5))
+    two_step = dataclasses.replace(on, flow="two_step")
+    assert trains_sentences(on, "multimodal") and trains_sentences(on, "shuffled")
+    assert trains_sentences(two_step, "multimodal") and not trains_sentences(two_step, "continued")
+    assert not trains_sentences(on, "mae") and not trains_sentences(two_step, "mae")
+    off = dataclasses.replace(on, loss=dataclasses.replace(on.loss, sentence_weight=0.0))
+    no_text = dataclasses.replace(on, loss=dataclasses.replace(on.loss, weight_text=0.0))
+    assert not trains_sentences(off, "multimodal") and not trains_sentences(no_text, "multimodal")
 
 
 def test_cross_attention_pool_with_infonce_runs(tmp_path, data):
