@@ -39,10 +39,13 @@ FRONTAL_SHARE = 0.65
 # the hidden sizes of known hub models (a local folder's config.json is read instead)
 KNOWN_LMS = {"meta-llama/Llama-2-7b-hf": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                                           "num_attention_heads": 32, "num_key_value_heads": 32}}
-# CPU throughputs this project measured (docs/benchmarks.md), used when this checkout has no run of its own
-CPU_EMBED = (1859.0, "SmolLM2-135M nf4", "measured: docs/benchmarks.md, demo embed, 2-core CPU, idle machine")
-CPU_PRETRAIN = (690 * 32 / 111.0, "demo tiny ViT", "measured: docs/benchmarks.md, demo pretrain (690 steps of 32 "
-                "in 111 s), 2-core CPU")
+# CPU throughputs this project measured, used when this checkout has no run of its own: the committed demo
+# reference run's (data/cache/text-report.json, fp32 as every profile embeds; data/metrics/pretrain-mae.json,
+# patch 8: DEMO_VIT)
+CPU_EMBED = (822.4, "SmolLM2-135M fp32", "measured: the committed demo reference run's embed (data/cache/"
+             "text-report.json, 822.4 tokens/s), 2-core CPU")
+CPU_PRETRAIN = (690 * 32 / 109.0, "demo tiny ViT", "measured: the committed demo reference run's mae pretraining "
+                "(data/metrics/pretrain-mae.json: 690 steps of 32 in 109 s, patch 8), 2-core CPU")
 # what the pipeline keeps per token beside the hidden state (the int32 token id)
 TOKEN_ID_BYTES = 4
 
@@ -158,9 +161,16 @@ def _blocks(dim: int, depth: int, mlp_ratio: float) -> float:
     return depth * (4 + 2 * mlp_ratio) * dim**2
 
 
+def _forward(weights: float, dim: int, depth: int, n: int) -> float:
+    """Forward FLOPs of ``n`` tokens through blocks of ``weights``: 2 per weight per token, plus attention's
+    scores and weighted sum (2 n^2 d each per block), which at the demo's 145 tokens of width 192 add a quarter."""
+    return 2 * weights * n + depth * 4 * n * n * dim
+
+
 def vit_sizes(model: dict[str, Any]) -> dict[str, float]:
     """Parameters and per-image FLOPs of the pretraining model (``pretrain.model``): encoder, decoder, and
-    the training step of one image (6 x params x tokens, MAE: the encoder sees the visible tokens only)."""
+    the training step of one image (3 x the forward: forward and backward; MAE: the encoder sees the visible
+    tokens only, the decoder all of them)."""
     d, p, chans = model["embed_dim"], model["patch_size"], 1
     tokens = (model["img_size"] // p) ** 2 + 1
     visible = round((tokens - 1) * (1 - model["mask_ratio"])) + 1
@@ -168,9 +178,17 @@ def vit_sizes(model: dict[str, Any]) -> dict[str, float]:
     dd = model["decoder_embed_dim"]
     dec = _blocks(dd, model["decoder_depth"], 4.0) + d * dd + dd * p * p * chans
     return {"encoder": enc, "decoder": dec, "tokens": tokens,
-            "train_flops": 6 * (enc * visible + dec * tokens),   # one MAE step, per image
-            "forward_flops": 2 * enc * tokens,                    # features of one image (stage three)
-            "finetune_flops": 6 * enc * tokens}                   # one fine-tuning step, per image
+            "train_flops": 3 * (_forward(enc, d, model["depth"], visible)  # one MAE step, per image
+                                + _forward(dec, dd, model["decoder_depth"], tokens)),
+            "forward_flops": encoder_flops(model, tokens, train=False),  # features of one image (stage three)
+            "finetune_flops": encoder_flops(model, tokens)}  # one fine-tuning step, per image
+
+
+def encoder_flops(model: dict[str, Any], n: int, train: bool = True) -> float:
+    """FLOPs per image of one encoder pass over ``n`` tokens (``train``: forward and backward, 3 x)."""
+    d, p = model["embed_dim"], model["patch_size"]
+    enc = _blocks(d, model["depth"], model["mlp_ratio"]) + p * p * d
+    return (3 if train else 1) * _forward(enc, d, model["depth"], n)
 
 
 def lm_config(model: str) -> dict[str, Any] | None:
@@ -194,7 +212,7 @@ def lm_flops_per_token(cfg: dict[str, Any]) -> float:
 # ------------------------------------------------------------------------------------------- throughputs
 
 # the models behind the documented CPU measurements (params.yaml's demo settings when they were measured)
-DEMO_VIT = {"img_size": 96, "patch_size": 12, "embed_dim": 192, "depth": 4, "mlp_ratio": 4.0, "decoder_embed_dim": 96,
+DEMO_VIT = {"img_size": 96, "patch_size": 8, "embed_dim": 192, "depth": 4, "mlp_ratio": 4.0, "decoder_embed_dim": 96,
             "decoder_depth": 1, "mask_ratio": 0.75}
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
            "num_key_value_heads": 3}
@@ -393,7 +411,7 @@ def _pretrain(x: Inputs) -> StagePlan:
     loss = cfg.get("loss", {})
     if not loss.get("visible_tokens", True):  # the text variants' second, (un)masked encoder pass
         seen = round((sizes["tokens"] - 1) * (1 - loss.get("contrastive_mask_ratio", 0.0))) + 1
-        flops += x.runs["pretrain_text"] * later_epochs * train.value * 6 * sizes["encoder"] * seen
+        flops += x.runs["pretrain_text"] * later_epochs * train.value * encoder_flops(cfg["model"], seen)
         plan.work += f"; {x.runs['pretrain_text']} text run(s) add an encoder pass over {seen} tokens"
     # the loader must keep up: images/s one GPU consumes at this rate (docs/scale.md 3: per loader worker)
     plan.work += f"; the loader must feed ~{x.gpu_flops / sizes['train_flops']:,.0f} images/s per GPU"

@@ -16,7 +16,17 @@ import yaml
 
 from cxrpipe.data.manifest import StudyRecord, write_manifest
 from cxrpipe.labels import CHEXPERT_LABELS
-from cxrpipe.plan import GIB, MIMIC, SMOLLM2, TOKEN_ID_BYTES, data_counts, format_plan, make_plan, vit_sizes
+from cxrpipe.plan import (
+    GIB,
+    MIMIC,
+    SMOLLM2,
+    TOKEN_ID_BYTES,
+    data_counts,
+    encoder_flops,
+    format_plan,
+    make_plan,
+    vit_sizes,
+)
 from cxrpipe.text.store import bytes_per_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +61,7 @@ def test_mimic_plan_counts_every_run_and_marks_every_figure(tmp_path):
     params = yaml.safe_load((root / "p.yaml").read_text())
     sizes = vit_sizes(params["pretrain"]["model"])
     # the text runs' second, unmasked encoder pass (loss.visible_tokens false) over every token
-    per_image = 9 * sizes["train_flops"] + 6 * 6 * sizes["encoder"] * sizes["tokens"]
+    per_image = 9 * sizes["train_flops"] + 6 * encoder_flops(params["pretrain"]["model"], sizes["tokens"])
     want = 100 * counts.train_frontal.value * per_image / 100e12 / 3600
     assert p["pretrain (+ seeds)"].gpu_hours.value == pytest.approx(want)
     assert "assumed 100 TFLOP/s" in p["pretrain (+ seeds)"].gpu_hours.how
@@ -127,7 +137,7 @@ def test_demo_plan_reads_this_checkouts_runs_as_measured(tmp_path):
     plans, counts = make_plan(root / "p.yaml", root)  # nothing run yet: estimated from the demo's params
     assert counts.images.how.startswith("estimated: demo params")
     assert by_family(plans)["embed"].disk is not None  # the demo LM's shape is known before text_model ran
-    assert "measured: docs/benchmarks.md" in by_family(plans)["pretrain (+ seeds)"].cpu_hours.how
+    assert "measured: the committed demo reference run" in by_family(plans)["pretrain (+ seeds)"].cpu_hours.how
     # a finished demo run: its manifest, text report and pretraining metrics are read
     prepared = root / "data" / "prepared"
     prepared.mkdir(parents=True)
@@ -157,7 +167,7 @@ def test_demo_plan_reads_this_checkouts_runs_as_measured(tmp_path):
     pre = p["pretrain (+ seeds)"]
     # the same model as the measured run: hours = images / measured images per second
     sizes = vit_sizes(demo["pretrain"]["model"])  # mae, multimodal, shuffled; the 2 text runs' unmasked pass
-    per_image = 3 + 2 * 6 * sizes["encoder"] * sizes["tokens"] / sizes["train_flops"]
+    per_image = 3 + 2 * encoder_flops(demo["pretrain"]["model"], sizes["tokens"]) / sizes["train_flops"]
     assert pre.cpu_hours.value == pytest.approx(per_image * 30 * 6 / 100.0 / 3600)
     assert "pretrain-mae.json (100 images/s" in pre.cpu_hours.how
     assert "text-report.json (500 tokens/s" in p["embed"].cpu_hours.how
@@ -222,8 +232,23 @@ def test_the_two_step_flow_plans_align_epochs_for_every_run_but_mae(tmp_path):
     sizes = vit_sizes(pre["model"])
     loss = pre["loss"]
     seen = round((sizes["tokens"] - 1) * (1 - loss.get("contrastive_mask_ratio", 0.0))) + 1
-    text = 0 if loss.get("visible_tokens", True) else 6 * sizes["encoder"] * seen
+    text = 0 if loss.get("visible_tokens", True) else encoder_flops(pre["model"], seen)
     per_epoch_run = lambda n_mae, n_later, e_later, n_text: (  # noqa: E731
         (n_mae * 30 + n_later * e_later) * sizes["train_flops"] + n_text * e_later * text)
     ratio = per_epoch_run(1, 3, 10, 2) / per_epoch_run(1, 2, 30, 2)
     assert two.gpu_hours.value / joint.gpu_hours.value == pytest.approx(ratio)
+
+
+def test_flops_by_hand_count_attention_and_the_masked_encoder():
+    """2 FLOPs per weight per token plus attention's 4 n^2 d per block, 3 x for a training step; MAE's encoder
+    sees the visible tokens only, its decoder every token (a tiny model, counted by hand)."""
+    tiny = {"img_size": 16, "patch_size": 8, "embed_dim": 32, "depth": 2, "mlp_ratio": 4.0, "mask_ratio": 0.75,
+            "decoder_embed_dim": 16, "decoder_depth": 1}
+    enc = 2 * 12 * 32**2 + 8 * 8 * 32  # blocks (4 + 2 x 4) d^2 each, patch embedding
+    assert encoder_flops(tiny, 10, train=False) == 2 * enc * 10 + 2 * 4 * 10**2 * 32
+    assert encoder_flops(tiny, 10) == 3 * (2 * enc * 10 + 2 * 4 * 10**2 * 32)
+    sizes = vit_sizes(tiny)  # 4 patches + cls = 5 tokens, 1 patch + cls visible
+    dec = 12 * 16**2 + 32 * 16 + 16 * 8 * 8
+    assert (sizes["tokens"], sizes["encoder"], sizes["decoder"]) == (5, enc, dec)
+    assert sizes["train_flops"] == 3 * (2 * enc * 2 + 2 * 4 * 2**2 * 32 + 2 * dec * 5 + 1 * 4 * 5**2 * 16)
+    assert sizes["forward_flops"] == 2 * enc * 5 + 2 * 4 * 5**2 * 32
