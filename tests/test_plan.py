@@ -153,12 +153,17 @@ def test_demo_plan_reads_this_checkouts_runs_as_measured(tmp_path):
     demo = yaml.safe_load((root / "p.yaml").read_text())
     (prepared / "config.json").write_text(json.dumps({"data": demo["data"]}))  # made from the demo's data section
     (root / "data" / "cache").mkdir(parents=True)
-    (root / "data" / "cache" / "text-report.json").write_text(json.dumps({"n_tokens": 1234, "tokens_per_second": 500}))
+    report = {"n_studies": 9, "n_tokens": 1234, "tokens_per_second": 500}
+    (root / "data" / "cache" / "text-report.json").write_text(json.dumps({**report, "n_studies": 996}))
     (root / "data" / "cache" / "text-report.config.json").write_text(json.dumps(demo["embed"]))
     (root / "data" / "metrics").mkdir(parents=True)
     (root / "data" / "metrics" / "pretrain-mae.json").write_text(json.dumps({"images_per_second": 100.0}))
     (root / "data" / "models" / "mae").mkdir(parents=True)
     (root / "data" / "models" / "mae" / "config.json").write_text(json.dumps({"params": {"model": demo["pretrain"]["model"]}}))
+    # a text report over other studies (the committed demo's, before embed reran on this data): not this data's
+    chars = 9 * (len("No acute process.") + len(demo["embed"]["prompt"]) + 1)  # ~4 characters per token
+    assert f"9 reports, {chars / 4:,.0f} tokens (estimated)" in by_family(make_plan(root / "p.yaml", root)[0])["embed"].work
+    (root / "data" / "cache" / "text-report.json").write_text(json.dumps(report))
     plans, counts = make_plan(root / "p.yaml", root)
     assert counts.images.value == 10 and counts.train_frontal.value == 6 and counts.studies.value == 9
     assert counts.images.how == f"measured: {prepared / 'images.csv'}"
