@@ -174,7 +174,7 @@ def vit_sizes(model: dict[str, Any]) -> dict[str, float]:
     d, p, chans = model["embed_dim"], model["patch_size"], 1
     tokens = (model["img_size"] // p) ** 2 + 1
     visible = round((tokens - 1) * (1 - model["mask_ratio"])) + 1
-    enc = _blocks(d, model["depth"], model["mlp_ratio"]) + p * p * chans * d
+    enc = _encoder_weights(model)
     dd = model["decoder_embed_dim"]
     dec = _blocks(dd, model["decoder_depth"], 4.0) + d * dd + dd * p * p * chans
     return {"encoder": enc, "decoder": dec, "tokens": tokens,
@@ -186,9 +186,13 @@ def vit_sizes(model: dict[str, Any]) -> dict[str, float]:
 
 def encoder_flops(model: dict[str, Any], n: int, train: bool = True) -> float:
     """FLOPs per image of one encoder pass over ``n`` tokens (``train``: forward and backward, 3 x)."""
+    return (3 if train else 1) * _forward(_encoder_weights(model), model["embed_dim"], model["depth"], n)
+
+
+def _encoder_weights(model: dict[str, Any]) -> float:
+    """The encoder's weights: its blocks and the patch embedding (one channel)."""
     d, p = model["embed_dim"], model["patch_size"]
-    enc = _blocks(d, model["depth"], model["mlp_ratio"]) + p * p * d
-    return (3 if train else 1) * _forward(enc, d, model["depth"], n)
+    return _blocks(d, model["depth"], model["mlp_ratio"]) + p * p * d
 
 
 def lm_config(model: str) -> dict[str, Any] | None:
