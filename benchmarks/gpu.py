@@ -1,6 +1,6 @@
 """One GPU benchmark, one table: stage one at LLaMA-2-7b's exact shape and stage two at ViT-B/16.
 
-    python benchmarks/gpu.py                # a CUDA machine; < 8 min on one modern GPU; needs ~14 GB in --workdir
+    python benchmarks/gpu.py                # a CUDA machine; ~5 min on one H200; needs ~20 GB in --workdir
     python benchmarks/gpu.py --tiny         # shrunken shapes on CPU in seconds: checks the script (a test runs it)
 
 Rows:
@@ -38,6 +38,7 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
     from benchmarks.data_path import make_image_cache, make_text_cache
     from cxrpipe.config import build
     from cxrpipe.encoder import normalize
+    from cxrpipe.gpu_bench import BENCH_VIT, PREFETCH_FACTOR
     from cxrpipe.pretrain.batch_augment import augment_batch
     from cxrpipe.pretrain.data import AugmentConfig, EpochBatches, Pair, PairDataset, PretrainDataConfig, collate
     from cxrpipe.pretrain.model import PretrainModel
@@ -47,16 +48,19 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
     img, hidden = (32, 64) if tiny else (224, 4096)
     model_cfg = (dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
                       decoder_depth=1, decoder_num_heads=2, mask_ratio=0.75) if tiny else
-                 dict(arch="vit_base_patch16_224", img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                      decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mask_ratio=0.75))
+                 dict(BENCH_VIT))
     cfg = build(PretrainConfig, {"batch_size": batch, "model": model_cfg, "pool": {"dim": 32 if tiny else 512,
                                                                                     "num_heads": 2 if tiny else 8}})
-    prepared = workdir / ("tiny" if tiny else "s2") / "prepared"
+    # untimed warm-up: compilation and worker start, then the batches the workers prefetched meanwhile
+    # (workers x PREFETCH_FACTOR at most), so that the timed steps see the loader's steady state
+    warmup = 2 + workers * PREFETCH_FACTOR
+    n_images = batch * (steps + warmup + 1)
+    # one image cache per size: a cache kept from a run with fewer steps would be read past its end
+    prepared = workdir / ("tiny" if tiny else "s2") / f"prepared-{n_images}"
     prepared.mkdir(parents=True, exist_ok=True)
     import benchmarks.data_path as dp
 
     dp.IMG, dp.HIDDEN = img, hidden
-    n_images = batch * (steps + 3)
     make_image_cache(prepared / "images.h5", n_images)
     text_path = prepared.parent / "text" / "text.h5"
     make_text_cache(text_path, 0.01 if tiny else 1.0)
@@ -68,7 +72,8 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
     ds = PairDataset(prepared, text, pairs, PretrainDataConfig(), img, augment=not on_device,
                      normalize_images=not on_device)
     loader = DataLoader(ds, batch_sampler=EpochBatches(n_images, batch, 0, 0), collate_fn=collate,
-                        num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=PREFETCH_FACTOR if workers else None,
                         persistent_workers=False)
     torch.manual_seed(0)
     model = PretrainModel(cfg.model, cfg.pool, cfg.loss, hidden).to(device)
@@ -84,7 +89,7 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
     done = 0
     t_start = time.perf_counter()
     it = iter(loader)
-    for k in range(steps + 2):  # 2 warm-up steps (compilation, worker start) not timed
+    for k in range(steps + warmup):
         t0 = time.perf_counter()
         b = next(it)
         t1 = time.perf_counter()
@@ -99,14 +104,14 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
         opt.zero_grad(set_to_none=True)
         sync()
         t2 = time.perf_counter()
-        if k >= 2:
+        if k >= warmup:
             wait, busy, done = wait + t1 - t0, busy + t2 - t1, done + batch
-        elif k == 1:
+        elif k == warmup - 1:
             t_start = time.perf_counter()
     wall = time.perf_counter() - t_start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     del model, opt, fwd, it
-    return {"images_per_s": done / wall, "step_s": wall / steps, "wait_share": wait / wall, "peak_gib": peak,
+    return {"warmup": warmup, "images_per_s": done / wall, "step_s": wall / steps, "wait_share": wait / wall, "peak_gib": peak,
             "mimic_epoch_h": MIMIC_IMAGES / (done / wall) / 3600}
 
 
@@ -117,7 +122,8 @@ def main() -> None:
     ap.add_argument("--n-texts", type=int, default=1000, help="stage one: reports per quantization")
     ap.add_argument("--batch-tokens", type=int, default=16384, help="stage one: padded tokens per forward")
     ap.add_argument("--batch", type=int, default=256, help="stage two: images per step")
-    ap.add_argument("--steps", type=int, default=20, help="stage two: timed steps per row")
+    ap.add_argument("--steps", type=int, default=100, help="stage two: timed steps per row (after a warm-up that "
+                    "drains the batches the loader prefetched meanwhile: 2 + workers x 4 steps)")
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="stage two: DataLoader workers")
     ap.add_argument("--skip", default="", help="comma list of rows to skip: nf4,bf16,eager,compile,loader-aug")
     args = ap.parse_args()
@@ -130,6 +136,7 @@ def main() -> None:
         sys.exit(2)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.*` from any working directory
     from benchmarks.gpu_llama7b import LLAMA2_7B, TINY, bench, make_checkpoint
+    from cxrpipe.gpu_bench import PREFETCH_FACTOR
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     skip = set(filter(None, args.skip.split(",")))
@@ -139,7 +146,8 @@ def main() -> None:
     t0 = time.perf_counter()
     folder = args.workdir / ("tiny" if args.tiny else "llama2-7b-shape")
     shape = dict(TINY, vocab_size=512) if args.tiny else LLAMA2_7B
-    make_checkpoint(folder, shape)
+    if not {"nf4", "bf16"} <= skip:
+        make_checkpoint(folder, shape)
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(np.log(110), 0.6, args.n_texts).round(), 8, 512).astype(int)
     vocab = shape["vocab_size"]
@@ -165,7 +173,8 @@ def main() -> None:
               f"{r['peak_gib']:>10.2f}{r['mimic_epoch_h']:>13.2f}", flush=True)
     print(f"# stage 1: {args.n_texts} random-token reports, mean {lengths.mean():.0f} tokens, batch_tokens "
           f"{args.batch_tokens}; hours = {MIMIC_STUDIES} reports x mean / tokens/s. stage 2: batch {args.batch}, "
-          f"{args.steps} timed steps after 2 warm-up, {args.workers} loader workers; hours = one epoch of "
+          f"{args.steps} timed steps after {2 + args.workers * PREFETCH_FACTOR} warm-up, {args.workers} loader workers; "
+          f"hours = one epoch of "
           f"{MIMIC_IMAGES} images. total {time.perf_counter() - t0:.0f} s")
 
 

@@ -7,10 +7,12 @@ this kind of CPU. Every figure says where it comes from:
 - *measured*: read from this checkout (the prepared manifest, the source's own tables, a finished run's
   report or metrics: the file is named), or a throughput this project measured (where, on what);
 - *estimated*: computed from counts and formulas (FLOPs per image or token, bytes per value), with the
-  assumption named: the GPU's sustained throughput above all, which no one has measured for this project.
+  assumption named.
 
 Times scale by FLOPs: a stage's FLOPs / a device's sustained FLOP/s. The CPU's FLOP/s come from measured
-runs of the demo (this checkout's own metrics when it has them); the GPU's are ``gpu_tflops``, an input.
+runs of the demo (this checkout's own metrics when it has them); the GPU's from ``benchmarks/gpu.py``'s
+committed runs on one H200 (:mod:`cxrpipe.gpu_bench`: LLaMA-2-7b's stage one at the profile's quantization,
+ViT-B/16's stage two), or ``gpu_tflops`` for every GPU stage when it is given (another GPU).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import gzip
 import json
 import logging
 import math
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -244,6 +247,51 @@ def cpu_rates(root: Path) -> dict[str, Figure]:
     return rates
 
 
+# the GPU's sustained throughput when no run measured it (and for the stages no run measured): an assumption
+ASSUMED_GPU_TFLOPS = 100.0
+
+
+def gpu_rates(params: dict[str, Any], root: Path, gpu_tflops: float | None = None) -> dict[str, Figure]:
+    """Sustained FLOP/s of one GPU for stage one (``embed``), stage two (``pretrain``) and stage three and
+    transfer (``other``): ``gpu_tflops`` for all when given; else the committed ``benchmarks/gpu.py`` runs
+    (LLaMA-2-7b at the profile's quantization and batch_tokens; ViT-B/16 eager with the augmentation where the
+    profile puts it, sustained rows only), as FLOPs per token or image of the measured model x its rate;
+    a stage no run measured falls back to ``ASSUMED_GPU_TFLOPS``."""
+    from cxrpipe.gpu_bench import BENCH_VIT, GPU_RESULTS, embed_rows, pretrain_rows, read_runs, summary
+
+    def assumed(tflops: float, why: str = "") -> Figure:
+        return Figure(tflops * 1e12, f"assumed {tflops:g} TFLOP/s sustained per GPU{why}")
+
+    if gpu_tflops is not None:
+        return dict.fromkeys(("embed", "pretrain", "other"), assumed(gpu_tflops, " (--gpu-tflops)"))
+    runs = read_runs(root)
+    embed, pre = params["embed"], params["pretrain"]
+    rates = dict.fromkeys(("embed", "pretrain", "other"), assumed(ASSUMED_GPU_TFLOPS, f" (no run in {GPU_RESULTS})"))
+    rows = embed_rows(runs, embed["quantization"], embed["batch_tokens"])
+    if rows:
+        s, r = summary(rows), rows[0]
+        rates["embed"] = Figure(s["mean"] * lm_flops_per_token(KNOWN_LMS["meta-llama/Llama-2-7b-hf"]),
+                                f"measured: {s['mean']:,.0f} tokens/s (mean of {s['n']} runs, {s['min']:,.0f} to "
+                                f"{s['max']:,.0f}) of LLaMA-2-7b {r['setting']} at batch_tokens {r['batch_tokens']}, "
+                                f"random weights, on one {r['card']} ({GPU_RESULTS}/{', '.join(s['files'])})")
+    rows = pretrain_rows(runs, pre["data"].get("augment_on", "loader"))
+    if rows:
+        s, r = summary(rows), rows[0]
+        where = f"on one {r['card']} ({GPU_RESULTS}/{', '.join(s['files'])})"
+        # the GPU's own rate: the images/s of the time it was not waiting for the loader
+        fed = statistics.fmean(row["rate"] / (1 - row["wait"]) for row in rows)
+        rates["pretrain"] = Figure(fed * vit_sizes(BENCH_VIT)["train_flops"],
+                                   f"measured: {fed:,.0f} images/s of a ViT-B/16 MAE step (no second encoder pass) "
+                                   f"while fed (mean of {s['n']} runs: images/s / share of time not waiting for "
+                                   f"data), eager bf16, batch {r['batch']}, {where}")
+        # the loader's: what its workers delivered while the GPU waited for them
+        per_worker = s["mean"] / r["workers"]
+        rates["loader"] = Figure(per_worker, f"measured: {s['mean']:,.0f} images/s from {r['workers']} loader workers "
+                                 f"({per_worker:,.0f} per worker, augmentation on the {r['augment_on']}) {where}")
+        rates["other"] = Figure(rates["pretrain"].value, "pretraining's: " + rates["pretrain"].how)
+    return rates
+
+
 # ------------------------------------------------------------------------------------------------- plan
 
 # full-size MIMIC-CXR JPEG decoded + letterboxed per CPU core (docs/scale.md 3b: draft mode, loaded machine)
@@ -258,7 +306,7 @@ class Inputs:
     root: Path
     counts: Counts
     runs: Counter
-    gpu_flops: float  # sustained FLOP/s of one GPU (an input: never measured here)
+    gpu: dict[str, Figure]  # sustained FLOP/s of one GPU per stage kind (embed, pretrain, other): gpu_rates
     cpu: dict[str, Figure]
 
 
@@ -347,8 +395,7 @@ def _lm_figures(x: Inputs, plan: StagePlan, lm: dict[str, Any], tokens: Figure) 
     plan.disk = Figure(tokens.value * per_token, f"estimated: tokens x {per_token} bytes ({cfg['store_dtype']}, "
                        f"{lm['hidden_size']} dims + token id)")
     flops = tokens.value * lm_flops_per_token(lm)
-    plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU (bf16; "
-                            "nf4 dequantises per layer: slower, not measured)")
+    plan.gpu_hours = _hours(flops, x.gpu["embed"], "")
     plan.cpu_hours = _hours(flops, x.cpu["embed"], "")
     return plan
 
@@ -421,8 +468,18 @@ def _pretrain(x: Inputs) -> StagePlan:
         flops += x.runs["pretrain_text"] * later_epochs * train.value * encoder_flops(cfg["model"], seen)
         plan.work += f"; {x.runs['pretrain_text']} text run(s) add an encoder pass over {seen} tokens"
     # the loader must keep up: images/s one GPU consumes at this rate (docs/scale.md 3: per loader worker)
-    plan.work += f"; the loader must feed ~{x.gpu_flops / sizes['train_flops']:,.0f} images/s per GPU"
-    plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU (bf16)")
+    need = x.gpu["pretrain"].value / sizes["train_flops"]
+    plan.work += f"; the loader must feed ~{need:,.0f} images/s per GPU"
+    plan.gpu_hours = _hours(flops, x.gpu["pretrain"], "")
+    if "loader" in x.gpu:  # a measured loader: the GPU waits for it when its workers deliver less
+        workers = cfg["data"]["num_workers"]
+        feed = x.gpu["loader"].value * workers
+        plan.work += f" (measured: ~{x.gpu['loader'].value:,.0f} per loader worker: {workers} give ~{feed:,.0f})"
+        loader_h = epoch_runs * train.value / max(feed, 1e-9) / 3600
+        if loader_h > plan.gpu_hours.value:
+            plan.gpu_hours = Figure(loader_h, f"estimated: images / what {workers} loader workers deliver "
+                                    f"(pretrain.data.num_workers; loader-bound: the GPU alone would take "
+                                    f"{plan.gpu_hours.value:,.1f} h); rate {x.gpu['loader'].how}")
     plan.cpu_hours = _hours(flops, x.cpu["pretrain"], "")
     return plan
 
@@ -453,7 +510,7 @@ def _finetune(x: Inputs) -> StagePlan:
     points = lpft_points(x.params)
     plan = StagePlan("finetune (+ seeds)", runs, f"{runs} runs (encoders x {'/'.join(protocols)}), LP-FT "
                      f"{ft['finetune']['epochs']} epochs" + (f" x {points} grid points" if points > 1 else ""))
-    plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU")
+    plan.gpu_hours = _hours(flops, x.gpu["other"], "")
     plan.cpu_hours = _hours(flops, x.cpu["pretrain"], "")
     return plan
 
@@ -469,7 +526,7 @@ def _transfer(x: Inputs) -> StagePlan:
         flops += n * _probe_flops(x, protocol, per_dataset, 0.7 * per_dataset * sum(t["label_fractions"]), epochs)
     plan = StagePlan("transfer", runs, f"{runs} runs on {images.value:,.0f} images ({images.how}); "
                      f"fractions {t['label_fractions']}")
-    plan.gpu_hours = _hours(flops, x.gpu_flops, f"assumed {x.gpu_flops / 1e12:g} TFLOP/s sustained per GPU")
+    plan.gpu_hours = _hours(flops, x.gpu["other"], "")
     plan.cpu_hours = _hours(flops, x.cpu["pretrain"], "")
     return plan
 
@@ -479,15 +536,18 @@ SMALL = ("demo_data", "demo_nih", "bench_data", "text_model", "random_encoder", 
          "retrieval", "attention_maps", "transfer_compare")
 
 
-def make_plan(params_file: str | Path, root: str | Path = ".", gpu_tflops: float = 100.0) -> tuple[list[StagePlan], Counts]:
+def make_plan(params_file: str | Path, root: str | Path = ".",
+              gpu_tflops: float | None = None) -> tuple[list[StagePlan], Counts]:
     """Every stage family the profile in ``params_file`` runs, with its figures (see the module doc), and
-    the data's counts."""
+    the data's counts. ``gpu_tflops``: one GPU's sustained TFLOP/s for every GPU stage; None: the measured
+    rates (:func:`gpu_rates`)."""
     from cxrpipe.config import load_params
 
     root = Path(root)
     params = load_params(params_file)
     counts = data_counts(params, root / "data" / "prepared", root)
-    x = Inputs(params, root, counts, stage_runs(root, Path(params_file)), gpu_tflops * 1e12, cpu_rates(root))
+    x = Inputs(params, root, counts, stage_runs(root, Path(params_file)), gpu_rates(params, root, gpu_tflops),
+               cpu_rates(root))
     plans = [_prepare(x, "prepare", counts.images)]
     if x.runs["transfer_prepare"]:
         plans.append(_prepare(x, "transfer_prepare", _transfer_images(x)))

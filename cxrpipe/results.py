@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrpipe.evaluate.stats.summaries import fmt_p
+from cxrpipe.gpu_bench import GPU_RESULTS
+from cxrpipe.gpu_bench import block as gpu_block
 from cxrpipe.labels import CHEXPERT_LABELS
 
 MARKER = re.compile(r"(<!-- results:([a-z0-9_]+)\b[^>]*-->\n)(.*?)(<!-- /results -->)", re.S)
@@ -812,6 +814,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "zeroshot_transfer": block_zeroshot_transfer,
     "transfer": block_transfer,
     "summary": block_summary,
+    "gpu_h200": lambda m: gpu_block(m.bench / GPU_RESULTS.name),
 }
 
 

@@ -14,8 +14,10 @@ def main(
     ),
     root: Annotated[Path, typer.Option(help="the repository root (dvc.yaml, data/)")] = Path("."),
     gpu_tflops: Annotated[
-        float, typer.Option(help="sustained bf16 TFLOP/s of one GPU (an assumption: no GPU was measured)")
-    ] = 100.0,
+        Optional[float],
+        typer.Option(help="sustained bf16 TFLOP/s of one of your GPUs, for every GPU stage; default: the rates "
+                          "measured on one H200 (benchmarks/results/gpu-h200)"),
+    ] = None,
     gpus: Annotated[Optional[int], typer.Option(help="GPUs for the wall-time line (default: visible, else 8)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the plan as JSON here")] = None,
 ) -> None:
@@ -39,8 +41,9 @@ def main(
         raise typer.Exit(2) from None
     n_gpus = gpus if gpus is not None else (visible_gpus() or 8)
     which = f"profile {active(root)}" if params == Path("params.yaml") else str(params)
-    header = (f"cxrpipe plan: {which}; data {raw['data']['source']} at {raw['data']['root']}; GPU at {gpu_tflops:g} "
-              "TFLOP/s sustained (assumed)")
+    gpu = (f"GPU at {gpu_tflops:g} TFLOP/s sustained (assumed)" if gpu_tflops is not None else
+           "GPU: rates measured on one H200 (--gpu-tflops for yours)")
+    header = f"cxrpipe plan: {which}; data {raw['data']['source']} at {raw['data']['root']}; {gpu}"
     typer.echo(format_plan(plans, counts, header, n_gpus))
     if json_out:
         json_out.write_text(json.dumps([dataclasses.asdict(p) for p in plans], indent=2) + "\n")

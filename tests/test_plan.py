@@ -257,3 +257,23 @@ def test_flops_by_hand_count_attention_and_the_masked_encoder():
     assert (sizes["tokens"], sizes["encoder"], sizes["decoder"]) == (5, enc, dec)
     assert sizes["train_flops"] == 3 * (2 * enc * 2 + 2 * 4 * 2**2 * 32 + 2 * dec * 5 + 1 * 4 * 5**2 * 16)
     assert sizes["forward_flops"] == 2 * enc * 5 + 2 * 4 * 5**2 * 32
+
+
+def test_a_starved_gpu_takes_the_loaders_time(tmp_path):
+    """With measured rates the pretraining hours are the larger of the GPU's (FLOPs / its fed rate) and the
+    loader's (images / per-worker rate x pretrain.data.num_workers): 1 worker starves the GPU, 64 do not."""
+    from tests.test_gpu_bench import planted, run_text
+
+    hours = {}
+    for workers in (1, 64):
+        (tmp_path / str(workers)).mkdir()
+        root = repo(tmp_path / str(workers), "params-mimic.yaml")
+        params = yaml.safe_load((root / "p.yaml").read_text())
+        params["pretrain"]["data"]["num_workers"] = workers
+        (root / "p.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        planted(root, run_text(15000, 50.0, 66))  # 1000 images/s from 16 workers, 2000 while fed
+        plans, counts = make_plan(root / "p.yaml", root)
+        hours[workers] = by_family(plans)["pretrain (+ seeds)"].gpu_hours
+    images = 9 * 100 * counts.train_frontal.value  # 9 runs x 100 epochs
+    assert hours[1].value == pytest.approx(images / (1000 / 16) / 3600) and "loader-bound" in hours[1].how
+    assert hours[64].value < hours[1].value and "FLOPs / rate" in hours[64].how
