@@ -38,7 +38,7 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
     from benchmarks.data_path import make_image_cache, make_text_cache
     from cxrpipe.config import build
     from cxrpipe.encoder import normalize
-    from cxrpipe.gpu_bench import BENCH_VIT, PREFETCH_FACTOR
+    from cxrpipe.gpu_bench import BENCH_VIT, PREFETCH_FACTOR, warmup_steps
     from cxrpipe.pretrain.batch_augment import augment_batch
     from cxrpipe.pretrain.data import AugmentConfig, EpochBatches, Pair, PairDataset, PretrainDataConfig, collate
     from cxrpipe.pretrain.model import PretrainModel
@@ -51,9 +51,7 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
                  dict(BENCH_VIT))
     cfg = build(PretrainConfig, {"batch_size": batch, "model": model_cfg, "pool": {"dim": 32 if tiny else 512,
                                                                                     "num_heads": 2 if tiny else 8}})
-    # untimed warm-up: compilation and worker start, then the batches the workers prefetched meanwhile
-    # (workers x PREFETCH_FACTOR at most), so that the timed steps see the loader's steady state
-    warmup = 2 + workers * PREFETCH_FACTOR
+    warmup = warmup_steps(workers)
     n_images = batch * (steps + warmup + 1)
     # one image cache per size: a cache kept from a run with fewer steps would be read past its end
     prepared = workdir / ("tiny" if tiny else "s2") / f"prepared-{n_images}"
@@ -111,7 +109,7 @@ def stage_two(workdir: Path, tiny: bool, compile_: bool, steps: int, batch: int,
     wall = time.perf_counter() - t_start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     del model, opt, fwd, it
-    return {"warmup": warmup, "images_per_s": done / wall, "step_s": wall / steps, "wait_share": wait / wall, "peak_gib": peak,
+    return {"images_per_s": done / wall, "step_s": wall / steps, "wait_share": wait / wall, "peak_gib": peak,
             "mimic_epoch_h": MIMIC_IMAGES / (done / wall) / 3600}
 
 
@@ -136,7 +134,7 @@ def main() -> None:
         sys.exit(2)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.*` from any working directory
     from benchmarks.gpu_llama7b import LLAMA2_7B, TINY, bench, make_checkpoint
-    from cxrpipe.gpu_bench import PREFETCH_FACTOR
+    from cxrpipe.gpu_bench import warmup_steps
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     skip = set(filter(None, args.skip.split(",")))
@@ -173,9 +171,8 @@ def main() -> None:
               f"{r['peak_gib']:>10.2f}{r['mimic_epoch_h']:>13.2f}", flush=True)
     print(f"# stage 1: {args.n_texts} random-token reports, mean {lengths.mean():.0f} tokens, batch_tokens "
           f"{args.batch_tokens}; hours = {MIMIC_STUDIES} reports x mean / tokens/s. stage 2: batch {args.batch}, "
-          f"{args.steps} timed steps after {2 + args.workers * PREFETCH_FACTOR} warm-up, {args.workers} loader workers; "
-          f"hours = one epoch of "
-          f"{MIMIC_IMAGES} images. total {time.perf_counter() - t0:.0f} s")
+          f"{args.steps} timed steps after {warmup_steps(args.workers)} warm-up, {args.workers} loader workers; "
+          f"hours = one epoch of {MIMIC_IMAGES} images. total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

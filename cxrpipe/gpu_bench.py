@@ -23,6 +23,13 @@ BENCH_VIT = {"arch": "vit_base_patch16_224", "img_size": 224, "patch_size": 16, 
 # the loader prefetches workers x this many batches while the warm-up steps run (benchmarks/gpu.py)
 PREFETCH_FACTOR = 4
 
+
+def warmup_steps(workers: int) -> int:
+    """benchmarks/gpu.py's untimed stage-two steps: compilation and worker start (2), then the batches the
+    workers prefetched meanwhile (workers x PREFETCH_FACTOR at most), so the timed steps see the loader's steady
+    state."""
+    return 2 + workers * PREFETCH_FACTOR
+
 _CARD = re.compile(r"^# (?P<card>[^;]+); torch (?P<torch>\S+);")
 _STAGE1 = re.compile(r"^stage 1 LLaMA-2-7b (?P<quant>\w+)\s+(?P<rate>[\d.]+) tok/s\s+(?P<padding>[\d.]+)%"
                      r"\s+(?P<peak>[\d.]+|nan)\s+(?P<hours>[\d.]+)\s*$")

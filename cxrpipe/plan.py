@@ -306,7 +306,8 @@ class Inputs:
     root: Path
     counts: Counts
     runs: Counter
-    gpu: dict[str, Figure]  # sustained FLOP/s of one GPU per stage kind (embed, pretrain, other): gpu_rates
+    gpu: dict[str, Figure]  # gpu_rates: FLOP/s of one GPU per stage kind (embed, pretrain, other); with a
+                            # measured loader also "loader": images/s per loader worker
     cpu: dict[str, Figure]
 
 

@@ -407,8 +407,8 @@ def block_targets_by_run(m: Metrics, runs: dict[str, str]) -> list[str]:
     if any([r[0] for r in rows] != [r[0] for r in first] for rows in per.values()):
         raise ResultsError(f"the runs {list(runs.values())} do not report the same targets")
     rows = [[re.sub(r" \(\d+ seed\(s\)\)| on every seed \(\d+\)", "", target[0]),
-             *(f"{rows[i][1]} ({rows[i][2]})" for rows in per.values()),
-             "yes" if all(rows[i][2] == "reached" for rows in per.values()) else "**no**"]
+             *(f"{run_rows[i][1]} ({run_rows[i][2]})" for run_rows in per.values()),
+             "yes" if all(run_rows[i][2] == "reached" for run_rows in per.values()) else "**no**"]
             for i, target in enumerate(first)]
     return [_test_line(_committed_run(m, next(iter(runs.values())))), "",
             *table(["target (test split)", *per, f"reached in all {len(per)}"], rows)]
