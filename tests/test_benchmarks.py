@@ -210,3 +210,74 @@ def test_the_committed_prompt_grid_gives_every_label_a_pair():
 
     sets = zp.prompt_sets(ROOT / "benchmarks" / "recipes" / "prompts.yaml", load_params(ROOT / "params.yaml"))
     assert len(sets) >= 3 and all(len(p) == 14 for p in sets.values())
+
+
+def _bench_module(name: str):
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _planted_run(preds: Path, metrics: Path | None, name: str, pattern: list[float]) -> None:
+    """8 test studies of 4 patients, one label (positives 0, 1, 4, 5); ``pattern`` repeated twice gives the
+    AUROC its 4 values rank right (as in tests/evaluate/test_compare_summaries.py)."""
+    from cxrpipe.evaluate.stats.metrics import Predictions, evaluate, jsonable, save_predictions
+
+    probs = np.full((8, 14), 0.5, np.float32)
+    probs[:, 0] = pattern * 2
+    targets = np.zeros((8, 14), np.float32)
+    targets[[0, 1, 4, 5], 0] = 1.0
+    mask = np.zeros((8, 14), bool)
+    mask[:, 0] = True
+    p = Predictions(np.array([f"i{k}" for k in range(8)]), np.arange(100, 108, dtype=np.int64), probs, targets, mask,
+                    subject_ids=np.arange(8) // 2)
+    preds.mkdir(parents=True, exist_ok=True)
+    save_predictions(p, preds / f"{name}.npz", encoder=name.split("-")[0], protocol="linear")
+    if metrics is not None:
+        metrics.mkdir(parents=True, exist_ok=True)
+        m = {"encoder": name.split("-")[0], "dataset": {"source": "iu-xray", "demo": False},
+             **evaluate(p, p, n_bootstrap=20, seed=0)}
+        (metrics / f"{name}.json").write_text(json.dumps(jsonable(m)))
+
+
+def test_joint_seeds_joins_separate_seed_runs_and_checks_reproduction(tmp_path):
+    """Seed 0 in a workspace (mae 0.75, multimodal 1.0), seed 3 in a committed run (mae 1.0, multimodal 0.75): the
+    joint compare has seeds [0, 3] with deltas +0.25 / -0.25; a stale seed file in the workspace is not read; the
+    reference check counts the one planted number that differs and ignores durations."""
+    js = _bench_module("joint_seeds")
+    A, B, R, P = [.9, .2, .5, .1], [.9, .8, .5, .1], [.4, .2, .3, .5], [.6, .55, .5, .7]
+    ws, run = tmp_path / "ws", tmp_path / "seed3"
+    metrics, preds = ws / "data" / "metrics", ws / "data" / "predictions"
+    for name, pattern in [("mae-linear", A), ("multimodal-linear", B), ("random-linear", R), ("pixels", P)]:
+        _planted_run(preds, metrics, name, pattern)
+    _planted_run(preds, None, "multimodal-linear-seed3", B)  # stale: the committed run's seed 3 must win
+    (metrics / "mae-linear.config.json").write_text(json.dumps({"encoder_seed": 0}))
+    (metrics / "zeroshot-multimodal.json").write_text(json.dumps({"mauc": 0.7}))
+    for name, pattern in [("mae-linear-seed3", B), ("multimodal-linear-seed3", A), ("random-linear-seed3", R)]:
+        _planted_run(run / "predictions", None, name, pattern)
+    (ws / "params.yaml").write_text(yaml.safe_dump({"compare": {"n_bootstrap": 100, "seed": 0},
+                                                    "stats": {"min_test_positives": 0}}))
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    mae = json.loads((metrics / "mae-linear.json").read_text())
+    mae["study"]["mauc"] += 0.5
+    mae["train_seconds"] = 12.0  # a duration: never compared
+    (ref / "mae-linear.json").write_text(json.dumps(mae))
+    (ref / "zeroshot-multimodal.json").write_text(json.dumps({"mauc": 0.7, "eval_seconds": 3.0}))
+
+    out = tmp_path / "out"
+    assert js.main(["--workspace", str(ws), "--seed-run", str(run), "--reference", str(ref), "--out", str(out)]) == 0
+    comp = json.loads((out / "comparison.json").read_text())
+    assert comp["seeds"]["seeds"] == [0, 3]
+    assert [r["delta_mauc"] for r in comp["seeds"]["linear"]["per_seed"]] == pytest.approx([0.25, -0.25])
+    assert comp["seeds"]["linear"]["delta_mauc"]["mean"] == pytest.approx(0.0)
+    assert json.loads((out / "zeroshot-multimodal.json").read_text()) == {"mauc": 0.7}  # carried
+    rep = json.loads((out / "reproduce.json").read_text())
+    assert rep["mae-linear.json"]["differ"] == 1 and rep["mae-linear.json"]["max_abs_diff"] == pytest.approx(0.5)
+    assert rep["mae-linear.json"]["first_differences"] == ["study.mauc"]
+    assert rep["zeroshot-multimodal.json"]["differ"] == 0 and rep["zeroshot-multimodal.json"]["numbers"] == 1
+
+    with pytest.raises(SystemExit, match="seed 3 is given twice"):
+        js.main(["--workspace", str(ws), "--seed-run", str(run), "--seed-run", str(run), "--out", str(out)])
