@@ -427,9 +427,11 @@ BENCH_PATCH12_RUN = "bench-patch12"  # the bench profile with the earlier encode
 # the bench profile with today's defaults again, training seed 1 as the run's own seed (pretrain.seed and
 # finetune.seed 1: what --seed 1 overrides in the seed repeats), so that its zero-shot and retrieval are seed 1's
 BENCH_SEED1_RUN = "bench-sentences-seed1"
+BENCH_SEED2_RUN = "bench-sentences-seed2"  # the same with pretrain.seed and finetune.seed 2
 COMMITTED_RUNS = {"seeds": SEEDS_RUN, "patch12": PATCH12_RUN, "patch8": PATCH8_RUN, "bench": BENCH_RUN,
-                  "bench_patch12": BENCH_PATCH12_RUN, "bench_seed1": BENCH_SEED1_RUN}
-BENCH_SEED_RUNS = {"seed 0": BENCH_RUN, "seed 1": BENCH_SEED1_RUN}  # the bench's single-seed runs of today's defaults
+                  "bench_patch12": BENCH_PATCH12_RUN, "bench_seed1": BENCH_SEED1_RUN, "bench_seed2": BENCH_SEED2_RUN}
+# the bench's single-seed runs of today's defaults
+BENCH_SEED_RUNS = {"seed 0": BENCH_RUN, "seed 1": BENCH_SEED1_RUN, "seed 2": BENCH_SEED2_RUN}
 
 
 def _committed_run(m: Metrics, name: str) -> Metrics:

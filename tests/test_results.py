@@ -502,17 +502,19 @@ def test_the_prompt_blocks_set_each_prompt_set_beside_on_both_data_sets(tmp_path
 
 
 def test_the_bench_targets_by_seed_set_each_single_seed_run_side_by_side(tmp_path):
-    """bench_targets_by_seed: one column per committed single-seed run (seed 0's folder, seed 1's), each cell
+    """bench_targets_by_seed: one column per committed single-seed run (seed 0's folder, seed 1's, seed 2's), each cell
     that run's own number and verdict; the last column says "**no**" when one run misses a target."""
     bench = tmp_path / "bench"
     m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
     assert "bench-sentences/zeroshot-multimodal.json is missing" in build_block("bench_targets_by_seed", m)
     seed0, seed1 = write_metrics(bench / "bench-sentences"), write_metrics(bench / "bench-sentences-seed1")
+    assert "bench-sentences-seed2/" in build_block("bench_targets_by_seed", m)  # every run's folder is read
+    write_metrics(bench / "bench-sentences-seed2")
     comp = json.loads((seed1 / "comparison.json").read_text())
     comp["seeds"]["linear"]["per_seed"][0]["delta_mauc"] = -0.0123  # seed 1's multimodal - mae < 0, linear probe
     (seed1 / "comparison.json").write_text(json.dumps(comp))
     b = build_block("bench_targets_by_seed", m)
-    assert "| target (test split) | seed 0 | seed 1 | reached in all 2 |" in b
+    assert "| target (test split) | seed 0 | seed 1 | seed 2 | reached in all 3 |" in b
     row = next(line for line in b.splitlines() if line.startswith("| linear probe: multimodal - mae > 0 |"))
     assert "-0.012 (**not reached**)" in row and row.endswith("| **no** |") and seed0.is_dir()
     fc = next(line for line in b.splitlines() if line.startswith("| FC head (frozen): multimodal - mae > 0 |"))
