@@ -217,6 +217,10 @@ def main() -> None:
     if args.out:
         record = {"command": None if args.log else cmd, "log": str(args.log) if args.log else None, "rc": rc,
                   **totals, "stages": [dict(asdict(s), wall_s=s.wall_s, import_s=s.import_s) for s in stages]}
+        if not args.log:  # the machine it ran on (a saved log's machine is not known)
+            from cxrpipe.versions import cpu_identity, package_versions
+
+            record["machine"] = {"cpu": cpu_identity(), "versions": package_versions()}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
     sys.exit(rc)
 

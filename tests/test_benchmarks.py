@@ -151,6 +151,7 @@ def test_stage_times_runs_a_real_dvc_repro(tmp_path):
         assert not [m for m in s["imports"] if m.split(".")[0] in ("dvc", "dvc_data", "dulwich", "ruamel")]
     assert "import time:" not in res.stdout  # not echoed
     assert "Running stage 'one'" in res.stdout and "wall s" in res.stdout
+    assert out["machine"]["cpu"]["cores"] >= 1 and "torch" in out["machine"]["versions"]  # where it ran
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     out = json.loads((tmp_path / "t.json").read_text())
     assert again.returncode == 0 and out["stages_skipped"] == ["one", "two"] and out["stages_run"] == 0
