@@ -8,7 +8,8 @@
 A profile whose seeds ran one per workspace (the bench: ~2 h of 2 cores each) is joined here instead:
 
 - ``--workspace``: a workspace where ``dvc repro`` ran the profile at its default seed (``data/metrics``,
-  ``data/predictions``); its ``params.yaml`` gives the ``compare`` and ``stats`` sections.
+  ``data/predictions``); its ``params.yaml`` gives the ``compare`` and ``stats`` sections. Its runs must share
+  one training seed (their ``.config.json``'s ``encoder_seed``: checked), not one of the ``--seed-run``'s.
 - ``--seed-run`` (repeatable): a committed run folder whose ``predictions/`` holds ``<run>-seed<k>.npz`` (the
   names the seed repeats write), e.g. a run made with ``pretrain.seed`` and ``finetune.seed`` set to k.
 - ``--reference`` (optional): the committed metrics of an earlier run at the workspace's seed. Every number of
@@ -94,6 +95,21 @@ def gather(workspace_predictions: Path, seed_runs: list[Path], into: Path) -> tu
     return tuple(seeds)
 
 
+def workspace_seed(metrics: Path, names: list[str]) -> Any:
+    """The one training seed (``encoder_seed``) of the workspace's runs ``names`` (their ``.config.json``); a
+    workspace whose runs were trained with different seeds (a ``dvc repro`` under another seed not finished)
+    is an error."""
+    seeds: dict[Any, list[str]] = {}
+    for name in names:
+        path = metrics / f"{name}.config.json"
+        if path.is_file() and (seed := json.loads(path.read_text()).get("encoder_seed")) is not None:
+            seeds.setdefault(seed, []).append(name)
+    if len(seeds) > 1:
+        raise SystemExit(f"{metrics}: the runs were trained with different seeds ({ {k: v[:3] for k, v in seeds.items()} }): "
+                         "finish the workspace's dvc repro first")
+    return next(iter(seeds), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workspace", type=Path, required=True, help="the default seed's workspace (dvc repro ran)")
@@ -118,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     raw = load_params(args.params or args.workspace / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         seeds = gather(args.workspace / "data" / "predictions", args.seed_run, Path(tmp))
+        linked = [f.stem for f in Path(tmp).glob("*.npz") if not SEED_FILE.match(f.name)]
+        own = workspace_seed(metrics, linked + [f.stem for p in CARRIED for f in metrics.glob(p)
+                                                if not f.name.endswith(".config.json")])
+        if own in seeds:
+            raise SystemExit(f"the workspace's seed {own} is also a --seed-run's")
         cfg = dataclasses.replace(section(raw, "compare", CompareConfig), extra_seeds=seeds)
         run_compare(cfg, metrics, args.out / "comparison.json", predictions_dir=Path(tmp),
                     report_md=args.out / "comparison.md", stats=section(raw, "stats", StatsConfig))

@@ -280,5 +280,12 @@ def test_joint_seeds_joins_separate_seed_runs_and_checks_reproduction(tmp_path):
     assert rep["mae-linear.json"]["first_differences"] == ["study.mauc"]
     assert rep["zeroshot-multimodal.json"]["differ"] == 0 and rep["zeroshot-multimodal.json"]["numbers"] == 1
 
+    (metrics / "multimodal-linear.config.json").write_text(json.dumps({"encoder_seed": 2}))  # a rerun half done
+    with pytest.raises(SystemExit, match="trained with different seeds"):
+        js.main(["--workspace", str(ws), "--seed-run", str(run), "--out", str(out)])
+    (metrics / "multimodal-linear.config.json").write_text(json.dumps({"encoder_seed": 3}))
+    (metrics / "mae-linear.config.json").write_text(json.dumps({"encoder_seed": 3}))
+    with pytest.raises(SystemExit, match="seed 3 is also a --seed-run's"):
+        js.main(["--workspace", str(ws), "--seed-run", str(run), "--out", str(out)])
     with pytest.raises(SystemExit, match="seed 3 is given twice"):
         js.main(["--workspace", str(ws), "--seed-run", str(run), "--seed-run", str(run), "--out", str(out)])
