@@ -73,13 +73,14 @@ def reproduce(reference: Path, metrics: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def gather(workspace_predictions: Path, seed_runs: list[Path], into: Path) -> tuple[int, ...]:
+def gather(workspace_predictions: Path, seed_runs: list[Path], into: Path) -> tuple[tuple[int, ...], list[str]]:
     """The workspace's default-seed predictions and every seed run's ``*-seed<k>.npz``, linked into ``into``;
-    returns the seeds found. A seed given twice, or a seed run without predictions, is an error."""
+    returns the seeds found and the workspace's runs linked. A seed given twice, or a seed run without
+    predictions, is an error."""
     into.mkdir(parents=True, exist_ok=True)
-    for f in sorted(workspace_predictions.glob("*.npz")):
-        if not SEED_FILE.match(f.name):
-            (into / f.name).symlink_to(f.resolve())
+    own = [f for f in sorted(workspace_predictions.glob("*.npz")) if not SEED_FILE.match(f.name)]
+    for f in own:
+        (into / f.name).symlink_to(f.resolve())
     seeds: list[int] = []
     for run in seed_runs:
         found = {int(m["seed"]) for f in (run / "predictions").glob("*.npz") if (m := SEED_FILE.match(f.name))}
@@ -92,7 +93,7 @@ def gather(workspace_predictions: Path, seed_runs: list[Path], into: Path) -> tu
         seeds.append(seed)
         for f in sorted((run / "predictions").glob(f"*-seed{seed}.npz")):
             (into / f.name).symlink_to(f.resolve())
-    return tuple(seeds)
+    return tuple(seeds), [f.stem for f in own]
 
 
 def workspace_seed(metrics: Path, names: list[str]) -> Any:
@@ -133,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['max_abs_diff']:.3g}){'; first: ' + ', '.join(r['first_differences'][:3]) if r['differ'] else ''}")
     raw = load_params(args.params or args.workspace / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        seeds = gather(args.workspace / "data" / "predictions", args.seed_run, Path(tmp))
-        linked = [f.stem for f in Path(tmp).glob("*.npz") if not SEED_FILE.match(f.name)]
+        seeds, linked = gather(args.workspace / "data" / "predictions", args.seed_run, Path(tmp))
         own = workspace_seed(metrics, linked + [f.stem for p in CARRIED for f in metrics.glob(p)
                                                 if not f.name.endswith(".config.json")])
         if own in seeds:

@@ -262,17 +262,31 @@ def test_targets_and_the_shuffled_control_are_read_from_the_metrics(tmp_path):
     s = build_block("shuffled", m)
     assert "| linear probe | 0.600 [0.550, 0.650] | 0.667 [0.617, 0.717] | -0.010 [-0.040, +0.020], p = 0.600 |" in s
     assert "| FC head (frozen) | n/a |" in s
-    # two seeds: each seed's interval must lie above 0
+    # two seeds, a comparison without the seed mean: its interval is bounded from the seeds' own. Each seed's
+    # interval above 0 and p 0.010 (5 of 1000 replicates at or below 0 each): at most 10 of the mean's, fewer
+    # than the rank 25 of its low end: above 0. p 0.024 each (12 + 12 = 24): still; p 0.026 (13 + 13): not shown.
     first = comp["seeds"]["linear"]["per_seed"][0]
     comp["seeds"]["linear"]["per_seed"] = [first, {**first, "seed": 1}]
-    for lo in (0.02, -0.01):
+    for lo, p, want in ((0.02, 0.01, True), (-0.01, 0.01, False), (0.02, 0.024, True), (0.02, 0.026, False)):
         for row in comp["seeds"]["linear"]["per_seed"]:
-            row["multimodal_vs_shuffled"] = {**_delta(0.05, 0.01), "delta_ci95": [lo if row["seed"] else 0.02, 0.08]}
+            row["multimodal_vs_shuffled"] = {**_delta(0.05, p), "delta_ci95": [lo if row["seed"] else 0.02, 0.08]}
         comp["seeds"]["seeds"] = [0, 1]
         (folder / "comparison.json").write_text(json.dumps(comp))
         t = build_block("targets", Metrics(folder))
+        assert (f"seed-mean interval above 0 (2 seeds; bounded from each seed's interval and p) | +0.050 [+0.020, "
+                f"+0.080], p = {p:.3f} / +0.050 [{lo:+.3f}, +0.080], p = {p:.3f} | "
+                f"{'reached' if want else '**not reached**'} |") in t, (lo, p)
+    # a comparison with the seed mean (compare's seed_mean): the target reads the mean's interval, whatever the
+    # seeds' own intervals say (here seed 1's crosses 0)
+    for lo in (0.004, -0.003):
+        comp["seeds"]["linear"]["seed_mean"] = {"multimodal_vs_shuffled": {**_delta(0.05, 0.03), "delta_ci95": [lo, 0.09]}}
+        (folder / "comparison.json").write_text(json.dumps(comp))
+        m = Metrics(folder)
+        t = build_block("targets", m)
         want = "reached" if lo > 0 else "**not reached**"
-        assert f"every seed's interval above 0 (2 seeds) | +0.050 [+0.020, +0.080], p = 0.010 / +0.050 [{lo:+.3f}, +0.080], p = 0.010 | {want} |" in t
+        assert (f"| linear probe: multimodal - shuffled > 0, seed-mean interval above 0 (2 seeds) | +0.050 [{lo:+.3f}, "
+                f"+0.090], p = 0.030; seeds +0.050 / +0.050 | {want} |") in t
+        assert "every seed's interval" not in t
 
 
 def test_benchmark_blocks_read_the_committed_logs(tmp_path):
@@ -312,7 +326,12 @@ def test_the_three_seed_experiment_blocks_read_their_own_folder(tmp_path):
     assert "multimodal - mae > 0 on every seed (3)" in build_block("seeds_targets", m)
     sh = build_block("seeds_shuffled", m)
     assert "| linear probe | +0.010 [-0.020, +0.040], p = 0.300 / +0.020" in sh and "+0.020 (sd 0.010" in sh
-    assert "| FC head (frozen) | n/a | n/a |" in sh
+    assert "| FC head (frozen) | n/a | n/a |" in sh and "seed mean" not in sh  # written before the seed mean
+    comp["seeds"]["linear"]["seed_mean"] = {"multimodal_vs_shuffled": _delta(0.02, 0.04)}
+    (run / "comparison.json").write_text(json.dumps(comp))
+    sh = build_block("seeds_shuffled", m)
+    assert "| seed mean [95% CI], p |" in sh and "+0.020 (sd 0.010; +0.010 to +0.030) | +0.020 [" in sh
+    assert "| FC head (frozen) | n/a | n/a | n/a |" in sh
 
 
 @pytest.mark.parametrize("prefix, folder", [("bench", "bench-sentences"), ("bench_patch12", "bench-patch12")])
@@ -519,3 +538,19 @@ def test_the_bench_targets_by_seed_set_each_single_seed_run_side_by_side(tmp_pat
     assert "-0.012 (**not reached**)" in row and row.endswith("| **no** |") and seed0.is_dir()
     fc = next(line for line in b.splitlines() if line.startswith("| FC head (frozen): multimodal - mae > 0 |"))
     assert fc.endswith("| yes |")
+
+
+def test_the_reproduce_block_reads_the_joint_runs_check(tmp_path):
+    """bench_3seeds_reproduce: joint_seeds.py's reproduce.json as a table, one row per file compared."""
+    bench = tmp_path / "bench"
+    m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
+    assert "bench-3seeds/reproduce.json is missing" in build_block("bench_3seeds_reproduce", m)
+    (bench / "bench-3seeds").mkdir(parents=True)
+    rep = {"pretrain-mae.json": {"numbers": 92, "differ": 9, "max_abs_diff": 0.00523, "only_in_one": 0,
+                                 "first_differences": ["final.loss", "clipped_share", "a", "b"]},
+           "zeroshot-mae.json": {"numbers": 40, "differ": 0, "max_abs_diff": 0.0, "only_in_one": 0,
+                                 "first_differences": []}}
+    (bench / "bench-3seeds" / "reproduce.json").write_text(json.dumps(rep))
+    b = build_block("bench_3seeds_reproduce", m)
+    assert "| `pretrain-mae.json` | 92 | 9 | 0.00523 | `final.loss`, `clipped_share`, `a` |" in b
+    assert "| `zeroshot-mae.json` | 40 | 0 | 0 | none |" in b

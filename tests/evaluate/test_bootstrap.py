@@ -107,6 +107,56 @@ def test_pairing_same_studies_for_both():
     assert r.mauc_a_ci95[1] > r.mauc_b_ci95[0]  # the marginal intervals overlap
 
 
+def test_seed_mean_is_the_mean_of_each_replicate_over_the_seeds():
+    """Seed 1 better than a, seed 2 identical to a (every replicate 0): the seed mean's replicates are seed 1's
+    halved, so its delta, interval ends and p follow by hand; one seed alone gives that seed's own interval."""
+    targets, mask, noisy, groups = _two_labels(seed=3)
+    better = bootstrap.paired_bootstrap_mauc(targets, mask, noisy, noisy + 0.5 * targets, groups, 400, seed=0)
+    same = bootstrap.paired_bootstrap_mauc(targets, mask, noisy, noisy.copy(), groups, 400, seed=0)
+    m = bootstrap.seed_mean_delta([better, same])
+    assert m.delta == pytest.approx(better.delta / 2) and m.n_seeds == 2 and m.n_valid == better.n_valid
+    assert m.ci95 == pytest.approx((better.ci95[0] / 2, better.ci95[1] / 2)) and m.ci95[0] > 0
+    assert m.p_value == better.p_value
+    one = bootstrap.seed_mean_delta([better])
+    assert (one.delta, one.ci95, one.p_value) == (better.delta, better.ci95, better.p_value)
+
+
+def test_seed_mean_cancels_opposite_seeds_replicate_by_replicate():
+    """b over a on one seed, a over b on the other, on the same resamples: every replicate of the mean is 0
+    (a mean of the two intervals' ends, or of one seed's replicates, would not be)."""
+    targets, mask, noisy, groups = _two_labels(seed=4)
+    b = noisy + 0.4 * targets
+    up = bootstrap.paired_bootstrap_mauc(targets, mask, noisy, b, groups, 300, seed=1)
+    down = bootstrap.paired_bootstrap_mauc(targets, mask, b, noisy, groups, 300, seed=1)
+    assert up.ci95[0] > 0 > down.ci95[1]
+    m = bootstrap.seed_mean_delta([up, down])
+    assert (m.delta, m.ci95, m.p_value) == (pytest.approx(0.0, abs=1e-12), (0.0, 0.0), 1.0)
+
+
+def test_seed_mean_of_equally_good_seeds_holds_zero_and_of_better_ones_does_not():
+    targets, mask, noisy, groups = _two_labels(n=200, seed=2)
+    rng = np.random.default_rng(7)
+    null = [bootstrap.paired_bootstrap_mauc(targets, mask, noisy, targets + rng.normal(0, 1.0, size=targets.shape),
+                                            groups, 400, seed=0) for _ in range(3)]
+    m = bootstrap.seed_mean_delta(null)
+    assert m.ci95[0] < 0 < m.ci95[1] and m.p_value > 0.05
+    good = [bootstrap.paired_bootstrap_mauc(targets, mask, noisy, noisy + k * targets, groups, 400, seed=0)
+            for k in (0.3, 0.4, 0.5)]
+    m = bootstrap.seed_mean_delta(good)
+    assert m.ci95[0] > 0 and m.p_value < 0.05
+    assert m.delta == pytest.approx(np.mean([d.delta for d in good]))
+
+
+def test_seed_mean_needs_the_same_replicates():
+    targets, mask, noisy, groups = _two_labels()
+    a = bootstrap.paired_bootstrap_mauc(targets, mask, noisy, noisy + targets, groups, 100, seed=0)
+    b = bootstrap.paired_bootstrap_mauc(targets, mask, noisy, noisy + targets, groups, 200, seed=0)
+    with pytest.raises(ValueError, match="same"):
+        bootstrap.seed_mean_delta([a, b])
+    with pytest.raises(ValueError):
+        bootstrap.seed_mean_delta([])
+
+
 def test_p_value_not_small_for_equally_good_models():
     targets, mask, noisy, groups = _two_labels(n=200, seed=2)
     rng = np.random.default_rng(5)

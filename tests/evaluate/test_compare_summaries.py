@@ -98,6 +98,15 @@ def test_references_and_seeds_against_the_hand_worked_case(hand_case):
     m = s["linear"]["mae_vs_random"]
     assert (m["mean"], m["sd"], m["min"], m["max"]) == pytest.approx((0.625, 0.176777, 0.5, 0.75), abs=1e-6)
     assert s["linear"]["mae"]["mean"] == pytest.approx(0.875) and s["linear"]["random"]["sd"] == pytest.approx(0.0)
+    # the seed means, replicate by replicate: seed 1 swaps mae and multimodal, so every replicate of the main
+    # delta's mean is 0; mae - random is +0.5 and +0.75 in every replicate (perfect rankings), mean +0.625
+    sm = s["linear"]["seed_mean"]
+    main = sm["multimodal_vs_mae"]
+    assert (main["delta_mauc"], main["delta_ci95"], main["p_value"], main["n_seeds"]) == (
+        pytest.approx(0.0, abs=1e-12), [0.0, 0.0], 1.0, 2)
+    assert sm["mae_vs_random"]["delta_mauc"] == pytest.approx(0.625)
+    assert sm["mae_vs_random"]["delta_ci95"][0] > 0 and sm["mae_vs_random"]["p_value"] < 0.05
+    assert "multimodal_vs_shuffled" not in sm  # no shuffled runs here
 
     md = (tmp / "c.md").read_text()
     assert "| linear | 0.500" in md  # side by side: pixels first
@@ -113,6 +122,7 @@ def test_a_missing_seed_run_is_left_out_not_fatal(hand_case):
                        stats=STATS)
     assert comp["seeds"]["seeds"] == [0, 1] and len(comp["seeds"]["linear"]["per_seed"]) == 1
     assert comp["seeds"]["linear"]["delta_mauc"]["sd"] is None  # one seed: no spread
+    assert "seed_mean" not in comp["seeds"]["linear"]  # nor a seed mean
 
 
 def test_spread_by_hand():
@@ -151,6 +161,10 @@ def test_the_shuffled_control_is_summarised_over_seeds(hand_case):
     s = comp["seeds"]["linear"]["multimodal_vs_shuffled"]
     assert (s["mean"], s["min"], s["max"]) == pytest.approx((0.25, -0.25, 0.75))
     assert "+0.250 (sd 0.707; min-max -0.250 to +0.750)" in (tmp / "c.md").read_text()
+    m = comp["seeds"]["linear"]["seed_mean"]["multimodal_vs_shuffled"]
+    lo, hi = m["delta_ci95"]
+    assert m["delta_mauc"] == pytest.approx(0.25) and lo <= 0.25 <= hi and (lo > 0) == (m["p_value"] < 0.05)
+    assert "seed mean [95% CI]" in (tmp / "c.md").read_text()
 
 
 def test_the_two_step_control_is_paired_with_multimodal_and_with_mae(hand_case):

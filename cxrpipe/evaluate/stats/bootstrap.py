@@ -153,7 +153,7 @@ def auroc_matrix(
     return out
 
 
-def _order_rank(n: int, level: float) -> int:
+def order_rank(n: int, level: float = 0.95) -> int:
     """``k = ceil((1 - level) / 2 * n)`` (at least 1): the 1-based rank of the interval's lower end."""
     return max(1, math.ceil(round((1 - level) / 2 * n, 9)))  # round: 0.025 * 1000 is 25.000000000000004
 
@@ -166,7 +166,7 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, floa
     samples = np.sort(samples[~np.isnan(samples)])
     if samples.size == 0:
         return (float("nan"), float("nan"))
-    k = _order_rank(samples.size, level)
+    k = order_rank(samples.size, level)
     return (float(samples[k - 1]), float(samples[samples.size - k]))
 
 
@@ -205,6 +205,8 @@ class PairedDelta:
     label_idx: tuple[int, ...]  # labels averaged
     mauc_a_ci95: tuple[float, float]
     mauc_b_ci95: tuple[float, float]
+    # every replicate's delta in resampling order (nan where undefined): what seed_mean_delta averages
+    replicates: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0), repr=False, compare=False)
 
 
 def paired_bootstrap_mauc(
@@ -259,4 +261,37 @@ def paired_bootstrap_mauc(
         label_idx=tuple(int(i) for i in label_idx),
         mauc_a_ci95=percentile_ci(ra),
         mauc_b_ci95=percentile_ci(rb),
+        replicates=deltas,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedMeanDelta:
+    """The mean over training seeds of a paired delta, with its bootstrap interval and p."""
+
+    delta: float  # mean of the seeds' point deltas
+    ci95: tuple[float, float]
+    p_value: float
+    n_valid: int  # replicates where every seed's delta was defined
+    n_seeds: int
+
+
+def seed_mean_delta(deltas: list[PairedDelta]) -> SeedMeanDelta:
+    """The seed mean of ``deltas`` (one :class:`PairedDelta` per training seed, each ``b - a`` on the same test
+    set) with the interval of that mean: replicate by replicate, the mean of the seeds' deltas, then
+    :func:`percentile_ci` and :func:`bootstrap_p` of those means.
+
+    Valid only when every delta was drawn on the SAME resamples (the same test items, ``groups``, ``n_bootstrap``
+    and ``seed``: what compare's paired runner does for every seed), so that replicate ``b`` is the same
+    resampled test set for every seed; a different replicate count is an error. The interval covers test-set
+    sampling of the mean over these seeds, not the spread a new seed would add. One seed gives that seed's
+    own interval and p."""
+    if not deltas:
+        raise ValueError("no deltas to average")
+    reps = [np.asarray(d.replicates, dtype=np.float64) for d in deltas]
+    if len({r.size for r in reps}) != 1 or reps[0].size == 0:
+        raise ValueError(f"the seeds' deltas need the same (non-empty) replicates, got sizes {[r.size for r in reps]}")
+    means = np.mean(np.stack(reps), axis=0)  # nan where any seed's replicate is nan
+    valid = means[~np.isnan(means)]
+    return SeedMeanDelta(delta=float(np.mean([d.delta for d in deltas])), ci95=percentile_ci(valid),
+                         p_value=bootstrap_p(valid), n_valid=int(valid.size), n_seeds=len(deltas))

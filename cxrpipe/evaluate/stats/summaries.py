@@ -12,7 +12,9 @@ resamples the very same patients in every replicate. The markdown cells of every
 * seeds, per protocol: for each training seed (the default run, then ``compare.extra_seeds``) the paired
   ``multimodal - mae`` delta with interval and p (and ``mae - random`` where that seed's random run exists),
   and over seeds the mean delta, its standard deviation (n - 1) and its min-max. The per-seed intervals
-  cover test sampling; the spread over seeds covers training randomness, which they do not.
+  cover test sampling; the spread over seeds covers training randomness, which they do not. With two seeds
+  or more, ``seed_mean``: each pair's seed-mean delta with the interval of that mean (every seed's replicate
+  ``b`` is the same resampled test set, so the mean is taken replicate by replicate).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc
+from cxrpipe.evaluate.stats.bootstrap import paired_bootstrap_mauc, seed_mean_delta
 from cxrpipe.evaluate.stats.metrics import EvalLevel, LevelData, Predictions
 from cxrpipe.evaluate.stats.rules import BootstrapUnit
 
@@ -79,6 +81,16 @@ def paired_columns(a: LevelData, b: LevelData, cols: np.ndarray, min_positives: 
                 "label_idx": []}
     return {**delta_entry(d), "mauc_a": d.mauc_a, "mauc_b": d.mauc_b, "mauc_a_ci95": list(d.mauc_a_ci95),
             "mauc_b_ci95": list(d.mauc_b_ci95), "label_idx": [int(cols[k]) for k in d.label_idx]}
+
+
+SEED_MEAN_MAIN = "multimodal_vs_mae"  # the key of compare's main delta in a seed summary's "seed_mean"
+
+
+def seed_mean_entry(deltas: list[Any]) -> dict[str, Any]:
+    """:func:`~cxrpipe.evaluate.stats.bootstrap.seed_mean_delta` of one pair's per-seed deltas, as stored."""
+    m = seed_mean_delta(deltas)
+    return {"delta_mauc": m.delta, "delta_ci95": list(m.ci95), "p_value": m.p_value, "n_bootstrap_valid": m.n_valid,
+            "n_seeds": m.n_seeds}
 
 
 def delta_entry(d: Any) -> dict[str, Any]:
@@ -142,6 +154,7 @@ def seeds_summary(
     out: dict[str, Any] = {"seeds": [s for s, _ in seeds]}
     for protocol in protocols:
         per_seed = []
+        drawn: dict[str, list[Any]] = {}  # pair -> each seed's PairedDelta, for the seed-mean intervals
         for label, suffix in seeds:
             mae, mm, rnd, shf, cont = (preds.get(f"{e}-{protocol}{suffix}")
                                        for e in (*ENCODER_NAMES, RANDOM, SHUFFLED, CONTINUED))
@@ -149,20 +162,16 @@ def seeds_summary(
                 log.warning("seed %s: no mae/multimodal %s runs; left out of the seed summary", label, protocol)
                 continue
             d = paired(mae, mm)
+            drawn.setdefault(SEED_MEAN_MAIN, []).append(d)
             row: dict[str, Any] = {"seed": label, "mae": {"mauc": d.mauc_a}, "multimodal": {"mauc": d.mauc_b},
                                    **delta_entry(d)}
-            if rnd is not None:
-                r = paired(rnd, mae)
-                row[RANDOM] = {"mauc": r.mauc_a}
-                row["mae_vs_random"] = delta_entry(r)
-            if shf is not None:
-                c = paired(shf, mm)
-                row[SHUFFLED] = {"mauc": c.mauc_a}
-                row["multimodal_vs_shuffled"] = delta_entry(c)
-            if cont is not None:
-                t = paired(cont, mm)
-                row[CONTINUED] = {"mauc": t.mauc_a}
-                row["multimodal_vs_continued"] = delta_entry(t)
+            for key, ref, a, b in (("mae_vs_random", RANDOM, rnd, mae), ("multimodal_vs_shuffled", SHUFFLED, shf, mm),
+                                   ("multimodal_vs_continued", CONTINUED, cont, mm)):
+                if a is not None:
+                    c = paired(a, b)
+                    drawn.setdefault(key, []).append(c)
+                    row[ref] = {"mauc": c.mauc_a}
+                    row[key] = delta_entry(c)
             per_seed.append(row)
         if not per_seed:
             continue
@@ -181,6 +190,8 @@ def seeds_summary(
         if all("multimodal_vs_continued" in r for r in per_seed):
             block["multimodal_vs_continued"] = spread([r["multimodal_vs_continued"]["delta_mauc"] for r in per_seed])
             block[CONTINUED] = spread([r[CONTINUED]["mauc"] for r in per_seed])
+        if len(per_seed) > 1:  # the seed-mean interval of every pair that every seed has
+            block["seed_mean"] = {key: seed_mean_entry(ds) for key, ds in drawn.items() if len(ds) == len(per_seed)}
         out[protocol] = block
     return out
 
@@ -325,4 +336,14 @@ def seeds_markdown(result: dict[str, Any]) -> list[str]:
         b = seeds[protocol]
         lines.append(f"| {protocol} | {_spread_cell(b['delta_mauc'])} | {_spread_cell(b.get('mae_vs_random'))} | "
                      f"{_spread_cell(b.get('multimodal_vs_shuffled'))} |")
+    if any("seed_mean" in seeds[p] for p in protocols):
+        lines += ["", "The seed mean with its interval: each replicate (the same resampled test patients for every "
+                  "seed) averaged over the seeds, so the interval covers test sampling of the mean over these "
+                  "seeds (not the spread a new seed would add).", "",
+                  "| protocol | multimodal - mae, seed mean [95% CI], p | mae - random | multimodal - shuffled |",
+                  "|---|---|---|---|"]
+        for protocol in protocols:
+            m = seeds[protocol].get("seed_mean") or {}
+            lines.append(f"| {protocol} | {delta_cell(m.get(SEED_MEAN_MAIN))} | {delta_cell(m.get('mae_vs_random'))} | "
+                         f"{delta_cell(m.get('multimodal_vs_shuffled'))} |")
     return lines + [""]
