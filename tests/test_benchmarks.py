@@ -256,6 +256,7 @@ def test_joint_seeds_joins_separate_seed_runs_and_checks_reproduction(tmp_path):
     _planted_run(preds, None, "multimodal-linear-seed3", B)  # stale: the committed run's seed 3 must win
     (metrics / "mae-linear.config.json").write_text(json.dumps({"encoder_seed": 0}))
     (metrics / "zeroshot-multimodal.json").write_text(json.dumps({"mauc": 0.7}))
+    (metrics / "zeroshot-nih_cxr14-mae.json").write_text(json.dumps({"mauc": 0.6}))  # another profile's: not carried
     for name, pattern in [("mae-linear-seed3", B), ("multimodal-linear-seed3", A), ("random-linear-seed3", R)]:
         _planted_run(run / "predictions", None, name, pattern)
     (ws / "params.yaml").write_text(yaml.safe_dump({"compare": {"n_bootstrap": 100, "seed": 0},
@@ -267,6 +268,8 @@ def test_joint_seeds_joins_separate_seed_runs_and_checks_reproduction(tmp_path):
     mae["train_seconds"] = 12.0  # a duration: never compared
     (ref / "mae-linear.json").write_text(json.dumps(mae))
     (ref / "zeroshot-multimodal.json").write_text(json.dumps({"mauc": 0.7, "eval_seconds": 3.0}))
+    (ref / "zeroshot-multimodal.config.json").write_text(json.dumps({"level": "study"}))  # no number: not listed
+    (metrics / "zeroshot-multimodal.config.json").write_text(json.dumps({"level": "study"}))
 
     out = tmp_path / "out"
     assert js.main(["--workspace", str(ws), "--seed-run", str(run), "--reference", str(ref), "--out", str(out)]) == 0
@@ -275,10 +278,12 @@ def test_joint_seeds_joins_separate_seed_runs_and_checks_reproduction(tmp_path):
     assert [r["delta_mauc"] for r in comp["seeds"]["linear"]["per_seed"]] == pytest.approx([0.25, -0.25])
     assert comp["seeds"]["linear"]["delta_mauc"]["mean"] == pytest.approx(0.0)
     assert json.loads((out / "zeroshot-multimodal.json").read_text()) == {"mauc": 0.7}  # carried
+    assert (out / "zeroshot-multimodal.config.json").is_file() and not (out / "zeroshot-nih_cxr14-mae.json").exists()
     rep = json.loads((out / "reproduce.json").read_text())
     assert rep["mae-linear.json"]["differ"] == 1 and rep["mae-linear.json"]["max_abs_diff"] == pytest.approx(0.5)
     assert rep["mae-linear.json"]["first_differences"] == ["study.mauc"]
     assert rep["zeroshot-multimodal.json"]["differ"] == 0 and rep["zeroshot-multimodal.json"]["numbers"] == 1
+    assert set(rep) == {"mae-linear.json", "zeroshot-multimodal.json"}
 
     (metrics / "multimodal-linear.config.json").write_text(json.dumps({"encoder_seed": 2}))  # a rerun half done
     with pytest.raises(SystemExit, match="trained with different seeds"):
