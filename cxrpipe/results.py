@@ -425,18 +425,19 @@ def _target_rows(m: Metrics) -> list[list[str]]:
     return rows
 
 
-def block_targets_by_run(m: Metrics, runs: dict[str, str]) -> list[str]:
-    """The targets of several committed single-seed runs side by side (``runs``: column title -> run folder),
-    each cell the run's measure and verdict; the last column: reached in every run."""
-    per = {title: _target_rows(_committed_run(m, run)) for title, run in runs.items()}
+def block_targets_by_run(m: Metrics, runs: dict[str, str | Metrics]) -> list[str]:
+    """The targets of several single-seed runs side by side (``runs``: column title -> committed run folder, or
+    the Metrics of one), each cell the run's measure and verdict; the last column: reached in every run."""
+    metrics = {title: run if isinstance(run, Metrics) else _committed_run(m, run) for title, run in runs.items()}
+    per = {title: _target_rows(run) for title, run in metrics.items()}
     first = next(iter(per.values()))
     if any([r[0] for r in rows] != [r[0] for r in first] for rows in per.values()):
-        raise ResultsError(f"the runs {list(runs.values())} do not report the same targets")
+        raise ResultsError(f"the runs {[r.folder.name for r in metrics.values()]} do not report the same targets")
     rows = [[re.sub(r" \(\d+ seed\(s\)\)| on every seed \(\d+\)", "", target[0]),
              *(f"{run_rows[i][1]} ({run_rows[i][2]})" for run_rows in per.values()),
              "yes" if all(run_rows[i][2] == "reached" for run_rows in per.values()) else "**no**"]
             for i, target in enumerate(first)]
-    return [_test_line(_committed_run(m, next(iter(runs.values())))), "",
+    return [_test_line(next(iter(metrics.values()))), "",
             *table(["target (test split)", *per, f"reached in all {len(per)}"], rows)]
 
 
@@ -457,6 +458,9 @@ BENCH_SEED2_RUN = "bench-sentences-seed2"  # the same with pretrain.seed and fin
 # the bench's three seeds in one compare (benchmarks/joint_seeds.py): seed 0 from a rerun's workspace, seeds 1
 # and 2 from the runs above; the seed-mean intervals, and reproduce.json (the rerun's seed 0 against BENCH_RUN)
 BENCH_3SEEDS_RUN = "bench-3seeds"
+# a fresh clone's `make demo` on another machine (the CPU and package versions in its machine.json, pip-freeze.txt):
+# its targets beside the committed reference run's
+FRESH_DEMO_RUN = "fresh-demo-zen5"
 COMMITTED_RUNS = {"seeds": SEEDS_RUN, "patch12": PATCH12_RUN, "patch8": PATCH8_RUN, "bench": BENCH_RUN,
                   "bench_patch12": BENCH_PATCH12_RUN, "bench_seed1": BENCH_SEED1_RUN, "bench_seed2": BENCH_SEED2_RUN,
                   "bench_3seeds": BENCH_3SEEDS_RUN}
@@ -885,6 +889,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "gpu_h200": lambda m: gpu_block(m.bench / GPU_RESULTS.name),
     "bench_targets_by_seed": lambda m: block_targets_by_run(m, BENCH_SEED_RUNS),
     "bench_3seeds_reproduce": block_reproduce,
+    "fresh_demo_targets": lambda m: block_targets_by_run(m, {"committed reference": m, "fresh clone": FRESH_DEMO_RUN}),
 }
 
 
