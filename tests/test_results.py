@@ -289,18 +289,21 @@ def test_targets_and_the_shuffled_control_are_read_from_the_metrics(tmp_path):
     assert "| FC head (frozen) | n/a |" in s
     # two seeds, a comparison without the seed mean: its interval is bounded from the seeds' own. Each seed's
     # interval above 0 and p 0.010 (5 of 1000 replicates at or below 0 each): at most 10 of the mean's, fewer
-    # than the rank 25 of its low end: above 0. p 0.024 each (12 + 12 = 24): still; p 0.026 (13 + 13): not shown.
+    # than the rank 25 of its low end: above 0. p 0.024 each (12 + 12 = 24): still; 0.024 and 0.026 (12 + 13 = 25,
+    # which may be the 25th replicate itself): not shown; 0.026 each (13 + 13): not shown.
     first = comp["seeds"]["linear"]["per_seed"][0]
     comp["seeds"]["linear"]["per_seed"] = [first, {**first, "seed": 1}]
-    for lo, p, want in ((0.02, 0.01, True), (-0.01, 0.01, False), (0.02, 0.024, True), (0.02, 0.026, False)):
+    for lo, p0, p1, want in ((0.02, 0.01, 0.01, True), (-0.01, 0.01, 0.01, False), (0.02, 0.024, 0.024, True),
+                             (0.02, 0.024, 0.026, False), (0.02, 0.026, 0.026, False)):
         for row in comp["seeds"]["linear"]["per_seed"]:
-            row["multimodal_vs_shuffled"] = {**_delta(0.05, p), "delta_ci95": [lo if row["seed"] else 0.02, 0.08]}
+            row["multimodal_vs_shuffled"] = {**_delta(0.05, p1 if row["seed"] else p0),
+                                             "delta_ci95": [lo if row["seed"] else 0.02, 0.08]}
         comp["seeds"]["seeds"] = [0, 1]
         (folder / "comparison.json").write_text(json.dumps(comp))
         t = build_block("targets", Metrics(folder))
         assert (f"seed-mean interval above 0 (2 seeds; bounded from each seed's interval and p) | +0.050 [+0.020, "
-                f"+0.080], p = {p:.3f} / +0.050 [{lo:+.3f}, +0.080], p = {p:.3f} | "
-                f"{'reached' if want else '**not reached**'} |") in t, (lo, p)
+                f"+0.080], p = {p0:.3f} / +0.050 [{lo:+.3f}, +0.080], p = {p1:.3f} | "
+                f"{'reached' if want else '**not reached**'} |") in t, (lo, p0, p1)
     # a comparison with the seed mean (compare's seed_mean): the target reads the mean's interval, whatever the
     # seeds' own intervals say (here seed 1's crosses 0)
     for lo in (0.004, -0.003):

@@ -151,7 +151,7 @@ def test_seed_mean_needs_the_same_replicates():
     targets, mask, noisy, groups = _two_labels()
     a = bootstrap.paired_bootstrap_mauc(targets, mask, noisy, noisy + targets, groups, 100, seed=0)
     b = bootstrap.paired_bootstrap_mauc(targets, mask, noisy, noisy + targets, groups, 200, seed=0)
-    with pytest.raises(ValueError, match="same"):
+    with pytest.raises(ValueError, match="need the same"):
         bootstrap.seed_mean_delta([a, b])
     with pytest.raises(ValueError):
         bootstrap.seed_mean_delta([])

@@ -167,6 +167,17 @@ def test_the_shuffled_control_is_summarised_over_seeds(hand_case):
     assert "seed mean [95% CI]" in (tmp / "c.md").read_text()
 
 
+def test_a_pair_not_every_seed_has_gets_no_seed_mean(hand_case):
+    """shuffled-linear for seed 0 only: no seed mean of multimodal - shuffled (it would be one seed's, labelled
+    the mean of two), while multimodal - mae keeps its own over both seeds."""
+    metrics, preds, tmp = hand_case
+    _write(metrics, preds, "shuffled-linear", R)
+    comp = run_compare(CompareConfig(n_bootstrap=50, extra_seeds=(1,)), metrics, tmp / "c.json",
+                       predictions_dir=preds, stats=STATS)
+    sm = comp["seeds"]["linear"]["seed_mean"]
+    assert "multimodal_vs_shuffled" not in sm and sm["multimodal_vs_mae"]["n_seeds"] == 2
+
+
 def test_the_two_step_control_is_paired_with_multimodal_and_with_mae(hand_case):
     """continued-<protocol> runs (the two-step flow's control: mae continued without text) give multimodal -
     continued and continued - mae, by hand: continued R 0.25, multimodal B 1.00, mae A 0.75; without them no
