@@ -703,6 +703,25 @@ def block_demo_time(m: Metrics) -> list[str]:
             "after the set-up's few minutes."]
 
 
+SMALL_DEMO_RUN = "demo-small"  # benchmarks/results/<this>/: the demo at the size an 8-minute pipeline allows (its
+# params.diff), timed by benchmarks/stage_times.py in a workspace that had run the full demo; its targets
+
+
+def block_small_demo(m: Metrics) -> list[str]:
+    """The smaller demo's time (its stage-times.json; the stages it did not rerun, with their wall in the latest
+    committed full run) and its targets beside the committed reference's."""
+    run = m.bench_json(f"{SMALL_DEMO_RUN}/stage-times.json")
+    full = {s["name"]: s for s in m.bench_json(f"{STAGE_TIMES}/{STAGE_TIME_RUNS[-1][0]}.json")["stages"]}
+    skipped = run["stages_skipped"] + run["stages_cached"]
+    again = sum(full[n]["wall_s"] for n in skipped if n in full)
+    return [f"Pipeline wall {run['wall_s']:.0f} s for the {run['stages_run']} stages it ran; not rerun (their inputs "
+            f"unchanged by the two params): {', '.join(f'`{n}`' for n in skipped)}, {again:.0f} s in the "
+            f"`{STAGE_TIME_RUNS[-1][1]}` run above, so about {run['wall_s'] + again:.0f} s from scratch.", "",
+            f"Smaller demo: {_test_line(_committed_run(m, SMALL_DEMO_RUN))}", "",
+            "Committed reference: " + "\n".join(block_targets_by_run(m, {"committed reference": m,
+                                                                          "smaller demo": SMALL_DEMO_RUN}))]
+
+
 TEXT_DIAGNOSIS = "text_diagnosis-demo.json"  # benchmarks/text_diagnosis.py --out, committed
 
 
@@ -889,6 +908,7 @@ BLOCKS: dict[str, Callable[[Metrics], list[str]]] = {
     "gpu_h200": lambda m: gpu_block(m.bench / GPU_RESULTS.name),
     "bench_targets_by_seed": lambda m: block_targets_by_run(m, BENCH_SEED_RUNS),
     "bench_3seeds_reproduce": block_reproduce,
+    "small_demo": block_small_demo,
     "fresh_demo_targets": lambda m: block_targets_by_run(m, {"committed reference": m, "fresh clone": FRESH_DEMO_RUN}),
 }
 

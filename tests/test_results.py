@@ -598,3 +598,24 @@ def test_the_fresh_demo_block_sets_the_fresh_run_beside_the_metrics_it_is_given(
     assert "| target (test split) | committed reference | fresh clone | reached in all 2 |" in b
     assert ("| zero-shot mAUC >= 0.65, interval above 0.5 | 0.505 [0.455, 0.555] (**not reached**) | "
             "0.712 [0.680, 0.740] (reached) | **no** |") in b
+
+
+def test_the_small_demo_block_adds_back_the_stages_it_did_not_rerun(tmp_path):
+    """small_demo: its pipeline wall, the stages it skipped with their wall in the latest full timed run (added for
+    the from-scratch estimate), and its targets beside the committed reference's."""
+    bench = tmp_path / "bench"
+    m = Metrics(write_metrics(tmp_path / "metrics"), bench=bench)
+    assert "demo-small/stage-times.json is missing" in build_block("small_demo", m)
+    small = write_metrics(bench / "demo-small")
+    (small / "stage-times.json").write_text(json.dumps({
+        "wall_s": 500.4, "stages_run": 35, "stages_skipped": ["text_model@text-model", "random_encoder"],
+        "stages_cached": [], "stages": []}))
+    (bench / "stage-times").mkdir()
+    (bench / "stage-times" / "sentences.json").write_text(json.dumps({"stages": [
+        {"name": "text_model@text-model", "status": "ran", "wall_s": 18.8},
+        {"name": "random_encoder", "status": "ran", "wall_s": 4.1}, {"name": "embed", "status": "ran", "wall_s": 88.6}]}))
+    b = build_block("small_demo", m)
+    assert ("Pipeline wall 500 s for the 35 stages it ran; not rerun (their inputs unchanged by the two params): "
+            "`text_model@text-model`, `random_encoder`, 23 s in the `sentence term` run above, so about 523 s from "
+            "scratch.") in b
+    assert "| target (test split) | committed reference | smaller demo | reached in all 2 |" in b
