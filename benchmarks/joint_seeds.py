@@ -138,16 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     raw = load_params(args.params or args.workspace / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         seeds, linked = gather(args.workspace / "data" / "predictions", args.seed_run, Path(tmp))
-        own = workspace_seed(metrics, linked + [f.stem for p in CARRIED for f in metrics.glob(p)
-                                                if not f.name.endswith(".config.json")])
+        own = workspace_seed(metrics, linked + [n.removesuffix(".json") for n in CARRIED
+                                                if not n.endswith(".config.json")])
         if own in seeds:
             raise SystemExit(f"the workspace's seed {own} is also a --seed-run's")
         cfg = dataclasses.replace(section(raw, "compare", CompareConfig), extra_seeds=seeds)
         run_compare(cfg, metrics, args.out / "comparison.json", predictions_dir=Path(tmp),
                     report_md=args.out / "comparison.md", stats=section(raw, "stats", StatsConfig))
-    for pattern in CARRIED:
-        for f in sorted(metrics.glob(pattern)):
-            shutil.copyfile(f, args.out / f.name)
+    for name in CARRIED:
+        if (metrics / name).is_file():
+            shutil.copyfile(metrics / name, args.out / name)
     print(f"joint compare of the default seed and seeds {list(seeds)}: {args.out / 'comparison.md'}")
     return 0
 

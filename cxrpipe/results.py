@@ -714,12 +714,12 @@ def block_small_demo(m: Metrics) -> list[str]:
     full = {s["name"]: s for s in m.bench_json(f"{STAGE_TIMES}/{STAGE_TIME_RUNS[-1][0]}.json")["stages"]}
     skipped = run["stages_skipped"] + run["stages_cached"]
     again = sum(full[n]["wall_s"] for n in skipped if n in full)
+    targets = block_targets_by_run(m, {"committed reference": m, "smaller demo": SMALL_DEMO_RUN})
     return [f"Pipeline wall {run['wall_s']:.0f} s for the {run['stages_run']} stages it ran; not rerun (their inputs "
             f"unchanged by the two params): {', '.join(f'`{n}`' for n in skipped)}, {again:.0f} s in the "
             f"`{STAGE_TIME_RUNS[-1][1]}` run above, so about {run['wall_s'] + again:.0f} s from scratch.", "",
             f"Smaller demo: {_test_line(_committed_run(m, SMALL_DEMO_RUN))}", "",
-            "Committed reference: " + "\n".join(block_targets_by_run(m, {"committed reference": m,
-                                                                          "smaller demo": SMALL_DEMO_RUN}))]
+            f"Committed reference: {targets[0]}", *targets[1:]]
 
 
 TEXT_DIAGNOSIS = "text_diagnosis-demo.json"  # benchmarks/text_diagnosis.py --out, committed

@@ -89,12 +89,11 @@ SEED_MEAN_MAIN = "multimodal_vs_mae"  # the key of compare's main delta in a see
 def seed_mean_entry(deltas: list[Any]) -> dict[str, Any]:
     """:func:`~cxrpipe.evaluate.stats.bootstrap.seed_mean_delta` of one pair's per-seed deltas, as stored."""
     m = seed_mean_delta(deltas)
-    return {"delta_mauc": m.delta, "delta_ci95": list(m.ci95), "p_value": m.p_value, "n_bootstrap_valid": m.n_valid,
-            "n_seeds": m.n_seeds}
+    return {**delta_entry(m), "n_seeds": m.n_seeds}
 
 
 def delta_entry(d: Any) -> dict[str, Any]:
-    """A :class:`~cxrpipe.evaluate.stats.bootstrap.PairedDelta` as the reports store it."""
+    """A :class:`~cxrpipe.evaluate.stats.bootstrap.PairedDelta` (or ``SeedMeanDelta``) as the reports store it."""
     return {"delta_mauc": d.delta, "delta_ci95": list(d.ci95), "p_value": d.p_value, "n_bootstrap_valid": d.n_valid}
 
 
